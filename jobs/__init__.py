@@ -1,0 +1,1 @@
+"""Ray batch jobs and the `grec` command line: prepare data, train, evaluate, predict, registry."""
