@@ -14,3 +14,204 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# ---- grec model library: tiny configs ------------------------------------------------------------
+import pytest  # noqa: E402
+
+
+def grec_tiny_spec(with_text: bool = True):
+    """Every feature kind and task kind, at toy sizes."""
+    from grec.spec import (CategoricalFeature, InputSpec, NumericFeature, SequenceFeature, TaskSpec,
+                           TextFeature)
+
+    return InputSpec(
+        name="tiny",
+        categorical=(CategoricalFeature("user_id", 30, source="user"),
+                     CategoricalFeature("item_id", 25, source="item"),
+                     CategoricalFeature("genres", 8, multi_hot=True, source="item")),
+        numeric=(NumericFeature("age", "user"),),
+        sequences=(SequenceFeature("hist_item_id", 5, "item_id"),),
+        text=(TextFeature("title", "item", 12), TextFeature("query", "context", 8)) if with_text else (),
+        tasks=(TaskSpec("like", "binary", "label_like", descriptors={"type": "engagement", "scenario": "movies"}),
+               TaskSpec("rating", "regression", "label_rating", "auxiliary",
+                        descriptors={"type": "rating", "scenario": "movies"}),
+               TaskSpec("next_item", "multiclass", "label_next", "auxiliary", num_classes=25)),
+    )
+
+
+@pytest.fixture
+def grec_config():
+    """Factory of tiny GRec / baseline configs: grec_config(architecture=..., with_text=..., router=...)."""
+    from grec.config import GRecConfig, RouterConfig, TextEncoderConfig
+
+    def make(with_text: bool = False, **overrides):
+        spec = overrides.pop("input", None) or grec_tiny_spec(with_text)
+        text = TextEncoderConfig(backbone="tiny_bert", tiny_hidden=16, tiny_layers=1, tiny_heads=2,
+                                 tiny_intermediate=16, freeze=overrides.pop("freeze_text", True)) if with_text else None
+        fields = dict(input=spec, d_model=16, embedding_dim=8, num_heads=2, ffn_hidden=16, expert_hidden=16,
+                      tower_hidden=8, text=text, router=RouterConfig(num_experts=3, top_k=1))
+        fields.update(overrides)
+        return GRecConfig(**fields)
+
+    return make
+
+
+# ---- feature store: a tiny dataset definition and a real Redis server -----------------------------
+import datetime as _dt  # noqa: E402
+import shutil as _shutil  # noqa: E402
+import socket as _socket  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import time as _time  # noqa: E402
+
+
+def feature_store_tiny_definition(sequence_length: int = 3, user_ttl_days: float | None = 10):
+    """Every feature and task kind: users (age, country; TTL), items with string ids (category,
+    tags, title), a device context, a sequence of items and binary / regression / multiclass tasks."""
+    import pyarrow as pa
+
+    from feature_store.definitions import (DatasetDefinition, Entity, FeatureView, SequenceFeature, Task,
+                                           TextFeature, categorical, multi_hot, numeric)
+
+    user, item = Entity("user", "user_id", pa.int64()), Entity("item", "item_id", pa.string())
+    ttl = None if user_ttl_days is None else _dt.timedelta(days=user_ttl_days)
+    return DatasetDefinition(
+        name="tiny", user=user, item=item,
+        tasks=(Task("click", "binary", descriptors={"type": "click"}),
+               Task("rating", "regression", role="auxiliary"),
+               Task("tier", "multiclass", role="auxiliary", num_classes=3)),
+        feature_views=(FeatureView("users", user, (numeric("age"), categorical("country")), ttl=ttl),
+                       FeatureView("items", item, (categorical("category"), multi_hot("tags"), TextFeature("title")))),
+        context_features=(categorical("device"),),
+        sequences=(SequenceFeature("hist_item_id", "item_id", sequence_length, "item_id"),),
+    )
+
+
+def feature_store_time(day: float):
+    """2024-01-01 plus `day` days, UTC."""
+    return _dt.datetime(2024, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(days=day)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server on 127.0.0.1 (a free port, no persistence), stopped after the session."""
+    binary = _shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    with _socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = _subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                 "--appendonly", "no"], stdout=_subprocess.DEVNULL, stderr=_subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = _time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if _time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            _time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+# ---- Ray and the serving application: one of each per test session ---------------------------------
+from dataclasses import dataclass  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray for the session (2 CPUs, small object store, no dashboard), shut down at the end."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def serving_train_tiny_model(prepared, seed: int, steps: int = 4):
+    """A tiny GRec (task routing, tiny BERT text head) trained for a few optimizer steps in-process."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from grec import GRecConfig, InputSpec, RouterConfig, TextEncoderConfig, build_model
+
+    config = GRecConfig(
+        input=InputSpec.from_json(prepared.spec_path), d_model=16, embedding_dim=8, num_heads=2, ffn_hidden=16,
+        expert_hidden=16, tower_hidden=8, router=RouterConfig(num_experts=3, top_k=1), seed=seed,
+        text=TextEncoderConfig(backbone="tiny_bert", tiny_hidden=16, tiny_layers=1, tiny_heads=2,
+                               tiny_intermediate=16),
+    )
+    model = build_model(config)
+    columns = prepared.transforms().transform(prepared.read_split("train"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(seed)
+    model.train()
+    for _ in range(steps):
+        batch = model.collate(columns.take(pa.array(rng.choice(columns.num_rows, 64, replace=False))))
+        loss, _ = model.loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@dataclass
+class ServingTestApp:
+    base_url: str
+    token: str
+    model_name: str
+    tracking_uri: str
+    prepared: object  # feature_store.prepare.PreparedDataset
+    online_store: str
+    known_user: int
+    known_items: list
+    max_candidates: int
+    max_body_bytes: int
+
+
+@pytest.fixture(scope="session")
+def serving_app(tmp_path_factory, ray_local):
+    """The grec endpoint on 127.0.0.1 (a free port) over a tiny model trained on 600 MovieLens events,
+    registered as champion in a temporary MLflow SQLite store; reloads poll every 0.5 s."""
+    from ray import serve
+
+    from feature_store.online import materialize, open_online_store
+    from feature_store.prepare import prepare_dataset
+    from feature_store.sources import SourceOptions
+    from serving.app import build_app
+    from serving.config import ServingConfig
+
+    root = tmp_path_factory.mktemp("serving")
+    prepared = prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=600, sequence_length=8))
+    online_store = str(root / "online.sqlite")
+    with open_online_store(online_store) as online:
+        materialize(prepared.offline_store(), prepared.definition(), online)
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    name = "grec-serving-test"
+    serving_register(serving_train_tiny_model(prepared, seed=0), prepared, name, tracking_uri, alias="champion")
+    with _socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = "test-token"
+    config = ServingConfig(model_uri=f"models:/{name}@champion", tracking_uri=tracking_uri, online_store=online_store,
+                           port=port, api_token=token, max_candidates=200, max_body_bytes=64 * 1024,
+                           reload_interval_s=0.5)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(config), name="grec-test", route_prefix="/")
+    train = prepared.read_split("train", columns=["user_id", "item_id"])
+    items = list(dict.fromkeys(train.column("item_id").to_pylist()))
+    yield ServingTestApp(f"http://127.0.0.1:{port}", token, name, tracking_uri, prepared, online_store,
+                         train.column("user_id")[0].as_py(), items, config.max_candidates, config.max_body_bytes)
+    serve.shutdown()

