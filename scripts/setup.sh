@@ -45,7 +45,8 @@ echo "setup: installing torch (CPU), fbgemm-gpu-cpu and torchrec"
 
 echo "setup: installing grec and its pinned dependencies"
 "${PIP[@]}" install "${C[@]}" -r requirements/base.in
-"${PIP[@]}" install "${C[@]}" --no-deps -e .
+# compat mode: a .pth file puts the repository on sys.path, so packages added later import too.
+"${PIP[@]}" install "${C[@]}" --no-deps -e . --config-settings editable_mode=compat
 
 echo "setup: building DeepSpeed's C++ ops once (cached in $TORCH_EXTENSIONS_DIR)"
 "$VENV/bin/python" scripts/prebuild_deepspeed_ops.py

@@ -1,0 +1,110 @@
+"""The example encoders: one pass per example produces the tokens every task sentence of that
+example shares: [wide&deep, seq_1..seq_S, text_1.., item]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grec.batch import Batch
+from grec.config import GRecConfig
+from grec.text import TextEncoder
+from grec.transformer import SequenceEncoder
+
+# Standardized numerics beyond this many standard deviations are outliers; clamping keeps one bad
+# value from dominating the wide part.
+NUMERIC_CLAMP = 10.0
+
+
+class WideDeepToken(nn.Module):
+    """Pooled user/context embeddings and numeric features -> one token: deep MLP over
+    [embeddings, numerics] plus a wide linear over numerics, layer-normalized."""
+
+    def __init__(self, num_embedded: int, embedding_dim: int, num_numeric: int, d_model: int) -> None:
+        super().__init__()
+        deep_in = num_embedded * embedding_dim + num_numeric
+        self.deep = nn.Sequential(nn.Linear(deep_in, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.wide = nn.Linear(num_numeric, d_model) if num_numeric else None
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, embedded: list[torch.Tensor], numeric: torch.Tensor | None) -> torch.Tensor:
+        parts = list(embedded)
+        if numeric is not None:
+            numeric = numeric.clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP)
+            parts.append(numeric)
+        token = self.deep(torch.cat(parts, dim=-1))
+        if self.wide is not None:
+            token = token + self.wide(numeric)
+        return self.norm(token)
+
+
+class ItemToken(nn.Module):
+    """Candidate item: pooled item-feature embeddings and item-text vectors -> one token."""
+
+    def __init__(self, in_features: int, d_model: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(in_features, d_model)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return self.norm(self.project(torch.cat(parts, dim=-1)))
+
+
+class ExampleEncoder(nn.Module):
+    """Everything that runs once per example. Takes the sparse arch's outputs (so the sparse part
+    can be sharded separately) and returns tokens [B, n_tokens, d_model]."""
+
+    def __init__(self, config: GRecConfig, text_encoder: TextEncoder | None) -> None:
+        super().__init__()
+        spec = config.input
+        self.wide_features = [f.name for f in spec.categorical if f.source != "item"]
+        self.item_features = [f.name for f in spec.categorical if f.source == "item"]
+        self.item_texts = [(t.name, t.max_length) for t in spec.text if t.source == "item"]
+        self.context_texts = [t.name for t in spec.text if t.source != "item"]
+        self.sequence_lengths = {s.name: s.length for s in spec.sequences}
+        d = config.d_model
+        self.wide_deep = None
+        if self.wide_features or spec.numeric:
+            self.wide_deep = WideDeepToken(len(self.wide_features), config.embedding_dim, len(spec.numeric), d)
+        self.sequence_encoders = nn.ModuleDict({
+            s.name: SequenceEncoder(config.embedding_dim, config.sequence_layers, d, config.num_heads,
+                                    config.ffn_hidden, config.dropout)
+            for s in spec.sequences
+        })
+        self.text_encoder = text_encoder
+        hidden = text_encoder.hidden_size if text_encoder is not None else 0
+        self.text_projections = nn.ModuleDict({name: nn.Linear(hidden, d) for name in self.context_texts})
+        self.item = None
+        if self.item_features or self.item_texts:
+            item_in = len(self.item_features) * config.embedding_dim + len(self.item_texts) * hidden
+            self.item = ItemToken(item_in, d)
+        self.token_names = (
+            (["wide_deep"] if self.wide_deep is not None else [])
+            + [f"seq:{s.name}" for s in spec.sequences]
+            + [f"text:{name}" for name in self.context_texts]
+            + (["item"] if self.item is not None else [])
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_names)
+
+    def forward(self, pooled: dict[str, torch.Tensor], per_position: dict[str, torch.Tensor],
+                batch: Batch) -> torch.Tensor:
+        size = batch.size
+        tokens = []
+        if self.wide_deep is not None:
+            tokens.append(self.wide_deep([pooled[name] for name in self.wide_features], batch.numeric))
+        for name, encoder in self.sequence_encoders.items():
+            length = self.sequence_lengths[name]
+            embeddings = per_position[name].view(size, length, -1)
+            mask = batch.sequences[name].values().view(size, length) != 0
+            tokens.append(encoder(embeddings, mask))
+        for name, projection in self.text_projections.items():
+            tokens.append(projection(self.text_encoder(batch.text[name])))
+        if self.item is not None:
+            parts = [pooled[name] for name in self.item_features]
+            parts += [self.text_encoder(batch.text[name], cache_max_length=max_length)
+                      for name, max_length in self.item_texts]
+            tokens.append(self.item(parts))
+        return torch.stack(tokens, dim=1)

@@ -1,0 +1,58 @@
+"""Building models from a config, and saving / loading them as safetensors + JSON (no pickle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from grec.baselines import MMoE, PLE, SharedBottom
+from grec.config import GRecConfig
+from grec.grec_model import GRec
+from grec.model import MultiTaskModel
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = {"format": "grec-model", "version": 1}
+
+_ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
+    "grec": GRec,
+    "shared_bottom": SharedBottom,
+    "mmoe": MMoE,
+    "ple": PLE,
+}
+
+
+def build_model(config: GRecConfig, pretrained_text: bool = True) -> MultiTaskModel:
+    """GRec or a baseline (config.architecture), initialised from config.seed without touching the
+    global random state. `pretrained_text=False` skips loading pretrained text weights (they are
+    about to be replaced, as in load_model)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _ARCHITECTURES[config.architecture](config, pretrained_text=pretrained_text)
+
+
+def save_model(model: MultiTaskModel, path: str | Path) -> Path:
+    """Writes `path/model.safetensors` (every weight, the text encoder's included) and
+    `path/config.json` (the full config: enough to rebuild the same modules)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    save_file(tensors, str(path / WEIGHTS_FILE), metadata={"architecture": model.config.architecture})
+    (path / CONFIG_FILE).write_text(json.dumps({**FORMAT, "config": model.config.to_dict()}, indent=2))
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> MultiTaskModel:
+    """Rebuilds the model from config.json and loads model.safetensors (strict); returns it in eval mode."""
+    path = Path(path)
+    document = json.loads((path / CONFIG_FILE).read_text())
+    if document.get("format") != FORMAT["format"]:
+        raise ValueError(f"{path / CONFIG_FILE} is not a grec model config (format {document.get('format')!r})")
+    if document.get("version") != FORMAT["version"]:
+        raise ValueError(f"{path / CONFIG_FILE}: unsupported version {document.get('version')!r}, expected {FORMAT['version']}")
+    model = build_model(GRecConfig.from_dict(document["config"]), pretrained_text=False)
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,92 @@
+"""PaLM-style parallel transformer blocks, behavior-sequence encoders and masked pooling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rotary_tables(length: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [length, head_dim] for rotary positions (pairs rotated by position)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of x [B, L, D] where mask [B, L] is true; rows without valid positions give 0."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class ParallelTransformerBlock(nn.Module):
+    """x + Attention(LN(x)) + SwiGLU(LN(x)): attention and feed-forward read the same normalized input.
+    Multi-query attention (one key/value head shared by all query heads), rotary positions."""
+
+    def __init__(self, d_model: int, num_heads: int, ffn_hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.norm = nn.LayerNorm(d_model)
+        self.query = nn.Linear(d_model, d_model, bias=False)
+        self.key_value = nn.Linear(d_model, 2 * self.head_dim, bias=False)
+        self.attn_out = nn.Linear(d_model, d_model, bias=False)
+        self.ffn_in = nn.Linear(d_model, 2 * ffn_hidden, bias=False)
+        self.ffn_out = nn.Linear(ffn_hidden, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D]; mask [B, L] true at valid positions (None: all valid)."""
+        batch, length, d_model = x.shape
+        h = self.norm(x)
+        q = self.query(h).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.key_value(h).unsqueeze(1).split(self.head_dim, dim=-1)  # [B, 1, L, Dh] each
+        cos, sin = rotary_tables(length, self.head_dim, x.device, x.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        attn_mask = None
+        if mask is not None:
+            # A row with no valid key would produce NaN: let it attend everywhere (pooling ignores it).
+            keys = mask | ~mask.any(dim=1, keepdim=True)
+            attn_mask = keys[:, None, None, :]
+        attended = F.scaled_dot_product_attention(
+            q, k.expand(-1, self.num_heads, -1, -1), v.expand(-1, self.num_heads, -1, -1), attn_mask=attn_mask
+        )
+        attended = self.attn_out(attended.transpose(1, 2).reshape(batch, length, d_model))
+        gate, up = self.ffn_in(h).chunk(2, dim=-1)
+        fed = self.ffn_out(F.silu(gate) * up)
+        return x + self.dropout(attended + fed)
+
+
+class TransformerStack(nn.Module):
+    def __init__(self, num_layers: int, d_model: int, num_heads: int, ffn_hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ParallelTransformerBlock(d_model, num_heads, ffn_hidden, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+
+class SequenceEncoder(nn.Module):
+    """One behavior sequence: embeddings [B, L, E] -> its own transformer stack -> masked mean -> [B, D]."""
+
+    def __init__(self, embedding_dim: int, num_layers: int, d_model: int, num_heads: int, ffn_hidden: int,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.project = nn.Linear(embedding_dim, d_model)
+        self.stack = TransformerStack(num_layers, d_model, num_heads, ffn_hidden, dropout)
+
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_mean(self.stack(self.project(embeddings), mask), mask)

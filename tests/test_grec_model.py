@@ -1,0 +1,174 @@
+"""GRec and the baselines: shapes in every mode, gradients, routing, auxiliary losses, text cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grec import LossConfig, RouterConfig, SkillConfig, build_model
+from grec.moe import SparseMoE
+from grec.router import TaskSentenceRouter, load_balancing_loss
+from grec.synthetic import random_columns
+
+ROWS = 5
+TASKS = ["like", "rating", "next_item"]
+
+
+def _check_outputs(out, tasks):
+    assert list(out.logits) == tasks
+    for task in tasks:
+        expected = (ROWS, 25) if task == "next_item" else (ROWS,)
+        assert out.logits[task].shape == expected
+        assert torch.isfinite(out.logits[task]).all()
+
+
+@pytest.mark.parametrize("mode", ["task", "sentence", "task-sentence"])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("skills", ["cpoly", "cgc_lora", "none"])
+def test_grec_shapes_in_every_mode(grec_config, mode, top_k, skills):
+    model = build_model(grec_config(router=RouterConfig(mode=mode, num_experts=3, top_k=top_k),
+                                    skills=SkillConfig(kind=skills)))
+    batch = model.collate(random_columns(model.config.input, ROWS))
+    for training in (True, False):
+        model.train(training)
+        out = model(batch)
+        _check_outputs(out, TASKS)
+        stats = out.router_stats
+        assert stats.tasks == TASKS and stats.expert_load.shape == (3, 3)
+        if not training:  # no capacity at eval: every sentence reaches its k experts
+            assert stats.expert_load.sum(1).tolist() == [ROWS * top_k] * 3
+        assert set(out.aux_losses) == {"load_balance", "router_z"}
+    single = model(batch, tasks=["rating"])
+    _check_outputs(single, ["rating"])
+    assert single.router_stats.expert_load.shape == (1, 3)
+
+
+@pytest.mark.parametrize("architecture", ["shared_bottom", "mmoe", "ple"])
+def test_baselines_shapes(grec_config, architecture):
+    model = build_model(grec_config(architecture=architecture)).eval()
+    batch = model.collate(random_columns(model.config.input, ROWS))
+    _check_outputs(model(batch), TASKS)
+    _check_outputs(model(batch, tasks=["next_item", "like"]), ["next_item", "like"])
+    with pytest.raises(ValueError, match="unknown task"):
+        model(batch, tasks=["click"])
+
+
+@pytest.mark.parametrize("architecture", ["grec", "shared_bottom", "mmoe", "ple"])
+def test_gradients_reach_every_trainable_parameter(grec_config, architecture):
+    config = grec_config(with_text=True, freeze_text=False, architecture=architecture,
+                         router=RouterConfig(mode="task-sentence", num_experts=2, top_k=2, capacity_factor=2.0),
+                         losses=LossConfig(weighting="uncertainty", sampled_softmax={"next_item": 6}))
+    model = build_model(config).train()
+    batch = model.collate(random_columns(config.input, 8))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    # Two steps: LoRA up-projections start at zero, so their down-projections only get a gradient
+    # once the first step has moved them.
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss, parts = model.loss(model(batch), batch)
+        loss.backward()
+        optimizer.step()
+    assert {"task/like", "task/rating", "task/next_item"} <= set(parts)
+    silent = [name for name, p in model.named_parameters()
+              if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert silent == []
+
+
+def test_frozen_text_encoder_gets_no_gradient(grec_config):
+    model = build_model(grec_config(with_text=True))
+    assert not any(p.requires_grad for p in model.encoder.text_encoder.backbone.parameters())
+
+
+@pytest.mark.parametrize("mode", ["task", "sentence", "task-sentence"])
+def test_eval_routing_is_deterministic_and_jitter_only_in_training(grec_config, mode):
+    model = build_model(grec_config(router=RouterConfig(mode=mode, num_experts=3, top_k=2, jitter=0.3)))
+    batch = model.collate(random_columns(model.config.input, ROWS))
+    model.eval()
+    first, second = model(batch), model(batch)
+    for task in TASKS:
+        assert torch.equal(first.logits[task], second.logits[task])
+    assert torch.equal(first.router_stats.router_probs, second.router_stats.router_probs)
+    model.train()
+    assert not torch.equal(model(batch).router_stats.router_probs, model(batch).router_stats.router_probs)
+
+
+def test_task_routing_depends_on_the_task_only(grec_config):
+    model = build_model(grec_config(router=RouterConfig(mode="task", num_experts=3, top_k=1))).eval()
+    stats = model(model.collate(random_columns(model.config.input, ROWS))).router_stats
+    # Every sentence of a task goes to the same expert.
+    assert ((stats.expert_load == ROWS).sum(1) == 1).all()
+
+
+def test_overflowing_sentences_skip_the_expert_and_keep_the_residual():
+    torch.manual_seed(0)
+    moe = SparseMoE(8, 16, ["a"], RouterConfig(mode="sentence", num_experts=2, top_k=1, capacity_factor=0.5,
+                                               jitter=0.0), SkillConfig(kind="none"))
+    with torch.no_grad():  # every sentence prefers expert 0
+        moe.router.project.weight.zero_()
+        moe.router.project.weight[0] = 1.0
+    x = torch.rand(8, 8) + 0.1
+    task_index = torch.zeros(8, dtype=torch.long)
+    moe.train()
+    y, routing, stats = moe(x, x, task_index, ["a"])
+    capacity = moe.router.capacity(8)  # ceil(0.5 * 8 * 1 / 2) = 2
+    assert capacity == 2
+    assert routing.kept[:, 0].tolist() == [True] * 2 + [False] * 6  # earlier sentences first
+    assert torch.equal(y[2:], x[2:])
+    assert not torch.allclose(y[:2], x[:2])
+    assert stats.expert_load.tolist() == [[2.0, 0.0]]
+    assert float(stats.dropped_fraction) == pytest.approx(0.75)
+    moe.eval()  # no capacity at eval
+    assert moe(x, x, task_index, ["a"])[1].kept.all()
+
+
+def test_second_choices_fill_after_first_choices():
+    router = TaskSentenceRouter(4, RouterConfig(mode="sentence", num_experts=2, top_k=2, capacity_factor=0.5))
+    expert_index = torch.tensor([[0, 1], [1, 0]])  # capacity ceil(0.5 * 2 * 2 / 2) = 1 per expert
+    kept = router._within_capacity(expert_index)
+    assert kept.tolist() == [[True, False], [True, False]]
+
+
+def test_load_balancing_loss_is_one_when_uniform():
+    probs = torch.full((4, 2), 0.5)
+    assert float(load_balancing_loss(probs, torch.tensor([[0], [1], [0], [1]]))) == pytest.approx(1.0)
+    assert float(load_balancing_loss(torch.tensor([[1.0, 0.0]] * 4), torch.zeros(4, 1, dtype=torch.long))) == 2.0
+
+
+def test_predict_gives_probabilities_and_values(grec_config):
+    model = build_model(grec_config()).train()
+    batch = model.collate(random_columns(model.config.input, ROWS))
+    scores = model.predict(batch, tasks=["like", "next_item", "rating"])
+    assert model.training  # predict restores the mode
+    assert ((scores["like"] >= 0) & (scores["like"] <= 1)).all()
+    assert torch.allclose(scores["next_item"].sum(-1), torch.ones(ROWS))
+    assert scores["rating"].shape == (ROWS,)
+
+
+def test_item_text_is_encoded_once_in_eval(grec_config):
+    model = build_model(grec_config(with_text=True, freeze_text=False)).eval()
+    text_encoder = model.encoder.text_encoder
+    columns = random_columns(model.config.input, 6)
+    columns["title"] = ["red dress", "blue shirt", "red dress", "", "blue shirt", "new film"]
+    batch = model.collate(columns)
+    first = model(batch).logits["like"]
+    assert (text_encoder.cache_misses, text_encoder.cache_hits) == (4, 2)
+    second = model(batch).logits["like"]
+    assert (text_encoder.cache_misses, text_encoder.cache_hits) == (4, 8)
+    assert torch.allclose(first, second, atol=1e-6)
+    model.train()  # a trainable encoder may change: the cache is dropped and not used
+    model(batch)
+    assert text_encoder.cache_misses == 4 and len(text_encoder._cache) == 0
+
+
+def test_sparse_arch_is_separate_and_tables_are_listed(grec_config):
+    model = build_model(grec_config())
+    tables = {t.name: t for t in model.embedding_tables()}
+    assert set(tables) == {"t_user_id", "t_item_id", "t_genres", "seq_item_id"}
+    assert tables["t_user_id"].num_embeddings == 30 and tables["t_user_id"].embedding_dim == 8
+    assert tables["seq_item_id"].kind == "sequence" and tables["seq_item_id"].features == ("hist_item_id",)
+    batch = model.collate(random_columns(model.config.input, ROWS))
+    pooled, per_position = model.sparse_arch(batch.categorical, batch.sequences)
+    assert pooled["genres"].shape == (ROWS, 8) and per_position["hist_item_id"].shape == (ROWS * 5, 8)
+    sparse_ids = {id(p) for p in model.sparse_arch.parameters()}
+    assert sum(t.num_parameters for t in tables.values()) == sum(
+        p.numel() for p in model.parameters() if id(p) in sparse_ids)
