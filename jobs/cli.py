@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that expose `register(subparsers)`; each adds one command (or group) to `grec`.
-COMMAND_MODULES: tuple[str, ...] = ("jobs.data_cli",)
+COMMAND_MODULES: tuple[str, ...] = ("jobs.data_cli", "jobs.train_cli", "jobs.serve_cli", "jobs.eval_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,18 +1,47 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: everything on this machine, nothing to start by hand.
-# Each step is a plain `grec` command, so the same steps run against a Ray cluster
-# (--address / RAY_ADDRESS), an MLflow server (--tracking-uri) or Redis (--online-store redis://...).
+# The main job on the embedded default: everything on this machine, nothing to start by hand —
+# a local Ray started by each step, MLflow on .grec/mlflow.db, the SQLite online store, and the
+# real MovieLens-100K data. Each step is a plain `grec` command, so the same steps run against a
+# Ray cluster (--address / RAY_ADDRESS), an MLflow server (--tracking-uri) or Redis
+# (--online-store redis://...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$(pwd)/.cache/torch_extensions}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-HOME_DIR=${GREC_HOME:-.grec}
+HOME_DIR=.grec
 DATA=$HOME_DIR/data/movielens-100k
+ONLINE=$HOME_DIR/online.sqlite
+MODEL=grec-movielens            # configs/movielens_grec.yaml registers under this name
+REPORT=$HOME_DIR/reports/$MODEL-challenger
+PORT=${GREC_PORT:-8000}
+export GREC_API_TOKEN=${GREC_API_TOKEN:-demo-token}
+started=$(date +%s)
 
-echo "== 1/2 prepare MovieLens-100K into the offline store and build point-in-time training sets"
-grec data prepare --dataset movielens-100k --out "$DATA"
+echo "== 1/5 prepare MovieLens-100K: offline store, point-in-time training sets, transforms"
+grec data prepare --dataset movielens-100k --out "$DATA" --overwrite
 
-echo "== 2/2 materialize the latest features into the online store (SQLite)"
-grec data materialize --data "$DATA" --online-store "$HOME_DIR/online.sqlite"
+echo "== 2/5 materialize the latest features and behavior sequences into the online store"
+grec data materialize --data "$DATA" --online-store "$ONLINE"
+
+echo "== 3/5 train GRec with DeepSpeed on 2 local Ray workers; register as $MODEL@challenger"
+grec train --config configs/movielens_grec.yaml
+
+echo "== 4/5 evaluate the challenger on the test split and promote it if it beats the champion"
+grec evaluate --model "models:/$MODEL@challenger" --data "$DATA" --out "$REPORT" --promote
+
+echo "== 5/5 serve models:/$MODEL@champion on 127.0.0.1:$PORT and ask it for recommendations"
+grec serve --model "models:/$MODEL@champion" --online-store "$ONLINE" --port "$PORT" &
+server=$!
+trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+python scripts/demo_requests.py --url "http://127.0.0.1:$PORT" --data "$DATA" --user 1 -k 5
+
+cat <<MSG
+
+Done in $(( $(date +%s) - started )) s.
+  evaluation report:  $REPORT/report.md
+  MLflow UI:          .venv/bin/mlflow ui --backend-store-uri sqlite:///$HOME_DIR/mlflow.db
+  serve it yourself:  GREC_API_TOKEN=... .venv/bin/grec serve --model models:/$MODEL@champion --online-store $ONLINE
+MSG

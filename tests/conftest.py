@@ -167,6 +167,20 @@ def serving_train_tiny_model(prepared, seed: int, steps: int = 4):
     return model.eval()
 
 
+def serving_register(model, prepared, name: str, tracking_uri: str, alias: str | None) -> str:
+    """Registers `model` (trained on `prepared`) as a new version of `name`; returns the version."""
+    from mlflow import MlflowClient
+
+    from jobs.registry import register_model
+    from jobs.tracking import use_tracking_uri
+
+    example_rows = prepared.read_split("train").slice(0, 3).to_pandas()
+    with use_tracking_uri(tracking_uri):
+        version = register_model(model, prepared.root, name, example_rows, alias=alias,
+                                 client=MlflowClient(tracking_uri=tracking_uri))
+    return str(version.version)
+
+
 @dataclass
 class ServingTestApp:
     base_url: str
@@ -215,3 +229,29 @@ def serving_app(tmp_path_factory, ray_local):
     yield ServingTestApp(f"http://127.0.0.1:{port}", token, name, tracking_uri, prepared, online_store,
                          train.column("user_id")[0].as_py(), items, config.max_candidates, config.max_body_bytes)
     serve.shutdown()
+
+
+# ---- training job: a tiny prepared dataset and a tiny training config ------------------------------
+@pytest.fixture(scope="session")
+def train_tiny_config():
+    """Factory: configs/tiny_test.yaml pointed at a dataset dir and a tracking URI, sections overridden."""
+    from jobs.train import load_config
+
+    def make(dataset_dir, tracking_uri: str, **sections):
+        config = load_config(REPO_ROOT / "configs" / "tiny_test.yaml")
+        storage = str(Path(str(dataset_dir)).parent / "ray_results")  # not the working directory's .grec/
+        return config.with_overrides(**{**sections, "dataset": {"path": str(dataset_dir), **sections.get("dataset", {})},
+                                        "mlflow": {"tracking_uri": tracking_uri, **sections.get("mlflow", {})},
+                                        "scaling": {"storage_path": storage, **sections.get("scaling", {})}})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def train_prepared(tmp_path_factory):
+    """MovieLens-100K cut to 600 events (about 480 training rows), prepared once per session."""
+    from feature_store.prepare import prepare_dataset
+    from feature_store.sources import SourceOptions
+
+    root = tmp_path_factory.mktemp("train_data")
+    return prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=600, sequence_length=8))

@@ -1,0 +1,202 @@
+"""`grec evaluate`, `grec promote` and `grec predict`: offline evaluation, the promotion gate and
+batch prediction of registered models on a prepared dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+from jobs.evaluate.inference import InferenceOptions
+from jobs.evaluate.job import EvaluationConfig, evaluate_model
+from jobs.evaluate.report import summary_table
+from jobs.evaluate.results import EvaluationResult
+from jobs.promote import PromotionOutcome, PromotionPolicy, promote
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_evaluate(subparsers)
+    _add_promote(subparsers)
+    _add_predict(subparsers)
+
+
+# ---- shared options ---------------------------------------------------------------------------------
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, metavar="DIR",
+                   help="a prepared dataset directory (grec data prepare)")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split to score (default test)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--actors", type=int, default=1, metavar="N", help="model replicas in the Ray Data actor pool (default 1)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
+    p.add_argument("--batch-size", type=int, default=512, metavar="N", help="rows per inference batch (default 512)")
+
+
+def _add_policy(p: argparse.ArgumentParser) -> None:
+    default = PromotionPolicy()
+    p.add_argument("--tolerance", type=float, default=default.tolerance, metavar="R",
+                   help="largest relative loss allowed on any task's primary metric (default "
+                        f"{default.tolerance}, i.e. {default.tolerance * 100:g}%%)")
+    p.add_argument("--min-average-gain", type=float, default=default.min_average_gain, metavar="R",
+                   help="the mean relative gain over tasks must exceed this (default 0: any improvement)")
+    p.add_argument("--primary-metric", action="append", default=[], metavar="KIND=METRIC",
+                   help="metric judged for a task kind, e.g. binary=gauc (defaults: binary=auc, regression=rmse, "
+                        "multiclass=accuracy); repeatable")
+
+
+def _inference(args: argparse.Namespace) -> InferenceOptions:
+    return InferenceOptions(actors=args.actors, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size)
+
+
+def _policy(args: argparse.Namespace) -> PromotionPolicy:
+    metrics = {}
+    for item in args.primary_metric:
+        kind, sep, metric = item.partition("=")
+        if not sep:
+            raise ValueError(f"--primary-metric {item!r}: expected KIND=METRIC, e.g. binary=gauc")
+        metrics[kind.strip()] = metric.strip()
+    return PromotionPolicy(tolerance=args.tolerance, min_average_gain=args.min_average_gain, primary_metrics=metrics)
+
+
+def _run(args: argparse.Namespace, work) -> int:
+    """Runs `work()` with the MLflow tracking URI set; bad input (a ValueError, which every grec input
+    error is) becomes exit code 2 with its message instead of a traceback. Ray is started by the
+    jobs themselves, after they have checked model and data."""
+    from jobs.tracking import use_tracking_uri
+
+    try:
+        with use_tracking_uri(args.tracking_uri) as tracking_uri:
+            args.resolved_tracking_uri = tracking_uri
+            return work()
+    except ValueError as err:
+        logger.error("%s", err)
+        return 2
+
+
+# ---- grec evaluate ------------------------------------------------------------------------------------
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate a registered model on a prepared dataset (Ray Data), write a report",
+        description="Score a split with Ray Data (an actor pool, each replica loading the registered model "
+                    "once), compute per-task metrics with bootstrap intervals, user slices and leave-last-out "
+                    "HR@k / NDCG@k, write report.md with plots and log it to the model version's MLflow run.",
+    )
+    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    _add_runtime(p)
+    p.add_argument("--out", type=Path, metavar="REPORT_DIR",
+                   help="report directory (default: reports/NAME-vVERSION-SPLIT)")
+    p.add_argument("--resamples", type=int, default=200, metavar="N", help="bootstrap resamples; 0: no intervals (default 200)")
+    p.add_argument("--confidence", type=float, default=0.95, metavar="P", help="interval confidence (default 0.95)")
+    p.add_argument("--ranking-users", type=int, default=300, metavar="N",
+                   help="users ranked leave-last-out per binary task; 0: no ranking (default 300)")
+    p.add_argument("--negatives", type=int, default=99, metavar="N", help="sampled never-seen items per user (default 99)")
+    p.add_argument("--k", type=int, nargs="+", default=[5, 10], metavar="K", help="HR/NDCG cutoffs (default 5 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and sampling (default 0)")
+    p.add_argument("--no-log", action="store_true", help="do not log metrics and report to MLflow")
+    p.add_argument("--promote", action="store_true",
+                   help="then run the promotion gate (models:/NAME@challenger only) on the same split")
+    _add_policy(p)
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    def work() -> int:
+        config = EvaluationConfig(split=args.split, resamples=args.resamples, confidence=args.confidence,
+                                  ranking_users=args.ranking_users, negatives=args.negatives, ks=tuple(args.k),
+                                  seed=args.seed, inference=_inference(args))
+        policy = _policy(args) if args.promote else None
+        if args.promote and not args.model.endswith("@challenger"):
+            raise ValueError(f"--promote evaluates the challenger: pass --model models:/NAME@challenger, not {args.model}")
+        outcome = evaluate_model(args.model, args.data, config, tracking_uri=args.resolved_tracking_uri,
+                                 address=args.address, report_dir=args.out, log_to_mlflow=not args.no_log)
+        print(format_evaluation(outcome.result))
+        print(f"\nreport: {outcome.report}")
+        if args.promote:
+            name = args.model.removeprefix("models:/").rsplit("@", 1)[0]
+            print(format_promotion(promote(name, args.data, policy, split=args.split,
+                                           tracking_uri=args.resolved_tracking_uri, address=args.address,
+                                           inference=_inference(args), challenger_result=outcome.result)))
+        return 0
+
+    return _run(args, work)
+
+
+def format_evaluation(result: EvaluationResult) -> str:
+    lines = [f"{result.model_name} version {result.model_version} on {result.dataset}/{result.split} "
+             f"({result.rows} rows)", "", *summary_table(result)]
+    ranked = [t for t in result.tasks if t.ranking]
+    if ranked:
+        lines += ["", "leave-last-out ranking:"]
+        for task in ranked:
+            values = ", ".join(f"{k} {v.value:.4f}" for k, v in task.ranking.items() if not math.isnan(v.value))
+            lines.append(f"  {task.name} ({task.ranking_users} users): {values}")
+    return "\n".join(lines)
+
+
+# ---- grec promote ---------------------------------------------------------------------------------------
+def _add_promote(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "promote", help="promote the challenger to champion if it beats the champion on the same data",
+        description="Evaluate the challenger and the champion of a registered model on the same split; move the "
+                    "champion alias to the challenger only when no task's primary metric is worse beyond the "
+                    "tolerance and the task-average gain exceeds the minimum. The decision and its evidence are "
+                    "recorded on the challenger's MLflow run. With no champion, the challenger becomes champion.",
+    )
+    p.add_argument("--name", required=True, metavar="NAME", help="registered model name")
+    _add_runtime(p)
+    _add_policy(p)
+    p.set_defaults(func=_promote)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    def work() -> int:
+        print(format_promotion(promote(args.name, args.data, _policy(args), split=args.split,
+                                       tracking_uri=args.resolved_tracking_uri, address=args.address,
+                                       inference=_inference(args))))
+        return 0
+
+    return _run(args, work)
+
+
+def format_promotion(outcome: PromotionOutcome) -> str:
+    decision = outcome.decision
+    verdict = "PROMOTED" if decision.promote else "NOT PROMOTED"
+    lines = [f"{verdict}: challenger version {outcome.challenger_version} "
+             f"(champion before: {outcome.previous_champion or 'none'}, now: {outcome.champion or 'none'})",
+             f"reason: {decision.reason}"]
+    for c in decision.comparisons:
+        lines.append(f"  {c.task:<16} {c.metric:<9} champion {c.champion:.4f}  challenger {c.challenger:.4f}  "
+                     f"gain {c.gain:+.3%}{'' if c.within_tolerance else '  (beyond tolerance)'}")
+    return "\n".join(lines)
+
+
+# ---- grec predict ---------------------------------------------------------------------------------------
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="batch prediction of a registered model to Parquet (Ray Data)",
+        description="Score every row of a split with Ray Data and write one Parquet file with the raw user and "
+                    "item keys and one score_<task> column per task (probabilities, values or class "
+                    "probabilities). The file is written under a temporary name and renamed when complete.",
+    )
+    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    _add_runtime(p)
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.parquet", help="output Parquet file")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from jobs.predict import predict_to_parquet
+
+    def work() -> int:
+        summary = predict_to_parquet(args.model, args.data, args.out, split=args.split,
+                                     tracking_uri=args.resolved_tracking_uri, address=args.address,
+                                     options=_inference(args))
+        print(f"wrote {summary.rows} predictions of {summary.model_name} version {summary.model_version} "
+              f"to {summary.path} (columns: {', '.join(summary.columns)})")
+        return 0
+
+    return _run(args, work)

@@ -1,0 +1,107 @@
+"""Leave-last-out ranking candidates: each user's latest positive row of a task, then the same row
+with the item side replaced by sampled items the user never interacted with.
+
+The held-out row itself is the context (its history holds only earlier events, so nothing leaks);
+negatives take each item's latest known item-side features from the prepared dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from grec import InputSpec
+
+GROUP = "_rank_group"  # index of the held-out row within its task's candidates
+POSITION = "_rank_position"  # 0: the held-out positive, 1..negatives: sampled items
+TASK = "_rank_task"
+
+
+def item_side_columns(spec: InputSpec) -> list[str]:
+    """Raw columns that describe the candidate item (spec source 'item'), the item key first."""
+    names = [spec.item_id] if spec.item_id else []
+    for group in (spec.categorical, spec.numeric, spec.text):
+        names += [f.name for f in group if f.source == "item" and f.name not in names]
+    return names
+
+
+def item_catalogue(rows: pa.Table, spec: InputSpec) -> pa.Table:
+    """One row per item: its item-side columns from its latest row in `rows`."""
+    columns = item_side_columns(spec)
+    table = rows.select(columns + [spec.timestamp]).sort_by([(spec.timestamp, "descending")])
+    _, first = np.unique(table.column(spec.item_id).to_numpy(), return_index=True)
+    return table.take(pa.array(np.sort(first))).select(columns)
+
+
+def latest_positive_rows(rows: pa.Table, spec: InputSpec, label: str, max_users: int, seed: int) -> np.ndarray:
+    """Indices into `rows` of each user's latest row with a positive `label`, for at most `max_users`
+    users drawn at random (seeded)."""
+    labels = rows.column(label).to_numpy(zero_copy_only=False)
+    positive = np.flatnonzero(labels > 0.5)
+    if len(positive) == 0:
+        return positive
+    users = rows.column(spec.user_id).take(pa.array(positive)).to_numpy(zero_copy_only=False)
+    times = pc.cast(rows.column(spec.timestamp), pa.int64()).take(pa.array(positive)).to_numpy()
+    order = np.lexsort((times, users))  # by user, then time: each user's last entry is the latest
+    last_of_user = np.r_[users[order][1:] != users[order][:-1], True]
+    chosen = positive[order][last_of_user]
+    if len(chosen) > max_users:
+        chosen = np.sort(np.random.default_rng(seed).choice(chosen, max_users, replace=False))
+    return chosen
+
+
+@dataclass(frozen=True)
+class Candidates:
+    rows: pa.Table  # held-out rows then negatives, with GROUP, POSITION and TASK columns
+    users: int
+    skipped_users: int  # users with fewer never-seen items than `negatives`
+
+
+def build_candidates(
+    task: str,
+    held_out: pa.Table,
+    catalogue: pa.Table,
+    interactions: pa.Table,
+    spec: InputSpec,
+    negatives: int,
+    seed: int,
+) -> Candidates:
+    """Candidate rows for one task: `held_out` (one row per user) plus `negatives` rows per user whose
+    item side is a uniformly sampled catalogue item absent from the user's `interactions`."""
+    rng = np.random.default_rng(seed)
+    item_ids = catalogue.column(spec.item_id).to_numpy(zero_copy_only=False)
+    seen_users = interactions.column(spec.user_id).to_numpy(zero_copy_only=False)
+    seen_items = interactions.column(spec.item_id).to_numpy(zero_copy_only=False)
+    users = held_out.column(spec.user_id).to_numpy(zero_copy_only=False)
+    kept, sampled = [], []
+    for row, user in enumerate(users):
+        available = np.flatnonzero(~np.isin(item_ids, seen_items[seen_users == user]))
+        if len(available) < negatives:
+            continue
+        kept.append(row)
+        sampled.append(rng.choice(available, negatives, replace=False))
+    if not kept:
+        return Candidates(held_out.slice(0, 0), 0, len(users))
+    positives = held_out.take(pa.array(kept))
+    groups = np.arange(len(kept))
+    negative_rows = positives.take(pa.array(np.repeat(groups, negatives)))
+    negative_items = catalogue.take(pa.array(np.concatenate(sampled)))
+    for name in item_side_columns(spec):
+        index = negative_rows.schema.get_field_index(name)
+        negative_rows = negative_rows.set_column(index, name, negative_items.column(name).cast(negative_rows.schema.field(name).type))
+    table = pa.concat_tables([positives, negative_rows])
+    table = table.append_column(GROUP, pa.array(np.concatenate([groups, np.repeat(groups, negatives)])))
+    table = table.append_column(POSITION, pa.array(np.concatenate([np.zeros(len(kept), dtype=np.int64),
+                                                                   np.tile(np.arange(1, negatives + 1), len(kept))])))
+    table = table.append_column(TASK, pa.array([task] * table.num_rows, pa.string()))
+    return Candidates(table, len(kept), len(users) - len(kept))
+
+
+def score_matrix(groups: np.ndarray, positions: np.ndarray, scores: np.ndarray, negatives: int) -> np.ndarray:
+    """[users, 1 + negatives] scores with the held-out positive in column 0, from rows in any order."""
+    matrix = np.full((int(groups.max()) + 1, negatives + 1), np.nan)
+    matrix[groups, positions] = scores
+    return matrix

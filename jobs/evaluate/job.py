@@ -1,0 +1,264 @@
+"""`evaluate_model`: score a registered model on a split of a prepared dataset with Ray Data, compute
+per-task metrics with intervals, slices and leave-last-out ranking, write the report and log it to
+the model version's MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from feature_store.prepare import PreparedDataset, open_prepared
+from feature_store.training_set import SPLITS, split_dir
+from feature_store.transforms import TransformSet
+from grec import InputSpec
+from jobs.evaluate import candidates as cand
+from jobs.evaluate.compatibility import check_compatible
+from jobs.evaluate.compute import metrics_with_intervals, ranking_metrics, slice_metrics
+from jobs.evaluate.inference import InferenceOptions, arrow_to_scores, score_column, score_dataset
+from jobs.evaluate.metrics import positive_rank
+from jobs.evaluate.report import TaskPredictions, write_report
+from jobs.evaluate.results import EvaluationResult, TaskEvaluation
+from jobs.evaluate.slices import user_slices
+from jobs.ray_runtime import ray_session
+
+logger = logging.getLogger(__name__)
+
+# Task kinds ranked leave-last-out: a binary task's positive rows are the interactions to recover.
+RANKED_KINDS = ("binary",)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    split: str = "test"
+    resamples: int = 200  # bootstrap draws; 0: no intervals
+    confidence: float = 0.95
+    ranking_users: int = 300  # users per binary task in leave-last-out ranking; 0: no ranking
+    negatives: int = 99
+    ks: tuple[int, ...] = (5, 10)
+    activity_buckets: int = 3
+    seed: int = 0
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        for name in ("resamples", "ranking_users"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.negatives < 1:
+            raise ValueError(f"negatives must be >= 1, got {self.negatives}")
+        if not self.ks or any(k < 1 or k > self.negatives + 1 for k in self.ks):
+            raise ValueError(f"ks must be cutoffs in 1..negatives+1 ({self.negatives + 1}), got {self.ks}")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What the driver knows about the model before any Ray work."""
+
+    uri: str
+    name: str
+    version: str
+    spec: InputSpec
+    transforms: TransformSet
+
+    @property
+    def pinned_uri(self) -> str:
+        """The resolved version: Ray workers load exactly it even if the alias moves meanwhile."""
+        return f"models:/{self.name}/{self.version}"
+
+
+def prepare_evaluation(model_uri: str, data_dir: str | Path, split: str, *,
+                       labels: bool = True) -> tuple[ResolvedModel, PreparedDataset]:
+    """Loads the model's metadata and checks it against the dataset (tasks too when `labels`): fails
+    before any work starts."""
+    from mlflow.exceptions import MlflowException
+
+    from jobs.registry import load_registered
+
+    prepared = open_prepared(data_dir)
+    try:
+        loaded = load_registered(model_uri)
+    except MlflowException as err:  # e.g. a version that does not exist: bad input, not a crash
+        raise ValueError(f"cannot load {model_uri} from the MLflow registry: {err.message}") from None
+    # the model's own spec: its tasks may be a subset of the dataset spec it was trained from
+    model = ResolvedModel(model_uri, loaded.name, str(loaded.version), loaded.model.config.input, loaded.transforms)
+    files = sorted(split_dir(prepared.training_dir, split).glob("*.parquet"))
+    if not files:
+        raise ValueError(f"{prepared.root}: split {split!r} holds no rows")
+    schema = pads.dataset(files, format="parquet").schema
+    data_spec = InputSpec.from_dict(prepared.spec())
+    check_compatible(model_uri, model.spec, loaded.transforms, data_spec, schema, str(prepared.root), labels=labels)
+    return model, prepared
+
+
+def score_split(model: ResolvedModel, prepared: PreparedDataset, split: str, tracking_uri: str | None,
+                options: InferenceOptions) -> pa.Table:
+    """Every row of the split scored by Ray Data: user/item keys, labels and `score_<task>` columns."""
+    import ray.data
+
+    spec = model.spec
+    keep = [spec.user_id, spec.item_id, *(t.label for t in spec.tasks)]
+    files = [str(p) for p in sorted(split_dir(prepared.training_dir, split).glob("*.parquet"))]
+    dataset = ray.data.read_parquet(files)
+    return _collect(score_dataset(dataset, model.pinned_uri, tracking_uri, keep, options))
+
+
+def _collect(dataset) -> pa.Table:
+    tables = [batch for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None)]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def _ranking_candidates(model: ResolvedModel, prepared: PreparedDataset, config: EvaluationConfig) -> tuple[pa.Table | None, dict[str, int]]:
+    """Candidate rows of every binary task, and the users ranked per task."""
+    spec = model.spec
+    tasks = [t for t in spec.tasks if t.kind in RANKED_KINDS]
+    if config.ranking_users == 0 or not tasks or not spec.user_id or not spec.item_id or not spec.timestamp:
+        return None, {}
+    rows = prepared.read_split(config.split)
+    every_split = [prepared.read_split(s, columns=cand.item_side_columns(spec) + [spec.user_id, spec.timestamp])
+                   for s in SPLITS]
+    history = pa.concat_tables(every_split)
+    catalogue = cand.item_catalogue(history, spec)
+    tables, users = [], {}
+    for index, task in enumerate(tasks):
+        held = rows.take(pa.array(cand.latest_positive_rows(rows, spec, task.label, config.ranking_users,
+                                                            config.seed + index)))
+        built = cand.build_candidates(task.name, held, catalogue, history.select([spec.user_id, spec.item_id]),
+                                      spec, config.negatives, config.seed + index)
+        if built.skipped_users:
+            logger.info("ranking %s: %d users skipped (fewer than %d never-seen items)", task.name,
+                        built.skipped_users, config.negatives)
+        users[task.name] = built.users
+        if built.users:
+            tables.append(built.rows)
+    return (pa.concat_tables(tables) if tables else None), users
+
+
+def _positive_ranks(scored: pa.Table, task: str, negatives: int) -> np.ndarray:
+    mine = scored.filter(pc.equal(scored.column(cand.TASK), task))
+    if mine.num_rows == 0:
+        return np.zeros(0, dtype=np.int64)
+    matrix = cand.score_matrix(mine.column(cand.GROUP).to_numpy(), mine.column(cand.POSITION).to_numpy(),
+                               arrow_to_scores(mine.column(score_column(task))), negatives)
+    return positive_rank(matrix)
+
+
+def _labeled_rows(column: pa.ChunkedArray, kind: str) -> np.ndarray:
+    """Rows that have a label for the task (missing: null, NaN, or a negative class id), as the
+    model's losses leave them out too."""
+    valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    values = pc.fill_null(column, 0).to_numpy().astype(np.float64)
+    return valid & ~np.isnan(values) & ((values >= 0) if kind == "multiclass" else True)
+
+
+def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, config: EvaluationConfig, *,
+                    train_users: np.ndarray | None = None, ranking_scored: pa.Table | None = None,
+                    ranking_users: dict[str, int] | None = None) -> tuple[EvaluationResult, dict[str, TaskPredictions]]:
+    """Metrics of scored rows: per task with intervals; slices when `train_users` is given; ranking
+    when candidates were scored."""
+    spec = model.spec
+    users = scored.column(spec.user_id).to_numpy(zero_copy_only=False) if spec.user_id else None
+    slices = user_slices(users, train_users, activity_buckets=config.activity_buckets) \
+        if users is not None and train_users is not None else {}
+    tasks, predictions = [], {}
+    for index, task in enumerate(spec.tasks):
+        labeled = _labeled_rows(scored.column(task.label), task.kind)
+        labels = pc.fill_null(scored.column(task.label), 0).to_numpy().astype(
+            np.int64 if task.kind == "multiclass" else np.float64)[labeled]
+        values = arrow_to_scores(scored.column(score_column(task.name)))[labeled]
+        task_users = None if users is None else users[labeled]
+        predictions[task.name] = TaskPredictions(labels, values)
+        evaluation = TaskEvaluation(
+            task.name, task.kind, task.role, len(labels),
+            metrics_with_intervals(task.kind, labels, values, task_users, resamples=config.resamples,
+                                   confidence=config.confidence, seed=config.seed + index),
+            slice_metrics(task.kind, labels, values, task_users, {k: m[labeled] for k, m in slices.items()})
+            if slices else {},
+        )
+        if ranking_scored is not None and task.name in (ranking_users or {}):
+            ranks = _positive_ranks(ranking_scored, task.name, config.negatives)
+            evaluation.ranking = ranking_metrics(ranks, config.ks, resamples=config.resamples,
+                                                 confidence=config.confidence, seed=config.seed + index)
+            evaluation.ranking_users = len(ranks)
+        tasks.append(evaluation)
+    settings = {"resamples": config.resamples, "confidence": config.confidence, "negatives": config.negatives,
+                "ks": list(config.ks), "ranking_users": config.ranking_users, "seed": config.seed}
+    result = EvaluationResult(model.uri, model.name, model.version, dataset_name, config.split, scored.num_rows,
+                              tasks, settings)
+    return result, predictions
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    result: EvaluationResult
+    report: Path | None
+
+
+def evaluate_model(model_uri: str, data_dir: str | Path, config: EvaluationConfig | None = None, *,
+                   tracking_uri: str | None = None, address: str | None = None,
+                   report_dir: str | Path | None = None, full: bool = True,
+                   log_to_mlflow: bool = True) -> EvaluationOutcome:
+    """Evaluates a registered model on a split: checks model and data first, then starts (or joins)
+    Ray at `address` for the scoring. See `run_evaluation`."""
+    config = config or EvaluationConfig()
+    model, prepared = prepare_evaluation(model_uri, data_dir, config.split)
+    with ray_session(address):
+        return run_evaluation(model, prepared, config, tracking_uri=tracking_uri, report_dir=report_dir, full=full,
+                              log_to_mlflow=log_to_mlflow)
+
+
+def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: EvaluationConfig, *,
+                   tracking_uri: str | None = None, report_dir: str | Path | None = None, full: bool = True,
+                   log_to_mlflow: bool = True) -> EvaluationOutcome:
+    """Scores and measures a checked model (Ray running). `full=False` computes the overall metrics
+    only (no intervals, slices, ranking, report or logging): what promotion compares."""
+    dataset_name = prepared.spec()["name"]
+    scored = score_split(model, prepared, config.split, tracking_uri, config.inference)
+    if not full:
+        quick = EvaluationConfig(split=config.split, resamples=0, ranking_users=0, seed=config.seed,
+                                 inference=config.inference)
+        result, _ = evaluate_scores(model, dataset_name, scored, quick)
+        return EvaluationOutcome(result, None)
+    ranking_rows, ranked_users = _ranking_candidates(model, prepared, config)
+    ranking_scored = None
+    if ranking_rows is not None:
+        import ray.data
+
+        ranking_scored = _collect(score_dataset(ray.data.from_arrow(ranking_rows), model.pinned_uri, tracking_uri,
+                                                [cand.GROUP, cand.POSITION, cand.TASK], config.inference))
+    train_users = None
+    if model.spec.user_id:
+        train_users = prepared.read_split("train", columns=[model.spec.user_id]).column(0).to_numpy(zero_copy_only=False)
+    result, predictions = evaluate_scores(model, dataset_name, scored, config, train_users=train_users,
+                                          ranking_scored=ranking_scored, ranking_users=ranked_users)
+    out = Path(report_dir) if report_dir else Path("reports") / f"{model.name}-v{model.version}-{config.split}"
+    report = write_report(result, predictions, out)
+    if log_to_mlflow:
+        log_evaluation(result, report.parent)
+    return EvaluationOutcome(result, report)
+
+
+def log_evaluation(result: EvaluationResult, report_dir: Path) -> str:
+    """Logs metrics (`eval_<split>_<task>_<metric>`) and the report directory (artifacts under
+    `evaluation/<split>`) to the run that produced the model version; returns that run's id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run_id = client.get_model_version(result.model_name, result.model_version).run_id
+    if not run_id:
+        raise ValueError(f"model {result.model_name} version {result.model_version} has no MLflow run to log to")
+    for key, value in result.flat_metrics(prefix=f"eval_{result.split}_").items():
+        if math.isfinite(value):
+            client.log_metric(run_id, key, value)
+    client.set_tag(run_id, f"evaluation.{result.split}.dataset", result.dataset)
+    client.log_artifacts(run_id, str(report_dir), artifact_path=f"evaluation/{result.split}")
+    return run_id

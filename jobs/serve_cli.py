@@ -1,0 +1,94 @@
+"""`grec serve`: start the recommendation endpoint on a local or existing Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.config import ServingConfig
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve the registry's model over HTTP (Ray Serve)",
+        description="Start the recommendation endpoint: a FastAPI ingress, online feature lookup and batched "
+                    "per-task ranking on Ray Serve, loading the model the registry alias names and following "
+                    "the alias when it moves. Stops on Ctrl-C.",
+    )
+    p.add_argument("--model", required=True, metavar="URI",
+                   help="registered model: models:/NAME@ALIAS (followed as it moves) or models:/NAME/VERSION")
+    p.add_argument("--online-store", metavar="PATH_OR_URL",
+                   help="online store: a SQLite file path or redis://host:port/db (default: none, every user "
+                        "is served with default features)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    p.add_argument("--token-env", default="GREC_API_TOKEN", metavar="VAR",
+                   help="environment variable holding the bearer token that guards /v1 (default GREC_API_TOKEN; "
+                        "unset variable = no token)")
+    p.add_argument("--max-candidates", type=int, default=None, metavar="N",
+                   help="most candidates (or score rows) one request may send (default 1000)")
+    p.add_argument("--reload-interval", type=float, default=None, metavar="SECONDS",
+                   help="how often the registry alias is checked for a new version (default 30)")
+    p.add_argument("--retrieval", choices=("popularity", "similarity"), default=None,
+                   help="how candidates are chosen when a request brings none (default popularity)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="serving config (JSON or YAML) with any ServingConfig field; flags override it")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI or .grec/mlflow.db)")
+    p.add_argument("--address", metavar="RAY_ADDRESS",
+                   help="join this Ray cluster instead of starting a local one")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jobs.registry import resolve_version
+    from jobs.tracking import use_tracking_uri
+    from serving.config import ServingConfig, ServingConfigError
+
+    try:
+        config = ServingConfig.load(
+            {"model_uri": args.model, "online_store": args.online_store, "host": args.host, "port": args.port,
+             "max_candidates": args.max_candidates, "reload_interval_s": args.reload_interval,
+             "retrieval": args.retrieval, "tracking_uri": args.tracking_uri},
+            file=args.config, token_env=args.token_env,
+        )
+        with use_tracking_uri(config.tracking_uri) as tracking_uri:
+            # Fail here, with the registry's message, rather than in every replica's constructor.
+            name, version = resolve_version(config.model_uri)
+    except (ServingConfigError, ValueError) as err:
+        print(f"grec serve: error: {err}", file=sys.stderr)
+        return 2
+    log.info("serving %s (now version %s of %s) from %s", config.model_uri, version, name, tracking_uri)
+    if config.api_token is None:
+        log.warning("no bearer token in $%s: /v1 routes are open to anyone who can reach %s:%d",
+                    args.token_env, config.host, config.port)
+    # The replicas get the resolved store explicitly: they may run on other nodes.
+    serve_forever(config.model_copy(update={"tracking_uri": tracking_uri}), args.address)
+    return 0
+
+
+def serve_forever(config: ServingConfig, address: str | None) -> None:
+    """Starts Ray (or joins `address`), runs the application and blocks until SIGINT/SIGTERM."""
+    from ray import serve
+
+    from jobs.ray_runtime import ray_session
+    from serving.app import build_app
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with ray_session(address):
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(build_app(config), name="grec", route_prefix="/")
+        print(f"grec serve: {config.model_uri} on http://{config.host}:{config.port} "
+              f"(OpenAPI: /docs, metrics: /metrics); Ctrl-C stops", flush=True)
+        stop.wait()
+        serve.shutdown()

@@ -1,0 +1,125 @@
+"""MLflow for grec's jobs: where runs and models are stored, and logging from rank 0 only.
+
+Default store: a SQLite file under the working directory's `.grec/` folder (artifacts next to it),
+so a laptop needs no server; `--tracking-uri` (or $MLFLOW_TRACKING_URI) points at a server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+GREC_DIR = ".grec"
+DATABASE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+# MLflow caps a parameter value at 6000 characters; longer ones are truncated with a marker.
+MAX_PARAM_CHARS = 6000
+
+
+def default_tracking_uri(workdir: str | Path | None = None) -> str:
+    """`sqlite:///<workdir>/.grec/mlflow.db` (the folder is created)."""
+    folder = Path(workdir or Path.cwd()).resolve() / GREC_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / DATABASE_FILE}"
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The URI given, else $MLFLOW_TRACKING_URI, else the default SQLite store."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def is_local_sqlite(tracking_uri: str) -> bool:
+    return tracking_uri.startswith("sqlite:///")
+
+
+@contextmanager
+def use_tracking_uri(tracking_uri: str | None = None) -> Iterator[str]:
+    """Points MLflow's tracking and registry at the resolved URI for the block (also in Ray workers
+    started inside it, through $MLFLOW_TRACKING_URI); yields the URI."""
+    resolved = resolve_tracking_uri(tracking_uri)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = resolved
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    try:
+        yield resolved
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name`, created if missing. With the local SQLite store its artifacts go
+    to `mlartifacts/` beside the database instead of MLflow's default under the working directory."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if is_local_sqlite(tracking_uri):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        location = (database.parent / ARTIFACTS_DIR / name).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"} (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+    return flat
+
+
+class RankZeroLogger:
+    """Logs to one MLflow run from the rank-0 worker only; on every other rank each call does
+    nothing, so worker code calls it unconditionally."""
+
+    def __init__(self, tracking_uri: str, run_id: str, rank: int) -> None:
+        self.run_id = run_id
+        self.enabled = rank == 0
+        self.client = MlflowClient(tracking_uri=tracking_uri) if self.enabled else None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if not self.enabled or not metrics:
+            return
+        self.client.log_batch(self.run_id, metrics=[
+            mlflow.entities.Metric(key=_metric_key(k), value=float(v), timestamp=_now_ms(), step=step)
+            for k, v in metrics.items()])
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_dict(self.run_id, dict(data), artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+
+def _metric_key(name: str) -> str:
+    # MLflow keys allow letters, digits, _ - . space / ; other characters become "_".
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

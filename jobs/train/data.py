@@ -1,0 +1,62 @@
+"""The data pipeline: the prepared training set's Parquet streamed through Ray Data, transformed
+on the way (feature_store transforms in Ray Data tasks), collated into model batches in the worker.
+Nothing loads a split whole: Ray Data reads, transforms and hands over blocks as training consumes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from feature_store.transforms import TransformSet
+
+# Share of a CPU each Ray Data read/transform task asks for: the training workers hold most CPUs,
+# and the pipeline must still be schedulable beside them on a small machine.
+DATA_TASK_CPUS = 0.25
+# CPUs the cluster must have beyond the training workers' for the pipeline. Measured: with only one
+# task's worth (0.25) left, Ray Data splits that budget between its operators and never launches a task.
+DATA_PIPELINE_CPUS = 1.0
+
+
+def split_files(dataset_dir: Path, split: str) -> list[str]:
+    """The Parquet files of one training-set split (CONTRACTS.md section 3)."""
+    return [str(p) for p in sorted((Path(dataset_dir) / "training_set" / f"split={split}").glob("*.parquet"))]
+
+
+def _apply_transforms(table: pa.Table, transforms: TransformSet) -> pa.Table:
+    return transforms.transform(table)
+
+
+def transformed_split(dataset_dir: Path, split: str):
+    """A lazy Ray Dataset of the split's transformed columns (CONTRACTS.md section 2)."""
+    import ray.data
+
+    transforms = TransformSet.load(Path(dataset_dir) / "transforms.json")
+    # partitioning=None: the `split=` folder is not a column the transforms should see.
+    raw = ray.data.read_parquet(split_files(dataset_dir, split), partitioning=None, num_cpus=DATA_TASK_CPUS)
+    return raw.map_batches(_apply_transforms, fn_kwargs={"transforms": transforms}, batch_format="pyarrow",
+                           num_cpus=DATA_TASK_CPUS)
+
+
+class ModelCollate(ArrowBatchCollateFn):
+    """Arrow batch -> the model's Batch (runs in the training worker, off the training thread)."""
+
+    def __init__(self, collate: Callable[[pa.Table], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, batch: pa.Table) -> Any:
+        return self.collate(batch)
+
+
+def iter_model_batches(shard: Any, collate: Callable[[pa.Table], Any], batch_size: int, *,
+                       shuffle_buffer: int = 0, seed: int | None = None) -> Iterator[Any]:
+    """Model batches from a worker's dataset shard; `shuffle_buffer` rows are shuffled locally with
+    `seed` (the same seed gives the same order: a resumed epoch sees the batches it saw before)."""
+    return shard.iter_torch_batches(
+        batch_size=batch_size, collate_fn=ModelCollate(collate), drop_last=False,
+        local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed if shuffle_buffer else None,
+    )

@@ -1,0 +1,218 @@
+"""The Ray Train worker function: build the model, hand it to DeepSpeed (the sparse part to torchrec
+DMP when configured), train epoch by epoch on the streamed shard, validate, checkpoint, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from jobs.train.checkpointing import (
+    DEEPSPEED_DIR,
+    DEEPSPEED_TAG,
+    SPARSE_DIR,
+    TrainerState,
+    load_rng,
+    save_rng,
+)
+from jobs.train.config import ResolvedConfig
+from jobs.train.data import iter_model_batches
+from jobs.train.engine import engine_dtype, export_distributed_env, initialize_engine
+from jobs.train.metrics import ValidationAccumulator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What the driver sends every worker."""
+
+    resolved: ResolvedConfig
+    tracking_uri: str
+    run_id: str
+    progress: Any  # a ProgressBoard actor handle
+
+
+class Trainee:
+    """The model as trained on this rank: the DeepSpeed engine, plus the DMP-sharded sparse part
+    when the config shards it; `forward` runs both for a batch."""
+
+    def __init__(self, resolved: ResolvedConfig, rank: int, local_rank: int, world_size: int) -> None:
+        from grec import build_model
+
+        from jobs.train.sharding import ShardedSparseInput, shard_sparse_arch
+
+        config = resolved.config
+        use_gpu = config.scaling.use_gpu and torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{local_rank}" if use_gpu else "cpu")
+        self.dtype = engine_dtype(config)
+        model = build_model(resolved.model_config)
+        self.sparse = None
+        if resolved.sharded:
+            self.sparse = shard_sparse_arch(model.sparse_arch, config.sparse, self.device)
+            model.sparse_arch = ShardedSparseInput()
+        export_distributed_env(rank, local_rank, world_size)
+        self.engine = initialize_engine(model, config, world_size)
+        self.model = self.engine.module
+
+    def forward(self, batch):
+        batch = batch.to(self.device)
+        if self.dtype != torch.float32 and batch.numeric is not None:
+            batch.numeric = batch.numeric.to(self.dtype)
+        if self.sparse is not None:
+            pooled, per_position = self.sparse(batch.categorical, batch.sequences)
+            self.model.sparse_arch.feed(({k: v.to(self.dtype) for k, v in pooled.items()},
+                                         {k: v.to(self.dtype) for k, v in per_position.items()}))
+        # DeepSpeed casts the weights to bf16, not the tensors the model creates in forward (masks,
+        # positions, padding): autocast makes the matmuls that meet them agree on the dtype.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            return batch, self.engine(batch)
+
+    def loss(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = {k: v.float() for k, v in out.logits.items()}  # losses in fp32 whatever the precision
+        hidden = {k: v.float() for k, v in out.hidden.items()}
+        aux = {k: v.float() for k, v in out.aux_losses.items()}
+        return self.model.loss(type(out)(logits, hidden, aux, out.router_stats), batch)
+
+    def train(self, mode: bool) -> None:
+        self.engine.train(mode)
+        if self.sparse is not None:
+            self.sparse.train(mode)
+
+    def save(self, directory: Path, rank: int) -> None:
+        from jobs.train.sharding import save_sharded
+
+        self.engine.save_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG)
+        if self.sparse is not None:
+            save_sharded(self.sparse, directory / SPARSE_DIR)
+        save_rng(directory, rank)
+
+    def load(self, directory: Path, rank: int) -> None:
+        from jobs.train.sharding import load_sharded
+
+        self.engine.load_checkpoint(str(directory / DEEPSPEED_DIR), tag=DEEPSPEED_TAG)
+        if self.sparse is not None:
+            load_sharded(self.sparse, directory / SPARSE_DIR)
+        load_rng(directory, rank)
+
+
+def train_loop_per_worker(job: WorkerJob) -> None:
+    """The Ray Train loop (one process per worker)."""
+    import ray.train
+
+    from jobs.tracking import RankZeroLogger
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    resolved, config = job.resolved, job.resolved.config
+    torch.manual_seed(config.training.seed + rank)
+    job.progress.worker_started.remote(rank, os.getpid())
+    trainee = Trainee(resolved, rank, context.get_local_rank(), world)
+    state = TrainerState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainee.load(Path(directory), rank)
+            state = TrainerState.load(Path(directory))
+        logger.info("rank %d resumed after epoch %d", rank, state.epoch + 1)
+    mlflow_log = RankZeroLogger(job.tracking_uri, job.run_id, rank)
+    train_shard = ray.train.get_dataset_shard("train")
+    validation_shard = ray.train.get_dataset_shard("validation")
+    stopping = config.training.early_stopping
+
+    for epoch in range(state.epoch + 1, config.training.epochs):
+        started = time.perf_counter()
+        train_loss, samples_per_second = _train_epoch(trainee, train_shard, state, epoch, rank, job, mlflow_log)
+        metrics, expert_load = _validate(trainee, validation_shard, resolved)
+        metrics = {"train/loss": train_loss, **metrics}
+        value = metrics[stopping.metric]
+        best = state.improved(value, stopping.mode, stopping.min_delta)
+        if best:
+            state.best_metric, state.best_epoch, state.epochs_without_improvement = value, epoch, 0
+        else:
+            state.epochs_without_improvement += 1
+        state.epoch = epoch
+        summary = {"epoch": epoch, "metrics": metrics, "seconds": time.perf_counter() - started, "best": best}
+        state.history.append({**summary, "expert_load": expert_load, "global_step": state.global_step})
+        state.history[-1]["samples_per_second"] = samples_per_second
+        mlflow_log.log_metrics({**metrics, "epoch_seconds": summary["seconds"],
+                                "train/samples_per_second": samples_per_second}, step=epoch)
+        _checkpoint_and_report(trainee, state, rank, {**metrics, "epoch": epoch})
+        if rank == 0:
+            job.progress.epoch_done.remote(summary)
+        if state.epochs_without_improvement >= stopping.patience:
+            logger.info("early stopping after epoch %d: %s did not improve for %d epochs",
+                        epoch + 1, stopping.metric, stopping.patience)
+            break
+
+
+def _train_epoch(trainee: Trainee, shard, state: TrainerState, epoch: int, rank: int, job: WorkerJob,
+                 mlflow_log) -> tuple[float, float]:
+    """One pass over this rank's shard; returns (mean loss, samples per second over all ranks)."""
+    config = job.resolved.config
+    trainee.train(True)
+    total, batches, rows = 0.0, 0, 0
+    started = time.perf_counter()
+    seed = config.training.seed + 1000 * epoch + rank  # fixed per (epoch, rank): a rerun sees the same order
+    for step, batch in enumerate(iter_model_batches(shard, trainee.model.collate, config.training.batch_size,
+                                                    shuffle_buffer=config.dataset.shuffle_buffer, seed=seed)):
+        batch, out = trainee.forward(batch)
+        loss, parts = trainee.loss(out, batch)
+        trainee.engine.backward(loss)
+        trainee.engine.step()
+        state.global_step += 1
+        value = float(loss.detach())
+        total, batches, rows = total + value, batches + 1, rows + batch.size
+        if state.global_step % config.training.log_every_n_steps == 0:
+            mlflow_log.log_metrics({"train/step_loss": value, **{f"train/{k}": float(v) for k, v in parts.items()}},
+                                   step=state.global_step)
+            if rank == 0:
+                job.progress.step.remote(epoch, step + 1, value)
+    seconds = torch.tensor([time.perf_counter() - started], dtype=torch.float64)
+    sums = torch.tensor([total, float(batches), float(rows)], dtype=torch.float64)
+    dist.all_reduce(sums)  # the mean over every rank's batches, the same on all ranks
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    mean = float(sums[0] / sums[1].clamp_min(1.0))
+    if rank == 0:
+        job.progress.step.remote(epoch, batches, mean)
+    return mean, float(sums[2] / seconds[0])
+
+
+def _validate(trainee: Trainee, shard, resolved: ResolvedConfig) -> tuple[dict[str, float], list[list[float]]]:
+    """Every rank scores its validation shard; one all-reduce gives all ranks the same metrics."""
+    model = trainee.model
+    tasks = [resolved.model_config.input.task(name) for name in resolved.task_names]
+    accumulator = ValidationAccumulator(tasks, resolved.model_config.router.num_experts)
+    trainee.train(False)
+    with torch.no_grad():
+        for batch in iter_model_batches(shard, model.collate, resolved.config.training.eval_batch_size):
+            batch, out = trainee.forward(batch)
+            loss, _ = trainee.loss(out, batch)
+            predictions = {t: model.heads[t].predict(logits.float()) for t, logits in out.logits.items()}
+            load = None
+            if out.router_stats is not None:
+                load = out.router_stats.load_matrix(resolved.task_names)
+            accumulator.update(predictions, batch.labels, float(loss), batch.size, load)
+    accumulator.all_reduce(dist.all_reduce)
+    trainee.train(True)
+    return accumulator.compute(), accumulator.expert_load_fractions()
+
+
+def _checkpoint_and_report(trainee: Trainee, state: TrainerState, rank: int, metrics: dict[str, float]) -> None:
+    """Every rank writes its part into one temporary directory, then all report it together."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        trainee.save(directory, rank)
+        if rank == 0:
+            state.save(directory)
+        dist.barrier()
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

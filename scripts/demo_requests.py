@@ -1,0 +1,67 @@
+"""The main job's last step: wait for the endpoint, then show a user's top items for every task.
+
+Reads the item titles from the prepared dataset's offline store so the answer is readable; the
+endpoint itself returns item ids and scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import httpx
+
+from feature_store.prepare import open_prepared
+
+
+def wait_until_ready(client: httpx.Client, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(1.0)
+    sys.exit(f"the endpoint was not ready within {timeout_s:.0f} s")
+
+
+def item_titles(data_dir: str) -> dict[object, str]:
+    prepared = open_prepared(data_dir)
+    item_key = prepared.definition().item.join_key
+    items = prepared.offline_store().read_view("movies", columns=[item_key, "title"])
+    return dict(zip(items.column(item_key).to_pylist(), items.column("title").to_pylist(), strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True, help="the endpoint, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--data", required=True, help="the prepared dataset directory (for titles)")
+    parser.add_argument("--user", type=int, default=1, help="user id to recommend for")
+    parser.add_argument("-k", type=int, default=5, help="items per task")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    args = parser.parse_args()
+
+    headers = {"Authorization": f"Bearer {os.environ['GREC_API_TOKEN']}"}
+    titles = item_titles(args.data)
+    with httpx.Client(base_url=args.url, headers=headers, timeout=60.0) as client:
+        wait_until_ready(client, args.timeout)
+        tasks = client.get("/v1/tasks").raise_for_status().json()
+        print(f"GET /v1/model -> {json.dumps(client.get('/v1/model').raise_for_status().json())}")
+        request = {"user_id": args.user, "task": None, "k": args.k}
+        for task in tasks["tasks"]:
+            request["task"] = task["name"]
+            answer = client.post("/v1/recommend", json=request).raise_for_status().json()
+            print(f"\nPOST /v1/recommend {json.dumps(request)}")
+            print(f"  model v{answer['model']['version']}, cold start: {answer['cold_start']}, "
+                  f"candidates from {answer['candidates_from']}")
+            for rank, item in enumerate(answer["items"], start=1):
+                print(f"  {rank}. {titles.get(item['item_id'], '?')} (item {item['item_id']}, "
+                      f"score {item['score']:.4f})")
+
+
+if __name__ == "__main__":
+    main()

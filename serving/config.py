@@ -1,0 +1,144 @@
+"""The serving configuration: one typed object, validated once when it is loaded.
+
+Every deployment of the application receives the same `ServingConfig`; nothing reads the
+environment after load (the bearer token is resolved from its variable here), so a replica that
+starts on another node behaves exactly like the driver asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+# `models:/NAME@alias` or `models:/NAME/VERSION`, the forms jobs.registry.load_registered takes.
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))$")
+
+
+class ServingConfigError(ValueError):
+    """The serving configuration is invalid; the message names the field and what was expected."""
+
+
+class ReplicaConfig(BaseModel):
+    """How many copies of a deployment run and what each one reserves from Ray."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_replicas: int = Field(1, ge=1)
+    # Fractions let three deployments share a 2-core machine (Serve reserves 1 CPU by default).
+    num_cpus: float = Field(0.25, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
+class BatchingConfig(BaseModel):
+    """Dynamic batching in the ranker (`@serve.batch`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
+class ServingConfig(BaseModel):
+    """Everything `build_app` needs. Build it with `ServingConfig.load(...)` or the constructor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_uri: str = Field(description="models:/NAME@alias (followed as it moves) or models:/NAME/VERSION")
+    tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI; None = MLflow's default")
+    online_store: str | None = Field(
+        None, description="SQLite path or redis:// URL of the online store; None = no stored features"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Guards every /v1 route when set; `None` leaves them open (health, readiness, metrics stay open).
+    api_token: SecretStr | None = None
+    max_candidates: int = Field(1000, ge=1)
+    max_k: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    request_timeout_s: float = Field(10.0, gt=0)
+    reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
+    # Candidates the ranker scores when a request brings none.
+    retrieval: Literal["popularity", "similarity"] = "popularity"
+    retrieval_size: int = Field(200, ge=1)
+    ingress: ReplicaConfig = ReplicaConfig()
+    features: ReplicaConfig = ReplicaConfig()
+    ranker: ReplicaConfig = ReplicaConfig(max_ongoing_requests=128)
+    batching: BatchingConfig = BatchingConfig()
+
+    @field_validator("model_uri")
+    @classmethod
+    def _check_model_uri(cls, value: str) -> str:
+        if not _MODEL_URI.match(value):
+            raise ValueError(f"{value!r} is not a registry URI; expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return value
+
+    @field_validator("online_store")
+    @classmethod
+    def _check_online_store(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        if "://" in value:
+            raise ValueError(f"{value!r}: expected a SQLite file path or a redis:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_batching_fits(self) -> ServingConfig:
+        # A batch can only be as large as the requests a replica lets in at once.
+        if self.ranker.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"ranker.max_ongoing_requests ({self.ranker.max_ongoing_requests}) must be >= "
+                f"batching.max_batch_size ({self.batching.max_batch_size}), or batches never fill"
+            )
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return _MODEL_URI.match(self.model_uri)["name"]  # type: ignore[index]
+
+    @property
+    def model_alias(self) -> str | None:
+        return _MODEL_URI.match(self.model_uri)["alias"]  # type: ignore[index]
+
+    @classmethod
+    def load(cls, values: dict[str, Any] | None = None, *, file: str | Path | None = None,
+             token_env: str | None = None) -> ServingConfig:
+        """Validates `values` (merged over a JSON/YAML `file`), reading the token from `token_env`.
+
+        Raises ServingConfigError listing every invalid field with what was expected.
+        """
+        merged: dict[str, Any] = {}
+        if file is not None:
+            merged.update(_read_config_file(Path(file)))
+        merged.update({key: value for key, value in (values or {}).items() if value is not None})
+        if token_env and "api_token" not in merged:
+            token = os.environ.get(token_env)
+            if token:
+                merged["api_token"] = token
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'config'}: {error['msg']}"
+                for error in err.errors()
+            )
+            raise ServingConfigError(f"invalid serving config: {problems}") from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ServingConfigError(f"serving config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml  # only needed for YAML files
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ServingConfigError(f"serving config file {path}: expected a mapping, got {type(data).__name__}")
+    return data

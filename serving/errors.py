@@ -1,0 +1,67 @@
+"""Errors a client can cause, each with its HTTP status and a stable machine-readable kind.
+
+Anything raised that is not a `ServingError` is a server fault (500); everything a request can get
+wrong maps to one of these, so a client error is never reported as a 500.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    status_code = 500
+    kind = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):
+        # Errors cross process boundaries (ranker -> ingress); rebuild from the message alone so
+        # subclasses may take other constructor arguments.
+        return _rebuild, (type(self), self.message)
+
+
+def _rebuild(cls: type[ServingError], message: str) -> ServingError:
+    error = cls.__new__(cls)
+    ServingError.__init__(error, message)
+    return error
+
+
+class BadRequestError(ServingError):
+    status_code = 422
+    kind = "invalid_request"
+
+
+class UnknownTaskError(BadRequestError):
+    kind = "unknown_task"
+
+    def __init__(self, task: str, known: list[str]) -> None:
+        super().__init__(f"unknown task {task!r}; this model serves {sorted(known)} (see GET /v1/tasks)")
+
+
+class TooManyCandidatesError(BadRequestError):
+    kind = "too_many_candidates"
+
+
+class UnknownContextFeatureError(BadRequestError):
+    kind = "unknown_context_feature"
+
+
+class UnauthorizedError(ServingError):
+    status_code = 401
+    kind = "unauthorized"
+
+
+class PayloadTooLargeError(ServingError):
+    status_code = 413
+    kind = "payload_too_large"
+
+
+class RequestTimeoutError(ServingError):
+    status_code = 504
+    kind = "timeout"
+
+
+class ModelNotReadyError(ServingError):
+    status_code = 503
+    kind = "model_not_ready"

@@ -1,0 +1,64 @@
+"""Ranking a batch of requests: rows grouped by task, one forward per task, results split back.
+
+Kept apart from the Serve deployment so the benchmark's in-process baseline and the tests run the
+very same function the ranker replicas run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from serving.errors import ServingError, UnknownTaskError
+from serving.servable import ServableModel, TaskScores
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    task: str
+    rows: pa.Table  # raw rows, the training set's schema (serving.features.request_rows)
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """Scores for one request and which model version produced them. `error` is set instead when
+    the request could not be ranked for a reason of its own (an unknown task)."""
+
+    model: dict[str, str | None]  # name, version, alias
+    scores: list[float]
+    known_items: list[bool]
+    class_probabilities: list[list[float]] | None = None
+    batch_size: int = 1
+    error: ServingError | None = None
+
+
+def rank_batch(servable: ServableModel, requests: list[RankRequest]) -> list[RankResult]:
+    """Scores every request with `servable`, concatenating the rows of requests for the same task
+    so that each task runs through its sub-model once per batch."""
+    model_ref = {"name": servable.name, "version": servable.version, "alias": servable.alias}
+    results: list[RankResult | None] = [None] * len(requests)
+    by_task: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        if request.task in servable.task_names:
+            by_task.setdefault(request.task, []).append(index)
+        else:
+            results[index] = RankResult(model_ref, [], [], error=UnknownTaskError(request.task, servable.task_names))
+    for task, indices in by_task.items():
+        tables = [requests[i].rows for i in indices]
+        scored = servable.score(task, pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        start = 0
+        for index, table in zip(indices, tables, strict=True):
+            end = start + table.num_rows
+            results[index] = _slice(model_ref, scored, start, end, len(requests))
+            start = end
+    return results  # type: ignore[return-value]  # every slot is filled above
+
+
+def _slice(model_ref: dict[str, str | None], scored: TaskScores, start: int, end: int,
+           batch_size: int) -> RankResult:
+    probabilities = None
+    if scored.class_probabilities is not None:
+        probabilities = scored.class_probabilities[start:end].tolist()
+    return RankResult(model_ref, scored.scores[start:end].tolist(), scored.known_items[start:end].tolist(),
+                      probabilities, batch_size)

@@ -1,0 +1,144 @@
+"""One registered model version made ready to serve: raw request rows in, scores per task out.
+
+The scoring path is the offline one — `TransformSet.transform` -> `model.collate` -> predict —
+so a served score equals the batch prediction for the same raw row. With `task` routing each task
+runs through its exported sub-model (only its experts, skills merged); otherwise through the full
+model restricted to that task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from feature_store.definitions import DatasetDefinition
+from feature_store.transforms import TransformSet
+from grec import InputSpec, MultiTaskModel
+from grec.sparse import sequence_table_name
+from serving.errors import UnknownTaskError
+
+
+@dataclass(frozen=True)
+class TaskScores:
+    """Scores of one task for a block of rows (row order kept)."""
+
+    scores: np.ndarray  # [B] float64: probability, value, or expected class for multiclass
+    known_items: np.ndarray  # [B] bool: False where the item id fell into an out-of-vocabulary bucket
+    class_probabilities: np.ndarray | None = None  # [B, C] for multiclass tasks
+
+
+@dataclass
+class ServableModel:
+    """A loaded model version with everything needed to turn raw rows into scores."""
+
+    name: str
+    version: str
+    alias: str | None
+    uri: str
+    model: MultiTaskModel
+    transforms: TransformSet
+    spec: InputSpec
+    definition: DatasetDefinition
+    loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    task_modules: dict[str, nn.Module] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        if not self.task_modules and self.per_task_routing:
+            self.task_modules = {task: self.model.export_task(task).eval() for task in self.task_names}
+        item_key = self.spec.item_id
+        if item_key is None or item_key not in self.transforms.vocabularies:
+            raise ValueError(f"model {self.name} v{self.version}: the spec names no item id with a vocabulary; "
+                             "serving ranks items and needs one")
+        self._item_vocab = self.transforms.vocabularies[item_key]
+
+    @property
+    def per_task_routing(self) -> bool:
+        config = self.model.config
+        return config.architecture == "grec" and config.router.mode == "task"
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.spec.task_names
+
+    def check_task(self, task: str) -> None:
+        if task not in self.task_names:
+            raise UnknownTaskError(task, self.task_names)
+
+    # ---- scoring ------------------------------------------------------------------------------------
+    def score(self, task: str, raw_rows: pa.Table) -> TaskScores:
+        """Scores raw rows (the training set's raw schema) for one task."""
+        self.check_task(task)
+        columns = self.transforms.transform(raw_rows)
+        batch = self.model.collate(columns)
+        with torch.inference_mode():
+            module = self.task_modules.get(task)
+            predicted = module.predict(batch) if module is not None else self.model.predict(batch, [task])[task]
+        predicted = predicted.double().numpy()
+        item_ids = columns.column(self.spec.item_id).to_numpy()
+        known = item_ids > self._item_vocab.oov_buckets
+        if predicted.ndim == 2:  # class probabilities: rank by the expected class index
+            expected = predicted @ np.arange(predicted.shape[1], dtype=np.float64)
+            return TaskScores(expected, known, predicted)
+        return TaskScores(predicted, known)
+
+    # ---- the catalog ----------------------------------------------------------------------------------
+    def popular_items(self, n: int, exclude: set[Any] | None = None) -> list[Any]:
+        """The `n` items seen most often in training (the vocabulary's order), minus `exclude`."""
+        exclude = exclude or set()
+        out: list[Any] = []
+        for item in self._item_vocab.values:
+            if item not in exclude:
+                out.append(item)
+                if len(out) == n:
+                    break
+        return out
+
+    def similar_items(self, history: list[Any], n: int) -> list[Any]:
+        """The `n` known items closest (cosine) to the mean embedding of `history`, which they
+        exclude; popularity when the history has no known item or the model has no item table."""
+        table = self._item_embeddings()
+        seen = {item for item in history if item is not None}
+        if table is None or not seen:
+            return self.popular_items(n, seen)
+        ids = self._item_vocab.encode(pa.array(list(seen), type=self._item_vocab.value_type))
+        first_known = 1 + self._item_vocab.oov_buckets
+        ids = ids[ids >= first_known]
+        if ids.size == 0:
+            return self.popular_items(n, seen)
+        known = torch.nn.functional.normalize(table[first_known:], dim=1)
+        query = torch.nn.functional.normalize(table[torch.from_numpy(ids)].mean(0), dim=0)
+        similarity = known @ query
+        similarity[torch.from_numpy(ids - first_known)] = -float("inf")
+        top = torch.topk(similarity, min(n, int(np.isfinite(similarity.numpy()).sum()))).indices.tolist()
+        return [self._item_vocab.values[i] for i in top]
+
+    def _item_embeddings(self) -> torch.Tensor | None:
+        """The item embedding table the behavior sequences use (it is what 'similar' means to the
+        model), else the item id's pooled table; None when the model has neither."""
+        sparse = self.model.sparse_arch
+        item_key = self.spec.item_id
+        if sparse.ec is not None and sequence_table_name(item_key) in sparse.ec.embeddings:
+            return sparse.ec.embeddings[sequence_table_name(item_key)].weight.detach()
+        if sparse.ebc is not None and f"t_{item_key}" in sparse.ebc.embedding_bags:
+            return sparse.ebc.embedding_bags[f"t_{item_key}"].weight.detach()
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /v1/model and /v1/tasks report."""
+        return {
+            "name": self.name, "version": self.version, "alias": self.alias, "uri": self.uri,
+            "tasks": self.task_names, "loaded_at": self.loaded_at.isoformat(),
+            "per_task_submodels": bool(self.task_modules),
+            "task_specs": [
+                {"name": t.name, "kind": t.kind, "role": t.role, "num_classes": t.num_classes,
+                 "descriptors": dict(t.descriptors)}
+                for t in self.spec.tasks
+            ],
+        }

@@ -1,0 +1,153 @@
+"""The endpoint over real HTTP: one Serve application for the whole session (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(serving_app):
+    with httpx.Client(base_url=serving_app.base_url, timeout=60,
+                      headers={"Authorization": f"Bearer {serving_app.token}"}) as http:
+        yield http
+
+
+def _error(response: httpx.Response, status: int, kind: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["kind"] == kind
+    assert error["message"] and error["request_id"]
+    return error
+
+
+def test_recommend_ranks_the_given_candidates(client, serving_app):
+    user, items = serving_app.known_user, serving_app.known_items[:20]
+    response = client.post("/v1/recommend", json={"user_id": user, "task": "like", "candidates": items, "k": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["name"] == serving_app.model_name and body["model"]["version"]
+    assert body["cold_start"] is False and body["candidates_from"] == "request"
+    scores = [item["score"] for item in body["items"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert {item["item_id"] for item in body["items"]} <= set(items)
+    assert all(0.0 <= s <= 1.0 for s in scores)  # a binary task answers probabilities
+
+
+def test_recommend_without_candidates_retrieves_from_the_catalog(client, serving_app):
+    response = client.post("/v1/recommend", json={"user_id": serving_app.known_user, "task": "rating", "k": 7})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["candidates_from"] == "popularity"
+    assert len(body["items"]) == 7 and all(item["known_item"] for item in body["items"])
+
+
+def test_unknown_user_is_served_cold_and_flagged(client, serving_app):
+    response = client.post("/v1/recommend", json={"user_id": 987_654_321, "task": "like",
+                                                  "candidates": serving_app.known_items[:3]})
+    assert response.status_code == 200, response.text
+    assert response.json()["cold_start"] is True
+
+
+def test_unknown_item_is_scored_out_of_vocabulary(client, serving_app):
+    unknown = 10**12
+    response = client.post("/v1/recommend", json={"user_id": serving_app.known_user, "task": "like",
+                                                  "candidates": [unknown, serving_app.known_items[0]], "k": 2})
+    assert response.status_code == 200, response.text
+    known = {item["item_id"]: item["known_item"] for item in response.json()["items"]}
+    assert known == {unknown: False, serving_app.known_items[0]: True}
+
+
+def test_score_answers_each_row_in_order(client, serving_app):
+    user, items = serving_app.known_user, serving_app.known_items[:3]
+    rows = [{"user_id": user, "item_id": items[0], "task": "like"},
+            {"user_id": 987_654_321, "item_id": items[1], "task": "rating"},
+            {"user_id": user, "item_id": items[2], "task": "like"}]
+    response = client.post("/v1/score", json={"rows": rows})
+    assert response.status_code == 200, response.text
+    scores = response.json()["scores"]
+    assert [(s["user_id"], s["item_id"], s["task"]) for s in scores] == [
+        (r["user_id"], r["item_id"], r["task"]) for r in rows]
+    assert [s["cold_start"] for s in scores] == [False, True, False]
+
+
+def test_tasks_and_model_describe_the_loaded_version(client, serving_app):
+    tasks = client.get("/v1/tasks").json()
+    assert {t["name"] for t in tasks["tasks"]} == {"like", "love", "rating"}
+    model = client.get("/v1/model").json()
+    assert model["name"] == serving_app.model_name and model["alias"] == "champion"
+    assert model["per_task_submodels"] is True  # task routing: each task has its own sub-model
+    assert model["loaded_at"] and model["tasks"] == [t["name"] for t in tasks["tasks"]]
+
+
+@pytest.mark.parametrize(("body", "kind", "mentions"), [
+    ({"user_id": 1, "task": "no_such_task", "candidates": [1]}, "unknown_task", "no_such_task"),
+    ({"user_id": "one", "task": "like", "candidates": [1]}, "invalid_request", "user_id"),
+    ({"user_id": 1, "task": "like", "candidates": "1,2"}, "invalid_request", "candidates"),
+    ({"user_id": 1, "task": "like", "candidates": []}, "invalid_request", "empty"),
+    ({"user_id": 1, "task": "like", "candidates": [1], "k": 0}, "invalid_request", "k"),
+    ({"task": "like"}, "invalid_request", "user_id"),
+    ({"user_id": 1, "task": "like", "candidates": [1], "context": {"weather": "sunny"}},
+     "unknown_context_feature", "weather"),
+])
+def test_bad_requests_are_4xx_with_a_message(client, body, kind, mentions):
+    error = _error(client.post("/v1/recommend", json=body), 422, kind)
+    assert mentions in error["message"]
+
+
+def test_too_many_candidates_are_refused(client, serving_app):
+    candidates = list(range(serving_app.max_candidates + 1))
+    error = _error(client.post("/v1/recommend", json={"user_id": 1, "task": "like", "candidates": candidates}),
+                   422, "too_many_candidates")
+    assert str(serving_app.max_candidates) in error["message"]
+
+
+def test_malformed_json_is_400(client):
+    response = client.post("/v1/recommend", content=b'{"user_id": 1, "task": ',
+                           headers={"content-type": "application/json"})
+    _error(response, 400, "malformed_json")
+
+
+def test_oversized_payload_is_413(client, serving_app):
+    response = client.post("/v1/score", content=b"x" * (serving_app.max_body_bytes + 1),
+                           headers={"content-type": "application/json"})
+    _error(response, 413, "payload_too_large")
+
+
+def test_v1_needs_the_bearer_token_but_health_does_not(serving_app):
+    with httpx.Client(base_url=serving_app.base_url, timeout=60) as anonymous:
+        _error(anonymous.get("/v1/model"), 401, "unauthorized")
+        _error(anonymous.get("/v1/tasks", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        assert anonymous.get("/healthz").json() == {"status": "ok", "model_version": None}
+        ready = anonymous.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["model_version"]
+
+
+def test_request_id_is_echoed_in_header_and_errors(client):
+    response = client.post("/v1/recommend", json={"user_id": 1, "task": "nope", "candidates": [1]},
+                           headers={"X-Request-ID": "trace-me-42"})
+    assert response.headers["x-request-id"] == "trace-me-42"
+    assert response.json()["error"]["request_id"] == "trace-me-42"
+
+
+def test_metrics_expose_latency_batches_tasks_and_errors(client, serving_app):
+    client.post("/v1/recommend", json={"user_id": serving_app.known_user, "task": "like",
+                                       "candidates": serving_app.known_items[:5]})
+    client.post("/v1/recommend", json={"user_id": 1, "task": "nope", "candidates": [1]})
+    text = client.get("/metrics").text
+    assert 'grec_request_latency_seconds_bucket{le="0.001",route="/v1/recommend",status="200"}' in text
+    assert "grec_ranker_batch_requests_count" in text
+    assert 'grec_requests_by_task_total{route="recommend",task="like"}' in text
+    assert 'grec_errors_total{kind="unknown_task"}' in text
+    assert 'task="nope"' not in text  # unknown task names never become label values
+
+
+def test_openapi_describes_every_route(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/recommend", "/v1/score", "/v1/tasks", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(
+        schema["paths"])
+    recommend = schema["paths"]["/v1/recommend"]["post"]
+    assert {"200", "401", "413", "422"} <= set(recommend["responses"])
+    assert "RecommendRequest" in schema["components"]["schemas"]

@@ -1,0 +1,73 @@
+"""Configuration errors fail before any cluster starts, with a message naming the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.cli import main
+
+
+def _fails_before_ray(config, match: str) -> None:
+    """The error is raised and no Ray was started for it (one started by other tests stays as it was)."""
+    import ray
+
+    from jobs.train import ConfigError, run_training
+
+    ray_was_running = ray.is_initialized()
+    with pytest.raises(ConfigError, match=match):
+        run_training(config, show_progress=False)
+    assert ray.is_initialized() == ray_was_running
+
+
+def test_unknown_task(train_tiny_config, train_prepared, tmp_path):
+    config = train_tiny_config(train_prepared.root, f"sqlite:///{tmp_path}/m.db").model_copy(update={"tasks": ["buy"]})
+    _fails_before_ray(config, r"tasks: unknown task\(s\) \['buy'\]; the dataset has \['like', 'love', 'rating'\]")
+
+
+def test_missing_dataset(train_tiny_config, tmp_path):
+    config = train_tiny_config(tmp_path / "nowhere", f"sqlite:///{tmp_path}/m.db")
+    _fails_before_ray(config, r"dataset.path: .*nowhere is not a prepared dataset")
+
+
+def test_inconsistent_dimensions(train_tiny_config, train_prepared, tmp_path):
+    config = train_tiny_config(train_prepared.root, f"sqlite:///{tmp_path}/m.db")
+    config = config.model_copy(update={"model": {**config.model, "d_model": 15}})
+    _fails_before_ray(config, r"^model: .*d_model")
+
+
+def test_unknown_early_stopping_metric(train_tiny_config, train_prepared, tmp_path):
+    config = train_tiny_config(train_prepared.root, f"sqlite:///{tmp_path}/m.db",
+                               training={"early_stopping": {"metric": "val/rating/auc", "mode": "max"}})
+    _fails_before_ray(config, r"training.early_stopping.metric: unknown metric 'val/rating/auc'")
+
+
+def test_invalid_fields_are_all_named(tmp_path):
+    from jobs.train import ConfigError, load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset: {path: x}\ntraining: {epochs: 0, learning_rate: 1}\n"
+                    "deepspeed: {zero_stage: 4}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "training.epochs: Input should be greater than or equal to 1" in message
+    assert "training.learning_rate: Extra inputs are not permitted" in message
+    assert "deepspeed.zero_stage" in message
+
+
+def test_cli_exits_2_with_the_message(tmp_path, caplog):
+    path = tmp_path / "train.yaml"
+    path.write_text(f"dataset: {{path: {tmp_path / 'missing'}}}\n")
+    import ray
+
+    ray_was_running = ray.is_initialized()
+    assert main(["train", "--config", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--no-progress"]) == 2
+    assert ray.is_initialized() == ray_was_running
+    assert "is not a prepared dataset" in caplog.text
+
+
+def test_zero_stage_3_is_rejected_with_the_reason(tmp_path):
+    from jobs.train import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"deepspeed: .*zero_stage 3 is not supported .* use 0, 1 or 2"):
+        parse_config({"dataset": {"path": str(tmp_path)}, "deepspeed": {"zero_stage": 3}})
