@@ -107,8 +107,14 @@ class SparseMoE(nn.Module):
                 tasks: list[str]) -> tuple[torch.Tensor, Routing, RouterStats]:
         routing = self.router(task_repr, x)
         combined = torch.zeros_like(x)
-        used = routing.expert_index[routing.kept]
-        for expert in torch.unique(used).tolist():
+        # In training every expert runs, even on no rows (its gradients are then zeros, not
+        # missing): data-parallel engines (DeepSpeed ZeRO, DDP) reduce the same gradient buckets on
+        # every rank, and a rank whose batch skipped an expert would otherwise reduce fewer bytes.
+        if self.training and torch.is_grad_enabled():
+            experts = range(len(self.experts))
+        else:
+            experts = torch.unique(routing.expert_index[routing.kept]).tolist()
+        for expert in experts:
             rows, rank = torch.nonzero((routing.expert_index == expert) & routing.kept, as_tuple=True)
             out = self.experts[expert](x[rows], self.skills_of(expert), task_index[rows], tasks)
             combined.index_add_(0, rows, routing.gates[rows, rank].unsqueeze(-1).to(out.dtype) * out)

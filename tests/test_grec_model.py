@@ -74,6 +74,18 @@ def test_gradients_reach_every_trainable_parameter(grec_config, architecture):
     assert silent == []
 
 
+def test_every_expert_gets_a_gradient_even_when_no_sentence_routes_to_it(grec_config):
+    # Data-parallel training (DeepSpeed ZeRO, DDP) reduces the same gradient buckets on every rank:
+    # an expert that one rank's batch skipped must still have a (zero) gradient there.
+    model = build_model(grec_config(router=RouterConfig(mode="task", num_experts=6, top_k=1))).train()
+    batch = model.collate(random_columns(model.config.input, 4))
+    loss, _ = model.loss(model(batch), batch)
+    loss.backward()
+    assert int((model(batch).router_stats.expert_load.sum(0) == 0).sum()) >= 3  # 3 tasks, 6 experts
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
 def test_frozen_text_encoder_gets_no_gradient(grec_config):
     model = build_model(grec_config(with_text=True))
     assert not any(p.requires_grad for p in model.encoder.text_encoder.backbone.parameters())
