@@ -27,7 +27,7 @@ echo "== 2/5 materialize the latest features and behavior sequences into the onl
 grec data materialize --data "$DATA" --online-store "$ONLINE"
 
 echo "== 3/5 train GRec with DeepSpeed on 2 local Ray workers; register as $MODEL@challenger"
-grec train --config configs/movielens_grec.yaml
+grec train --config configs/movielens_grec.yaml --epochs 4 --no-progress
 
 echo "== 4/5 evaluate the challenger on the test split and promote it if it beats the champion"
 grec evaluate --model "models:/$MODEL@challenger" --data "$DATA" --out "$REPORT" --promote
