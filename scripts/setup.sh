@@ -49,7 +49,9 @@ echo "setup: installing grec and its pinned dependencies"
 "${PIP[@]}" install "${C[@]}" --no-deps -e . --config-settings editable_mode=compat
 
 echo "setup: building DeepSpeed's C++ ops once (cached in $TORCH_EXTENSIONS_DIR)"
-"$VENV/bin/python" scripts/prebuild_deepspeed_ops.py
+# The venv's ninja first on PATH: Ray workers run with it, and a system ninja of another version
+# keeps a build log the venv's ninja reads as "command changed", so each would rebuild every op.
+PATH="$VENV/bin:$PATH" "$VENV/bin/python" scripts/prebuild_deepspeed_ops.py
 
 echo "$want" > "$STAMP"
 echo "setup: done ($VENV)"

@@ -1,23 +1,42 @@
-"""Session-wide test set-up shared by every area's tests."""
+"""Session-wide test set-up shared by every area's tests: environment, tiny configs and datasets,
+and the servers (Redis, Ray, the Serve application) that run once per test session."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # DeepSpeed's C++ ops were built once by scripts/setup.sh; point every test (and the Ray workers
 # they start, which inherit the environment) at that cache so nothing is rebuilt.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+# ...and with the venv's ninja, the one that built them (a system ninja of another version reads its
+# build log as stale and rebuilds everything).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def free_loopback_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 # ---- grec model library: tiny configs ------------------------------------------------------------
-import pytest  # noqa: E402
 
 
 def grec_tiny_spec(with_text: bool = True):
@@ -58,11 +77,6 @@ def grec_config():
 
 
 # ---- feature store: a tiny dataset definition and a real Redis server -----------------------------
-import datetime as _dt  # noqa: E402
-import shutil as _shutil  # noqa: E402
-import socket as _socket  # noqa: E402
-import subprocess as _subprocess  # noqa: E402
-import time as _time  # noqa: E402
 
 
 def feature_store_tiny_definition(sequence_length: int = 3, user_ttl_days: float | None = 10):
@@ -74,7 +88,7 @@ def feature_store_tiny_definition(sequence_length: int = 3, user_ttl_days: float
                                            TextFeature, categorical, multi_hot, numeric)
 
     user, item = Entity("user", "user_id", pa.int64()), Entity("item", "item_id", pa.string())
-    ttl = None if user_ttl_days is None else _dt.timedelta(days=user_ttl_days)
+    ttl = None if user_ttl_days is None else dt.timedelta(days=user_ttl_days)
     return DatasetDefinition(
         name="tiny", user=user, item=item,
         tasks=(Task("click", "binary", descriptors={"type": "click"}),
@@ -89,33 +103,31 @@ def feature_store_tiny_definition(sequence_length: int = 3, user_ttl_days: float
 
 def feature_store_time(day: float):
     """2024-01-01 plus `day` days, UTC."""
-    return _dt.datetime(2024, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(days=day)
+    return dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=day)
 
 
 @pytest.fixture(scope="session")
 def redis_url():
     """A real redis-server on 127.0.0.1 (a free port, no persistence), stopped after the session."""
-    binary = _shutil.which("redis-server")
+    binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with _socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = _subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                 "--appendonly", "no"], stdout=_subprocess.DEVNULL, stderr=_subprocess.DEVNULL)
+    port = free_loopback_port()
+    process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = _time.monotonic() + 10
+    deadline = time.monotonic() + 10
     while True:
         try:
             client.ping()
             break
         except redis.ConnectionError:
-            if _time.monotonic() > deadline or process.poll() is not None:
+            if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 pytest.fail(f"redis-server did not start on port {port}")
-            _time.sleep(0.05)
+            time.sleep(0.05)
     client.close()
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
@@ -123,17 +135,20 @@ def redis_url():
 
 
 # ---- Ray and the serving application: one of each per test session ---------------------------------
-from dataclasses import dataclass  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray for the session (2 CPUs, small object store, no dashboard), shut down at the end."""
+    """A local Ray for the session (small object store, no dashboard), shut down at the end.
+
+    4 logical CPUs on a 2-core machine: the session's Serve application keeps its replicas (0.75 CPU)
+    while training tests run 2 workers plus a Ray Data pipeline that needs a whole free CPU; with
+    only the 2 physical cores as tokens the pipeline would wait forever for one."""
     import ray
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False)
+        ray.init(num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False)
     yield
     if started:
         ray.shutdown()
@@ -196,28 +211,34 @@ class ServingTestApp:
 
 
 @pytest.fixture(scope="session")
-def serving_app(tmp_path_factory, ray_local):
+def tiny_movielens(tmp_path_factory):
+    """MovieLens-100K cut to 600 events (about 480 training rows), prepared once per session."""
+    from feature_store.prepare import prepare_dataset
+    from feature_store.sources import SourceOptions
+
+    root = tmp_path_factory.mktemp("movielens_600")
+    return prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=600, sequence_length=8))
+
+
+@pytest.fixture(scope="session")
+def serving_app(tmp_path_factory, ray_local, tiny_movielens):
     """The grec endpoint on 127.0.0.1 (a free port) over a tiny model trained on 600 MovieLens events,
     registered as champion in a temporary MLflow SQLite store; reloads poll every 0.5 s."""
     from ray import serve
 
     from feature_store.online import materialize, open_online_store
-    from feature_store.prepare import prepare_dataset
-    from feature_store.sources import SourceOptions
     from serving.app import build_app
     from serving.config import ServingConfig
 
     root = tmp_path_factory.mktemp("serving")
-    prepared = prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=600, sequence_length=8))
+    prepared = tiny_movielens
     online_store = str(root / "online.sqlite")
     with open_online_store(online_store) as online:
         materialize(prepared.offline_store(), prepared.definition(), online)
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     name = "grec-serving-test"
     serving_register(serving_train_tiny_model(prepared, seed=0), prepared, name, tracking_uri, alias="champion")
-    with _socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_loopback_port()
     token = "test-token"
     config = ServingConfig(model_uri=f"models:/{name}@champion", tracking_uri=tracking_uri, online_store=online_store,
                            port=port, api_token=token, max_candidates=200, max_body_bytes=64 * 1024,
@@ -245,13 +266,3 @@ def train_tiny_config():
                                         "scaling": {"storage_path": storage, **sections.get("scaling", {})}})
 
     return make
-
-
-@pytest.fixture(scope="session")
-def train_prepared(tmp_path_factory):
-    """MovieLens-100K cut to 600 events (about 480 training rows), prepared once per session."""
-    from feature_store.prepare import prepare_dataset
-    from feature_store.sources import SourceOptions
-
-    root = tmp_path_factory.mktemp("train_data")
-    return prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=600, sequence_length=8))

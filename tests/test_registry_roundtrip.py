@@ -19,16 +19,16 @@ def _tiny_model(prepared):
     return build_model(config).eval()
 
 
-def test_register_load_predict_and_promote(train_prepared, tmp_path):
-    model = _tiny_model(train_prepared)
-    rows = train_prepared.read_split("validation").slice(0, 8)
+def test_register_load_predict_and_promote(tiny_movielens, tmp_path):
+    model = _tiny_model(tiny_movielens)
+    rows = tiny_movielens.read_split("validation").slice(0, 8)
     with use_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}"):
-        version = register_model(model, train_prepared.root, "roundtrip", rows.to_pandas())
+        version = register_model(model, tiny_movielens.root, "roundtrip", rows.to_pandas())
         assert resolve_version("models:/roundtrip@challenger") == ("roundtrip", str(version.version))
 
         loaded = load_registered(f"models:/roundtrip@{CHALLENGER}")
         assert (loaded.name, loaded.version) == ("roundtrip", str(version.version))
-        expected = model.predict(model.collate(train_prepared.transforms().transform(rows)))
+        expected = model.predict(model.collate(tiny_movielens.transforms().transform(rows)))
         # The pyfunc takes raw rows, applies the saved transforms and returns one column per task.
         scored = loaded.pyfunc.predict(rows.to_pandas()[feature_columns(loaded.spec)])
         assert list(scored.columns) == [f"score_{t}" for t in model.task_names]

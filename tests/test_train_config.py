@@ -19,8 +19,8 @@ def _fails_before_ray(config, match: str) -> None:
     assert ray.is_initialized() == ray_was_running
 
 
-def test_unknown_task(train_tiny_config, train_prepared, tmp_path):
-    config = train_tiny_config(train_prepared.root, f"sqlite:///{tmp_path}/m.db").model_copy(update={"tasks": ["buy"]})
+def test_unknown_task(train_tiny_config, tiny_movielens, tmp_path):
+    config = train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db").model_copy(update={"tasks": ["buy"]})
     _fails_before_ray(config, r"tasks: unknown task\(s\) \['buy'\]; the dataset has \['like', 'love', 'rating'\]")
 
 
@@ -29,14 +29,14 @@ def test_missing_dataset(train_tiny_config, tmp_path):
     _fails_before_ray(config, r"dataset.path: .*nowhere is not a prepared dataset")
 
 
-def test_inconsistent_dimensions(train_tiny_config, train_prepared, tmp_path):
-    config = train_tiny_config(train_prepared.root, f"sqlite:///{tmp_path}/m.db")
+def test_inconsistent_dimensions(train_tiny_config, tiny_movielens, tmp_path):
+    config = train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db")
     config = config.model_copy(update={"model": {**config.model, "d_model": 15}})
     _fails_before_ray(config, r"^model: .*d_model")
 
 
-def test_unknown_early_stopping_metric(train_tiny_config, train_prepared, tmp_path):
-    config = train_tiny_config(train_prepared.root, f"sqlite:///{tmp_path}/m.db",
+def test_unknown_early_stopping_metric(train_tiny_config, tiny_movielens, tmp_path):
+    config = train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db",
                                training={"early_stopping": {"metric": "val/rating/auc", "mode": "max"}})
     _fails_before_ray(config, r"training.early_stopping.metric: unknown metric 'val/rating/auc'")
 

@@ -22,11 +22,11 @@ def tracking_uri(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine_run(train_tiny_config, ray_local, train_prepared, tracking_uri):
+def engine_run(train_tiny_config, ray_local, tiny_movielens, tracking_uri):
     """Small tables inside the DeepSpeed engine (ZeRO-1), uninterrupted."""
     from jobs.train import run_training
 
-    config = train_tiny_config(train_prepared.root, tracking_uri, sparse={"mode": "engine"})
+    config = train_tiny_config(tiny_movielens.root, tracking_uri, sparse={"mode": "engine"})
     return run_training(config, show_progress=False)
 
 
@@ -54,26 +54,26 @@ def test_engine_path_trains_tracks_and_registers(engine_run, tracking_uri):
         assert resolve_version("models:/grec-tiny@challenger") == ("grec-tiny", result.model_version)
 
 
-def test_dmp_path_shards_tables_and_registers_a_loadable_model(train_tiny_config, ray_local, train_prepared,
+def test_dmp_path_shards_tables_and_registers_a_loadable_model(train_tiny_config, ray_local, tiny_movielens,
                                                               tracking_uri):
     from mlflow import MlflowClient
 
     from jobs.registry import feature_columns, load_registered
     from jobs.train import run_training
 
-    config = train_tiny_config(train_prepared.root, tracking_uri, sparse={"mode": "dmp"}, training={"epochs": 1},
+    config = train_tiny_config(tiny_movielens.root, tracking_uri, sparse={"mode": "dmp"}, training={"epochs": 1},
                                deepspeed={"zero_stage": 2}, mlflow={"registered_model": "grec-tiny-dmp"})
     result = run_training(config, show_progress=False)
     assert MlflowClient(tracking_uri).get_run(result.run_id).data.params["sparse.path"] == "dmp"
     with _tracking(tracking_uri):
         loaded = load_registered("models:/grec-tiny-dmp@challenger")
-    rows = train_prepared.read_split("validation").slice(0, 16).to_pandas()
+    rows = tiny_movielens.read_split("validation").slice(0, 16).to_pandas()
     scores = loaded.pyfunc.predict(rows[feature_columns(loaded.spec)])
     assert ((scores["score_like"] > 0) & (scores["score_like"] < 1)).all()
 
 
 def test_killed_worker_recovers_and_matches_uninterrupted_run(train_tiny_config, engine_run, ray_local,
-                                                             train_prepared, tracking_uri):
+                                                             tiny_movielens, tracking_uri):
     from jobs.train import run_training
 
     killed: list[int] = []
@@ -84,7 +84,7 @@ def test_killed_worker_recovers_and_matches_uninterrupted_run(train_tiny_config,
             killed.append(snapshot.worker_pids[1])
             os.kill(snapshot.worker_pids[1], signal.SIGKILL)
 
-    config = train_tiny_config(train_prepared.root, tracking_uri, sparse={"mode": "engine"},
+    config = train_tiny_config(tiny_movielens.root, tracking_uri, sparse={"mode": "engine"},
                                mlflow={"registered_model": "grec-tiny-recovered"})
     result = run_training(config, show_progress=False, listeners=(kill_rank_1_after_first_epoch,))
     assert killed, "the worker was never killed"
