@@ -39,13 +39,17 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return values[valid].mean()
 
 
-class BinaryHead(TaskHead):
+class ScalarHead(TaskHead):
+    """One output per sentence: [B] logits (binary) or values (regression)."""
+
     def __init__(self, hidden: int) -> None:
         super().__init__(hidden, 1)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden).squeeze(-1)
 
+
+class BinaryHead(ScalarHead):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         valid = ~torch.isnan(labels)
         losses = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels).to(logits.dtype), reduction="none")
@@ -55,13 +59,7 @@ class BinaryHead(TaskHead):
         return torch.sigmoid(logits)
 
 
-class RegressionHead(TaskHead):
-    def __init__(self, hidden: int) -> None:
-        super().__init__(hidden, 1)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden).squeeze(-1)
-
+class RegressionHead(ScalarHead):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         valid = ~torch.isnan(labels)
         return _masked_mean((logits - torch.nan_to_num(labels).to(logits.dtype)).pow(2), valid)
