@@ -36,13 +36,13 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from any directory
     sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from feature_store.online import materialize, open_online_store  # noqa: E402
 from feature_store.prepare import PreparedDataset, prepare_dataset  # noqa: E402
 from feature_store.sources import SourceOptions  # noqa: E402
 from grec import GRecConfig, InputSpec, TextEncoderConfig, build_model  # noqa: E402
+from jobs.train.in_process import train_steps  # noqa: E402
 from serving.config import BatchingConfig, ServingConfig  # noqa: E402
 from serving.features import request_rows  # noqa: E402
 from serving.model_source import load_servable  # noqa: E402
@@ -59,18 +59,8 @@ def _percentile(values: list[float], q: float) -> float:
 def _train(prepared: PreparedDataset, steps: int):
     config = GRecConfig(input=InputSpec.from_json(prepared.spec_path),
                         text=TextEncoderConfig(backbone="tiny_bert"))
-    model = build_model(config)
     columns = prepared.transforms().transform(prepared.read_split("train"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
-    model.train()
-    for _ in range(steps):
-        batch = model.collate(columns.take(pa.array(rng.choice(columns.num_rows, 256, replace=False))))
-        loss, _ = model.loss(model(batch), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return train_steps(build_model(config), columns, steps=steps, batch_size=256, lr=1e-3, seed=0)
 
 
 def _free_port() -> int:

@@ -156,11 +156,8 @@ def ray_local():
 
 def serving_train_tiny_model(prepared, seed: int, steps: int = 4):
     """A tiny GRec (task routing, tiny BERT text head) trained for a few optimizer steps in-process."""
-    import numpy as np
-    import pyarrow as pa
-    import torch
-
     from grec import GRecConfig, InputSpec, RouterConfig, TextEncoderConfig, build_model
+    from jobs.train.in_process import train_steps
 
     config = GRecConfig(
         input=InputSpec.from_json(prepared.spec_path), d_model=16, embedding_dim=8, num_heads=2, ffn_hidden=16,
@@ -168,18 +165,8 @@ def serving_train_tiny_model(prepared, seed: int, steps: int = 4):
         text=TextEncoderConfig(backbone="tiny_bert", tiny_hidden=16, tiny_layers=1, tiny_heads=2,
                                tiny_intermediate=16),
     )
-    model = build_model(config)
     columns = prepared.transforms().transform(prepared.read_split("train"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rng = np.random.default_rng(seed)
-    model.train()
-    for _ in range(steps):
-        batch = model.collate(columns.take(pa.array(rng.choice(columns.num_rows, 64, replace=False))))
-        loss, _ = model.loss(model(batch), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return train_steps(build_model(config), columns, steps=steps, batch_size=64, lr=1e-2, seed=seed)
 
 
 def serving_register(model, prepared, name: str, tracking_uri: str, alias: str | None) -> str:
