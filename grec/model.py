@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -19,14 +19,14 @@ from grec.text import TextEncoder, load_tokenizer
 from grec.transformer import TransformerStack
 
 
-@dataclass
-class ModelOutput:
+class ModelOutput(NamedTuple):
     """logits[task]: [B] (binary, regression) or [B, C] (multiclass); a multiclass task trained with
-    sampled softmax has no logits in training mode (only `hidden`). hidden[task]: the head input."""
+    sampled softmax has no logits in training mode (only `hidden`). hidden[task]: the head input.
+    A NamedTuple (see `grec.router.Routing`)."""
 
     logits: dict[str, torch.Tensor]
     hidden: dict[str, torch.Tensor]
-    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux_losses: dict[str, torch.Tensor]
     router_stats: RouterStats | None = None
 
 

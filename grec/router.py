@@ -4,7 +4,7 @@ per-task expert load statistics."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -12,8 +12,10 @@ from torch import nn
 from grec.config import RouterConfig
 
 
-@dataclass
-class Routing:
+class Routing(NamedTuple):
+    """A router's decision. Records returned by modules are NamedTuples, not dataclasses, so that
+    wrappers tracking module outputs (DeepSpeed ZeRO-3's gather-for-backward hooks) see the tensors."""
+
     expert_index: torch.Tensor  # [N, k] chosen experts, best first
     gates: torch.Tensor  # [N, k] combine weights (0 where the assignment overflowed capacity)
     kept: torch.Tensor  # [N, k] bool: the assignment fits in its expert's capacity
@@ -21,8 +23,7 @@ class Routing:
     logits: torch.Tensor  # [N, E]
 
 
-@dataclass
-class RouterStats:
+class RouterStats(NamedTuple):
     """Per-task expert statistics of one forward pass (rows follow `tasks`)."""
 
     tasks: list[str]

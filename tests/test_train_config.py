@@ -66,8 +66,8 @@ def test_cli_exits_2_with_the_message(tmp_path, caplog):
     assert "is not a prepared dataset" in caplog.text
 
 
-def test_zero_stage_3_is_rejected_with_the_reason(tmp_path):
+def test_offload_without_zero_is_rejected_with_the_reason(tmp_path):
     from jobs.train import ConfigError, parse_config
 
-    with pytest.raises(ConfigError, match=r"deepspeed: .*zero_stage 3 is not supported .* use 0, 1 or 2"):
-        parse_config({"dataset": {"path": str(tmp_path)}, "deepspeed": {"zero_stage": 3}})
+    with pytest.raises(ConfigError, match=r"deepspeed: .*offload_optimizer needs zero_stage >= 1"):
+        parse_config({"dataset": {"path": str(tmp_path)}, "deepspeed": {"offload_optimizer": True}})

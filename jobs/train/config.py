@@ -41,7 +41,7 @@ class OptimizerSection(_Section):
 
 
 class DeepSpeedSection(_Section):
-    zero_stage: Literal[0, 1, 2, 3] = 0  # 3 is rejected below, with the reason
+    zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_clipping: float = Field(1.0, ge=0, description="max global gradient norm; 0 disables clipping")
@@ -51,12 +51,6 @@ class DeepSpeedSection(_Section):
     def _supported(self) -> DeepSpeedSection:
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
-        if self.zero_stage == 3:
-            # Measured: ZeRO-3 re-gathers a module's weights for backward only when it can see the
-            # module's output tensors; torchrec's KeyedTensor and grec's ModelOutput hide them, and
-            # backward fails on empty partitions. Stage 2 still partitions gradients and optimizer state.
-            raise ValueError("zero_stage 3 is not supported for grec models (ZeRO-3 cannot track tensors inside "
-                             "torchrec KeyedTensor / ModelOutput outputs); use 0, 1 or 2")
         return self
 
 

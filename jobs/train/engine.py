@@ -3,6 +3,7 @@ inside the Ray Train worker (Ray has already set up the process group)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -42,10 +43,24 @@ def export_distributed_env(rank: int, local_rank: int, world_size: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size))
 
 
+class _KeyedTensorOutputFilter(logging.Filter):
+    """Drops ZeRO-3's warning about torchrec's KeyedTensor outputs. It is harmless here: the
+    collections returning them own no parameters, and the modules that own the tables (one
+    EmbeddingBag per table) return plain tensors, which ZeRO-3 tracks. Other types still warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "KeyedTensor" not in record.getMessage()
+
+
+_KEYED_TENSOR_FILTER = _KeyedTensorOutputFilter()
+
+
 def initialize_engine(module: nn.Module, config: TrainConfig, world_size: int):
     """deepspeed.initialize over the module's trainable parameters; returns the engine."""
     import deepspeed
+    from deepspeed.utils import logger as deepspeed_logger
 
+    deepspeed_logger.addFilter(_KEYED_TENSOR_FILTER)  # once per process: the same filter
     trainable = [p for p in module.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=trainable,
                                            config=deepspeed_config(config, world_size))
