@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # DeepSpeed's C++ ops were built once by scripts/setup.sh; point every test (and the Ray workers
 # they start, which inherit the environment) at that cache so nothing is rebuilt.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
-# ...and with the venv's ninja, the one that built them (a system ninja of another version reads its
-# build log as stale and rebuilds everything).
-os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,8 +57,20 @@ class _KeyedTensorOutputFilter(logging.Filter):
 _KEYED_TENSOR_FILTER = _KeyedTensorOutputFilter()
 
 
+def use_interpreter_ninja() -> None:
+    """Puts this interpreter's bin directory first on PATH. DeepSpeed loads its C++ ops through the
+    `ninja` it finds there; scripts/setup.sh built them with the venv's, and a ninja of another
+    version (the system's) reads that build log as changed commands and rebuilds every op (30-60 s
+    each), in every process that does not run from an activated venv."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+
+
 def initialize_engine(module: nn.Module, config: TrainConfig, world_size: int):
     """deepspeed.initialize over the module's trainable parameters; returns the engine."""
+    use_interpreter_ninja()
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
