@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -100,6 +102,45 @@ def _check_ids(name: str, ids: np.ndarray, vocab_size: int) -> None:
         raise ValueError(f"column {name!r}: ids must be in [0, {vocab_size}), got [{ids.min()}, {ids.max()}]")
 
 
+class TokenCache:
+    """A tokenizer that tokenizes each distinct text once: token ids kept in an LRU cache, padded per
+    batch. Batches repeat texts (an item's title in every row about the item), and calling the
+    tokenizer on every row was the largest cost of collation. The padded result equals
+    `tokenizer(texts, padding=True, truncation=True, max_length=...)`. Safe across threads (data
+    loaders collate in background threads)."""
+
+    def __init__(self, tokenizer: Any, max_entries: int = 100_000) -> None:
+        self.tokenizer = tokenizer
+        self.max_entries = max_entries
+        self._ids: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), each [len(texts), longest]."""
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if (max_length, t) not in self._ids))
+            if missing:
+                encoded = self.tokenizer(missing, truncation=True, max_length=max_length)["input_ids"]
+                for text, ids in zip(missing, encoded):
+                    self._ids[(max_length, text)] = np.asarray(ids, dtype=np.int64)
+            rows = []
+            for text in texts:
+                key = (max_length, text)
+                self._ids.move_to_end(key)
+                rows.append(self._ids[key])
+            while len(self._ids) > self.max_entries:
+                self._ids.popitem(last=False)
+        width = max((len(r) for r in rows), default=0)
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        left = self.tokenizer.padding_side == "left"
+        for i, ids in enumerate(rows):
+            span = slice(width - len(ids), width) if left else slice(0, len(ids))
+            input_ids[i, span] = ids
+            mask[i, span] = 1
+        return torch.from_numpy(input_ids), torch.from_numpy(mask)
+
+
 class Collator:
     """Turns transformed columns into a `Batch`: a KeyedJaggedTensor for categorical and multi-hot
     features, dense numerics, fixed-length sequences, tokenized text, and labels when present."""
@@ -108,7 +149,7 @@ class Collator:
         if spec.text and tokenizer is None:
             raise ValueError("the spec has text features: a tokenizer is required")
         self.spec = spec
-        self.tokenizer = tokenizer
+        self.tokens = TokenCache(tokenizer) if spec.text else None
 
     def __call__(self, columns: Columns) -> Batch:
         spec = self.spec
@@ -152,9 +193,8 @@ class Collator:
             column = _get(columns, feature.name)
             texts = column.to_pylist() if isinstance(column, (pa.Array, pa.ChunkedArray)) else list(column)
             texts = ["" if t is None else str(t) for t in texts]
-            encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=feature.max_length,
-                                     return_tensors="pt")
-            batch.text[feature.name] = TokenizedText(texts, encoded["input_ids"], encoded["attention_mask"])
+            input_ids, attention_mask = self.tokens(texts, feature.max_length)
+            batch.text[feature.name] = TokenizedText(texts, input_ids, attention_mask)
         for task in spec.tasks:
             if _has(columns, task.label):
                 dtype = np.int64 if task.kind == "multiclass" else np.float32

@@ -52,3 +52,24 @@ def test_empty_history_and_empty_multi_hot(grec_config):
     columns["genres"] = [np.array([], dtype=np.int64)] * 3
     out = model(model.collate(columns))
     assert all(torch.isfinite(v).all() for v in out.logits.values())
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_token_cache_pads_like_the_tokenizer_and_stays_bounded(padding_side):
+    from grec.batch import TokenCache
+    from grec.config import TextEncoderConfig
+    from grec.text import load_tokenizer
+
+    tokenizer = load_tokenizer(TextEncoderConfig(backbone="tiny_bert"))
+    tokenizer.padding_side = padding_side
+    cache = TokenCache(tokenizer, max_entries=3)
+    texts = ["Toy Story (1995)", "", "a rather long review that the truncation must cut short", "Toy Story (1995)",
+             "Heat (1995)", "Toy Story (1995)"]
+    for max_length in (6, 32):  # one text, two truncation lengths: two cache entries
+        expected = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        for _ in range(2):  # the second pass is served from the cache
+            input_ids, attention_mask = cache(texts, max_length)
+            assert torch.equal(input_ids, expected["input_ids"])
+            assert torch.equal(attention_mask, expected["attention_mask"])
+    assert len(cache._ids) == 3
+    assert cache([], 8)[0].shape == (0, 0)
