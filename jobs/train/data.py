@@ -5,7 +5,8 @@ Nothing loads a split whole: Ray Data reads, transforms and hands over blocks as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ DATA_TASK_CPUS = 0.25
 # CPUs the cluster must have beyond the training workers' for the pipeline. Measured: with only one
 # task's worth (0.25) left, Ray Data splits that budget between its operators and never launches a task.
 DATA_PIPELINE_CPUS = 1.0
+# Rows each transform call handles. Each result is a block the trainers can take at once, so the first
+# batches of an epoch arrive after one chunk is read and transformed, not after a whole file.
+TRANSFORM_BATCH_ROWS = 4096
 
 
 def split_files(dataset_dir: Path, split: str) -> list[str]:
@@ -39,7 +43,7 @@ def transformed_split(dataset_dir: Path, split: str):
     # partitioning=None: the `split=` folder is not a column the transforms should see.
     raw = ray.data.read_parquet(split_files(dataset_dir, split), partitioning=None, num_cpus=DATA_TASK_CPUS)
     return raw.map_batches(_apply_transforms, fn_kwargs={"transforms": transforms}, batch_format="pyarrow",
-                           num_cpus=DATA_TASK_CPUS)
+                           batch_size=TRANSFORM_BATCH_ROWS, num_cpus=DATA_TASK_CPUS)
 
 
 class ModelCollate(ArrowBatchCollateFn):
@@ -60,3 +64,23 @@ def iter_model_batches(shard: Any, collate: Callable[[pa.Table], Any], batch_siz
         batch_size=batch_size, collate_fn=ModelCollate(collate), drop_last=False,
         local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed if shuffle_buffer else None,
     )
+
+
+class InputWait:
+    """Seconds a consumer spent waiting for the next item: the share of a training epoch the model
+    sat idle for input (fetching and collating batches). Near zero, training is compute bound."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def iterate(self, items: Iterable[Any]) -> Iterator[Any]:
+        iterator = iter(items)
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - started
+            yield item

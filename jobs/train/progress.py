@@ -49,7 +49,10 @@ def summary_line(summary: dict[str, Any], epochs: int) -> str:
     """`epoch 2/5  train/loss 0.612  val/loss 0.580  val/like/auc 0.712 ...  (12.3 s)`"""
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     flag = "  *best*" if summary.get("best") else ""
-    return f"epoch {summary['epoch'] + 1}/{epochs}  {metrics}  ({summary['seconds']:.1f} s){flag}"
+    pace = f"{summary['seconds']:.1f} s"
+    if "samples_per_second" in summary:
+        pace += f", {summary['samples_per_second']:,.0f} samples/s, input wait {summary['input_wait_fraction']:.0%}"
+    return f"epoch {summary['epoch'] + 1}/{epochs}  {metrics}  ({pace}){flag}"
 
 
 def watch(board: Any, done: threading.Event, epochs: int, steps_per_epoch: int, *, show: bool,

@@ -23,11 +23,20 @@ from jobs.train.checkpointing import (
     save_rng,
 )
 from jobs.train.config import ResolvedConfig
-from jobs.train.data import iter_model_batches
+from jobs.train.data import InputWait, iter_model_batches
 from jobs.train.engine import engine_dtype, export_distributed_env, initialize_engine
 from jobs.train.metrics import ValidationAccumulator
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One training epoch over all ranks."""
+
+    loss: float  # mean over every rank's batches
+    samples_per_second: float  # all ranks' rows over the slowest rank's seconds
+    input_wait_fraction: float  # the slowest rank's share of the epoch spent waiting for batches
 
 
 @dataclass(frozen=True)
@@ -129,9 +138,9 @@ def train_loop_per_worker(job: WorkerJob) -> None:
 
     for epoch in range(state.epoch + 1, config.training.epochs):
         started = time.perf_counter()
-        train_loss, samples_per_second = _train_epoch(trainee, train_shard, state, epoch, rank, job, mlflow_log)
+        trained = _train_epoch(trainee, train_shard, state, epoch, rank, job, mlflow_log)
         metrics, expert_load = _validate(trainee, validation_shard, resolved)
-        metrics = {"train/loss": train_loss, **metrics}
+        metrics = {"train/loss": trained.loss, **metrics}
         value = metrics[stopping.metric]
         best = state.improved(value, stopping.mode, stopping.min_delta)
         if best:
@@ -139,11 +148,13 @@ def train_loop_per_worker(job: WorkerJob) -> None:
         else:
             state.epochs_without_improvement += 1
         state.epoch = epoch
-        summary = {"epoch": epoch, "metrics": metrics, "seconds": time.perf_counter() - started, "best": best}
+        summary = {"epoch": epoch, "metrics": metrics, "seconds": time.perf_counter() - started, "best": best,
+                   "samples_per_second": trained.samples_per_second,
+                   "input_wait_fraction": trained.input_wait_fraction}
         state.history.append({**summary, "expert_load": expert_load, "global_step": state.global_step})
-        state.history[-1]["samples_per_second"] = samples_per_second
         mlflow_log.log_metrics({**metrics, "epoch_seconds": summary["seconds"],
-                                "train/samples_per_second": samples_per_second}, step=epoch)
+                                "train/samples_per_second": trained.samples_per_second,
+                                "train/input_wait_fraction": trained.input_wait_fraction}, step=epoch)
         _checkpoint_and_report(trainee, state, rank, {**metrics, "epoch": epoch})
         if rank == 0:
             job.progress.epoch_done.remote(summary)
@@ -154,15 +165,17 @@ def train_loop_per_worker(job: WorkerJob) -> None:
 
 
 def _train_epoch(trainee: Trainee, shard, state: TrainerState, epoch: int, rank: int, job: WorkerJob,
-                 mlflow_log) -> tuple[float, float]:
-    """One pass over this rank's shard; returns (mean loss, samples per second over all ranks)."""
+                 mlflow_log) -> EpochStats:
+    """One pass over this rank's shard."""
     config = job.resolved.config
     trainee.train(True)
     total, batches, rows = 0.0, 0, 0
     started = time.perf_counter()
     seed = config.training.seed + 1000 * epoch + rank  # fixed per (epoch, rank): a rerun sees the same order
-    for step, batch in enumerate(iter_model_batches(shard, trainee.model.collate, config.training.batch_size,
-                                                    shuffle_buffer=config.dataset.shuffle_buffer, seed=seed)):
+    wait = InputWait()
+    for step, batch in enumerate(wait.iterate(iter_model_batches(
+            shard, trainee.model.collate, config.training.batch_size,
+            shuffle_buffer=config.dataset.shuffle_buffer, seed=seed))):
         batch, out = trainee.forward(batch)
         loss, parts = trainee.loss(out, batch)
         trainee.engine.backward(loss)
@@ -175,14 +188,15 @@ def _train_epoch(trainee: Trainee, shard, state: TrainerState, epoch: int, rank:
                                    step=state.global_step)
             if rank == 0:
                 job.progress.step.remote(epoch, step + 1, value)
-    seconds = torch.tensor([time.perf_counter() - started], dtype=torch.float64)
+    elapsed = time.perf_counter() - started
+    slowest = torch.tensor([elapsed, wait.seconds / max(elapsed, 1e-9)], dtype=torch.float64)
     sums = torch.tensor([total, float(batches), float(rows)], dtype=torch.float64)
     dist.all_reduce(sums)  # the mean over every rank's batches, the same on all ranks
-    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
     mean = float(sums[0] / sums[1].clamp_min(1.0))
     if rank == 0:
         job.progress.step.remote(epoch, batches, mean)
-    return mean, float(sums[2] / seconds[0])
+    return EpochStats(mean, float(sums[2] / slowest[0]), float(slowest[1]))
 
 
 def _validate(trainee: Trainee, shard, resolved: ResolvedConfig) -> tuple[dict[str, float], list[list[float]]]:
