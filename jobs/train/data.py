@@ -5,6 +5,7 @@ Nothing loads a split whole: Ray Data reads, transforms and hands over blocks as
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -84,3 +85,56 @@ class InputWait:
             finally:
                 self.seconds += time.perf_counter() - started
             yield item
+
+
+class EpochStream:
+    """A dataset shard's model batches, epoch after epoch, with the next epoch's stream started
+    early. Starting an epoch's stream costs 1-2 s before its first batch (Ray Data plans the
+    execution and schedules read and transform tasks); `start_early(epoch)` pays that in a
+    background thread while the trainer validates, and `batches(epoch)` continues from there.
+    Each epoch's order is fixed by `seed_of(epoch)`, started early or not."""
+
+    _END = object()
+
+    def __init__(self, shard: Any, collate: Callable[[pa.Table], Any], batch_size: int, *, shuffle_buffer: int,
+                 seed_of: Callable[[int], int]) -> None:
+        self.shard, self.collate, self.batch_size = shard, collate, batch_size
+        self.shuffle_buffer, self.seed_of = shuffle_buffer, seed_of
+        self._early: tuple[int, threading.Thread, dict[str, Any]] | None = None
+
+    def _open(self, epoch: int) -> tuple[Iterator[Any], Any]:
+        iterator = iter(iter_model_batches(self.shard, self.collate, self.batch_size,
+                                           shuffle_buffer=self.shuffle_buffer, seed=self.seed_of(epoch)))
+        return iterator, next(iterator, self._END)
+
+    def start_early(self, epoch: int) -> None:
+        """Opens `epoch`'s stream up to its first batch in the background (once per epoch)."""
+        if self._early is not None:
+            return
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["opened"] = self._open(epoch)
+            except BaseException as error:  # re-raised by batches(), in the training thread
+                outcome["error"] = error
+
+        # A daemon thread: a run that stops early (early stopping) must not wait for this stream at exit.
+        thread = threading.Thread(target=run, name=f"epoch-{epoch}-stream", daemon=True)
+        thread.start()
+        self._early = (epoch, thread, outcome)
+
+    def batches(self, epoch: int) -> Iterator[Any]:
+        early, self._early = self._early, None
+        if early is not None and early[0] == epoch:
+            _, thread, outcome = early
+            thread.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            iterator, first = outcome["opened"]
+        else:
+            iterator, first = self._open(epoch)
+        if first is self._END:
+            return
+        yield first
+        yield from iterator

@@ -23,7 +23,7 @@ from jobs.train.checkpointing import (
     save_rng,
 )
 from jobs.train.config import ResolvedConfig
-from jobs.train.data import InputWait, iter_model_batches
+from jobs.train.data import EpochStream, InputWait, iter_model_batches
 from jobs.train.engine import engine_dtype, export_distributed_env, initialize_engine
 from jobs.train.metrics import ValidationAccumulator
 
@@ -132,13 +132,18 @@ def train_loop_per_worker(job: WorkerJob) -> None:
             state = TrainerState.load(Path(directory))
         logger.info("rank %d resumed after epoch %d", rank, state.epoch + 1)
     mlflow_log = RankZeroLogger(job.tracking_uri, job.run_id, rank)
-    train_shard = ray.train.get_dataset_shard("train")
+    # The order of an epoch's batches is fixed per (epoch, rank): a rerun sees the same order.
+    train_stream = EpochStream(ray.train.get_dataset_shard("train"), trainee.model.collate,
+                               config.training.batch_size, shuffle_buffer=config.dataset.shuffle_buffer,
+                               seed_of=lambda epoch: config.training.seed + 1000 * epoch + rank)
     validation_shard = ray.train.get_dataset_shard("validation")
     stopping = config.training.early_stopping
 
     for epoch in range(state.epoch + 1, config.training.epochs):
         started = time.perf_counter()
-        trained = _train_epoch(trainee, train_shard, state, epoch, rank, job, mlflow_log)
+        trained = _train_epoch(trainee, train_stream, state, epoch, rank, job, mlflow_log)
+        if epoch + 1 < config.training.epochs:
+            train_stream.start_early(epoch + 1)  # its start-up overlaps validation and the checkpoint
         metrics, expert_load = _validate(trainee, validation_shard, resolved)
         metrics = {"train/loss": trained.loss, **metrics}
         value = metrics[stopping.metric]
@@ -164,18 +169,15 @@ def train_loop_per_worker(job: WorkerJob) -> None:
             break
 
 
-def _train_epoch(trainee: Trainee, shard, state: TrainerState, epoch: int, rank: int, job: WorkerJob,
-                 mlflow_log) -> EpochStats:
+def _train_epoch(trainee: Trainee, stream: EpochStream, state: TrainerState, epoch: int, rank: int,
+                 job: WorkerJob, mlflow_log) -> EpochStats:
     """One pass over this rank's shard."""
     config = job.resolved.config
     trainee.train(True)
     total, batches, rows = 0.0, 0, 0
     started = time.perf_counter()
-    seed = config.training.seed + 1000 * epoch + rank  # fixed per (epoch, rank): a rerun sees the same order
     wait = InputWait()
-    for step, batch in enumerate(wait.iterate(iter_model_batches(
-            shard, trainee.model.collate, config.training.batch_size,
-            shuffle_buffer=config.dataset.shuffle_buffer, seed=seed))):
+    for step, batch in enumerate(wait.iterate(stream.batches(epoch))):
         batch, out = trainee.forward(batch)
         loss, parts = trainee.loss(out, batch)
         trainee.engine.backward(loss)
