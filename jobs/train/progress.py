@@ -46,7 +46,7 @@ class ProgressBoard:
 
 
 def summary_line(summary: dict[str, Any], epochs: int) -> str:
-    """`epoch 2/5  train/loss 0.612  val/loss 0.580  val/like/auc 0.712 ...  (12.3 s)`"""
+    """`epoch 2/5  train/loss 0.612  val/loss 0.580  val/like/auc 0.712 ...  (12.3 s, 4,100 samples/s, input wait 0%)`"""
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     flag = "  *best*" if summary.get("best") else ""
     pace = f"{summary['seconds']:.1f} s"
