@@ -43,8 +43,12 @@ def transformed_split(dataset_dir: Path, split: str):
     transforms = TransformSet.load(Path(dataset_dir) / "transforms.json")
     # partitioning=None: the `split=` folder is not a column the transforms should see.
     raw = ray.data.read_parquet(split_files(dataset_dir, split), partitioning=None, num_cpus=DATA_TASK_CPUS)
-    return raw.map_batches(_apply_transforms, fn_kwargs={"transforms": transforms}, batch_format="pyarrow",
-                           batch_size=TRANSFORM_BATCH_ROWS, num_cpus=DATA_TASK_CPUS)
+    dataset = raw.map_batches(_apply_transforms, fn_kwargs={"transforms": transforms}, batch_format="pyarrow",
+                              batch_size=TRANSFORM_BATCH_ROWS, num_cpus=DATA_TASK_CPUS)
+    # Ray Data's plan lines at the start of every epoch's stream buried the job's progress lines
+    # (this dataset's context is its own copy: nothing else changes).
+    dataset.context.print_on_execution_start = False
+    return dataset
 
 
 class ModelCollate(ArrowBatchCollateFn):
