@@ -20,6 +20,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
+from jobs.tracking import ensure_experiment
+
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT_PATH = "model"
@@ -99,7 +101,10 @@ def register_model(model: Any, dataset_dir: str | Path, name: str, example_rows:
     """Logs `model` into run `run_id` (a new run when None), registers it under `name` and points
     `alias` at the new version. Uses MLflow's current tracking URI."""
     client = client or MlflowClient()
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+    # A new run goes to the experiment named after the model: MLflow's default experiment would put
+    # a local SQLite store's artifacts under ./mlruns of whatever directory the caller runs in.
+    experiment_id = None if run_id else ensure_experiment(client, name, mlflow.get_tracking_uri())
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, nested=mlflow.active_run() is not None):
         info = log_model(model, dataset_dir, example_rows, registered_model=name)
     version = client.get_model_version(name, str(info.registered_model_version))
     if alias:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pytest
 
@@ -25,6 +26,9 @@ def test_register_load_predict_and_promote(tiny_movielens, tmp_path):
     with use_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         version = register_model(model, tiny_movielens.root, "roundtrip", rows.to_pandas())
         assert resolve_version("models:/roundtrip@challenger") == ("roundtrip", str(version.version))
+        # The artifacts sit beside the database, not under the working directory's ./mlruns.
+        artifact_uri = mlflow.get_run(version.run_id).info.artifact_uri
+        assert artifact_uri.startswith(tmp_path.resolve().as_uri()), artifact_uri
 
         loaded = load_registered(f"models:/roundtrip@{CHALLENGER}")
         assert (loaded.name, loaded.version) == ("roundtrip", str(version.version))
