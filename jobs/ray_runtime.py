@@ -69,14 +69,14 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local Ray needs no token
     address = address or os.environ.get("RAY_ADDRESS") or None
+    setup_hook = quiet_worker_logs if address else quiet_local_worker_logs
+    runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": _import_path(setup_hook)}
     if address:
         logger.info("joining the Ray cluster at %s", address)
-        runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": _import_path(quiet_worker_logs)}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         store = object_store_memory or local_object_store_bytes()
         logger.info("starting a local Ray (%s CPUs, object store %.0f MiB)", num_cpus or "all", store / 2**20)
-        runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": _import_path(quiet_local_worker_logs)}
         ray.init(num_cpus=num_cpus, object_store_memory=store, include_dashboard=False, runtime_env=runtime_env)
     try:
         yield
