@@ -141,8 +141,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from jobs.registry import register_model
-    from jobs.tracking import use_tracking_uri
+    from registry.models import register_model
+    from registry.tracking import use_tracking_uri
     from serving.app import build_app
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace, work) -> int:
     """Runs `work()` with the MLflow tracking URI set; bad input (a ValueError, which every grec input
     error is) becomes exit code 2 with its message instead of a traceback. Ray is started by the
     jobs themselves, after they have checked model and data."""
-    from jobs.tracking import use_tracking_uri
+    from registry.tracking import use_tracking_uri
 
     try:
         with use_tracking_uri(args.tracking_uri) as tracking_uri:

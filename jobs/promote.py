@@ -25,7 +25,7 @@ from jobs.evaluate.job import EvaluationConfig, prepare_evaluation, run_evaluati
 from jobs.evaluate.metrics import HIGHER_IS_BETTER
 from jobs.evaluate.results import EvaluationResult
 from jobs.ray_runtime import ray_session
-from jobs.registry import CHALLENGER, CHAMPION, resolve_version, set_alias
+from registry.models import CHALLENGER, CHAMPION, resolve_version, set_alias
 
 logger = logging.getLogger(__name__)
 

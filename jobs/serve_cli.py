@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.registry import resolve_version
-    from jobs.tracking import use_tracking_uri
+    from registry.models import resolve_version
+    from registry.tracking import use_tracking_uri
     from serving.config import ServingConfig, ServingConfigError
 
     try:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-# `models:/NAME@alias` or `models:/NAME/VERSION`, the forms jobs.registry.load_registered takes.
+# `models:/NAME@alias` or `models:/NAME/VERSION`, the forms registry.models.load_registered takes.
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))$")
 
 

@@ -1,4 +1,4 @@
-"""Where served models come from: the MLflow registry, through `jobs.registry`.
+"""Where served models come from: the MLflow registry, through `registry.models`.
 
 A version is always loaded by number (`models:/NAME/VERSION`) after the alias was resolved, so
 what is loaded is exactly the version that is then reported.
@@ -13,11 +13,11 @@ import mlflow
 from mlflow import MlflowClient
 
 from feature_store.definitions import DatasetDefinition
-from jobs.registry import load_registered, resolve_version
+from registry.models import load_registered, resolve_version
 from serving.config import ServingConfig
 from serving.servable import ServableModel
 
-# Where the pyfunc model keeps the dataset definition (jobs.registry.log_model's artifacts).
+# Where the pyfunc model keeps the dataset definition (registry.models.log_model's artifacts).
 DEFINITION_ARTIFACT = "artifacts/definition.json"
 
 

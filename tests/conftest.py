@@ -169,8 +169,8 @@ def serving_register(model, prepared, name: str, tracking_uri: str, alias: str |
     """Registers `model` (trained on `prepared`) as a new version of `name`; returns the version."""
     from mlflow import MlflowClient
 
-    from jobs.registry import register_model
-    from jobs.tracking import use_tracking_uri
+    from registry.models import register_model
+    from registry.tracking import use_tracking_uri
 
     example_rows = prepared.read_split("train").slice(0, 3).to_pandas()
     with use_tracking_uri(tracking_uri):

@@ -19,8 +19,8 @@ from jobs.evaluate.compatibility import IncompatibleDataError
 from jobs.evaluate.job import EvaluationConfig, evaluate_model
 from jobs.predict import predict_to_parquet
 from jobs.promote import PromotionError, promote
-from jobs.registry import load_registered, set_alias
-from jobs.tracking import use_tracking_uri
+from registry.models import load_registered, set_alias
+from registry.tracking import use_tracking_uri
 
 NAME = "eval-tiny"
 

@@ -6,9 +6,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from jobs.registry import (CHALLENGER, CHAMPION, feature_columns, load_registered, promote, register_model,
+from registry.models import (CHALLENGER, CHAMPION, feature_columns, load_registered, promote, register_model,
                            resolve_version)
-from jobs.tracking import use_tracking_uri
+from registry.tracking import use_tracking_uri
 
 
 def _tiny_model(prepared):

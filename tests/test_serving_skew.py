@@ -13,8 +13,8 @@ TASKS = ("like", "rating")
 
 
 def test_endpoint_score_equals_offline_prediction(serving_app):
-    from jobs.registry import load_registered
-    from jobs.tracking import use_tracking_uri
+    from registry.models import load_registered
+    from registry.tracking import use_tracking_uri
 
     test_rows = serving_app.prepared.read_split("test")
     # Rows of users other than the one the API tests use, with a behavior history.

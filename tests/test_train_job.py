@@ -33,7 +33,7 @@ def engine_run(train_tiny_config, ray_local, tiny_movielens, tracking_uri):
 def test_engine_path_trains_tracks_and_registers(engine_run, tracking_uri):
     from mlflow import MlflowClient
 
-    from jobs.registry import resolve_version
+    from registry.models import resolve_version
 
     result = engine_run
     assert result.epochs_run == 2 and result.worker_restarts == 0
@@ -60,7 +60,7 @@ def test_zero_3_trains_the_same_model_as_zero_1(train_tiny_config, engine_run, r
     workers; same data, seeds and steps as the ZeRO-1 run, so the same model up to reduction order."""
     from mlflow import MlflowClient
 
-    from jobs.registry import feature_columns, load_registered
+    from registry.models import feature_columns, load_registered
     from jobs.train import run_training
 
     config = train_tiny_config(tiny_movielens.root, tracking_uri, sparse={"mode": "engine"},
@@ -83,7 +83,7 @@ def test_dmp_path_shards_tables_and_registers_a_loadable_model(train_tiny_config
                                                               tracking_uri):
     from mlflow import MlflowClient
 
-    from jobs.registry import feature_columns, load_registered
+    from registry.models import feature_columns, load_registered
     from jobs.train import run_training
 
     config = train_tiny_config(tiny_movielens.root, tracking_uri, sparse={"mode": "dmp"}, training={"epochs": 1},
@@ -120,6 +120,6 @@ def test_killed_worker_recovers_and_matches_uninterrupted_run(train_tiny_config,
 
 
 def _tracking(uri: str):
-    from jobs.tracking import use_tracking_uri
+    from registry.tracking import use_tracking_uri
 
     return use_tracking_uri(uri)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.pyfunc_model import SCORE_PREFIX
+from registry.pyfunc_model import SCORE_PREFIX
 
 
 def score_column(task: str) -> str:
@@ -44,7 +44,7 @@ class RegisteredModelScorer:
                  tasks: Sequence[str] | None = None, torch_threads: int = 1) -> None:
         import mlflow
 
-        from jobs.registry import load_registered
+        from registry.models import load_registered
 
         # a pooled worker process may have served another store before: point it at this one
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri

@@ -82,7 +82,7 @@ def prepare_evaluation(model_uri: str, data_dir: str | Path, split: str, *,
     before any work starts."""
     from mlflow.exceptions import MlflowException
 
-    from jobs.registry import load_registered
+    from registry.models import load_registered
 
     prepared = open_prepared(data_dir)
     try:

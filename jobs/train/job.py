@@ -44,7 +44,7 @@ def run_training(config: TrainConfig | str | Path, *, show_progress: bool = True
     """Trains, tracks and registers a model. `config` is a TrainConfig or a YAML path. `listeners`
     receive progress snapshots on the driver (about twice a second) while training runs."""
     from jobs.ray_runtime import ray_session
-    from jobs.tracking import use_tracking_uri
+    from registry.tracking import use_tracking_uri
 
     if not isinstance(config, TrainConfig):
         config = load_config(config)
@@ -62,7 +62,7 @@ def _train_and_register(resolved: ResolvedConfig, tracking_uri: str, show_progre
     import ray
     from mlflow import MlflowClient
 
-    from jobs.tracking import ensure_experiment
+    from registry.tracking import ensure_experiment
 
     config = resolved.config
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -145,7 +145,7 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
 
 
 def _register(resolved: ResolvedConfig, client, run_id: str, result, restarts: int) -> TrainingResult:
-    from jobs.registry import CHALLENGER, register_model
+    from registry.models import CHALLENGER, register_model
     from jobs.train.export import model_from_checkpoint
 
     config = resolved.config
@@ -179,7 +179,7 @@ def _best(checkpoints: list, metric: str, mode: str):
 
 def _log_inputs(client, run_id: str, resolved: ResolvedConfig) -> None:
     """Config and parameters, the dataset spec and the fitted transforms."""
-    from jobs.tracking import flatten_params
+    from registry.tracking import flatten_params
 
     config = resolved.config
     model = {k: v for k, v in resolved.model_config.to_dict().items() if k != "input"}  # input: the spec artifact

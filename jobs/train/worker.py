@@ -116,7 +116,7 @@ def train_loop_per_worker(job: WorkerJob) -> None:
     """The Ray Train loop (one process per worker)."""
     import ray.train
 
-    from jobs.tracking import RankZeroLogger
+    from registry.tracking import RankZeroLogger
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from jobs.tracking import ensure_experiment
+from registry.tracking import ensure_experiment
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -66,7 +66,7 @@ def model_signature(example_rows: pd.DataFrame, spec: Any):
     column per task; param: `tasks` (a subset to score)."""
     from mlflow.models import infer_signature
 
-    from jobs.pyfunc_model import SCORE_PREFIX
+    from registry.pyfunc_model import SCORE_PREFIX
 
     inputs = example_rows[feature_columns(spec)]
     output = pd.DataFrame({f"{SCORE_PREFIX}{t.name}": [0.0] * len(inputs) for t in spec.tasks})
