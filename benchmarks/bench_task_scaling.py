@@ -1,18 +1,26 @@
-"""How the cost of GRec and of the dense baselines grows with the number of tasks (issue 3, Measure).
+"""How the compute cost of GRec and of the dense baselines grows with the number of tasks.
 
-At each T in --tasks, capacity grows with the tasks (one expert per task: GRec and MMoE get E = T
-experts; PLE one specific expert per task per level plus one shared) and every model gets GRec's
-parameter budget (the baselines' expert width is matched with grec.match_parameter_budget).
-Measured in one run, same threads, medians after warm-up:
-  - single-task request latency at batch 1 and 256 (GRec: the exported per-task sub-model, and the
+At each T in --tasks, capacity grows with the tasks: GRec routes each task to top-2 of E = T experts
+(`grec`), MMoE has E = T dense experts, PLE one specific expert per task per level plus one shared,
+and MMoE and PLE get GRec's parameter count at the same T (their expert width is matched with
+grec.match_parameter_budget). `grec-shared` is GRec with bounded expert work per example
+(router.shared_experts 2, top_k 0: two shared experts run once per example, each task adds only its
+gates, C-Poly skills, tower and head). `heads-only` is the floor of this set-up: the same example
+encoders, mean-pooled, and one linear head per task; nothing cheaper can score T tasks.
+
+Measured in one process, one intra-op thread, in interleaved rounds (every case once per round,
+the first round is warm-up), as process CPU time: on a shared 2-core machine wall time counts the
+time other processes hold the core and overstates growth. Figures are medians.
+  - single-task request at batch 1 and 256 (GRec: the exported per-task sub-model `-sub`, and the
     full model asked for one task; baselines: the model asked for one task),
-  - all-tasks scoring of one example,
-  - one training step (forward, loss, backward, Adam) on a batch with every task labelled,
-  - dense parameters a single-task request touches (those its output depends on; embedding rows
-    actually looked up),
-  - GRec's parameters added per task relative to its shared model.
+  - all-tasks scoring at batch 1 and 256,
+  - one training step (forward, loss, backward, Adam) at batch 256 with every task labelled, on
+    all tasks and (GRec) on K=8 tasks sampled per step (`losses.tasks_per_step`),
+  - parameters, and GRec's parameters added per task relative to its shared model.
 
-    .venv/bin/python benchmarks/bench_task_scaling.py            # ~5 min on 2 cores
+    .venv/bin/python benchmarks/bench_task_scaling.py --json docs/benchmarks/task_scaling.json \
+        --plot docs/benchmarks/task_scaling.png                          # T = 2 8 32 64 256
+    .venv/bin/python benchmarks/bench_task_scaling.py --tasks 2 64 --rounds 3   # a quick look
 """
 
 from __future__ import annotations
@@ -22,14 +30,17 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from grec import (
     BaselineConfig,
     GRecConfig,
+    LossConfig,
     RouterConfig,
     SkillConfig,
     build_model,
@@ -38,6 +49,8 @@ from grec import (
     parameters_added_by_task,
 )
 from grec.synthetic import random_columns, synthetic_spec
+
+SAMPLED_TASKS = 8
 
 
 @dataclass
@@ -49,13 +62,17 @@ class Case:
     metric: str
     run: Callable[[], object]
     calls: int
+    training: bool
+    modules: list[nn.Module]
     samples: list[float] = field(default_factory=list)
 
     def time_round(self) -> None:
+        for module in self.modules:
+            module.train(self.training)
         for _ in range(self.calls):
-            start = time.perf_counter()
+            start = time.process_time()
             self.run()
-            self.samples.append(time.perf_counter() - start)
+            self.samples.append(time.process_time() - start)
 
 
 def run_interleaved(cases: list[Case], rounds: int) -> None:
@@ -64,37 +81,25 @@ def run_interleaved(cases: list[Case], rounds: int) -> None:
     for case in cases:
         case.time_round()
         case.samples.clear()
-    for _ in range(rounds):
+    for number in range(rounds):
         for case in cases:
             case.time_round()
+        print(f"  round {number + 1}/{rounds} done", flush=True)
 
 
-def touched_parameters(module: torch.nn.Module, forward: Callable[[], torch.Tensor],
-                       sparse: torch.nn.Module) -> int:
-    """Parameters the output of `forward` depends on: whole dense tensors that receive a gradient,
-    and only the looked-up rows of embedding tables."""
-    params = list(module.parameters())
-    saved = [p.requires_grad for p in params]
-    sparse_ids = {id(p) for p in sparse.parameters()}
-    for p in params:
-        p.requires_grad_(True)
-        p.grad = None
-    try:
-        with torch.enable_grad():
-            forward().float().sum().backward()
-        touched = 0
-        for p in params:
-            if p.grad is None:
-                continue
-            if id(p) in sparse_ids:
-                touched += int((p.grad.abs().sum(dim=1) > 0).sum()) * p.shape[1]
-            else:
-                touched += p.numel()
-        return touched
-    finally:
-        for p, flag in zip(params, saved):
-            p.requires_grad_(flag)
-            p.grad = None
+class HeadsOnly(nn.Module):
+    """The floor: the model's example encoders, mean-pooled, one linear head per task (stacked)."""
+
+    def __init__(self, encoders_of: nn.Module, num_tasks: int, d_model: int) -> None:
+        super().__init__()
+        self.encoders_of = encoders_of
+        self.heads = nn.Linear(d_model, num_tasks)
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.heads(self.encoders_of.encode_examples(batch).mean(1)).T  # [T, B]
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, labels)
 
 
 def configs(num_tasks: int, args: argparse.Namespace) -> dict[str, GRecConfig]:
@@ -103,141 +108,196 @@ def configs(num_tasks: int, args: argparse.Namespace) -> dict[str, GRecConfig]:
                       expert_hidden=args.expert_hidden, tower_hidden=args.d_model, seed=0,
                       router=RouterConfig(mode="task", num_experts=num_tasks, top_k=args.top_k),
                       skills=SkillConfig(kind="cpoly", num_common=3, num_exclusive=1, rank=2))
-    budget = count_parameters(build_model(base))
+    budget = count_parameters(build_model(base, pretrained_text=False))
     return {
         "grec": base,
-        "mmoe": match_parameter_budget(replace(base, architecture="mmoe",
-                                               baseline=BaselineConfig(num_experts=num_tasks)), budget),
-        "ple": match_parameter_budget(replace(base, architecture="ple",
-                                              baseline=BaselineConfig(num_shared_experts=1, num_specific_experts=1,
-                                                                      ple_levels=2)), budget),
+        "grec-shared": base.replace(router=RouterConfig(mode="task", num_experts=num_tasks, top_k=0,
+                                                        shared_experts=2)),
+        "mmoe": match_parameter_budget(base.replace(architecture="mmoe",
+                                                    baseline=BaselineConfig(num_experts=num_tasks)), budget),
+        "ple": match_parameter_budget(base.replace(architecture="ple",
+                                                   baseline=BaselineConfig(num_shared_experts=1, num_specific_experts=1,
+                                                                           ple_levels=2)), budget),
     }
 
 
 def inference(fn: Callable, batch) -> Callable[[], object]:
-    """fn(batch) without gradients (binds its arguments now, not at call time). Modes are set once
-    per phase, outside the timed calls: .eval() walks every submodule, which costs more with more
-    experts and would be counted as model cost."""
+    """fn(batch) without gradients (binds its arguments now, not at call time)."""
     def run() -> object:
         with torch.no_grad():
             return fn(batch)
     return run
 
 
-def train_step(model: torch.nn.Module, batch) -> Callable[[], None]:
+def train_step(model: nn.Module, batch, sampled: int | None) -> Callable[[], None]:
+    """One optimizer step on all tasks, or on `sampled` tasks drawn per step (loss scaled by T / K)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    names = model.task_names
+    steps = iter(range(10**9))
 
     def run() -> None:
+        tasks, scale = names, 1.0
+        if sampled is not None:
+            tasks, scale = model.training_tasks(next(steps))
         optimizer.zero_grad()
-        loss, _ = model.loss(model(batch), batch)
+        loss, _ = model.loss(model(batch, tasks), batch, task_scale=scale)
         loss.backward()
         optimizer.step()
     return run
 
 
-def prepare(num_tasks: int, args: argparse.Namespace) -> tuple[list[dict], list[Case], list[torch.nn.Module]]:
-    """Builds the models of one T; returns their static rows, their timed cases and the models."""
-    rows, cases, models = [], [], []
+def floor_cases(model: nn.Module, num_tasks: int, args: argparse.Namespace, one, many) -> tuple[dict, list[Case]]:
+    floor = HeadsOnly(model, num_tasks, args.d_model)
+    labels = torch.stack([many.labels[t] for t in model.task_names])
+    optimizer = torch.optim.Adam(floor.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        floor.loss(floor(many), labels).backward()
+        optimizer.step()
+
+    row = {"model": "heads-only", "tasks": num_tasks, "params": count_parameters(floor), "expert_hidden": 0}
+    return row, [Case("heads-only", num_tasks, "all_tasks_b1_ms", inference(floor, one), args.calls, False, [floor]),
+                 Case("heads-only", num_tasks, "all_tasks_b256_ms", inference(floor, many), 1, False, [floor]),
+                 Case("heads-only", num_tasks, "train_step_ms", step, 1, True, [floor])]
+
+
+def prepare(num_tasks: int, args: argparse.Namespace) -> tuple[list[dict], list[Case]]:
+    """Builds the models of one T; returns their static rows and their timed cases."""
+    rows, cases = [], []
     for name, config in configs(num_tasks, args).items():
-        model = build_model(config).eval()
-        models.append(model)
+        # A copy of the training model per phase: training steps must not move the weights that the
+        # inference cases time, and their optimizer states must not be shared.
+        model = build_model(config, pretrained_text=False)
+        trained = build_model(config, pretrained_text=False)
         spec = config.input
         task = spec.task_names[0]
         one = model.collate(random_columns(spec, 1, seed=1))
         many = model.collate(random_columns(spec, args.batch, seed=2))
-        variants: dict[str, tuple[torch.nn.Module, Callable]] = {}
+        row = {"model": name, "tasks": num_tasks, "params": count_parameters(model), "expert_hidden": config.expert_hidden}
+        if name.startswith("grec"):
+            per_task = parameters_added_by_task(config, spec.tasks[-1])
+            row["per_task_params"] = per_task
+            row["per_task_pct_of_shared"] = 100.0 * per_task / (count_parameters(model) - num_tasks * per_task)
+            sub = model.eval().export_task(task)
+            rows.append({**row, "model": f"{name}-sub"})
+            for size, batch, calls in ((1, one, args.calls), (256, many, 1)):
+                cases.append(Case(f"{name}-sub", num_tasks, f"single_b{size}_ms", inference(sub, batch), calls, False,
+                                  [model]))
+        rows.append(row)
+        single = lambda batch, model=model, task=task: model(batch, tasks=[task]).logits[task]  # noqa: E731
+        for size, batch, calls in ((1, one, args.calls), (256, many, 1)):
+            cases.append(Case(name, num_tasks, f"single_b{size}_ms", inference(single, batch), calls, False, [model]))
+            cases.append(Case(name, num_tasks, f"all_tasks_b{size}_ms", inference(model, batch), calls, False, [model]))
+        cases.append(Case(name, num_tasks, "train_step_ms", train_step(trained, many, None), 1, True, [trained]))
+        if name.startswith("grec") and num_tasks > SAMPLED_TASKS:
+            sampler = build_model(config.replace(losses=LossConfig(tasks_per_step=SAMPLED_TASKS)), pretrained_text=False)
+            cases.append(Case(name, num_tasks, "train_k8_ms", train_step(sampler, many, SAMPLED_TASKS), 1, True,
+                              [sampler]))
         if name == "grec":
-            sub = model.export_task(task)
-            variants["grec-sub"] = (sub, lambda batch, sub=sub: sub(batch))
-        variants[name] = (model, lambda batch, model=model, task=task: model(batch, tasks=[task]).logits[task])
-        for label, (module, single) in variants.items():
-            row = {"model": label, "tasks": num_tasks, "params": count_parameters(model),
-                   "expert_hidden": config.expert_hidden,
-                   "touched_params": touched_parameters(module, lambda: single(one), model.sparse_arch)}
-            if name == "grec":
-                per_task = parameters_added_by_task(config, spec.tasks[-1])
-                row["per_task_params"] = per_task
-                row["per_task_pct_of_shared"] = 100.0 * per_task / (count_parameters(model) - num_tasks * per_task)
-            rows.append(row)
-            cases.append(Case(label, num_tasks, "single_b1_ms", inference(single, one), args.calls))
-            cases.append(Case(label, num_tasks, "single_b256_ms", inference(single, many), 2))
-        cases.append(Case(name, num_tasks, "all_tasks_b1_ms", inference(model, one), args.calls))
-        cases.append(Case(name, num_tasks, "train_step_ms", train_step(model, many), 1))
-    return rows, cases, models
+            floor_row, more = floor_cases(model, num_tasks, args, one, many)
+            rows.append(floor_row)
+            cases += more
+    return rows, cases
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    rows, cases, models = [], [], []
+    rows, cases = [], []
     for num_tasks in args.tasks:
-        more_rows, more_cases, more_models = prepare(num_tasks, args)
+        more_rows, more_cases = prepare(num_tasks, args)
         rows += more_rows
         cases += more_cases
-        models += more_models
-    for model in models:  # sub-models share their encoders with these
-        model.eval()
-    run_interleaved([c for c in cases if c.metric != "train_step_ms"], args.rounds)
-    for model in models:
-        model.train()
-    run_interleaved([c for c in cases if c.metric == "train_step_ms"], args.train_rounds)
+        print(f"built the models of T={num_tasks}", flush=True)
+    run_interleaved(cases, args.rounds)
     by_key = {(r["model"], r["tasks"]): r for r in rows}
     for case in cases:
-        value = 1e3 * statistics.median(case.samples)
-        by_key[(case.model, case.tasks)][case.metric] = value
+        by_key[(case.model, case.tasks)][case.metric] = 1e3 * statistics.median(case.samples)
     return rows
 
 
-METRICS = ("single_b1_ms", "single_b256_ms", "all_tasks_b1_ms", "train_step_ms", "touched_params")
+METRICS = ("single_b1_ms", "single_b256_ms", "all_tasks_b1_ms", "all_tasks_b256_ms", "train_step_ms", "train_k8_ms")
+
+
+def _cell(row: dict, key: str, fmt: str = "{:.2f}") -> str:
+    return fmt.format(row[key]) if key in row else "-"
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| model | T | params | expert width | single b=1 ms | single b=256 ms | all tasks b=1 ms | "
-             "train step ms | touched params | per task % shared |", "|" + "---|" * 10]
+    lines = ["| model | T | params | expert width | " + " | ".join(METRICS) + " | per task % shared |",
+             "|" + "---|" * (5 + len(METRICS))]
     for r in rows:
-        cell = lambda k, fmt="{:.2f}": fmt.format(r[k]) if k in r else "-"  # noqa: E731
-        lines.append(f"| {r['model']} | {r['tasks']} | {r['params']:,} | {r['expert_hidden']} | {cell('single_b1_ms')} | "
-                     f"{cell('single_b256_ms')} | {cell('all_tasks_b1_ms')} | {cell('train_step_ms', '{:.1f}')} | "
-                     f"{r['touched_params']:,} | {cell('per_task_pct_of_shared', '{:.3f}')} |")
+        lines.append(f"| {r['model']} | {r['tasks']} | {r['params']:,} | {r['expert_hidden']} | "
+                     + " | ".join(_cell(r, m, "{:.1f}" if "train" in m else "{:.2f}") for m in METRICS)
+                     + f" | {_cell(r, 'per_task_pct_of_shared', '{:.3f}')} |")
     smallest = min(r["tasks"] for r in rows)
-    lines += ["", f"Growth: cost at T divided by the same model's cost at T={smallest}",
-              "| model | T | " + " | ".join(METRICS) + " |", "|" + "---|" * (2 + len(METRICS))]
     base = {r["model"]: r for r in rows if r["tasks"] == smallest}
+    lines += ["", f"Growth: cost at T / the same model's cost at T={smallest} (train_k8: / its all-tasks step at "
+                  f"T={smallest})", "| model | T | " + " | ".join(METRICS) + " |", "|" + "---|" * (2 + len(METRICS))]
     for r in rows:
-        ratios = [f"{r[m] / base[r['model']][m]:.2f}x" if m in r else "-" for m in METRICS]
-        lines.append(f"| {r['model']} | {r['tasks']} | " + " | ".join(ratios) + " |")
-    lines += ["", "Against GRec's sub-model at the same T (single-task) and GRec's full model (all tasks, training)",
+        cells = []
+        for m in METRICS:
+            reference = base.get(r["model"], {}).get("train_step_ms" if m == "train_k8_ms" else m)
+            cells.append(f"{r[m] / reference:.2f}x" if m in r and reference else "-")
+        lines.append(f"| {r['model']} | {r['tasks']} | " + " | ".join(cells) + " |")
+    lines += ["", "Against MMoE at the same T (< 1: cheaper than MMoE)",
               "| model | T | " + " | ".join(METRICS) + " |", "|" + "---|" * (2 + len(METRICS))]
     for r in rows:
-        same_t = {x["model"]: x for x in rows if x["tasks"] == r["tasks"]}
-        ratios = []
-        for m in METRICS:
-            reference = same_t["grec"] if m in ("all_tasks_b1_ms", "train_step_ms") else same_t["grec-sub"]
-            ratios.append(f"{r[m] / reference[m]:.2f}x" if m in r and m in reference else "-")
-        lines.append(f"| {r['model']} | {r['tasks']} | " + " | ".join(ratios) + " |")
+        mmoe = next(x for x in rows if x["model"] == "mmoe" and x["tasks"] == r["tasks"])
+        cells = [f"{r[m] / mmoe[m]:.2f}x" if m in r and m in mmoe else "-" for m in METRICS]
+        lines.append(f"| {r['model']} | {r['tasks']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """CPU ms against T for each model (log-log): all-tasks scoring at batch 256 and a training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = (("all_tasks_b256_ms", "all tasks, batch 256"), ("all_tasks_b1_ms", "all tasks, batch 1"),
+              ("train_step_ms", "training step, batch 256"))
+    for axis, (metric, title) in zip(axes, panels):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            points = sorted((r["tasks"], r[metric]) for r in rows if r["model"] == model and metric in r)
+            if points:
+                axis.plot(*zip(*points), marker="o", label=model)
+        if metric == "train_step_ms":
+            for model in ("grec", "grec-shared"):
+                points = sorted((r["tasks"], r["train_k8_ms"]) for r in rows if r["model"] == model and "train_k8_ms" in r)
+                if points:
+                    axis.plot(*zip(*points), marker="x", linestyle="--", label=f"{model}, K=8 sampled")
+        axis.set(xscale="log", yscale="log", xlabel="tasks T", ylabel="CPU ms (1 thread)", title=title)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8, 32, 64])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads; 1 avoids OpenMP barrier stalls when other work shares the cores")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 8, 32, 64, 256])
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: CPU time is the op's cost)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--expert-hidden", type=int, default=128)
     parser.add_argument("--top-k", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (inference)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds after one warm-up round")
     parser.add_argument("--calls", type=int, default=5, help="batch-1 calls per round")
-    parser.add_argument("--train-rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--plot", type=Path, help="also draw cost against T into this PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     rows = measure(args)
     print(report(rows))
-    print(f"\n{args.threads} threads, batch {args.batch}, d_model {args.d_model}, top-k {args.top_k}; "
-          f"{time.perf_counter() - started:.0f} s")
+    print(f"\n{args.threads} thread(s), batch {args.batch}, d_model {args.d_model}, top-k {args.top_k}, "
+          f"{args.rounds} rounds, CPU time; {time.perf_counter() - started:.0f} s wall")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":

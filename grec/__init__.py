@@ -7,6 +7,7 @@ from grec.config import (
     BaselineConfig,
     GRecConfig,
     LossConfig,
+    ModelSettings,
     RouterConfig,
     SkillConfig,
     TextEncoderConfig,
@@ -21,7 +22,7 @@ from grec.spec import CategoricalFeature, InputSpec, NumericFeature, SequenceFea
 
 __all__ = [
     "BaselineConfig", "Batch", "CategoricalFeature", "Collator", "GRec", "GRecConfig", "InputSpec", "LossConfig",
-    "MMoE", "ModelOutput", "MultiTaskModel", "NumericFeature", "PLE", "RouterConfig", "RouterStats",
+    "MMoE", "ModelOutput", "ModelSettings", "MultiTaskModel", "NumericFeature", "PLE", "RouterConfig", "RouterStats",
     "SequenceFeature", "SharedBottom", "SkillConfig", "TableInfo", "TaskSpec", "TaskSubModel", "TextEncoderConfig",
     "TextFeature", "TokenizedText", "build_model", "count_parameters", "load_model", "match_parameter_budget",
     "parameters_added_by_task", "save_model",

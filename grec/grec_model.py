@@ -1,5 +1,7 @@
-"""GRec: task sentences through a sentence encoder, a task-sentence routed sparse MoE with C-Poly
-skills, a skilled tower and a head per task."""
+"""GRec: shared-prefix task sentences, a task-sentence routed sparse MoE with C-Poly skills, a
+skilled tower and a head per task. Every per-task stage runs grouped over the requested tasks
+(task-major [T, B, .] tensors), so scoring all T tasks of an example costs T small groups of work on
+top of one pass of the example encoders, not T whole models."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from torch import nn
 
 from grec.batch import Batch
 from grec.config import GRecConfig
-from grec.heads import head_parameters
 from grec.export import TaskSubModel
+from grec.heads import head_parameters
 from grec.model import MultiTaskModel
 from grec.moe import SparseMoE
-from grec.router import RouterStats, load_balancing_loss, router_z_loss
+from grec.router import RouterStats
+from grec.sentence import TaskSentenceEncoder
 from grec.skills import SkillAdapter, SkilledLinear, adapter_parameters_per_task, make_adapter
 from grec.spec import TaskSpec
 
@@ -29,7 +32,9 @@ def descriptor_pairs(tasks: list[TaskSpec]) -> list[tuple[str, str]]:
 
 
 class TaskTokens(nn.Module):
-    """Task token = the task's own embedding + the embeddings of its descriptors (type, scenario ...)."""
+    """Task token = the task's own embedding + the embeddings of its descriptors (type, scenario ...).
+    One parameter per task and per descriptor value, so adding a task adds parameters without
+    touching the existing ones."""
 
     def __init__(self, d_model: int, tasks: list[TaskSpec]) -> None:
         super().__init__()
@@ -37,72 +42,79 @@ class TaskTokens(nn.Module):
         self.task_embedding = nn.ParameterDict()
         self.descriptor_embedding = nn.ParameterDict()  # "d<i>" for descriptor_pairs()[i]
         self.pairs: list[tuple[str, str]] = []
-        self.descriptors_of: dict[str, list[str]] = {}
+        self.descriptors_of: dict[str, list[int]] = {}
+        self._membership: dict[tuple[tuple[str, ...], torch.device], torch.Tensor] = {}
         for task in tasks:
             self.add_task(task)
 
     def add_task(self, task: TaskSpec) -> list[nn.Parameter]:
         new = [self._new(self.task_embedding, task.name)]
-        keys = []
+        indices = []
         for pair in task.descriptors.items():
             if pair not in self.pairs:
                 self.pairs.append(pair)
                 new.append(self._new(self.descriptor_embedding, f"d{len(self.pairs) - 1}"))
-            keys.append(f"d{self.pairs.index(pair)}")
-        self.descriptors_of[task.name] = keys
+            indices.append(self.pairs.index(pair))
+        self.descriptors_of[task.name] = indices
+        self._membership = {}
         return new
 
     def _new(self, store: nn.ParameterDict, key: str) -> nn.Parameter:
         store[key] = nn.Parameter(torch.randn(self.d_model) * 0.02)
         return store[key]
 
+    def membership(self, tasks: list[str], device: torch.device) -> torch.Tensor:
+        """[T, P]: 1 where task t has descriptor value p."""
+        key = (tuple(tasks), device)
+        if key not in self._membership:
+            matrix = torch.zeros(len(tasks), len(self.pairs), device=device)
+            for row, task in enumerate(tasks):
+                matrix[row, self.descriptors_of[task]] = 1.0
+            self._membership[key] = matrix
+        return self._membership[key]
+
     def forward(self, tasks: list[str]) -> torch.Tensor:
         """[T, d_model]."""
-        tokens = []
-        for task in tasks:
-            token = self.task_embedding[task]
-            for key in self.descriptors_of[task]:
-                token = token + self.descriptor_embedding[key]
-            tokens.append(token)
-        return torch.stack(tokens)
+        tokens = torch.stack([self.task_embedding[task] for task in tasks])
+        if self.pairs:
+            descriptors = torch.stack([self.descriptor_embedding[f"d{i}"] for i in range(len(self.pairs))])
+            tokens = tokens + self.membership(tasks, tokens.device).to(tokens.dtype) @ descriptors
+        return tokens
 
 
 class GRec(MultiTaskModel):
-    """Each (example, task) pair is a task sentence [task, example tokens...]. The example tokens are
-    computed once per example and expanded over the requested tasks after the encoders."""
+    """Example tokens are encoded once per example; each requested task's token reads them through
+    the task-sentence encoder; the sentences go through the MoE, the skilled tower and the heads."""
 
     def __init__(self, config: GRecConfig, pretrained_text: bool = True) -> None:
         super().__init__(config, pretrained_text)
         d = config.d_model
         self.task_tokens = TaskTokens(d, list(config.input.tasks))
-        self.slot_embedding = nn.Parameter(torch.randn(1 + self.encoder.num_tokens, d) * 0.02)
+        self.sentence_encoder = TaskSentenceEncoder(config.sentence_layers, d, config.num_heads, config.ffn_hidden,
+                                                    config.dropout, self.encoder.num_tokens)
+        # The shared experts read the example through a query of its own, which no task owns.
+        self.shared_query = nn.Parameter(torch.randn(d) * 0.02) if config.router.shared_experts else None
         self.moe = SparseMoE(d, config.expert_hidden, config.task_names, config.router, config.skills)
         self.tower = SkilledLinear(nn.Linear(d, config.tower_hidden),
                                    make_adapter(d, config.tower_hidden, config.task_names, config.skills))
 
-    def sentences(self, examples: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
-        """Task sentences [T * B, 1 + n, d], task-major: rows t*B .. (t+1)*B-1 are task t."""
-        num_tasks, (size, n, d) = task_tokens.shape[0], examples.shape
-        task_part = task_tokens[:, None, None, :].expand(num_tasks, size, 1, d)
-        example_part = examples.unsqueeze(0).expand(num_tasks, size, n, d)
-        sentences = torch.cat([task_part, example_part], dim=2).reshape(num_tasks * size, 1 + n, d)
-        return sentences + self.slot_embedding
+    def queries(self, task_tokens: torch.Tensor) -> torch.Tensor:
+        """The sentence encoder's query tokens: the tasks', then the shared experts' query."""
+        if self.shared_query is None:
+            return task_tokens
+        return torch.cat([task_tokens, self.shared_query.unsqueeze(0).to(task_tokens.dtype)])
 
-    def encode_sentences(self, examples: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
-        """The sentence representation: the encoder output at the task position, [T * B, d]."""
-        return self.sentence_encoder(self.sentences(examples, task_tokens))[:, 0]
-
-    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
                                                                    RouterStats]:
         examples = self.encode_examples(batch)
-        task_tokens = self.task_tokens(tasks)
-        sentence = self.encode_sentences(examples, task_tokens)
-        task_index = torch.arange(len(tasks), device=sentence.device).repeat_interleave(batch.size)
-        mixed, routing, stats = self.moe(sentence, task_tokens[task_index], task_index, tasks)
-        hidden = F.gelu(self.tower(mixed, task_index, tasks))
-        aux = {"load_balance": load_balancing_loss(routing.probs, routing.expert_index),
-               "router_z": router_z_loss(routing.logits)}
-        return dict(zip(tasks, hidden.split(batch.size))), aux, stats
+        layout = self.layout(tasks, examples.device)
+        all_tokens = self.task_tokens(self.task_names)  # task routing decides for every task
+        sentences = self.sentence_encoder(examples, self.queries(all_tokens[layout.requested]))
+        shared_input = sentences[len(tasks)] if self.shared_query is not None else None
+        mixed, routing, stats = self.moe(sentences[:len(tasks)], all_tokens, layout.requested, tasks, shared_input)
+        tower_mix = self.tower.adapter.mix(tasks) if self.tower.adapter is not None else None
+        hidden = F.gelu(self.tower(mixed, tower_mix))
+        return hidden, {"load_balance": routing.load_balance, "router_z": routing.router_z}, stats
 
     # ---- C-Poly introspection ---------------------------------------------------------------------
     def skill_adapters(self) -> dict[str, SkillAdapter]:
@@ -130,7 +142,7 @@ class GRec(MultiTaskModel):
         token and head are trainable (returned). The existing tasks' outputs do not change."""
         self.config = self.config.with_task(task)
         self.collator.spec = self.config.input
-        device = self.slot_embedding.device
+        device = self.task_tokens.task_embedding[self.task_names[0]].device
         new = self.task_tokens.add_task(task)
         new += self.moe.add_task(task.name)
         if self.tower.adapter is not None:
@@ -150,8 +162,9 @@ def parameters_added_by_task(config: GRecConfig, task: TaskSpec) -> int:
     known = descriptor_pairs([t for t in config.input.tasks if t.name != task.name])
     token = d * (1 + sum(1 for pair in task.descriptors.items() if pair not in known))
     banks = 1 if config.skills.share_across_experts else config.router.num_experts
-    skills = banks * (adapter_parameters_per_task(d, hidden, config.skills)
-                      + adapter_parameters_per_task(hidden, d, config.skills))
-    skills += adapter_parameters_per_task(d, tower, config.skills)
+    routed = config.router.top_k > 0  # shared experts alone carry no up-projection skills
+    skills = (adapter_parameters_per_task(d, hidden, config.skills, banks) * routed
+              + adapter_parameters_per_task(hidden, d, config.skills, banks)
+              + adapter_parameters_per_task(d, tower, config.skills))
     uncertainty = 1 if config.losses.weighting == "uncertainty" else 0
     return token + skills + head_parameters(task, tower) + uncertainty

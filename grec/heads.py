@@ -1,7 +1,8 @@
 """Task heads: binary, regression, multiclass (with sampled softmax for large catalogs).
 
 Labels that are missing for a row (NaN for binary/regression, negative for multiclass) are left out
-of the loss.
+of the loss. Heads of one scalar kind run grouped: `scalar_logits` scores many tasks in one batched
+op and `binary_losses` / `regression_losses` give every task's loss at once.
 """
 
 from __future__ import annotations
@@ -32,11 +33,24 @@ class TaskHead(nn.Module, ABC):
     def predict(self, logits: torch.Tensor) -> torch.Tensor: ...
 
 
-def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    # No valid label: a zero that stays connected to the graph.
-    if not bool(valid.any()):
-        return values.sum() * 0.0
-    return values[valid].mean()
+def _masked_means(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the last dim of `values` where `valid`; a row without a valid label gives a zero
+    that stays connected to the graph."""
+    weights = valid.to(values.dtype)
+    return (values * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)
+
+
+def binary_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy per task: logits and labels [T, B] -> [T]."""
+    valid = ~torch.isnan(labels)
+    losses = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels).to(logits.dtype), reduction="none")
+    return _masked_means(losses, valid)
+
+
+def regression_losses(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Squared error per task: values and labels [T, B] -> [T]."""
+    valid = ~torch.isnan(labels)
+    return _masked_means((values - torch.nan_to_num(labels).to(values.dtype)).pow(2), valid)
 
 
 class ScalarHead(TaskHead):
@@ -49,11 +63,16 @@ class ScalarHead(TaskHead):
         return self.linear(hidden).squeeze(-1)
 
 
+def scalar_logits(heads: list[ScalarHead], hidden: torch.Tensor) -> torch.Tensor:
+    """The scalar heads' outputs [T, B] of their tasks' hidden states [T, B, H], in one batched op."""
+    weight = torch.stack([head.linear.weight[0] for head in heads])  # [T, H]
+    bias = torch.stack([head.linear.bias[0] for head in heads])  # [T]
+    return torch.baddbmm(bias[:, None, None], hidden, weight.unsqueeze(-1)).squeeze(-1)
+
+
 class BinaryHead(ScalarHead):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        valid = ~torch.isnan(labels)
-        losses = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels).to(logits.dtype), reduction="none")
-        return _masked_mean(losses, valid)
+        return binary_losses(logits.unsqueeze(0), labels.unsqueeze(0))[0]
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
@@ -61,8 +80,7 @@ class BinaryHead(ScalarHead):
 
 class RegressionHead(ScalarHead):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        valid = ~torch.isnan(labels)
-        return _masked_mean((logits - torch.nan_to_num(labels).to(logits.dtype)).pow(2), valid)
+        return regression_losses(logits.unsqueeze(0), labels.unsqueeze(0))[0]
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
@@ -80,9 +98,8 @@ class MulticlassHead(TaskHead):
         return self.linear(hidden)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        valid = labels >= 0
         losses = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-        return _masked_mean(losses, valid)
+        return _masked_means(losses, labels >= 0)
 
     def sampled_loss(self, hidden: torch.Tensor, labels: torch.Tensor, num_negatives: int) -> torch.Tensor:
         valid = labels >= 0
@@ -95,7 +112,7 @@ class MulticlassHead(TaskHead):
         negative_logits = negative_logits.masked_fill(negatives.unsqueeze(0) == labels.unsqueeze(1), float("-inf"))
         scores = torch.cat([true_logit.unsqueeze(1), negative_logits], dim=1)
         losses = F.cross_entropy(scores, torch.zeros_like(labels), reduction="none")
-        return _masked_mean(losses, valid)
+        return _masked_means(losses, valid)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
@@ -11,12 +12,12 @@ from torch import nn
 from grec.batch import Batch, Collator, Columns
 from grec.config import GRecConfig
 from grec.encoder import ExampleEncoder
-from grec.heads import MulticlassHead, TaskHead, make_head
+from grec.heads import (BinaryHead, MulticlassHead, RegressionHead, ScalarHead, binary_losses, make_head,
+                        regression_losses, scalar_logits)
 from grec.router import RouterStats
 from grec.sparse import SparseArch, TableInfo
 from grec.spec import TaskSpec
 from grec.text import TextEncoder, load_tokenizer
-from grec.transformer import TransformerStack
 
 
 class ModelOutput(NamedTuple):
@@ -30,11 +31,21 @@ class ModelOutput(NamedTuple):
     router_stats: RouterStats | None = None
 
 
+class TaskLayout(NamedTuple):
+    """Where the requested tasks sit, computed once per task list: their rows among the model's tasks,
+    and which of them have scalar heads (scored grouped) or multiclass heads."""
+
+    requested: torch.Tensor  # [T] rows in model.task_names
+    scalar: list[int]  # positions in the requested list
+    scalar_index: torch.Tensor
+    multiclass: list[int]
+
+
 class MultiTaskModel(nn.Module, ABC):
     """Encoders shared by every architecture: `sparse_arch` (all embedding tables, takes
-    KeyedJaggedTensors), `encoder` (wide&deep, sequences, text, item tokens once per example) and the
-    `sentence_encoder` (parallel transformer blocks over the tokens). Subclasses map the example
-    tokens to a hidden vector per task."""
+    KeyedJaggedTensors) and `encoder` (wide&deep, sequences, text, item tokens once per example).
+    Subclasses map the example tokens to a hidden vector per task ([T, B, H], task-major); the heads
+    and losses of every architecture run grouped by kind here."""
 
     def __init__(self, config: GRecConfig, pretrained_text: bool = True) -> None:
         super().__init__()
@@ -49,12 +60,11 @@ class MultiTaskModel(nn.Module, ABC):
         self.encoder = ExampleEncoder(config, text_encoder)
         if self.encoder.num_tokens == 0:
             raise ValueError("the input spec yields no tokens (no categorical, numeric, sequence or text features)")
-        self.sentence_encoder = TransformerStack(config.sentence_layers, config.d_model, config.num_heads,
-                                                 config.ffn_hidden, config.dropout)
         self.heads = nn.ModuleDict()
         self.log_vars = nn.ParameterDict()  # uncertainty weighting: one learned log-variance per task
         for task in config.input.tasks:
             self._add_head(task)
+        self._layouts: dict[tuple[tuple[str, ...], torch.device], TaskLayout] = {}
 
     def _add_head(self, task: TaskSpec) -> list[nn.Parameter]:
         self.heads[task.name] = make_head(task, self.head_input_dim)
@@ -62,6 +72,7 @@ class MultiTaskModel(nn.Module, ABC):
         if self.config.losses.weighting == "uncertainty":
             self.log_vars[task.name] = nn.Parameter(torch.zeros(()))
             new.append(self.log_vars[task.name])
+        self._layouts = {}
         return new
 
     @property
@@ -71,6 +82,18 @@ class MultiTaskModel(nn.Module, ABC):
     @property
     def task_names(self) -> list[str]:
         return self.config.task_names
+
+    def layout(self, tasks: list[str], device: torch.device) -> TaskLayout:
+        key = (tuple(tasks), device)
+        layout = self._layouts.get(key)
+        if layout is None:
+            names = self.task_names
+            scalar = [i for i, t in enumerate(tasks) if isinstance(self.heads[t], ScalarHead)]
+            layout = TaskLayout(torch.tensor([names.index(t) for t in tasks], device=device), scalar,
+                                torch.tensor(scalar, dtype=torch.long, device=device),
+                                [i for i in range(len(tasks)) if i not in set(scalar)])
+            self._layouts[key] = layout
+        return layout
 
     # ---- inputs ------------------------------------------------------------------------------------
     def collate(self, columns: Columns) -> Batch:
@@ -88,48 +111,82 @@ class MultiTaskModel(nn.Module, ABC):
 
     # ---- the architecture-specific part ---------------------------------------------------------------
     @abstractmethod
-    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
+    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
                                                                    RouterStats | None]:
-        """(hidden [B, head_input_dim] per task, auxiliary losses, router statistics)."""
+        """(hidden [T, B, head_input_dim] in the order of `tasks`, auxiliary losses, router statistics)."""
 
     # ---- outputs -----------------------------------------------------------------------------------
     def forward(self, batch: Batch, tasks: list[str] | None = None) -> ModelOutput:
         tasks = self.config.check_tasks(tasks)
         hidden, aux, stats = self.task_hidden(batch, tasks)
+        layout = self.layout(tasks, hidden.device)
+        per_task = hidden.unbind(0)
+        logits: dict[str, torch.Tensor] = {}
+        if layout.scalar:
+            grouped = hidden if len(layout.scalar) == len(tasks) else hidden.index_select(0, layout.scalar_index)
+            scores = scalar_logits([self.heads[tasks[i]] for i in layout.scalar], grouped).unbind(0)
+            logits.update((tasks[i], score) for i, score in zip(layout.scalar, scores))
         sampled = self.config.losses.sampled_softmax if self.training else {}
-        logits = {t: self.heads[t].logits(hidden[t]) for t in tasks if t not in sampled}
-        return ModelOutput(logits, hidden, aux, stats)
+        for i in layout.multiclass:
+            if tasks[i] not in sampled:
+                logits[tasks[i]] = self.heads[tasks[i]].logits(per_task[i])
+        ordered = {t: logits[t] for t in tasks if t in logits}
+        return ModelOutput(ordered, dict(zip(tasks, per_task)), aux, stats)
 
-    def loss(self, out: ModelOutput, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted losses of the tasks in `out` that have labels in `batch`, plus router auxiliary
-        losses. parts: 'task/<name>' (unweighted) and 'aux/<name>' (unweighted), detached."""
-        losses = self.config.losses
-        total = None
-        parts: dict[str, torch.Tensor] = {}
-        for task, hidden in out.hidden.items():
-            if task not in batch.labels:
-                continue
-            head: TaskHead = self.heads[task]
-            labels = batch.labels[task]
-            if task in out.logits:
-                task_loss = head.loss(out.logits[task], labels)
-            else:
-                assert isinstance(head, MulticlassHead)
-                task_loss = head.sampled_loss(hidden, labels, losses.sampled_softmax[task])
-            parts[f"task/{task}"] = task_loss.detach()
-            if losses.weighting == "uncertainty":
-                log_var = self.log_vars[task]
-                weighted = torch.exp(-log_var) * task_loss + log_var
-            else:
-                weighted = losses.task_weights.get(task, 1.0) * task_loss
-            total = weighted if total is None else total + weighted
-        if total is None:
+    def loss(self, out: ModelOutput, batch: Batch, task_scale: float = 1.0) -> tuple[torch.Tensor,
+                                                                                      dict[str, torch.Tensor]]:
+        """Weighted losses of the tasks in `out` that have labels in `batch` (times `task_scale`, see
+        `training_tasks`), plus router auxiliary losses. parts: 'task/<name>' (unweighted) and
+        'aux/<name>' (unweighted), detached."""
+        config = self.config.losses
+        labelled = [t for t in out.hidden if t in batch.labels]
+        if not labelled:
             raise ValueError(f"the batch has no labels for tasks {list(out.hidden)}; labels: {list(batch.labels)}")
-        weights = {"load_balance": self.config.router.load_balance_weight, "router_z": self.config.router.z_loss_weight}
+        names: list[str] = []
+        losses: list[torch.Tensor] = []
+        for kind, grouped_loss in ((BinaryHead, binary_losses), (RegressionHead, regression_losses)):
+            group = [t for t in labelled if isinstance(self.heads[t], kind)]
+            if group:
+                names += group
+                losses.append(grouped_loss(torch.stack([out.logits[t] for t in group]),
+                                           torch.stack([batch.labels[t] for t in group])))
+        for task in labelled:
+            head = self.heads[task]
+            if not isinstance(head, MulticlassHead):
+                continue
+            names.append(task)
+            if task in out.logits:
+                losses.append(head.loss(out.logits[task], batch.labels[task]).unsqueeze(0))
+            else:
+                losses.append(head.sampled_loss(out.hidden[task], batch.labels[task],
+                                                config.sampled_softmax[task]).unsqueeze(0))
+        per_task = torch.cat(losses)
+        if config.weighting == "uncertainty":
+            log_var = torch.stack([self.log_vars[t] for t in names])
+            weighted = torch.exp(-log_var) * per_task + log_var
+        else:
+            weights = [config.task_weights.get(t, 1.0) for t in names]
+            weighted = per_task * torch.tensor(weights, dtype=per_task.dtype, device=per_task.device)
+        total = task_scale * weighted.sum()
+        parts = dict(zip((f"task/{t}" for t in names), per_task.detach().unbind(0)))
+        aux_weights = {"load_balance": self.config.router.load_balance_weight,
+                       "router_z": self.config.router.z_loss_weight}
         for name, value in out.aux_losses.items():
             parts[f"aux/{name}"] = value.detach()
-            total = total + weights[name] * value
+            total = total + aux_weights[name] * value
         return total, parts
+
+    def training_tasks(self, step: int) -> tuple[list[str], float]:
+        """The tasks to train on at `step` and the loss scale that keeps the loss unbiased: all tasks
+        and 1, or (`losses.tasks_per_step` K) K tasks drawn uniformly without replacement and T / K.
+        The draw depends on (seed, step) only, so every data-parallel rank trains the same tasks (and
+        reduces the same gradients)."""
+        per_step = self.config.losses.tasks_per_step
+        names = self.task_names
+        if per_step is None or per_step >= len(names):
+            return names, 1.0
+        drawn = set(random.Random(f"{self.config.seed}:{step}").sample(range(len(names)), per_step))
+        return [t for i, t in enumerate(names) if i in drawn], len(names) / per_step
 
     def predict(self, batch: Batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Probabilities (binary), values (regression), class probabilities (multiclass), in eval mode."""

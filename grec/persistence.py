@@ -15,7 +15,9 @@ from grec.model import MultiTaskModel
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT = {"format": "grec-model", "version": 1}
+# Version 2: grouped per-task compute (stacked expert weights, skill banks, shared-prefix sentences);
+# version-1 checkpoints have another parameter layout and are refused with a message.
+FORMAT = {"format": "grec-model", "version": 2}
 
 _ARCHITECTURES: dict[str, type[MultiTaskModel]] = {
     "grec": GRec,
@@ -52,7 +54,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> MultiTas
     if document.get("format") != FORMAT["format"]:
         raise ValueError(f"{path / CONFIG_FILE} is not a grec model config (format {document.get('format')!r})")
     if document.get("version") != FORMAT["version"]:
-        raise ValueError(f"{path / CONFIG_FILE}: unsupported version {document.get('version')!r}, expected {FORMAT['version']}")
+        raise ValueError(f"{path / CONFIG_FILE}: saved with model layout version {document.get('version')!r}; this grec "
+                         f"reads version {FORMAT['version']} (retrain the model, or use the grec release that saved it)")
     model = build_model(GRecConfig.from_dict(document["config"]), pretrained_text=False)
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
     return model.to(device).eval()

@@ -1,5 +1,9 @@
-"""The task-sentence router: top-k of E experts with capacity, jitter, auxiliary losses and
-per-task expert load statistics."""
+"""The task-sentence router: top-k of E routed experts with capacity, jitter, auxiliary losses and
+per-task expert load statistics, plus the gates of the shared experts.
+
+Layouts are task-major. With `task` routing a decision is made per task ([T, k]): every row of a task
+goes to the same experts, so the router runs once per task, not once per row. The other modes decide
+per sentence ([T, B, k])."""
 
 from __future__ import annotations
 
@@ -13,41 +17,44 @@ from grec.config import RouterConfig
 
 
 class Routing(NamedTuple):
-    """A router's decision. Records returned by modules are NamedTuples, not dataclasses, so that
-    wrappers tracking module outputs (DeepSpeed ZeRO-3's gather-for-backward hooks) see the tensors."""
+    """A router's decision for the requested tasks. Records returned by modules are NamedTuples, not
+    dataclasses, so that wrappers tracking module outputs (DeepSpeed ZeRO-3's gather-for-backward
+    hooks) see the tensors."""
 
-    expert_index: torch.Tensor  # [N, k] chosen experts, best first
-    gates: torch.Tensor  # [N, k] combine weights (0 where the assignment overflowed capacity)
-    kept: torch.Tensor  # [N, k] bool: the assignment fits in its expert's capacity
-    probs: torch.Tensor  # [N, E] router softmax
-    logits: torch.Tensor  # [N, E]
+    expert_index: torch.Tensor  # [T, k] (task routing) or [T, B, k]: routed experts, best first
+    gates: torch.Tensor  # like expert_index: combine weights, 0 where the assignment overflowed capacity
+    kept: torch.Tensor  # like expert_index, bool: the assignment fits in its expert's capacity
+    probs: torch.Tensor  # [T, E] or [T, B, E]: softmax over the routed experts
+    shared_gates: torch.Tensor  # [T, m] or [T, B, m]: softmax over the shared experts
+    load_balance: torch.Tensor  # scalar auxiliary loss (Switch)
+    router_z: torch.Tensor  # scalar auxiliary loss (ST-MoE)
 
 
 class RouterStats(NamedTuple):
     """Per-task expert statistics of one forward pass (rows follow `tasks`)."""
 
     tasks: list[str]
-    expert_load: torch.Tensor  # [T, E] number of (sentence, expert) assignments that ran
+    expert_load: torch.Tensor  # [T, E] number of (sentence, routed expert) assignments that ran
     router_probs: torch.Tensor  # [T, E] mean router probability
     dropped_fraction: torch.Tensor  # scalar: assignments that overflowed capacity / all assignments
 
     def load_matrix(self, all_tasks: list[str]) -> torch.Tensor:
         """expert_load laid out over `all_tasks` (zeros for tasks not in this pass), to accumulate."""
         matrix = self.expert_load.new_zeros(len(all_tasks), self.expert_load.shape[1])
-        for row, task in enumerate(self.tasks):
-            matrix[all_tasks.index(task)] = self.expert_load[row]
-        return matrix
+        rows = torch.tensor([all_tasks.index(task) for task in self.tasks], device=matrix.device)
+        return matrix.index_copy(0, rows, self.expert_load)
 
 
 def load_balancing_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
     """Switch Transformer: E * sum_e f_e * P_e, f_e the fraction of assignments to e, P_e the mean
-    probability of e. Equals 1 when routing is uniform."""
+    probability of e, over every leading position of probs [..., E] / expert_index [..., k]. Equals 1
+    when routing is uniform."""
     num_experts = probs.shape[-1]
-    counts = torch.zeros(num_experts, device=probs.device, dtype=probs.dtype)
-    counts.index_add_(0, expert_index.reshape(-1), torch.ones(expert_index.numel(), device=probs.device,
-                                                              dtype=probs.dtype))
+    if expert_index.numel() == 0:
+        return probs.sum() * 0.0
+    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).to(probs.dtype)
     fraction = counts / expert_index.numel()
-    return num_experts * (fraction * probs.mean(0)).sum()
+    return num_experts * (fraction * probs.reshape(-1, num_experts).mean(0)).sum()
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -55,77 +62,107 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1).pow(2).mean()
 
 
+def within_capacity(expert_index: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
+    """kept [N, k]: assignments within their expert's capacity. First choices fill the experts before
+    second choices; within a choice rank, earlier rows first. One stable sort, no [N, k, E] one-hot."""
+    num_rows, top_k = expert_index.shape
+    flat = expert_index.t().reshape(-1)  # rank-major: every first choice, then every second ...
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=num_experts)
+    starts = counts.cumsum(0) - counts
+    position = torch.empty_like(flat)
+    position[order] = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]
+    return (position < capacity).view(top_k, num_rows).t()
+
+
 class TaskSentenceRouter(nn.Module):
-    """Routes each task sentence to its top-k experts. Its input depends on the mode: `task` the
-    task representation only (a task's experts are fixed at eval), `sentence` the pooled sentence,
-    `task-sentence` both concatenated."""
+    """Routes each task sentence to its top-k routed experts and weighs the shared experts. Its input
+    depends on the mode: `task` the task token only (a task's experts are fixed at eval), `sentence`
+    the sentence, `task-sentence` both concatenated. One projection gives the shared experts' logits
+    (first `shared_experts` columns) and the routed experts' logits (the rest)."""
 
     def __init__(self, d_model: int, config: RouterConfig) -> None:
         super().__init__()
         self.config = config
+        self.num_shared = config.shared_experts
+        self.num_routed = config.num_experts if config.top_k else 0
         in_features = 2 * d_model if config.mode == "task-sentence" else d_model
-        self.project = nn.Linear(in_features, config.num_experts, bias=False)
+        self.project = nn.Linear(in_features, self.num_shared + self.num_routed, bias=False)
 
-    def router_input(self, task_repr: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        if self.config.mode == "task":
-            return task_repr
-        if self.config.mode == "sentence":
-            return sentence
-        return torch.cat([task_repr, sentence], dim=-1)
-
-    def forward(self, task_repr: torch.Tensor, sentence: torch.Tensor) -> Routing:
-        x = self.router_input(task_repr, sentence)
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.config.jitter > 0:  # multiplicative jitter (Switch), training only
             eps = self.config.jitter
             x = x * torch.empty_like(x).uniform_(1.0 - eps, 1.0 + eps)
-        logits = self.project(x).float()
-        probs = torch.softmax(logits, dim=-1)
-        top_probs, expert_index = probs.topk(self.config.top_k, dim=-1)
-        # top-1 keeps the raw probability (the router learns through it); top-k>1 renormalizes.
-        gates = top_probs if self.config.top_k == 1 else top_probs / top_probs.sum(-1, keepdim=True)
-        kept = self._within_capacity(expert_index) if self.training else torch.ones_like(expert_index, dtype=torch.bool)
-        return Routing(expert_index, gates * kept, kept, probs, logits)
+        return self.project(x).float()
 
-    def capacity(self, num_tokens: int) -> int:
+    def capacity(self, assignments: int) -> int:
+        """Most assignments an expert takes, for `assignments` = units (tasks or sentences) x top_k."""
         c = self.config
-        return max(1, math.ceil(c.capacity_factor * num_tokens * c.top_k / c.num_experts))
+        return max(1, math.ceil(c.capacity_factor * assignments / c.num_experts))
 
-    def _within_capacity(self, expert_index: torch.Tensor) -> torch.Tensor:
-        """First choices fill the experts before second choices; within a choice rank, earlier
-        sentences first. Assignments past an expert's capacity are dropped."""
-        num_tokens, top_k = expert_index.shape
-        capacity = self.capacity(num_tokens)
-        one_hot = torch.nn.functional.one_hot(expert_index, self.config.num_experts)  # [N, k, E]
-        filled = torch.zeros(self.config.num_experts, dtype=torch.long, device=expert_index.device)
-        kept = []
-        for rank in range(top_k):
-            mask = one_hot[:, rank]  # [N, E]
-            position = (torch.cumsum(mask, dim=0) - 1 + filled) * mask
-            kept.append(((position < capacity) & (mask > 0)).any(dim=-1))
-            filled = filled + mask.sum(0)
-        return torch.stack(kept, dim=1)
+    def _decide(self, logits: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(expert_index, gates, kept, probs, shared_gates) of logits [N, m + E]; capacity (training
+        only) over all N rows' assignments."""
+        m, k = self.num_shared, self.config.top_k
+        shared_gates = torch.softmax(logits[:, :m], dim=-1)
+        probs = torch.softmax(logits[:, m:], dim=-1)
+        top_probs, expert_index = probs.topk(k, dim=-1)
+        # top-1 keeps the raw probability (the router learns through it); top-k>1 renormalizes.
+        gates = top_probs if k <= 1 else top_probs / top_probs.sum(-1, keepdim=True)
+        kept = torch.ones_like(expert_index, dtype=torch.bool)
+        if self.training and k:
+            kept = within_capacity(expert_index, self.num_routed, self.capacity(expert_index.numel()))
+        return expert_index, gates * kept, kept, probs, shared_gates
 
-    def statistics(self, routing: Routing, task_index: torch.Tensor, tasks: list[str]) -> RouterStats:
+    def route_tasks(self, all_task_tokens: torch.Tensor, requested: torch.Tensor) -> Routing:
+        """`task` routing. The decision is made for every task of the model (all_task_tokens [T_all, d])
+        and read for the requested ones (indices `requested` [T]): capacity counts the model's tasks,
+        so whether a task keeps an expert never depends on which other tasks are in the batch, and the
+        load-balancing loss is global over all tasks (SMES)."""
+        logits = self._logits(all_task_tokens)
+        expert_index, gates, kept, probs, shared_gates = self._decide(logits)
+        return Routing(expert_index[requested], gates[requested], kept[requested], probs[requested],
+                       shared_gates[requested], load_balancing_loss(probs, expert_index), router_z_loss(logits))
+
+    def route_sentences(self, task_repr: torch.Tensor, sentence: torch.Tensor) -> Routing:
+        """`sentence` / `task-sentence` routing of sentences [T, B, d] (task tokens [T, d])."""
+        num_tasks, size, d = sentence.shape
+        x = sentence
+        if self.config.mode == "task-sentence":
+            x = torch.cat([task_repr.unsqueeze(1).expand(num_tasks, size, d), sentence], dim=-1)
+        logits = self._logits(x.reshape(num_tasks * size, -1))
+        expert_index, gates, kept, probs, shared_gates = self._decide(logits)
+        shape = (num_tasks, size)
+        return Routing(expert_index.view(*shape, -1), gates.view(*shape, -1), kept.view(*shape, -1),
+                       probs.view(*shape, -1), shared_gates.view(*shape, -1),
+                       load_balancing_loss(probs, expert_index), router_z_loss(logits))
+
+    def statistics(self, routing: Routing, size: int, tasks: list[str]) -> RouterStats:
+        """Per-task load of the routed experts [T, num_experts]; `size` rows per task."""
         num_experts = self.config.num_experts
         with torch.no_grad():
-            flat = (task_index.unsqueeze(1) * num_experts + routing.expert_index)[routing.kept]
-            load = torch.zeros(len(tasks) * num_experts, device=flat.device)
-            load.index_add_(0, flat, torch.ones_like(flat, dtype=load.dtype))
-            probs = torch.zeros(len(tasks), num_experts, device=flat.device)
-            probs.index_add_(0, task_index, routing.probs.detach())
-            counts = torch.bincount(task_index, minlength=len(tasks)).clamp_min(1).unsqueeze(1)
-            dropped = 1.0 - routing.kept.float().mean()
-        return RouterStats(list(tasks), load.view(len(tasks), num_experts), probs / counts, dropped)
+            kept, index = routing.kept.float(), routing.expert_index
+            if index.dim() == 3:  # per-sentence routing: every row's assignments of a task add up
+                kept, index, probs = kept.flatten(1), index.flatten(1), routing.probs.mean(1)
+            else:  # task routing: a kept (task, expert) assignment ran on all `size` rows
+                kept, probs = kept * size, routing.probs
+            load = kept.new_zeros(len(tasks), num_experts).scatter_add_(1, index, kept)
+            if not self.num_routed:
+                probs = load.clone()
+            dropped = 1.0 - routing.kept.float().mean() if routing.kept.numel() else load.new_zeros(())
+        return RouterStats(list(tasks), load, probs.float(), dropped)
 
     @torch.no_grad()
-    def route_task(self, task_repr: torch.Tensor) -> tuple[list[int], list[float]]:
-        """Eval routing of one task (mode `task` only): its experts and their gates."""
+    def route_task(self, all_task_tokens: torch.Tensor, task: int) -> tuple[list[int], list[float], list[float]]:
+        """Eval routing of one task (mode `task` only): its routed experts, their gates and the shared
+        experts' gates."""
         if self.config.mode != "task":
             raise ValueError(f"routing of a task alone needs router.mode 'task', not {self.config.mode!r}")
         was_training = self.training
         self.train(False)
         try:
-            routing = self(task_repr.unsqueeze(0), task_repr.unsqueeze(0))
+            routing = self.route_tasks(all_task_tokens, torch.tensor([task], device=all_task_tokens.device))
         finally:
             self.train(was_training)
-        return routing.expert_index[0].tolist(), routing.gates[0].tolist()
+        return routing.expert_index[0].tolist(), routing.gates[0].tolist(), routing.shared_gates[0].tolist()

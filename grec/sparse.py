@@ -6,6 +6,7 @@ DistributedModelParallel while the dense rest goes to DeepSpeed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,17 @@ from torchrec import (
 )
 
 from grec.spec import InputSpec
+
+
+class _DropFxTracingNotice(logging.Filter):
+    """torchrec's jagged tensors ask torch.fx whether it is tracing on every call; torch answers once
+    with a notice about its own API that no grec user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is_fx_tracing will return true" not in record.getMessage()
+
+
+logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropFxTracingNotice())
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig
+from transformers.utils import logging as transformers_logging
 
 from grec.batch import TokenizedText
 from grec.config import TextEncoderConfig
@@ -48,9 +49,16 @@ def build_backbone(config: TextEncoderConfig, vocab_size: int, pretrained: bool)
                           max_position_embeddings=512)
         return AutoModel.from_config(bert)
     directory = str(_model_dir(config))
-    if pretrained:
+    if not pretrained:
+        return AutoModel.from_config(AutoConfig.from_pretrained(directory))
+    # A local load of a few MB: transformers' "Loading weights" bar is noise in every job's output.
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
         return AutoModel.from_pretrained(directory)
-    return AutoModel.from_config(AutoConfig.from_pretrained(directory))
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 class TextEncoder(nn.Module):

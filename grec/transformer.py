@@ -7,8 +7,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+_ROTARY_TABLES: dict[tuple[int, int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def rotary_tables(length: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables [length, head_dim] for rotary positions (pairs rotated by position)."""
+    """cos and sin tables [length, head_dim] for rotary positions (pairs rotated by position), built
+    once per shape (building them costs more than a small block's matmuls)."""
+    key = (length, head_dim, torch.device(device), dtype)
+    if key not in _ROTARY_TABLES:
+        with torch.inference_mode(False), torch.no_grad():  # usable later by autograd, whoever built it
+            _ROTARY_TABLES[key] = _build_rotary_tables(length, head_dim, device, dtype)
+    return _ROTARY_TABLES[key]
+
+
+def _build_rotary_tables(length: int, head_dim: int, device: torch.device,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-
 import pytest
 
 from grec import GRecConfig, InputSpec, LossConfig, RouterConfig, SkillConfig, TaskSpec
@@ -66,7 +64,9 @@ def test_config_json_round_trip(grec_config):
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(d_model=18, num_heads=4), "num_heads"),
-    (dict(architecture="dcn"), "architecture is 'dcn'"),
+    (dict(architecture="dcn"), "(?s)architecture.*Input should be 'grec'"),
+    (dict(num_heads="four"), "(?s)num_heads.*valid integer"),
+    (dict(router=dict(mode="task", num_experts=2, top_k=1, experts=3)), "(?s)router.experts.*Extra inputs"),
     (dict(losses=LossConfig(task_weights={"click": 1.0})), "unknown tasks \\['click'\\]"),
     (dict(losses=LossConfig(sampled_softmax={"like": 3})), "expected multiclass"),
     (dict(losses=LossConfig(sampled_softmax={"next_item": 25})), "expected 1..24"),
@@ -79,8 +79,28 @@ def test_config_errors_name_the_problem(grec_config, overrides, message):
 def test_router_k_greater_than_experts_is_refused():
     with pytest.raises(ValueError, match="top_k 3 > router.num_experts 2"):
         RouterConfig(num_experts=2, top_k=3)
-    with pytest.raises(ValueError, match="router.mode is 'token'"):
+    with pytest.raises(ValueError, match="(?s)mode.*Input should be 'task', 'sentence' or 'task-sentence'"):
         RouterConfig(mode="token")
+    with pytest.raises(ValueError, match="no expert would run"):
+        RouterConfig(top_k=0, shared_experts=0)
+
+
+def test_model_settings_coerce_plain_yaml_values(grec_config):
+    # YAML gives these as float / string; they mean what a user means by them.
+    config = grec_config(num_heads=2.0, with_text=True)
+    assert config.num_heads == 2 and isinstance(config.num_heads, int)
+    from grec import TextEncoderConfig
+
+    assert TextEncoderConfig(freeze="no").freeze is False
+    with pytest.raises(ValueError, match="(?s)freeze.*valid boolean"):
+        TextEncoderConfig(freeze="maybe")
+    with pytest.raises(ValueError, match="(?s)num_heads.*fractional part"):
+        grec_config(num_heads=2.5)
+
+
+def test_skill_bank_per_expert_needs_task_routing(grec_config):
+    with pytest.raises(ValueError, match="share_across_experts: false"):
+        grec_config(router=RouterConfig(mode="sentence"), skills=SkillConfig(share_across_experts=False))
 
 
 def test_unknown_tasks_are_refused(grec_config):
@@ -94,8 +114,8 @@ def test_unknown_tasks_are_refused(grec_config):
 def test_text_config_needs_text_features(grec_config):
     from grec import TextEncoderConfig
 
-    with pytest.raises(ValueError, match="no text features"):
+    with pytest.raises(ValueError, match="no text features: delete the `text:` section"):
         grec_config(with_text=False, text=TextEncoderConfig(backbone="tiny_bert"))
     # A spec with text gets the default (packaged MiniLM) encoder when none is given.
     config = grec_config(with_text=True)
-    assert replace(config, text=None).text.backbone == "minilm"
+    assert config.replace(text=None).text.backbone == "minilm"

@@ -7,7 +7,7 @@ import torch
 
 from grec import LossConfig, RouterConfig, SkillConfig, build_model
 from grec.moe import SparseMoE
-from grec.router import TaskSentenceRouter, load_balancing_loss
+from grec.router import load_balancing_loss, within_capacity
 from grec.synthetic import random_columns
 
 ROWS = 5
@@ -118,26 +118,25 @@ def test_overflowing_sentences_skip_the_expert_and_keep_the_residual():
     with torch.no_grad():  # every sentence prefers expert 0
         moe.router.project.weight.zero_()
         moe.router.project.weight[0] = 1.0
-    x = torch.rand(8, 8) + 0.1
-    task_index = torch.zeros(8, dtype=torch.long)
+    x = torch.rand(1, 8, 8) + 0.1  # one task, 8 sentences
+    tokens, requested = torch.zeros(1, 8), torch.tensor([0])
     moe.train()
-    y, routing, stats = moe(x, x, task_index, ["a"])
-    capacity = moe.router.capacity(8)  # ceil(0.5 * 8 * 1 / 2) = 2
+    y, routing, stats = moe(x, tokens, requested, ["a"], None)
+    capacity = moe.router.capacity(8)  # ceil(0.5 * 8 sentences * top-1 / 2 experts) = 2
     assert capacity == 2
-    assert routing.kept[:, 0].tolist() == [True] * 2 + [False] * 6  # earlier sentences first
-    assert torch.equal(y[2:], x[2:])
-    assert not torch.allclose(y[:2], x[:2])
+    assert routing.kept[0, :, 0].tolist() == [True] * 2 + [False] * 6  # earlier sentences first
+    assert torch.equal(y[0, 2:], x[0, 2:])
+    assert not torch.allclose(y[0, :2], x[0, :2])
     assert stats.expert_load.tolist() == [[2.0, 0.0]]
     assert float(stats.dropped_fraction) == pytest.approx(0.75)
     moe.eval()  # no capacity at eval
-    assert moe(x, x, task_index, ["a"])[1].kept.all()
+    assert moe(x, tokens, requested, ["a"], None)[1].kept.all()
 
 
 def test_second_choices_fill_after_first_choices():
-    router = TaskSentenceRouter(4, RouterConfig(mode="sentence", num_experts=2, top_k=2, capacity_factor=0.5))
-    expert_index = torch.tensor([[0, 1], [1, 0]])  # capacity ceil(0.5 * 2 * 2 / 2) = 1 per expert
-    kept = router._within_capacity(expert_index)
-    assert kept.tolist() == [[True, False], [True, False]]
+    expert_index = torch.tensor([[0, 1], [1, 0]])  # capacity 1 per expert
+    assert within_capacity(expert_index, 2, 1).tolist() == [[True, False], [True, False]]
+    assert within_capacity(torch.tensor([[0], [0], [1], [0]]), 2, 2).tolist() == [[True], [True], [True], [False]]
 
 
 def test_load_balancing_loss_is_one_when_uniform():
@@ -156,20 +155,21 @@ def test_predict_gives_probabilities_and_values(grec_config):
     assert scores["rating"].shape == (ROWS,)
 
 
-def test_item_text_is_encoded_once_in_eval(grec_config):
+def test_every_text_is_encoded_once_in_eval(grec_config):
     model = build_model(grec_config(with_text=True, freeze_text=False)).eval()
     text_encoder = model.encoder.text_encoder
     columns = random_columns(model.config.input, 6)
-    columns["title"] = ["red dress", "blue shirt", "red dress", "", "blue shirt", "new film"]
+    columns["title"] = ["red dress", "blue shirt", "red dress", "", "blue shirt", "new film"]  # item text
+    columns["query"] = ["dress", "dress", "shirt", "dress", "", ""]  # per-row text
     batch = model.collate(columns)
     first = model(batch).logits["like"]
-    assert (text_encoder.cache_misses, text_encoder.cache_hits) == (4, 2)
+    assert (text_encoder.cache_misses, text_encoder.cache_hits) == (4 + 3, 2 + 3)
     second = model(batch).logits["like"]
-    assert (text_encoder.cache_misses, text_encoder.cache_hits) == (4, 8)
+    assert (text_encoder.cache_misses, text_encoder.cache_hits) == (7, 5 + 12)
     assert torch.allclose(first, second, atol=1e-6)
     model.train()  # a trainable encoder may change: the cache is dropped and not used
     model(batch)
-    assert text_encoder.cache_misses == 4 and len(text_encoder._cache) == 0
+    assert text_encoder.cache_misses == 7 and len(text_encoder._cache) == 0
 
 
 def test_sparse_arch_is_separate_and_tables_are_listed(grec_config):
@@ -184,3 +184,26 @@ def test_sparse_arch_is_separate_and_tables_are_listed(grec_config):
     sparse_ids = {id(p) for p in model.sparse_arch.parameters()}
     assert sum(t.num_parameters for t in tables.values()) == sum(
         p.numel() for p in model.parameters() if id(p) in sparse_ids)
+
+
+def test_rows_sharing_a_history_run_the_sequence_stack_once(grec_config, monkeypatch):
+    # The candidates of one request share the user's history: the stack encodes it once.
+    from grec.transformer import SequenceEncoder
+
+    model = build_model(grec_config()).eval()
+    columns = random_columns(model.config.input, 8)
+    columns["hist_item_id"] = [columns["hist_item_id"][0]] * 6 + [columns["hist_item_id"][1]] * 2
+    rows_encoded = []
+    original = SequenceEncoder.forward
+    monkeypatch.setattr(SequenceEncoder, "forward",
+                        lambda self, embeddings, mask: rows_encoded.append(len(embeddings)) or original(self, embeddings, mask))
+    batch = model.collate(columns)
+    with torch.no_grad():
+        together = model(batch).logits
+    assert rows_encoded == [2]
+    for row in range(8):
+        alone = model.collate({name: values[row:row + 1] for name, values in columns.items()})
+        with torch.no_grad():
+            single = model(alone).logits
+        for task in TASKS:
+            torch.testing.assert_close(single[task][0], together[task][row], atol=1e-5, rtol=0)

@@ -24,16 +24,15 @@ def _randomized(adapter: SkillAdapter) -> SkillAdapter:
 def test_merged_equals_unmerged(kind, common, exclusive):
     torch.manual_seed(0)
     config = SkillConfig(kind=kind, num_common=common, num_exclusive=exclusive, rank=2)
-    layer = SkilledLinear(nn.Linear(6, 5), _randomized(SkillAdapter(6, 5, TASKS, config))).eval()
-    x = torch.randn(12, 6)
-    task_index = torch.arange(3).repeat_interleave(4)
-    mixed = layer(x, task_index, TASKS)  # several tasks in one batch (gathered per sentence)
+    adapter = _randomized(SkillAdapter(6, 5, TASKS, config))
+    layer = SkilledLinear(nn.Linear(6, 5), adapter).eval()
+    x = torch.randn(3, 4, 6)  # task-major: 4 rows of each task
+    mixed = layer(x, adapter.mix(TASKS))  # every task in one grouped pass
     for i, task in enumerate(TASKS):
-        rows = task_index == i
         merged = layer.merged(task)
         assert isinstance(merged, nn.Linear)
-        torch.testing.assert_close(merged(x[rows]), mixed[rows], atol=1e-5, rtol=0)
-        torch.testing.assert_close(layer(x[rows], task_index[rows] * 0, [task]), mixed[rows], atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(x[i]), mixed[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(layer(x[i:i + 1], adapter.mix([task]))[0], mixed[i], atol=1e-5, rtol=0)
 
 
 def test_allocation_is_normalized_and_sampled_only_in_training():
@@ -42,18 +41,18 @@ def test_allocation_is_normalized_and_sampled_only_in_training():
     allocation = adapter.allocation_matrix(TASKS)
     assert allocation.shape == (3, 3)
     torch.testing.assert_close(allocation.sum(1), torch.ones(3), atol=1e-5, rtol=0)
-    expected = torch.sigmoid(torch.stack([adapter.mixing[t] for t in TASKS]))
+    expected = torch.sigmoid(torch.stack([adapter.mixing[t][0] for t in TASKS]))
     torch.testing.assert_close(allocation, expected / expected.sum(1, keepdim=True), atol=1e-5, rtol=1e-5)
     adapter.train()
-    first, second = adapter.task_weights(TASKS)[0], adapter.task_weights(TASKS)[0]
+    first, second = adapter.mix(TASKS).common, adapter.mix(TASKS).common
     assert not torch.equal(first, second)  # relaxed Bernoulli samples
-    torch.testing.assert_close(first.sum(1), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(first.sum(-1), torch.ones(3, 1), atol=1e-5, rtol=0)
 
 
 def test_cgc_lora_gate_is_a_softmax_over_common_and_exclusive():
     adapter = _randomized(SkillAdapter(4, 4, TASKS, SkillConfig(kind="cgc_lora", num_common=2, num_exclusive=1)))
-    common, exclusive = adapter.task_weights(TASKS)
-    torch.testing.assert_close(common.sum(1) + exclusive.sum(1), torch.ones(3), atol=1e-6, rtol=0)
+    mix = adapter.mix(TASKS)
+    torch.testing.assert_close(mix.common.sum(-1) + mix.exclusive.sum(-1), torch.ones(3, 1), atol=1e-6, rtol=0)
 
 
 def test_grec_exposes_allocation_matrices(grec_config):
