@@ -15,12 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
-
-if TYPE_CHECKING:
-    from feature_store.transforms import TransformSet
 
 # Every timestamp in the store: microseconds, UTC. Inputs in other units (or naive, read as UTC)
 # are converted at ingestion.
@@ -332,7 +329,9 @@ class DatasetDefinition:
         return pa.schema(fields)
 
     # --- the dataset spec for the model (docs/CONTRACTS.md §1) ---
-    def dataset_spec(self, transforms: TransformSet) -> dict[str, Any]:
+    def dataset_spec(self, vocab_sizes: Mapping[str, int]) -> dict[str, Any]:
+        """The spec, given each categorical feature's vocabulary size (`TransformSet.vocab_sizes()`:
+        definitions know nothing of fitted transforms, which are built from them)."""
         categorical_specs, numeric_specs, text_specs = [], [], []
         for feature, source in self.sourced_features():
             if feature.kind is FeatureKind.TEXT:
@@ -340,7 +339,7 @@ class DatasetDefinition:
             elif feature.kind is FeatureKind.NUMERIC:
                 numeric_specs.append({"name": feature.name, "source": source})
             else:
-                categorical_specs.append({"name": feature.name, "vocab_size": transforms.vocab_size(feature.name),
+                categorical_specs.append({"name": feature.name, "vocab_size": vocab_sizes[feature.name],
                                           "multi_hot": feature.kind is FeatureKind.MULTI_HOT, "source": source})
         return {
             "name": self.name,

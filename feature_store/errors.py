@@ -17,3 +17,7 @@ class IngestionError(FeatureStoreError):
 
 class UnknownDatasetError(FeatureStoreError):
     """A dataset name that no registered source provides."""
+
+
+class SourceFileError(FeatureStoreError):
+    """A source file that cannot be read as declared (missing, empty, wrong columns, types or values)."""

@@ -19,7 +19,6 @@ two rows share a key and timestamp, readers keep the one ingested last.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -33,6 +32,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from feature_store.atomic import write_json_atomically
 from feature_store.errors import FeatureStoreError, IngestionError, SchemaError
 from feature_store.hashing import bucket_of
 from feature_store.validation import conform_table
@@ -83,7 +83,7 @@ class OfflineStore:
             if self.num_buckets < 1:
                 raise FeatureStoreError(f"num_buckets must be >= 1, got {self.num_buckets}")
             self.root.mkdir(parents=True, exist_ok=True)
-            _write_json_atomically(meta_path, {"version": STORE_FORMAT_VERSION, "num_buckets": self.num_buckets})
+            write_json_atomically(meta_path, {"version": STORE_FORMAT_VERSION, "num_buckets": self.num_buckets})
 
     # --- writing ---
     def ingest(self, view: StoredView, data: pa.Table | Iterable[pa.Table], progress: bool = False) -> IngestResult:
@@ -101,7 +101,7 @@ class OfflineStore:
         chunks = [data] if isinstance(data, pa.Table) else data
         try:
             for chunk in tqdm(chunks, desc=f"ingest {view.name}", unit="chunk", disable=not progress):
-                table = conform_table(chunk, view.schema, view.name, view.timestamp_field)
+                table = conform_table(chunk, view)
                 self._write_buckets(table, view, staging, writers)
                 rows += table.num_rows
             for writer in writers.values():
@@ -128,7 +128,7 @@ class OfflineStore:
                                   f"(key {meta['key_field']!r}). Use a new store or view name.")
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomically(path, meta)
+        write_json_atomically(path, meta)
 
     def _write_buckets(self, table: pa.Table, view: StoredView, staging: Path,
                        writers: dict[int, pq.ParquetWriter]) -> None:
@@ -194,9 +194,6 @@ class OfflineStore:
         dataset = self.dataset(view_name)
         yield from dataset.to_batches(columns=columns or dataset.schema.names[:-2], batch_size=batch_size)
 
-    def count_rows(self, view_name: str) -> int:
-        return self.dataset(view_name).count_rows()
-
 
 def _schema_from_meta(meta: dict) -> pa.Schema:
     # The view schema as stored, plus the two partition columns.
@@ -212,9 +209,3 @@ def _type_from_str(text: str) -> pa.DataType:
         inner = text[5:-1].split(": ", 1)[-1]  # arrow writes "list<item: string>"
         return pa.list_(_type_from_str(inner))
     return pa.type_for_alias(text)
-
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

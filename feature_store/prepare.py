@@ -6,32 +6,36 @@
     DIR/dataset_spec.json      what the model reads
     DIR/definition.json        the dataset definition (jobs and serving rebuild rows with it)
     DIR/summary.json           rows, users, items and label rates per split
+
+The whole directory is written aside (a hidden sibling folder) and renamed into place only when
+complete: a failure, bad input included, leaves DIR exactly as it was, and `overwrite` replaces an
+existing dataset only then.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feature_store.atomic import replace_dir, sibling
 from feature_store.definitions import DatasetDefinition
 from feature_store.errors import FeatureStoreError
 from feature_store.offline_store import OfflineStore
-from feature_store.sources import SourceOptions, get_source
-from feature_store.training_set import (
-    SplitConfig,
-    build_training_set,
-    iter_training_set,
-    read_training_set,
-    time_split_for,
-)
-from feature_store.transforms import DEFAULT_OOV_BUCKETS, TransformSet
+from feature_store.options import DEFAULT_OOV_BUCKETS, SourceOptions, SplitConfig
+from feature_store.sources import get_source
+from feature_store.sources.base import DataSource
+from feature_store.training_set import build_training_set, iter_training_set, read_training_set, time_split_for
+from feature_store.transforms import TransformSet
 
 # Target events per offline-store bucket when the bucket count is chosen automatically.
 EVENTS_PER_BUCKET = 250_000
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,38 +101,70 @@ def open_prepared(path: str | Path) -> PreparedDataset:
     return prepared
 
 
+def _check_target(root: Path, overwrite: bool) -> None:
+    """Refuses, before any work, an output that is a file, a non-empty directory without
+    `overwrite`, or (with it) a non-empty directory that is not a prepared dataset."""
+    if root.exists() and not root.is_dir():
+        raise FeatureStoreError(f"output {root} is a file; expected a directory for the prepared dataset")
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if not overwrite:
+        raise FeatureStoreError(f"output {root} is not empty; pass overwrite=True (--overwrite) to replace the "
+                                "dataset in it")
+    if not (root / "definition.json").exists() and not (root / "offline").is_dir():
+        raise FeatureStoreError(f"output {root} is not empty and holds no prepared dataset; refusing to replace "
+                                "it: name a new or empty directory")
+
+
 def prepare_dataset(name: str, out_dir: str | Path, *, options: SourceOptions | None = None,
                     split: SplitConfig | None = None, num_buckets: int | None = None,
                     oov_buckets: int = DEFAULT_OOV_BUCKETS, min_count: int = 1,
                     overwrite: bool = False, progress: bool = False) -> PreparedDataset:
     """Ingests dataset `name` into `out_dir`, builds the training set, fits the transforms and
-    writes the spec and summary. `num_buckets` None: about one bucket per 250k events."""
-    options = options or SourceOptions()
-    split = split or SplitConfig()
-    source = get_source(name, options)
-    prepared = PreparedDataset(Path(out_dir))
-    root = prepared.root
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FeatureStoreError(f"{root} is not empty; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    writes the spec and summary. `num_buckets` None: about one bucket per 250k events.
+
+    Everything is written into a hidden sibling of `out_dir` first; `out_dir` (with `overwrite`,
+    the dataset already there) is replaced only once the new one is complete."""
+    source = get_source(name, options or SourceOptions())
+    root = Path(out_dir)
+    _check_target(root, overwrite)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = sibling(root, "staging")
+    replacing = root.exists() and any(root.iterdir())
+    logger.debug("preparing %s in %s, to be renamed to %s when complete", name, staging, root)
+    try:
+        _write_dataset(source, PreparedDataset(staging), split or SplitConfig(), num_buckets, oov_buckets,
+                       min_count, progress)
+        replace_dir(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if replacing:
+        logger.info("replaced the dataset that was in %s", root)
+    return PreparedDataset(root)
+
+
+def _write_dataset(source: DataSource, prepared: PreparedDataset, split: SplitConfig, num_buckets: int | None,
+                   oov_buckets: int, min_count: int, progress: bool) -> None:
     definition = source.definition()
     buckets = num_buckets or max(1, math.ceil(source.estimated_events() / EVENTS_PER_BUCKET))
     store = OfflineStore(prepared.offline_dir, num_buckets=buckets)
     ingested = {}
     for view_name, chunks in source.tables():
-        ingested[view_name] = store.ingest(definition.view(view_name), chunks, progress=progress).rows
+        try:
+            ingested[view_name] = store.ingest(definition.view(view_name), chunks, progress=progress).rows
+        except FeatureStoreError as err:
+            # Name the file the rows came from: the view alone does not tell the user what to fix.
+            raise type(err)(f"{source.origin(view_name)}: {err}") from None
     definition.save(prepared.definition_path)
     time_split = time_split_for(store, definition, split)
     stats = build_training_set(store, definition, prepared.training_dir, time_split, progress=progress)
     if stats.splits["train"].rows == 0:
-        raise FeatureStoreError(f"{name}: the train split is empty; lower the validation/test fractions")
+        raise FeatureStoreError(f"{source.name}: the train split is empty; lower the validation/test fractions")
     transforms = TransformSet.fit(definition, iter_training_set(prepared.training_dir, "train"),
                                   oov_buckets=oov_buckets, min_count=min_count)
     transforms.save(prepared.transforms_path)
-    prepared.spec_path.write_text(json.dumps(definition.dataset_spec(transforms), indent=2) + "\n")
-    summary = {"dataset": name, "num_buckets": buckets, "ingested_rows": ingested,
+    prepared.spec_path.write_text(json.dumps(definition.dataset_spec(transforms.vocab_sizes()), indent=2) + "\n")
+    summary = {"dataset": source.name, "num_buckets": buckets, "ingested_rows": ingested,
                "tasks": [t.to_spec() for t in definition.tasks], **stats.to_dict()}
     prepared.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    return prepared

@@ -3,7 +3,7 @@
 For every labeled event (user, item, t):
 - each feature view contributes its row with the latest timestamp <= t for that key, if that row
   is at most `ttl` old (else nulls);
-- each sequence holds the user's events strictly before t (history.py);
+- each sequence holds the user's events strictly before t, ties in ingestion order (history.py);
 - the row goes to train, validation or test by t against two time cut-offs.
 
 Events and user features of a bucket hold the same users, so memory follows the largest bucket,
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,30 +28,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from feature_store.atomic import replace_dir, sibling
 from feature_store.definitions import DatasetDefinition, FeatureView, TaskKind
 from feature_store.errors import FeatureStoreError
 from feature_store.history import dedupe_feature_rows, history_before, order_events, timestamps_us
 from feature_store.offline_store import OfflineStore
+from feature_store.options import SPLITS, SplitConfig
 
-SPLITS = ("train", "validation", "test")
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """Fractions of events (by time) for validation and test; the earliest rest is train."""
-
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("validation_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.validation_fraction + self.test_fraction >= 1.0:
-            raise ValueError("validation_fraction + test_fraction must leave some events for training, got "
-                             f"{self.validation_fraction} + {self.test_fraction}")
-
+__all__ = ["SPLITS", "SplitConfig", "TimeSplit", "build_training_set", "iter_training_set", "read_training_set",
+           "split_dir", "time_split_for"]
 
 @dataclass(frozen=True)
 class TimeSplit:
@@ -204,7 +188,7 @@ def build_training_set(store: OfflineStore, definition: DatasetDefinition, out_d
         for view in definition.views_of(definition.item)
     }
     stats = TrainingSetStats(definition, time_split)
-    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex}"
+    staging = sibling(out_dir, "staging")
     for split in SPLITS:
         (staging / f"split={split}").mkdir(parents=True)
     try:
@@ -222,7 +206,7 @@ def build_training_set(store: OfflineStore, definition: DatasetDefinition, out_d
                     pq.write_table(part, staging / f"split={split}" / f"part-{bucket:05d}.parquet",
                                    compression="zstd")
                     stats.add(split, part)
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -237,7 +221,7 @@ def _read_or_empty(store: OfflineStore, view: FeatureView, bucket: int | None) -
 
 def _bucket_rows(store: OfflineStore, definition: DatasetDefinition, bucket: int, events: pa.Table,
                  item_timelines: dict[str, _FeatureTimeline]) -> tuple[pa.Table, int]:
-    """The point-in-time rows of one bucket's events, sorted by (user, time, item)."""
+    """The point-in-time rows of one bucket's events, sorted by (user, time, ingestion order)."""
     user_key, item_key = definition.user.join_key, definition.item.join_key
     ordered = order_events(events, user_key, item_key, definition.timestamp_field)
     table = ordered.table
@@ -254,14 +238,6 @@ def _bucket_rows(store: OfflineStore, definition: DatasetDefinition, bucket: int
         columns[seq.name] = history_before(ordered, seq.field, seq.length)
     schema = definition.training_schema()
     return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema), ordered.duplicates_dropped
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def split_dir(training_dir: str | Path, split: str) -> Path:

@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 from feature_store.definitions import DatasetDefinition, FeatureKind, TaskKind, dtype_from_str, dtype_to_str
 from feature_store.errors import SchemaError
 from feature_store.hashing import stable_hash64_array
+from feature_store.options import DEFAULT_OOV_BUCKETS
 
 TRANSFORMS_FORMAT = "grec.transforms"
 TRANSFORMS_VERSION = 1
-DEFAULT_OOV_BUCKETS = 8
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,10 @@ class TransformSet:
         if name not in self.vocabularies:
             raise KeyError(f"no vocabulary for {name!r}; vocabularies: {sorted(self.vocabularies)}")
         return self.vocabularies[name].size
+
+    def vocab_sizes(self) -> dict[str, int]:
+        """Ids per categorical feature (embedding rows), as `DatasetDefinition.dataset_spec` takes them."""
+        return {name: vocab.size for name, vocab in self.vocabularies.items()}
 
     # --- applying ---
     def transform(self, table: pa.Table) -> pa.Table:

@@ -4,10 +4,7 @@ register it with alias `challenger`."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,16 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jobs.train import ConfigError, load_config, run_training
+    """A bad config raises ConfigError (a ValueError): `grec train: error: ...`, exit 2."""
+    from jobs.train import load_config, run_training
 
-    try:
-        config = load_config(args.config).with_overrides(
-            scaling={"address": args.address, "num_workers": args.num_workers, "use_gpu": args.use_gpu},
-            mlflow={"tracking_uri": args.tracking_uri}, training={"epochs": args.epochs})
-        result = run_training(config, show_progress=not args.no_progress)
-    except ConfigError as err:
-        logger.error("%s", err)
-        return 2
+    config = load_config(args.config).with_overrides(
+        scaling={"address": args.address, "num_workers": args.num_workers, "use_gpu": args.use_gpu},
+        mlflow={"tracking_uri": args.tracking_uri}, training={"epochs": args.epochs})
+    result = run_training(config, show_progress=not args.no_progress)
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     print(f"grec train: run {result.run_id}; registered {result.model_name} version {result.model_version} "
           f"as challenger (best epoch {result.best_epoch + 1} of {result.epochs_run}): {metrics}")

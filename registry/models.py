@@ -143,12 +143,3 @@ def load_registered(uri: str) -> RegisteredModel:
     return RegisteredModel(name=name, version=version, uri=uri, model=python_model.model,
                            transforms=python_model.transforms, spec=python_model.spec,
                            definition=python_model.definition, pyfunc=pyfunc)
-
-
-def promote(name: str, from_alias: str = CHALLENGER, to_alias: str = CHAMPION,
-            client: MlflowClient | None = None) -> str:
-    """Points `to_alias` at the version `from_alias` names; returns that version."""
-    client = client or MlflowClient()
-    version = str(client.get_model_version_by_alias(name, from_alias).version)
-    client.set_registered_model_alias(name, to_alias, version)
-    return version

@@ -19,6 +19,8 @@ from mlflow import MlflowClient
 GREC_DIR = ".grec"
 DATABASE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+# Where new experiments keep their artifacts (models, plots, reports), e.g. s3://BUCKET/mlflow.
+ARTIFACT_ROOT_ENV = "GREC_ARTIFACT_ROOT"
 # MLflow caps a parameter value at 6000 characters; longer ones are truncated with a marker.
 MAX_PARAM_CHARS = 6000
 
@@ -58,13 +60,17 @@ def use_tracking_uri(tracking_uri: str | None = None) -> Iterator[str]:
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The id of experiment `name`, created if missing. With the local SQLite store its artifacts go
-    to `mlartifacts/` beside the database instead of MLflow's default under the working directory."""
+    """The id of experiment `name`, created if missing. Its artifacts go to `$GREC_ARTIFACT_ROOT/NAME`
+    when that is set (e.g. s3://BUCKET/mlflow, written with boto3 and the standard AWS variables);
+    else, with the local SQLite store, to `mlartifacts/` beside the database instead of MLflow's
+    default under the working directory; else where the tracking server puts them."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if is_local_sqlite(tracking_uri):
+    if os.environ.get(ARTIFACT_ROOT_ENV):
+        location = f"{os.environ[ARTIFACT_ROOT_ENV].rstrip('/')}/{name}"
+    elif is_local_sqlite(tracking_uri):
         database = Path(tracking_uri.removeprefix("sqlite:///"))
         location = (database.parent / ARTIFACTS_DIR / name).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
@@ -98,22 +104,6 @@ class RankZeroLogger:
         self.client.log_batch(self.run_id, metrics=[
             mlflow.entities.Metric(key=_metric_key(k), value=float(v), timestamp=_now_ms(), step=step)
             for k, v in metrics.items()])
-
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        if self.enabled:
-            self.client.log_dict(self.run_id, dict(data), artifact_file)
-
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        if self.enabled:
-            self.client.log_figure(self.run_id, figure, artifact_file)
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        if self.enabled:
-            self.client.log_text(self.run_id, text, artifact_file)
 
 
 def _metric_key(name: str) -> str:

@@ -18,7 +18,7 @@ from jobs.cli import main as grec_main
 from jobs.evaluate.compatibility import IncompatibleDataError
 from jobs.evaluate.job import EvaluationConfig, evaluate_model
 from jobs.predict import predict_to_parquet
-from jobs.promote import PromotionError, promote
+from jobs.promote import PromotionError, PromotionPolicy, promote
 from registry.models import load_registered, set_alias
 from registry.tracking import use_tracking_uri
 
@@ -41,11 +41,14 @@ def _cli(env, *args: str) -> int:
     return grec_main([*args, "--tracking-uri", env["tracking_uri"]])
 
 
-def test_evaluate_writes_the_report_logs_it_and_promotes_the_first_model(env, capsys) -> None:
-    out = env["root"] / "report"
+def test_evaluate_writes_the_report_logs_it_and_promotes_the_first_model(env, capsys, monkeypatch) -> None:
+    # Without --out the report goes under .grec/reports/ in the working directory.
+    monkeypatch.chdir(env["root"])
+    out = env["root"] / ".grec" / "reports" / f"{NAME}-v1-test"
     code = _cli(env, "evaluate", "--model", f"models:/{NAME}@challenger", "--data", str(env["prepared"].root),
-                "--out", str(out), "--resamples", "20", "--ranking-users", "10", "--negatives", "19", "--promote")
+                "--resamples", "20", "--ranking-users", "10", "--negatives", "19", "--promote")
     assert code == 0
+    assert not (env["root"] / "reports").exists()
     report = (out / "report.md").read_text()
     for task in ("like", "love", "rating"):
         assert f"| {task} |" in report
@@ -73,36 +76,41 @@ def test_evaluate_writes_the_report_logs_it_and_promotes_the_first_model(env, ca
 def test_promotion_keeps_the_champion_without_evidence(env) -> None:
     client, data = env["client"], env["prepared"].root
     set_alias(NAME, "champion", "1", client)
-    # the same weights again as a new challenger: no gain, so the default policy keeps the champion
+    # the same weights again as a new challenger: every paired resample gains exactly 0, so the
+    # interval of the average does not lie above 0 and the champion stays
     challenger = serving_register(env["model"], env["prepared"], NAME, env["tracking_uri"], alias="challenger")
-    same = promote(NAME, data)
-    assert not same.decision.promote and "does not exceed" in same.decision.reason
-    assert [c.gain for c in same.decision.comparisons] == [0.0, 0.0, 0.0]
+    same = promote(NAME, data, PromotionPolicy(resamples=100))
+    assert not same.decision.promote and "does not lie above" in same.decision.reason
+    assert [(c.gain, c.gain_low, c.gain_high) for c in same.decision.comparisons] == [(0.0, 0.0, 0.0)] * 3
     assert same.champion == "1" and str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     run_id = client.get_model_version(NAME, challenger).run_id
-    assert client.get_run(run_id).data.tags["promotion.decision"] == "rejected"
-    assert client.get_run(run_id).data.metrics["promotion_average_gain"] == 0.0
+    run = client.get_run(run_id).data
+    assert run.tags["promotion.decision"] == "rejected"
+    rows = env["prepared"].read_split("test").num_rows
+    assert run.metrics["promotion_average_gain"] == 0.0 and run.metrics["promotion_rows"] == rows
+    assert run.metrics["promotion_resamples"] == 100 and run.metrics["promotion_gain_like_low"] == 0.0
     evidence = json.loads(Path(client.download_artifacts(run_id, "promotion/promotion.json", str(env["root"])))
                           .read_text())
     assert evidence["champion_before"] == "1" and evidence["champion_after"] == "1"
-    assert evidence["champion_evaluation"]["model_version"] == "1"
-    assert evidence["challenger_evaluation"]["model_version"] == challenger
+    assert evidence["decision"]["rows"] == rows and evidence["policy"]["resamples"] == 100
+    assert {c["task"]: c["rows"] for c in evidence["decision"]["comparisons"]} == {"like": rows, "love": rows,
+                                                                                   "rating": rows}
 
     set_alias(NAME, "challenger", "1", client)
     again = promote(NAME, data)  # nothing to score
     assert not again.decision.promote and "already the champion" in again.decision.reason
 
 
-def test_missing_challenger_model_or_version_is_a_clear_error(env, caplog) -> None:
+def test_missing_challenger_model_or_version_is_a_clear_error(env, capsys) -> None:
     env["client"].create_registered_model("no-challenger")
     with pytest.raises(PromotionError, match="'no-challenger' has no 'challenger' alias"):
         promote("no-challenger", env["prepared"].root)
     with pytest.raises(PromotionError, match="no registered model named 'missing'"):
         promote("missing", env["prepared"].root)
     assert _cli(env, "promote", "--name", "missing", "--data", str(env["prepared"].root)) == 2
-    assert "no registered model named 'missing'" in caplog.text
+    assert "grec promote: error: there is no registered model named 'missing'" in capsys.readouterr().err
     assert _cli(env, "evaluate", "--model", f"models:/{NAME}/99", "--data", str(env["prepared"].root)) == 2
-    assert f"cannot load models:/{NAME}/99 from the MLflow registry" in caplog.text
+    assert f"grec evaluate: error: cannot load models:/{NAME}/99 from the MLflow registry" in capsys.readouterr().err
 
 
 def test_a_dataset_with_other_tasks_fails_before_any_work(env) -> None:

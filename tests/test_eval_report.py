@@ -9,15 +9,12 @@ import math
 import numpy as np
 
 from jobs.evaluate.compute import metrics_with_intervals, ranking_metrics, slice_metrics
-from jobs.evaluate.plots import reliability_bins, roc_points
+from jobs.evaluate.plots import reliability_bins
 from jobs.evaluate.report import RESULT_FILE, TaskPredictions, write_report
 from jobs.evaluate.results import EvaluationResult, TaskEvaluation
 
 
-def test_roc_points_and_reliability_bins() -> None:
-    fpr, tpr = roc_points(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1]))
-    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0]
-    assert tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+def test_reliability_bins_count_the_rows_of_each_bin() -> None:
     mean_pred, observed, rows = reliability_bins(np.array([0, 1, 1, 0]), np.array([0.05, 0.08, 0.95, 0.91]), bins=10)
     assert rows.tolist() == [2, 2]
     assert observed.tolist() == [0.5, 0.5]

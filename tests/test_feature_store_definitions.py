@@ -19,7 +19,7 @@ def test_dataset_spec_has_the_contract_layout():
         "hist_item_id": [[], ["a"]], "label_click": [1, 0], "label_rating": [4.0, 2.0], "label_tier": [0, 2],
     })
     transforms = TransformSet.fit(definition, [train], oov_buckets=4)
-    spec = definition.dataset_spec(transforms)
+    spec = definition.dataset_spec(transforms.vocab_sizes())
     assert spec["user_id"] == "user_id" and spec["item_id"] == "item_id" and spec["timestamp"] == "event_timestamp"
     by_name = {c["name"]: c for c in spec["categorical"]}
     assert list(by_name) == ["user_id", "item_id", "country", "category", "tags", "device"]

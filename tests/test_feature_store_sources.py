@@ -13,6 +13,7 @@ import pytest
 from feature_store.errors import FeatureStoreError, UnknownDatasetError
 from feature_store.prepare import open_prepared, prepare_dataset
 from feature_store.sources import SOURCES, SourceOptions, SyntheticOptions, get_source
+from feature_store.sources import adult, movielens, womens_clothing
 from feature_store.sources.base import read_widedeep_parquet
 from feature_store.sources.movielens import GENRES
 
@@ -27,9 +28,9 @@ def views(source) -> dict[str, pa.Table]:
 
 
 def test_movielens_original_files_read_like_the_parquet_copy(tmp_path):
-    ratings = read_widedeep_parquet("MovieLens100k_data.parquet.brotli", "ml").slice(0, 500).to_pandas()
-    items = read_widedeep_parquet("MovieLens100k_items.parquet.brotli", "ml").to_pandas()
-    users = read_widedeep_parquet("MovieLens100k_users.parquet.brotli", "ml").to_pandas()
+    ratings = read_widedeep_parquet("MovieLens100k_data.parquet.brotli", "ml", movielens.RATINGS).slice(0, 500).to_pandas()
+    items = read_widedeep_parquet("MovieLens100k_items.parquet.brotli", "ml", movielens.ITEMS).to_pandas()
+    users = read_widedeep_parquet("MovieLens100k_users.parquet.brotli", "ml", movielens.USERS).to_pandas()
     folder = tmp_path / "ml-100k"
     folder.mkdir()
     ratings.to_csv(folder / "u.data", sep="\t", header=False, index=False)
@@ -47,7 +48,7 @@ def test_movielens_original_files_read_like_the_parquet_copy(tmp_path):
 
 
 def test_adult_original_files_read_like_the_parquet_copy(tmp_path):
-    raw = read_widedeep_parquet("adult.parquet.brotli", "adult").slice(0, 40).to_pandas()
+    raw = read_widedeep_parquet("adult.parquet.brotli", "adult", adult.COLUMNS).slice(0, 40).to_pandas()
     lines = [", ".join(str(v) for v in row) for row in raw.itertuples(index=False)]
     (tmp_path / "adult.data").write_text("\n".join(lines[:30]) + "\n")
     test_lines = [line + "." for line in lines[30:]]  # adult.test ends labels with "."
@@ -61,7 +62,7 @@ def test_adult_original_files_read_like_the_parquet_copy(tmp_path):
 
 
 def test_womens_clothing_csv_reads_like_the_parquet_copy(tmp_path):
-    raw = read_widedeep_parquet("WomensClothingE-CommerceReviews.parquet.brotli", "w").slice(0, 50)
+    raw = read_widedeep_parquet(womens_clothing.PARQUET_COPY, "w", womens_clothing.COLUMNS).slice(0, 50)
     pacsv.write_csv(raw, tmp_path / "Womens Clothing E-Commerce Reviews.csv")
     from_files = views(get_source("womens-clothing", SourceOptions(data_dir=tmp_path)))
     packaged = views(get_source("womens-clothing", SourceOptions(max_events=50)))

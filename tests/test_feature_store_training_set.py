@@ -1,5 +1,5 @@
 """Point-in-time training sets: features as of each event, sequences strictly before it, no
-future leaks, duplicates, input order, time split, bucket independence."""
+future leaks, ties in ingestion order, duplicates, input order, time split, bucket independence."""
 
 from __future__ import annotations
 
@@ -80,20 +80,48 @@ def test_sequences_hold_only_events_strictly_before(tmp_path):
         ("a", []),
         ("b", ["a"]),            # "c" happened at the same instant: not before
         ("c", ["a"]),
-        ("d", ["a", "b", "c"]),
-        ("a", ["b", "c", "d"]),  # the last 3, oldest first
-        ("b", ["c", "d", "a"]),
+        ("d", ["a", "c", "b"]),  # "c" and "b" tie: in the order they were ingested
+        ("a", ["c", "b", "d"]),  # the last 3, oldest first
+        ("b", ["b", "d", "a"]),
     ]
 
 
+def test_tied_events_keep_ingestion_order_and_a_cut_tie_keeps_the_latest_ingested(tmp_path):
+    # Three events in one second, ingested with ids out of order (9, 5, 3), then one more: the window
+    # of the last holds them as ingested, and a 2-long window keeps the two ingested last.
+    events = [(1, "i9", 1, 1), (1, "i5", 1, 0), (1, "i3", 1, 1), (1, "i7", 2, 0)]
+    items = ("i3", "i5", "i7", "i9")
+    rows, _ = build(tmp_path / "three", events, [(1, 0, 20, "fr")], items=items)
+    assert rows[-1]["item_id"] == "i7" and rows[-1]["hist_item_id"] == ["i9", "i5", "i3"]
+    short = feature_store_tiny_definition(sequence_length=2)
+    rows, _ = build(tmp_path / "two", events, [(1, 0, 20, "fr")], items=items, definition=short)
+    assert rows[-1]["hist_item_id"] == ["i5", "i3"]  # by id it would be ["i5", "i9"]
+    # Another ingestion order of the same events gives the other order: order is data, not an id.
+    rows, _ = build(tmp_path / "reversed", [events[2], events[1], events[0], events[3]], [(1, 0, 20, "fr")],
+                    items=items)
+    assert rows[-1]["hist_item_id"] == ["i3", "i5", "i9"]
+
+
+def test_online_sequences_order_ties_as_the_training_set_does(tmp_path):
+    from feature_store.online import SEQUENCES_VIEW, materialize, open_online_store
+
+    definition = feature_store_tiny_definition()
+    store = OfflineStore(tmp_path / "offline", num_buckets=2)
+    store.ingest(definition.view("events"), events_table([(1, "d", 1, 1), (1, "b", 2, 0), (1, "a", 2, 1),
+                                                          (1, "c", 2, 0)]))
+    with open_online_store(tmp_path / "online.sqlite", create=True) as online:
+        materialize(store, definition, online)
+        assert online.read(SEQUENCES_VIEW, [1]).rows[0]["hist_item_id"] == ["b", "a", "c"]
+
+
 def brute_force(events, users, length, ttl_days):
-    """The definition of a point-in-time row, written as plainly as possible."""
+    """The definition of a point-in-time row, written as plainly as possible (events in ingestion order)."""
     expected = []
-    for user, item, day, _ in set(events):
-        earlier = sorted((d, i) for u, i, d, _ in set(events) if u == user and d < day)
+    for user, item, day, _ in events:
+        earlier = sorted((d, n, i) for n, (u, i, d, _) in enumerate(events) if u == user and d < day)
         known = [(d, age, country) for u, d, age, country in users if u == user and d <= day and day - d <= ttl_days]
         _, age, country = max(known) if known else (None, None, None)
-        expected.append((user, item, day, [i for _, i in earlier][-length:], age and float(age), country))
+        expected.append((user, item, day, [i for _, _, i in earlier][-length:], age and float(age), country))
     return sorted(expected)
 
 
@@ -119,8 +147,8 @@ def test_duplicate_events_count_once_and_the_last_ingested_wins(tmp_path):
     assert rows[1]["hist_item_id"] == ["a"]
 
 
-def test_input_order_does_not_matter(tmp_path):
-    events = [(u, i, d, (u + d) % 2) for u in range(4) for i, d in zip("abcd", (3, 1, 2, 1), strict=True)]
+def test_input_order_does_not_matter_apart_from_ties(tmp_path):
+    events = [(u, i, d, (u + d) % 2) for u in range(4) for i, d in zip("abcd", (3, 1, 2, 4), strict=True)]
     users = [(u, 0, 20 + u, "fr") for u in range(4)]
     in_order, _ = build(tmp_path / "sorted", sorted(events, key=lambda e: e[2]), users)
     shuffled = events[:]

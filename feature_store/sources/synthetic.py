@@ -51,9 +51,6 @@ ITEM = Entity("item", "item_id", pa.int64())
 
 
 class SyntheticSource(DataSource):
-    name = "synthetic"
-    description = "Synthetic events with N tasks of controllable label correlation (MMoE construction)"
-
     @property
     def num_events(self) -> int:
         total = self.options.synthetic.num_events

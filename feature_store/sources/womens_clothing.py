@@ -39,18 +39,24 @@ from feature_store.definitions import (
     numeric,
 )
 from feature_store.errors import FeatureStoreError
-from feature_store.sources.base import DataSource, read_widedeep_parquet, require_files
+from feature_store.sources.base import DataSource, require_files, widedeep_file
+from feature_store.sources.files import read_csv, read_parquet
 
 CSV_NAME = "Womens Clothing E-Commerce Reviews.csv"
+PARQUET_COPY = "WomensClothingE-CommerceReviews.parquet.brotli"
+# The columns read (the CSV has a header; other columns are skipped), as declared.
+COLUMNS = pa.schema([
+    pa.field("Clothing ID", pa.int64(), nullable=False), ("Age", pa.int64()), ("Title", pa.string()),
+    ("Review Text", pa.string()), pa.field("Rating", pa.int64(), nullable=False),
+    pa.field("Recommended IND", pa.int64(), nullable=False), ("Division Name", pa.string()),
+    ("Department Name", pa.string()), ("Class Name", pa.string()),
+])
 FIRST_REVIEW_TIME = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 USER = Entity("reviewer", "user_id", pa.string())
 ITEM = Entity("garment", "item_id", pa.int64())
 
 
 class WomensClothingReviews(DataSource):
-    name = "womens-clothing"
-    description = "Women's Clothing E-Commerce Reviews: recommended / high-rating tasks with review text"
-
     def definition(self) -> DatasetDefinition:
         scenario = {"scenario": "fashion"}
         return DatasetDefinition(
@@ -78,12 +84,15 @@ class WomensClothingReviews(DataSource):
             raise FeatureStoreError(f"{self.name}: the data is on Kaggle behind a login, so it cannot be "
                                     f"downloaded here; download {CSV_NAME!r} yourself and pass --data-dir")
         if opts.data_dir is None:
-            return read_widedeep_parquet("WomensClothingE-CommerceReviews.parquet.brotli", self.name)
+            path = widedeep_file(PARQUET_COPY, self.name)
+            self.files = {view: path for view in ("reviewers", "garments", "events")}
+            return read_parquet(path, COLUMNS)
         path = require_files(opts.data_dir, (CSV_NAME,), self.name)[CSV_NAME]
-        # Empty fields are missing titles/texts (nulls), as in the Parquet copy.
-        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
-        return table.drop_columns([n for n in table.column_names if n in ("", "Unnamed: 0")])
+        self.files = {view: path for view in ("reviewers", "garments", "events")}
+        # Empty fields (and pyarrow's usual spellings of "missing") are missing titles/texts, as in
+        # the Parquet copy, which pandas wrote.
+        return read_csv(path, COLUMNS, header=True, null_values=pacsv.ConvertOptions().null_values,
+                        newlines_in_values=True)
 
     def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
         raw = self._raw()

@@ -1,9 +1,9 @@
-"""From labels and predictions to metrics: per task kind, with bootstrap intervals, per slice and
-for leave-last-out ranking."""
+"""From labels and predictions to metrics: per task kind (the shared definitions of
+jobs/evaluate/metrics.py), with bootstrap intervals, per slice and for leave-last-out ranking."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -11,31 +11,10 @@ from jobs.evaluate import metrics
 from jobs.evaluate.bootstrap import bootstrap_interval
 from jobs.evaluate.results import Estimate
 
-RowMetric = Callable[[np.ndarray, np.ndarray], float]
-
-# Metrics computed from (labels, predictions) of the rows, per task kind, in display order.
-ROW_METRICS: Mapping[str, Mapping[str, RowMetric]] = {
-    "binary": {"auc": metrics.auc, "log_loss": metrics.log_loss, "calibration": metrics.calibration},
-    "regression": {"rmse": metrics.rmse, "mae": metrics.mae},
-    "multiclass": {"accuracy": metrics.multiclass_accuracy, "log_loss": metrics.multiclass_log_loss},
-}
-
-# The metric a task kind is judged by (promotion, slice charts).
-PRIMARY_METRIC: Mapping[str, str] = {"binary": "auc", "regression": "rmse", "multiclass": "accuracy"}
-
-# Task kinds whose scores order candidates, so leave-last-out ranking means something.
-RANKABLE_KINDS = ("binary", "regression")
-
-
-def _row_metrics(kind: str) -> Mapping[str, RowMetric]:
-    if kind not in ROW_METRICS:
-        raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(ROW_METRICS)}")
-    return ROW_METRICS[kind]
-
 
 def point_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray, users: np.ndarray | None = None) -> dict[str, float]:
     """Every metric of the kind on these rows; GAUC too for binary tasks when user keys are given."""
-    values = {name: fn(labels, predictions) for name, fn in _row_metrics(kind).items()}
+    values = {m.name: m.score(labels, predictions) for m in metrics.task_metrics(kind)}
     if kind == "binary" and users is not None:
         values["gauc"] = metrics.gauc(users, labels, predictions)
     return values
@@ -55,11 +34,11 @@ def metrics_with_intervals(
     users for GAUC (a user's rows move together, as they are not independent)."""
     out: dict[str, Estimate] = {}
     n = len(labels)
-    for name, fn in _row_metrics(kind).items():
-        value = fn(labels, predictions)
-        low, high = bootstrap_interval(lambda idx, fn=fn: fn(labels[idx], predictions[idx]), n,
+    for metric in metrics.task_metrics(kind):
+        score = metric.score
+        low, high = bootstrap_interval(lambda idx, score=score: score(labels[idx], predictions[idx]), n,
                                        resamples=resamples, confidence=confidence, seed=seed)
-        out[name] = Estimate(value, low, high)
+        out[metric.name] = Estimate(score(labels, predictions), low, high)
     if kind == "binary" and users is not None:
         user_aucs, weights = metrics.per_user_auc(users, labels, predictions)
         value = metrics.weighted_mean(user_aucs, weights)

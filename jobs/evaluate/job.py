@@ -1,6 +1,6 @@
 """`evaluate_model`: score a registered model on a split of a prepared dataset with Ray Data, compute
-per-task metrics with intervals, slices and leave-last-out ranking, write the report and log it to
-the model version's MLflow run."""
+per-task metrics with intervals, slices and leave-last-out ranking, write the report (by default
+under .grec/reports/) and log it to the model version's MLflow run."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from feature_store.options import SPLITS
 from feature_store.prepare import PreparedDataset, open_prepared
-from feature_store.training_set import SPLITS, split_dir
+from feature_store.training_set import split_dir
 from feature_store.transforms import TransformSet
-from grec import InputSpec
+from grec import InputSpec, TaskSpec
 from jobs.evaluate import candidates as cand
 from jobs.evaluate.compatibility import check_compatible
 from jobs.evaluate.compute import metrics_with_intervals, ranking_metrics, slice_metrics
@@ -27,11 +28,14 @@ from jobs.evaluate.report import TaskPredictions, write_report
 from jobs.evaluate.results import EvaluationResult, TaskEvaluation
 from jobs.evaluate.slices import user_slices
 from jobs.ray_runtime import ray_session
+from registry.tracking import GREC_DIR
 
 logger = logging.getLogger(__name__)
 
 # Task kinds ranked leave-last-out: a binary task's positive rows are the interactions to recover.
 RANKED_KINDS = ("binary",)
+# Where reports go without --out: .grec/reports/<name>-v<version>-<split> under the working directory.
+REPORTS_DIR = Path(GREC_DIR) / "reports"
 
 
 @dataclass(frozen=True)
@@ -100,16 +104,38 @@ def prepare_evaluation(model_uri: str, data_dir: str | Path, split: str, *,
     return model, prepared
 
 
+@dataclass(frozen=True)
+class ScoredSplit:
+    """A model's scores of every row of a split: keys, labels and `score_<task>` columns, rows in
+    key order (user, item, time), so two models' scores of one split line up row by row."""
+
+    model: ResolvedModel
+    split: str
+    rows: pa.Table
+
+    def task_arrays(self, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices of the rows labeled for `task`, their labels, their scores)."""
+        return _task_arrays(self.rows, task)
+
+
+def row_keys(spec: InputSpec) -> list[str]:
+    """The columns that identify a row of a split (duplicates of (user, item, time) are dropped
+    when the training set is built)."""
+    return [name for name in (spec.user_id, spec.item_id, spec.timestamp) if name]
+
+
 def score_split(model: ResolvedModel, prepared: PreparedDataset, split: str, tracking_uri: str | None,
-                options: InferenceOptions) -> pa.Table:
-    """Every row of the split scored by Ray Data: user/item keys, labels and `score_<task>` columns."""
+                options: InferenceOptions) -> ScoredSplit:
+    """Every row of the split scored by Ray Data, in key order (Ray Data's output order is not the
+    input's)."""
     import ray.data
 
     spec = model.spec
-    keep = [spec.user_id, spec.item_id, *(t.label for t in spec.tasks)]
+    keys = row_keys(spec)
+    keep = [*keys, *(t.label for t in spec.tasks)]
     files = [str(p) for p in sorted(split_dir(prepared.training_dir, split).glob("*.parquet"))]
-    dataset = ray.data.read_parquet(files)
-    return _collect(score_dataset(dataset, model.pinned_uri, tracking_uri, keep, options))
+    scored = _collect(score_dataset(ray.data.read_parquet(files), model.pinned_uri, tracking_uri, keep, options))
+    return ScoredSplit(model, split, scored.sort_by([(k, "ascending") for k in keys]))
 
 
 def _collect(dataset) -> pa.Table:
@@ -160,6 +186,13 @@ def _labeled_rows(column: pa.ChunkedArray, kind: str) -> np.ndarray:
     return valid & ~np.isnan(values) & ((values >= 0) if kind == "multiclass" else True)
 
 
+def _task_arrays(scored: pa.Table, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labeled = _labeled_rows(scored.column(task.label), task.kind)
+    labels = pc.fill_null(scored.column(task.label), 0).to_numpy().astype(
+        np.int64 if task.kind == "multiclass" else np.float64)[labeled]
+    return np.flatnonzero(labeled), labels, arrow_to_scores(scored.column(score_column(task.name)))[labeled]
+
+
 def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, config: EvaluationConfig, *,
                     train_users: np.ndarray | None = None, ranking_scored: pa.Table | None = None,
                     ranking_users: dict[str, int] | None = None) -> tuple[EvaluationResult, dict[str, TaskPredictions]]:
@@ -171,10 +204,7 @@ def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, c
         if users is not None and train_users is not None else {}
     tasks, predictions = [], {}
     for index, task in enumerate(spec.tasks):
-        labeled = _labeled_rows(scored.column(task.label), task.kind)
-        labels = pc.fill_null(scored.column(task.label), 0).to_numpy().astype(
-            np.int64 if task.kind == "multiclass" else np.float64)[labeled]
-        values = arrow_to_scores(scored.column(score_column(task.name)))[labeled]
+        labeled, labels, values = _task_arrays(scored, task)
         task_users = None if users is None else users[labeled]
         predictions[task.name] = TaskPredictions(labels, values)
         evaluation = TaskEvaluation(
@@ -200,34 +230,29 @@ def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, c
 @dataclass(frozen=True)
 class EvaluationOutcome:
     result: EvaluationResult
-    report: Path | None
+    report: Path
+    scored: ScoredSplit  # the row scores behind the result (promotion reuses them)
 
 
 def evaluate_model(model_uri: str, data_dir: str | Path, config: EvaluationConfig | None = None, *,
                    tracking_uri: str | None = None, address: str | None = None,
-                   report_dir: str | Path | None = None, full: bool = True,
-                   log_to_mlflow: bool = True) -> EvaluationOutcome:
+                   report_dir: str | Path | None = None, log_to_mlflow: bool = True) -> EvaluationOutcome:
     """Evaluates a registered model on a split: checks model and data first, then starts (or joins)
     Ray at `address` for the scoring. See `run_evaluation`."""
     config = config or EvaluationConfig()
     model, prepared = prepare_evaluation(model_uri, data_dir, config.split)
     with ray_session(address):
-        return run_evaluation(model, prepared, config, tracking_uri=tracking_uri, report_dir=report_dir, full=full,
+        return run_evaluation(model, prepared, config, tracking_uri=tracking_uri, report_dir=report_dir,
                               log_to_mlflow=log_to_mlflow)
 
 
 def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: EvaluationConfig, *,
-                   tracking_uri: str | None = None, report_dir: str | Path | None = None, full: bool = True,
+                   tracking_uri: str | None = None, report_dir: str | Path | None = None,
                    log_to_mlflow: bool = True) -> EvaluationOutcome:
-    """Scores and measures a checked model (Ray running). `full=False` computes the overall metrics
-    only (no intervals, slices, ranking, report or logging): what promotion compares."""
+    """Scores and measures a checked model (Ray running), writes the report into `report_dir`
+    (default .grec/reports/<name>-v<version>-<split>) and logs it."""
     dataset_name = prepared.spec()["name"]
     scored = score_split(model, prepared, config.split, tracking_uri, config.inference)
-    if not full:
-        quick = EvaluationConfig(split=config.split, resamples=0, ranking_users=0, seed=config.seed,
-                                 inference=config.inference)
-        result, _ = evaluate_scores(model, dataset_name, scored, quick)
-        return EvaluationOutcome(result, None)
     ranking_rows, ranked_users = _ranking_candidates(model, prepared, config)
     ranking_scored = None
     if ranking_rows is not None:
@@ -238,13 +263,13 @@ def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: Eval
     train_users = None
     if model.spec.user_id:
         train_users = prepared.read_split("train", columns=[model.spec.user_id]).column(0).to_numpy(zero_copy_only=False)
-    result, predictions = evaluate_scores(model, dataset_name, scored, config, train_users=train_users,
+    result, predictions = evaluate_scores(model, dataset_name, scored.rows, config, train_users=train_users,
                                           ranking_scored=ranking_scored, ranking_users=ranked_users)
-    out = Path(report_dir) if report_dir else Path("reports") / f"{model.name}-v{model.version}-{config.split}"
+    out = Path(report_dir) if report_dir else REPORTS_DIR / f"{model.name}-v{model.version}-{config.split}"
     report = write_report(result, predictions, out)
     if log_to_mlflow:
         log_evaluation(result, report.parent)
-    return EvaluationOutcome(result, report)
+    return EvaluationOutcome(result, report, scored)
 
 
 def log_evaluation(result: EvaluationResult, report_dir: Path) -> str:

@@ -1,83 +1,230 @@
-"""Per-task quality metrics: pure functions of labels, scores and (for GAUC) user keys.
+"""Per-task quality metrics: one definition per metric, shared by training validation, offline
+evaluation and the promotion gate.
 
-Every function returns NaN when the metric is undefined on its input (one class only, no rows),
-so a report can show "n/a" instead of failing on a small slice.
+Each `Metric` names a library implementation twice: `score`, scikit-learn on the numpy arrays of a
+whole split (offline evaluation, promotion), and `streaming`, a torchmetrics metric updated batch by
+batch and synchronized across Ray Train workers (training validation). Both compute the same
+quantity on the same rows (tests/test_eval_metrics.py checks it), under the same name: training
+logs `val/<task>/<name>`, evaluation `eval_<split>_<task>_<name>`.
+
+grec keeps code of its own only where no installed library has the metric:
+- calibration (mean prediction over observed positive rate): a ratio of two means;
+- GAUC (per-user AUC weighted by the user's rows, DIN, KDD 2018): neither scikit-learn nor
+  torchmetrics has a grouped AUC;
+- HR@k and NDCG@k of one held-out positive among sampled negatives: with one relevant item per user
+  both are closed forms of its rank, and the rank splits ties fairly; torchmetrics' retrieval
+  metrics order tied scores by position, which rewards a model that scores every candidate alike.
+
+Every score is NaN where the metric is undefined on its input (no rows, one class only), so a
+report shows "n/a" instead of failing on a small slice. Libraries are imported on first use: the
+`grec` command reads this table to build its help.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-# Probabilities are clipped away from 0 and 1 before taking logs, as every log-loss tool does.
-_EPS = 1e-7
-
-# Which direction is better, per metric name (calibration has none: 1.0 is the target).
-HIGHER_IS_BETTER: Mapping[str, bool] = {
-    "auc": True,
-    "gauc": True,
-    "log_loss": False,
-    "rmse": False,
-    "mae": False,
-    "accuracy": True,
-}
+if TYPE_CHECKING:
+    import torch
+    import torchmetrics
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values`, ties sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    _, inverse, counts = np.unique(values[order], return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    mean_rank = (ends - counts + 1 + ends) / 2.0
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = mean_rank[inverse]
-    return ranks
+@dataclass(frozen=True)
+class Metric:
+    """A metric of one task kind: its name, which way is better (None: a target value, not an
+    order), its scikit-learn score and, where training validation computes it, a factory of its
+    torchmetrics counterpart (given the task's number of classes)."""
+
+    name: str
+    higher_is_better: bool | None
+    score: Callable[[np.ndarray, np.ndarray], float]
+    streaming: Callable[[int | None], torchmetrics.Metric] | None = None
+
+
+# ---- scores on whole arrays (scikit-learn) ----------------------------------------------------------
+def _defined(labels: np.ndarray, predictions: np.ndarray, *, two_classes: bool = False) -> bool:
+    """Rows to measure, finite predictions (a diverged model's NaN makes every metric undefined),
+    and both classes where the metric compares them."""
+    return (len(labels) > 0 and bool(np.isfinite(predictions).all())
+            and (not two_classes or np.unique(labels).size == 2))
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half)."""
-    labels = np.asarray(labels) > 0.5
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = average_ranks(np.asarray(scores, dtype=np.float64))
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """Area under the ROC curve (ties counted half)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if _defined(labels, scores, two_classes=True) else float("nan")
 
 
-def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Mean binary cross-entropy of probabilities against 0/1 labels."""
-    if len(labels) == 0:
+def binary_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    if not _defined(labels, probabilities):
         return float("nan")
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0 - _EPS)
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+    return float(log_loss(labels, np.asarray(probabilities, dtype=np.float64), labels=[0, 1]))
 
 
 def calibration(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean prediction over observed positive rate: 1.0 is calibrated, above 1 over-predicts."""
     observed = float(np.mean(labels)) if len(labels) else 0.0
-    if observed == 0.0:
+    return float(np.mean(probabilities) / observed) if observed > 0.0 else float("nan")
+
+
+def rmse(targets: np.ndarray, predictions: np.ndarray) -> float:
+    from sklearn.metrics import root_mean_squared_error
+
+    return float(root_mean_squared_error(targets, predictions)) if _defined(targets, predictions) else float("nan")
+
+
+def mae(targets: np.ndarray, predictions: np.ndarray) -> float:
+    from sklearn.metrics import mean_absolute_error
+
+    return float(mean_absolute_error(targets, predictions)) if _defined(targets, predictions) else float("nan")
+
+
+def multiclass_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Share of rows whose most probable class is the label; `probabilities` is [n, classes]."""
+    from sklearn.metrics import accuracy_score
+
+    if not _defined(labels, probabilities):
         return float("nan")
-    return float(np.mean(probabilities) / observed)
+    return float(accuracy_score(labels, np.argmax(probabilities, axis=1)))
 
 
+def multiclass_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    if not _defined(labels, probabilities):
+        return float("nan")
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    # float32 softmax rows sum to 1 only within float32 rounding, which scikit-learn warns about
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+    return float(log_loss(labels, probabilities, labels=np.arange(probabilities.shape[1])))
+
+
+# ---- the same metrics, streamed (torchmetrics) --------------------------------------------------------
+def _streaming_auc(_: int | None) -> torchmetrics.Metric:
+    from jobs.train.metrics import ExactBinaryAUROC
+
+    return ExactBinaryAUROC()
+
+
+def _streaming_binary_log_loss(_: int | None) -> torchmetrics.Metric:
+    from jobs.train.metrics import MeanRowLoss
+
+    return MeanRowLoss(_binary_cross_entropy)
+
+
+def _streaming_rmse(_: int | None) -> torchmetrics.Metric:
+    from torchmetrics import MeanSquaredError
+
+    return MeanSquaredError(squared=False)
+
+
+def _streaming_mae(_: int | None) -> torchmetrics.Metric:
+    from torchmetrics import MeanAbsoluteError
+
+    return MeanAbsoluteError()
+
+
+def _streaming_accuracy(num_classes: int | None) -> torchmetrics.Metric:
+    from torchmetrics.classification import MulticlassAccuracy
+
+    return MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+
+def _streaming_multiclass_log_loss(_: int | None) -> torchmetrics.Metric:
+    from jobs.train.metrics import MeanRowLoss
+
+    return MeanRowLoss(_class_cross_entropy)
+
+
+def _binary_cross_entropy(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row log loss, probabilities clipped to [eps, 1 - eps] as scikit-learn's log_loss does."""
+    import torch
+
+    eps = torch.finfo(torch.float64).eps
+    p = probabilities.double().clamp(eps, 1 - eps)
+    y = labels.double()
+    return -(y * p.log() + (1 - y) * (1 - p).log())
+
+
+def _class_cross_entropy(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row log loss of the label's class, rows renormalized and clipped as scikit-learn does."""
+    import torch
+
+    eps = torch.finfo(torch.float64).eps
+    p = probabilities.double().clamp(eps, 1 - eps)
+    p = p / p.sum(dim=1, keepdim=True)
+    return -p.gather(1, labels.long()[:, None]).squeeze(1).log()
+
+
+# ---- the definition table ---------------------------------------------------------------------------
+TASK_METRICS: Mapping[str, tuple[Metric, ...]] = {
+    "binary": (Metric("auc", True, auc, _streaming_auc),
+               Metric("log_loss", False, binary_log_loss, _streaming_binary_log_loss),
+               Metric("calibration", None, calibration)),
+    "regression": (Metric("rmse", False, rmse, _streaming_rmse), Metric("mae", False, mae, _streaming_mae)),
+    "multiclass": (Metric("accuracy", True, multiclass_accuracy, _streaming_accuracy),
+                   Metric("log_loss", False, multiclass_log_loss, _streaming_multiclass_log_loss)),
+}
+# The metric a task kind is judged by (promotion, slice charts).
+PRIMARY_METRIC: Mapping[str, str] = {"binary": "auc", "regression": "rmse", "multiclass": "accuracy"}
+# Which direction is better, per metric name (calibration has none: 1.0 is the target).
+HIGHER_IS_BETTER: Mapping[str, bool] = {
+    **{m.name: m.higher_is_better for metrics in TASK_METRICS.values() for m in metrics
+       if m.higher_is_better is not None},
+    "gauc": True,
+}
+
+
+def task_metrics(kind: str) -> tuple[Metric, ...]:
+    if kind not in TASK_METRICS:
+        raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(TASK_METRICS)}")
+    return TASK_METRICS[kind]
+
+
+def metric(kind: str, name: str) -> Metric:
+    for candidate in task_metrics(kind):
+        if candidate.name == name:
+            return candidate
+    raise ValueError(f"{kind} tasks have no metric {name!r}; metrics: {[m.name for m in task_metrics(kind)]}")
+
+
+def validation_metric_names(task: str, kind: str) -> list[str]:
+    """What training validation logs for a task: `val/<task>/<metric>` for every streamed metric."""
+    return [f"val/{task}/{m.name}" for m in task_metrics(kind) if m.streaming is not None]
+
+
+# ---- grec's own: no library has these (see the module docstring) --------------------------------------
 def per_user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUC of each user that has both classes, with that user's row count as its weight."""
-    users = np.asarray(users)
-    labels = np.asarray(labels)
-    scores = np.asarray(scores)
-    order = np.argsort(users, kind="mergesort")
-    _, starts, counts = np.unique(users[order], return_index=True, return_counts=True)
-    aucs, weights = [], []
-    for start, count in zip(starts, counts, strict=True):
-        rows = order[start:start + count]
-        value = auc(labels[rows], scores[rows])
-        if not np.isnan(value):
-            aucs.append(value)
-            weights.append(count)
-    return np.asarray(aucs, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    """AUC of each user that has both classes, with that user's row count as its weight.
+
+    One pass for all users (the Mann-Whitney statistic from ranks within each user, ties counted
+    half, as roc_auc_score counts them), so the promotion gate can recompute it per resample."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels) > 0.5
+    _, group = np.unique(np.asarray(users), return_inverse=True)
+    group = group.reshape(-1)
+    if len(group) == 0:
+        return np.zeros(0), np.zeros(0)
+    # Ranking (user, score) pairs ranks every user's scores in one block; subtracting the rows of the
+    # users before it gives ranks within the user.
+    score_rank = rankdata(np.asarray(scores, dtype=np.float64), method="dense").astype(np.int64)
+    global_rank = rankdata(group * (int(score_rank.max()) + 1) + score_rank, method="average")
+    rows = np.bincount(group)
+    within = global_rank - (np.cumsum(rows) - rows)[group]
+    positives = np.bincount(group, weights=labels.astype(np.float64), minlength=len(rows))
+    negatives = rows - positives
+    positive_rank_sum = np.bincount(group, weights=within * labels, minlength=len(rows))
+    both = (positives > 0) & (negatives > 0)
+    aucs = (positive_rank_sum[both] - positives[both] * (positives[both] + 1) / 2) / (positives[both] * negatives[both])
+    return aucs, rows[both].astype(np.float64)
 
 
 def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
@@ -86,38 +233,9 @@ def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
-    """Group AUC: per-user AUC weighted by the user's rows, over users with both classes (DIN, KDD 2018)."""
+    """Group AUC: per-user AUC weighted by the user's rows, over users with both classes."""
     aucs, weights = per_user_auc(users, labels, scores)
     return weighted_mean(aucs, weights)
-
-
-def rmse(targets: np.ndarray, predictions: np.ndarray) -> float:
-    if len(targets) == 0:
-        return float("nan")
-    diff = np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64)
-    return float(np.sqrt(np.mean(diff * diff)))
-
-
-def mae(targets: np.ndarray, predictions: np.ndarray) -> float:
-    if len(targets) == 0:
-        return float("nan")
-    return float(np.mean(np.abs(np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64))))
-
-
-def multiclass_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Share of rows whose most probable class is the label; `probabilities` is [n, classes]."""
-    if len(labels) == 0:
-        return float("nan")
-    return float(np.mean(np.argmax(probabilities, axis=1) == np.asarray(labels)))
-
-
-def multiclass_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """Mean cross-entropy of the label's class probability."""
-    if len(labels) == 0:
-        return float("nan")
-    p = np.asarray(probabilities, dtype=np.float64)
-    chosen = p[np.arange(len(p)), np.asarray(labels, dtype=np.int64)]
-    return float(-np.mean(np.log(np.clip(chosen, _EPS, 1.0))))
 
 
 def hit_rate_at_k(positive_ranks: np.ndarray, k: int) -> float:

@@ -12,29 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every distinct score threshold, from (0, 0) to (1, 1)."""
-    labels = np.asarray(labels) > 0.5
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    true_pos = np.cumsum(labels[order])
-    false_pos = np.cumsum(~labels[order])
-    # keep the last point of each run of equal scores: a threshold takes all tied rows at once
-    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
-    tpr = np.r_[0.0, true_pos[last_of_run] / max(true_pos[-1], 1)]
-    fpr = np.r_[0.0, false_pos[last_of_run] / max(false_pos[-1], 1)]
-    return fpr, tpr
-
-
 def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean prediction, observed rate, rows) per equal-width probability bin that has rows."""
+    from sklearn.calibration import calibration_curve
+
+    observed, mean_pred = calibration_curve(labels, probabilities, n_bins=bins, strategy="uniform")
+    # calibration_curve leaves empty bins out and does not count rows: count them the same way
     edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
-    rows = np.bincount(index, minlength=bins)
-    kept = rows > 0
-    mean_pred = np.bincount(index, weights=probabilities, minlength=bins)[kept] / rows[kept]
-    observed = np.bincount(index, weights=np.asarray(labels, dtype=np.float64), minlength=bins)[kept] / rows[kept]
-    return mean_pred, observed, rows[kept]
+    rows = np.bincount(np.searchsorted(edges[1:-1], probabilities), minlength=bins)
+    return mean_pred, observed, rows[rows > 0]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -45,7 +31,9 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_roc(task: str, labels: np.ndarray, scores: np.ndarray, auc: float, path: Path) -> Path:
-    fpr, tpr = roc_points(labels, scores)
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     ax.plot(fpr, tpr, label=f"AUC {auc:.4f}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
@@ -76,10 +64,11 @@ def plot_regression(task: str, targets: np.ndarray, predictions: np.ndarray, pat
 
 
 def plot_confusion(task: str, labels: np.ndarray, probabilities: np.ndarray, path: Path) -> Path:
-    classes = probabilities.shape[1]
-    counts = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(counts, (np.asarray(labels, dtype=np.int64), np.argmax(probabilities, axis=1)), 1)
-    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    from sklearn.metrics import confusion_matrix
+
+    share = confusion_matrix(labels, np.argmax(probabilities, axis=1), labels=np.arange(probabilities.shape[1]),
+                             normalize="true")
+    share = np.nan_to_num(share)  # a class without rows has no share
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="share of the true class")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.evaluate import plots
-from jobs.evaluate.compute import PRIMARY_METRIC
+from jobs.evaluate.metrics import PRIMARY_METRIC
 from jobs.evaluate.results import Estimate, EvaluationResult
 
 REPORT_FILE = "report.md"
