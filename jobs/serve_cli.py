@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,9 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, metavar="URI",
                    help="registered model: models:/NAME@ALIAS (followed as it moves) or models:/NAME/VERSION")
-    p.add_argument("--online-store", metavar="PATH_OR_URL",
-                   help="online store: a SQLite file path or redis://host:port/db (default: none, every user "
-                        "is served with default features)")
+    p.add_argument("--online-store", metavar="URL_OR_PATH",
+                   help="online store: redis://host:port/db, sqlite:///PATH or a file path (default: "
+                        ".grec/online.sqlite under the working directory, where `grec data materialize` writes); "
+                        "it must exist: a missing or unreadable store stops the start")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
     p.add_argument("--token-env", default="GREC_API_TOKEN", metavar="VAR",
@@ -49,23 +49,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from feature_store.online import open_online_store
     from registry.models import resolve_version
     from registry.tracking import use_tracking_uri
-    from serving.config import ServingConfig, ServingConfigError
+    from serving.config import ServingConfig
 
-    try:
-        config = ServingConfig.load(
-            {"model_uri": args.model, "online_store": args.online_store, "host": args.host, "port": args.port,
-             "max_candidates": args.max_candidates, "reload_interval_s": args.reload_interval,
-             "retrieval": args.retrieval, "tracking_uri": args.tracking_uri},
-            file=args.config, token_env=args.token_env,
-        )
-        with use_tracking_uri(config.tracking_uri) as tracking_uri:
-            # Fail here, with the registry's message, rather than in every replica's constructor.
-            name, version = resolve_version(config.model_uri)
-    except (ServingConfigError, ValueError) as err:
-        print(f"grec serve: error: {err}", file=sys.stderr)
-        return 2
+    # Bad input raises ServingConfigError, a registry ValueError or OnlineStoreUnavailableError (a
+    # ConnectionError): `grec`'s one error path reports it as `grec serve: error: ...`, exit 2.
+    config = ServingConfig.load(
+        {"model_uri": args.model, "online_store": args.online_store, "host": args.host, "port": args.port,
+         "max_candidates": args.max_candidates, "reload_interval_s": args.reload_interval,
+         "retrieval": args.retrieval, "tracking_uri": args.tracking_uri},
+        file=args.config, token_env=args.token_env,
+    )
+    with use_tracking_uri(config.tracking_uri) as tracking_uri:
+        # Fail here, with the registry's message, rather than in every replica's constructor.
+        name, version = resolve_version(config.model_uri)
+    # Likewise for the online store: missing, unreadable or unreachable stops the start.
+    open_online_store(config.online_store).close()
     log.info("serving %s (now version %s of %s) from %s", config.model_uri, version, name, tracking_uri)
     if config.api_token is None:
         log.warning("no bearer token in $%s: /v1 routes are open to anyone who can reach %s:%d",

@@ -1,5 +1,10 @@
 """The application builder: ingress -> feature lookup -> ranker, configured from one ServingConfig.
 
+Admission control is Serve's: each deployment takes `max_ongoing_requests` per replica and queues
+at most `max_queued_requests` more per caller; beyond that a call fails at once and the client gets
+a 503 with Retry-After (serving/health.py, serving/http.py) instead of a queue that grows without
+bound. Replica counts and Serve's health checks come from the same config.
+
 `serve.run(build_app(config))` starts it on a running Ray (the HTTP host and port are Serve's
 proxy options, set by `serve.start`; `grec serve` does both).
 """
@@ -17,6 +22,9 @@ def _options(replicas: ReplicaConfig, access_log: bool) -> dict:
     return {
         "num_replicas": replicas.num_replicas,
         "max_ongoing_requests": replicas.max_ongoing_requests,
+        "max_queued_requests": replicas.max_queued_requests,
+        "health_check_period_s": replicas.health_check_period_s,
+        "health_check_timeout_s": replicas.health_check_timeout_s,
         "ray_actor_options": {"num_cpus": replicas.num_cpus},
         "logging_config": {"enable_access_log": access_log},
     }

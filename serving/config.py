@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from feature_store.online.location import default_online_store, parse_online_store
+
 # `models:/NAME@alias` or `models:/NAME/VERSION`, the forms registry.models.load_registered takes.
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))$")
 
@@ -24,14 +26,22 @@ class ServingConfigError(ValueError):
 
 
 class ReplicaConfig(BaseModel):
-    """How many copies of a deployment run and what each one reserves from Ray."""
+    """How many copies of a deployment run, what each reserves from Ray, how many requests it
+    takes in, and how Serve checks that it is alive."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     num_replicas: int = Field(1, ge=1)
     # Fractions let three deployments share a 2-core machine (Serve reserves 1 CPU by default).
     num_cpus: float = Field(0.25, gt=0)
-    max_ongoing_requests: int = Field(64, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1, description="requests one replica works on at once")
+    # Serve's admission control: requests waiting for a replica beyond this many (per caller) are
+    # refused at once (503 with Retry-After) instead of queueing without bound; -1 = no limit.
+    max_queued_requests: int = Field(64, ge=-1)
+    # Serve's controller calls each replica this often and replaces one that fails or does not
+    # answer in time; a killed replica is replaced within about one period.
+    health_check_period_s: float = Field(1.0, gt=0)
+    health_check_timeout_s: float = Field(10.0, gt=0)
 
 
 class BatchingConfig(BaseModel):
@@ -50,24 +60,50 @@ class ServingConfig(BaseModel):
 
     model_uri: str = Field(description="models:/NAME@alias (followed as it moves) or models:/NAME/VERSION")
     tracking_uri: str | None = Field(None, description="MLflow tracking/registry URI; None = MLflow's default")
-    online_store: str | None = Field(
-        None, description="SQLite path or redis:// URL of the online store; None = no stored features"
+    online_store: str = Field(
+        default_factory=default_online_store,
+        description="redis://HOST:PORT/DB, sqlite:///PATH or a file path; default .grec/online.sqlite under "
+                    "the working directory (where `grec data materialize` writes by default)",
     )
+    # When the online store stops answering (past the backend's retries): serve default features
+    # and say so (`features_degraded: true`), or refuse with 503.
+    on_store_unavailable: Literal["degrade", "reject"] = "degrade"
+    # After a failed read, reads skip the store for this long (degrading or refusing at once)
+    # instead of each paying the retries again.
+    store_retry_interval_s: float = Field(1.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     # Guards every /v1 route when set; `None` leaves them open (health, readiness, metrics stay open).
     api_token: SecretStr | None = None
-    max_candidates: int = Field(1000, ge=1)
+    max_candidates: int = Field(1000, ge=1, description="most candidates, or /v1/score rows, per request")
     max_k: int = Field(1000, ge=1)
+    max_score_groups: int = Field(
+        64, ge=1, description="most distinct (user, context) pairs in one /v1/score request (one lookup each)")
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    request_timeout_s: float = Field(10.0, gt=0)
+    request_timeout_s: float = Field(10.0, gt=0, description="each request's deadline, passed to every deployment")
+    # Admission at the door: an ingress replica works on at most this many /v1/recommend and
+    # /v1/score requests at once and answers the rest with 503 before reading their body (less
+    # than the lookup and ranker replicas and their queues hold, so those rarely have to refuse).
+    max_in_flight: int = Field(48, ge=1, description="ranking requests one ingress replica admits at once")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
+    readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the deployments")
     reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
     # Candidates the ranker scores when a request brings none.
     retrieval: Literal["popularity", "similarity"] = "popularity"
     retrieval_size: int = Field(200, ge=1)
-    ingress: ReplicaConfig = ReplicaConfig()
-    features: ReplicaConfig = ReplicaConfig()
-    ranker: ReplicaConfig = ReplicaConfig(max_ongoing_requests=128)
+    ingress: ReplicaConfig = Field(
+        ReplicaConfig(max_ongoing_requests=512, max_queued_requests=256),
+        description="the HTTP ingress; default 1 replica, max_ongoing_requests 512, max_queued_requests 256")
+    features: ReplicaConfig = Field(
+        ReplicaConfig(max_ongoing_requests=32, max_queued_requests=32),
+        description="the feature lookup; default 1 replica, max_ongoing_requests 32, max_queued_requests 32")
+    # Two rankers: one replica's death leaves the other serving while Serve replaces it. Each takes
+    # one batch in (the next forms while it runs: the forward holds the replica's event loop). The
+    # queues behind the door (max_in_flight) hold more than it admits, so in steady state requests
+    # are shed at the door, before any work; the queue limits catch what one slow replica backs up.
+    ranker: ReplicaConfig = Field(
+        ReplicaConfig(num_replicas=2, max_ongoing_requests=16, max_queued_requests=32),
+        description="the ranker; default 2 replicas, max_ongoing_requests 16, max_queued_requests 32")
     batching: BatchingConfig = BatchingConfig()
 
     @field_validator("model_uri")
@@ -79,12 +115,10 @@ class ServingConfig(BaseModel):
 
     @field_validator("online_store")
     @classmethod
-    def _check_online_store(cls, value: str | None) -> str | None:
-        if value is None or value.startswith(("redis://", "rediss://", "unix://")):
-            return value
-        if "://" in value:
-            raise ValueError(f"{value!r}: expected a SQLite file path or a redis:// URL")
-        return value
+    def _check_online_store(cls, value: str) -> str:
+        kind, location = parse_online_store(value)  # the same forms as `grec data materialize`
+        # Replicas do not run in the caller's working directory: a file path is made absolute here.
+        return location if kind == "redis" else str(Path(location).resolve())
 
     @model_validator(mode="after")
     def _check_batching_fits(self) -> ServingConfig:

@@ -1,20 +1,46 @@
 """The Serve deployments behind the ingress: online feature lookup and the batching ranker.
 
-Both follow the registry alias with a `VersionWatcher`: the ranker holds the servable model, the
-feature lookup the dataset definition that says which views to read (the same version's).
+Neither follows the registry alias: every call carries the model version the ingress chose for
+the request as Serve's multiplexed model id (`handle.options(multiplexed_model_id=version)`), and
+each replica keeps the versions it was asked for (`@serve.multiplexed`: the current one and the
+one before, loaded on first use). So the dataset definition that builds a request's rows and the
+model that scores them are always the same version's, even while the alias moves; Serve routes
+calls for a version to replicas that already hold it.
+
+Client errors travel back as values (`RankResult.error`, a returned `ServingError`) rather than
+raised exceptions, so the replicas log no traceback for a bad request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 from ray import serve
 
+from feature_store.definitions import DatasetDefinition
+from feature_store.online import open_online_store
+from serving import metrics
 from serving.config import ServingConfig
-from serving.features import RequestRows, open_store, request_rows, user_history
+from serving.errors import ModelNotReadyError, RequestTimeoutError, ServingError
+from serving.features import RequestRows, RowsQuery, StoreGuard, request_rows, user_history
 from serving.model_source import load_definition, load_servable, version_resolver
 from serving.ranking import RankRequest, RankResult, rank_batch
-from serving.watcher import VersionWatcher
+from serving.servable import ServableModel
+
+log = logging.getLogger("ray.serve")
+
+# A replica keeps the version being served and the one before it (requests pinned to the old
+# version finish on it while the alias moves).
+VERSIONS_PER_REPLICA = 2
+
+
+def _expired(deadline: float) -> RequestTimeoutError | None:
+    if time.time() > deadline:
+        return RequestTimeoutError("the request's deadline passed before it could be worked on")
+    return None
 
 
 @serve.deployment
@@ -22,53 +48,116 @@ class FeatureLookup:
     """Reads the user's and candidates' latest features from the online store."""
 
     def __init__(self, config: ServingConfig) -> None:
-        self._store = open_store(config.online_store)
-        self._definition = VersionWatcher(
-            "feature-lookup", version_resolver(config), lambda version: load_definition(config, version),
-            config.reload_interval_s, follow=config.model_alias is not None,
-        )
+        self._config = config
+        # A missing or unreadable store fails the replica's start (and `serve.run`): never an empty store.
+        self._guard = StoreGuard(open_online_store(config.online_store), config.on_store_unavailable,
+                                 config.store_retry_interval_s)
 
-    def rows(self, user_id: Any, item_ids: list[Any], context: dict[str, Any] | None) -> RequestRows:
-        return request_rows(self._store, self._definition.current, user_id, item_ids, context)
+    @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
+    async def definition(self, version: str) -> DatasetDefinition:
+        return await asyncio.to_thread(load_definition, self._config, version)
 
-    def history(self, user_id: Any) -> list[Any]:
-        return user_history(self._store, self._definition.current, user_id)
+    async def _pinned_definition(self) -> DatasetDefinition:
+        return await self.definition(serve.get_multiplexed_model_id())
+
+    async def rows(self, queries: list[RowsQuery], deadline: float) -> list[RequestRows] | ServingError:
+        """Rows for every query (one per distinct user and context of a request), in one call."""
+        definition = await self._pinned_definition()
+        if expired := _expired(deadline):
+            return expired
+        try:
+            found = await asyncio.to_thread(lambda: [request_rows(self._guard, definition, q) for q in queries])
+        except ServingError as err:
+            return err
+        metrics.count_cold_start(sum(1 for f in found if f.cold_start and not f.degraded))
+        return found
+
+    async def history(self, user_id: Any, deadline: float) -> tuple[list[Any], bool] | ServingError:
+        definition = await self._pinned_definition()
+        if expired := _expired(deadline):
+            return expired
+        try:
+            return await asyncio.to_thread(user_history, self._guard, definition, user_id)
+        except ServingError as err:
+            return err
+
+    async def ping(self) -> str:
+        """Answers once the pinned version's definition is loaded (readiness, warm-up)."""
+        await self._pinned_definition()
+        return serve.get_multiplexed_model_id()
+
+    async def store_available(self) -> bool:
+        """Whether the online store answers a read now (False also when it is being skipped)."""
+        def probe() -> bool:
+            try:
+                return not self._guard.run(lambda store: store.read("_readiness", ["probe"]))[1]
+            except ServingError:
+                return False
+        return await asyncio.to_thread(probe)
 
     def __del__(self) -> None:
-        self._definition.close()
-        self._store.close()
+        self._guard.store.close()
 
 
 @serve.deployment
 class Ranker:
-    """Scores candidates with the registry's current version, batching concurrent requests."""
+    """Scores candidates with the pinned model version, batching concurrent requests."""
 
-    def __init__(self, config: ServingConfig) -> None:
+    async def __init__(self, config: ServingConfig) -> None:
         self._config = config
-        self._model = VersionWatcher(
-            "ranker", version_resolver(config), lambda version: load_servable(config, version),
-            config.reload_interval_s, follow=config.model_alias is not None,
-        )
         self.rank.set_max_batch_size(config.batching.max_batch_size)
         self.rank.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
+        # A replica starts with the version the registry names now, so one that replaces a dead
+        # replica takes traffic only once it can score.
+        version = await asyncio.to_thread(version_resolver(config))
+        await self.model(version)
+
+    @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
+    async def model(self, version: str) -> ServableModel:
+        log.info("ranker: loading model version %s", version)
+        return await asyncio.to_thread(load_servable, self._config, version)
+
+    async def _pinned_model(self) -> ServableModel:
+        return await self.model(serve.get_multiplexed_model_id())
 
     @serve.batch
     async def rank(self, requests: list[RankRequest]) -> list[RankResult]:
-        # One version for the whole batch, taken before the forward: a swap during it changes nothing.
+        # Serve splits batches by multiplexed model id: one version for the whole batch.
+        try:
+            servable = await self._pinned_model()
+        except Exception as err:  # noqa: BLE001 - the registry or the artifact store failed
+            log.error("ranker: model version %s could not be loaded: %s", serve.get_multiplexed_model_id(), err)
+            error = ModelNotReadyError(f"model version {serve.get_multiplexed_model_id()} could not be loaded")
+            return [RankResult.failed(error)] * len(requests)
+        results: list[RankResult | None] = [None] * len(requests)
+        live = []
+        for index, request in enumerate(requests):
+            if expired := _expired(request.deadline):
+                results[index] = RankResult.failed(expired)
+            else:
+                live.append(index)
         # The forward runs on the event loop on purpose: requests that arrive meanwhile pile up and
         # form the next batch. With the forward in asyncio.to_thread, batches averaged 1.05 requests
         # at concurrency 8 instead of 4.2 (GIL contention with the loop; docs/benchmarks/serving.md).
-        return rank_batch(self._model.current, requests)
+        for index, result in zip(live, rank_batch(servable, [requests[i] for i in live]), strict=True):
+            results[index] = result
+        if live:
+            metrics.observe_batch(len(live))
+            for index in live:
+                metrics.observe_rows(requests[index].rows.num_rows)
+        return results  # type: ignore[return-value]  # every slot is filled above
 
-    def candidates(self, history: list[Any], n: int) -> tuple[list[Any], str]:
+    async def candidates(self, history: list[Any], n: int) -> tuple[list[Any], str]:
         """Catalog candidates for a request without any: (item ids, how they were chosen)."""
-        servable = self._model.current
+        servable = await self._pinned_model()
         if self._config.retrieval == "similarity":
             return servable.similar_items(history, n), "similarity"
         return servable.popular_items(n, exclude=set(history)), "popularity"
 
-    def describe(self) -> dict[str, Any]:
-        return self._model.current.describe()
+    async def describe(self) -> dict[str, Any]:
+        return (await self._pinned_model()).describe()
 
-    def __del__(self) -> None:
-        self._model.close()
+    async def ping(self) -> str:
+        """Answers once the pinned version is loaded (health probe, warm-up)."""
+        await self._pinned_model()
+        return serve.get_multiplexed_model_id()

@@ -43,6 +43,10 @@ class TooManyCandidatesError(BadRequestError):
     kind = "too_many_candidates"
 
 
+class TooManyGroupsError(BadRequestError):
+    kind = "too_many_groups"
+
+
 class UnknownContextFeatureError(BadRequestError):
     kind = "unknown_context_feature"
 
@@ -57,11 +61,30 @@ class PayloadTooLargeError(ServingError):
     kind = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(ServingError):
+    status_code = 415
+    kind = "unsupported_media_type"
+
+
 class RequestTimeoutError(ServingError):
     status_code = 504
     kind = "timeout"
 
 
-class ModelNotReadyError(ServingError):
+class UnavailableError(ServingError):
+    """The endpoint cannot answer now but will (the client should retry after Retry-After)."""
+
     status_code = 503
+    kind = "unavailable"
+
+
+class ModelNotReadyError(UnavailableError):
     kind = "model_not_ready"
+
+
+class OverloadedError(UnavailableError):
+    kind = "overloaded"
+
+
+class FeaturesUnavailableError(UnavailableError):
+    kind = "features_unavailable"

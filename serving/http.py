@@ -1,7 +1,10 @@
-"""HTTP plumbing of the ingress: request ids, payload limit, timing, auth and error mapping.
+"""HTTP plumbing of the ingress: request ids, auth, content type and payload limit, timing, error mapping.
 
 Every failure leaves as `{"error": {"kind", "message", "request_id"}}` with a 4xx status when the
-request was at fault (never a 500) and is counted by kind in the metrics.
+request was at fault (never a 500), a 503 with Retry-After when the endpoint cannot answer now,
+and is counted by kind in the metrics. Client errors are logged as one line, never a traceback.
+The checks that need no body (token, content type, size) run before the body is read or parsed,
+so an unauthenticated request is a 401 whatever its body.
 """
 
 from __future__ import annotations
@@ -16,17 +19,27 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
-from serving.errors import PayloadTooLargeError, ServingError, UnauthorizedError
+from serving.errors import (
+    OverloadedError,
+    PayloadTooLargeError,
+    ServingError,
+    UnauthorizedError,
+    UnavailableError,
+    UnsupportedMediaTypeError,
+)
 
 log = logging.getLogger("ray.serve")
 
 # Route label values for the latency histogram; anything else is "other" (bounded cardinality).
 KNOWN_ROUTES = ("/v1/recommend", "/v1/score", "/v1/tasks", "/v1/model", "/healthz", "/readyz", "/metrics")
+# Routes that take a JSON body (with POST; another method gets the router's 405).
+JSON_ROUTES = ("/v1/recommend", "/v1/score")
 
 
 def request_id_of(request: Request) -> str:
@@ -47,10 +60,39 @@ def error_body(kind: str, message: str, request_id: str) -> dict[str, Any]:
     return {"error": {"kind": kind, "message": message, "request_id": request_id}}
 
 
+def _log_error(request_id: str, status_code: int, kind: str, message: str) -> None:
+    metrics.count_error(kind)
+    if status_code >= 500:
+        log.warning("request %s failed: %s: %s", request_id, kind, message)
+    else:
+        log.info("request %s rejected: %s: %s", request_id, kind, message)
+
+
+def _token_error(headers: dict[str, str], expected: str | None) -> UnauthorizedError | None:
+    if expected is None:
+        return None
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return UnauthorizedError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+    return None
+
+
+def _content_type_error(path: str, method: str, headers: dict[str, str]) -> UnsupportedMediaTypeError | None:
+    if method != "POST" or path not in JSON_ROUTES:
+        return None
+    content_type = headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        return UnsupportedMediaTypeError(
+            f"the body must be JSON: send 'Content-Type: application/json' (got {content_type or 'none'!r})")
+    return None
+
+
 class RequestEnvelope:
-    """Pure ASGI middleware: records the request id, rejects bodies over the limit
-    (`app.state.max_body_bytes`) before anything parses them, times the request and turns any
-    unexpected exception into a JSON 500."""
+    """Pure ASGI middleware: records the request id; for /v1 routes checks the bearer token
+    (`app.state.api_token`) and the content type, and admits at most `app.state.max_in_flight`
+    ranking requests at once (503 with Retry-After beyond), all before anything reads the body;
+    rejects bodies over `app.state.max_body_bytes` before anything parses them; times the request
+    and turns any unexpected exception into a JSON 500."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -62,7 +104,8 @@ class RequestEnvelope:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         request_id = _serve_request_id() or headers.get("x-request-id") or uuid.uuid4().hex
         scope["grec.request_id"] = request_id
-        route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"
+        path = _route_path(scope)
+        route = path if path in KNOWN_ROUTES else "other"
         started = time.perf_counter()
         status = {"code": 500, "sent": False}
 
@@ -72,23 +115,49 @@ class RequestEnvelope:
                 status["code"], status["sent"] = message["status"], True
             await send(message)
 
+        async def refuse(error: ServingError, extra_headers: dict[str, str] | None = None) -> None:
+            _log_error(request_id, error.status_code, error.kind, error.message)
+            await _reply(send_tracked, error.status_code, error_body(error.kind, error.message, request_id),
+                         extra_headers)
+
+        admitted = False
         try:
-            limit = scope["app"].state.max_body_bytes
-            body = await _read_limited_body(headers, receive, limit)
+            state = scope["app"].state
+            if path.startswith("/v1/"):
+                if error := _token_error(headers, state.api_token):
+                    await refuse(error, {"WWW-Authenticate": "Bearer"})
+                    return
+                if error := _content_type_error(path, scope["method"], headers):
+                    await refuse(error)
+                    return
+            if path in JSON_ROUTES:
+                if state.in_flight >= state.max_in_flight:
+                    await refuse(OverloadedError(f"the endpoint is at capacity; retry in {state.retry_after_s} s"),
+                                 {"Retry-After": str(state.retry_after_s)})
+                    return
+                state.in_flight += 1
+                admitted = True
+            body = await _read_limited_body(headers, receive, state.max_body_bytes)
             if body is None:
-                await _reply(send_tracked, PayloadTooLargeError.status_code, error_body(
-                    PayloadTooLargeError.kind, f"request body is larger than the limit of {limit} bytes",
-                    request_id))
-                metrics.ERRORS.labels(PayloadTooLargeError.kind).inc()
+                await refuse(PayloadTooLargeError(
+                    f"request body is larger than the limit of {state.max_body_bytes} bytes"))
                 return
             await self.app(scope, _replay(body, receive), send_tracked)
         except Exception:
             log.exception("request %s failed with an unexpected error", request_id)
-            metrics.ERRORS.labels("internal").inc()
+            metrics.count_error("internal")
             if not status["sent"]:
                 await _reply(send_tracked, 500, error_body("internal", "internal server error", request_id))
         finally:
-            metrics.REQUEST_LATENCY.labels(route, str(status["code"])).observe(time.perf_counter() - started)
+            if admitted:
+                scope["app"].state.in_flight -= 1
+            metrics.observe_request(route, status["code"], time.perf_counter() - started)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path within the application (without the route prefix Serve mounted it under)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 async def _read_limited_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes | None:
@@ -111,11 +180,11 @@ async def _read_limited_body(headers: dict[str, str], receive: Receive, limit: i
     return b"".join(chunks)
 
 
-async def _reply(send: Send, status_code: int, body: dict[str, Any]) -> None:
+async def _reply(send: Send, status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status_code,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status_code, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -134,24 +203,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def require_token(request: Request) -> None:
-    """FastAPI dependency guarding /v1: `Authorization: Bearer <token>` when a token is configured."""
-    expected: str | None = request.app.state.api_token
-    if expected is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise UnauthorizedError("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
-
-
 def _json_error(request: Request, status_code: int, kind: str, message: str,
                 headers: dict[str, str] | None = None) -> JSONResponse:
-    metrics.ERRORS.labels(kind).inc()
     request_id = request_id_of(request)
-    if status_code >= 500:
-        log.error("request %s: %s: %s", request_id, kind, message)
-    else:
-        log.info("request %s rejected: %s: %s", request_id, kind, message)
+    _log_error(request_id, status_code, kind, message)
+    if status_code == 503:
+        headers = {**(headers or {}), "Retry-After": str(request.app.state.retry_after_s)}
     return JSONResponse(error_body(kind, message, request_id), status_code=status_code, headers=headers)
 
 
@@ -173,11 +230,19 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return _json_error(request, 422, "invalid_request", described)
 
+    # Both are mapped where the calls are made (serving.health); these catch any call made elsewhere.
     @app.exception_handler(BackPressureError)
     async def overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
-        return _json_error(request, 503, "overloaded", "the ranker's queue is full; retry later")
+        error = OverloadedError("the endpoint is at capacity; retry later")
+        return _json_error(request, error.status_code, error.kind, error.message)
+
+    @app.exception_handler(RayActorError)
+    async def replica_died(request: Request, exc: RayActorError) -> JSONResponse:
+        error = UnavailableError("a replica died while answering; retry later")
+        return _json_error(request, error.status_code, error.kind, error.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds = {404: "not_found", 405: "method_not_allowed"}
-        return _json_error(request, exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+        return _json_error(request, exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail),
+                           dict(exc.headers or {}))

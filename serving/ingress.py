@@ -1,4 +1,11 @@
-"""The FastAPI ingress: versioned routes, validation, auth, and the calls to feature lookup and ranker.
+"""The FastAPI ingress: versioned routes, validation, admission, and the calls to lookup and ranker.
+
+The ingress is the one place that follows the registry alias (a `VersionWatcher`): it warms the new
+version in the feature lookup and the ranker, then switches, and pins every request to the version
+it started with (Serve's multiplexed model id on each call), so one request never mixes versions.
+Each request gets a deadline that is passed to every deployment; each deployment is watched
+(`DeploymentHealth`) so that a dead one gives fast 503s. Everything a request can get wrong is
+checked here, before any lookup: task, limits, number of distinct users.
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations, and
 Serve's class-based views rewrite those functions, so the annotations must be real objects.
@@ -6,18 +13,34 @@ Serve's class-based views rewrite those functions, so the annotations must be re
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request, Response
+import pyarrow as pa
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving import metrics
 from serving.config import ServingConfig
-from serving.errors import BadRequestError, ModelNotReadyError, RequestTimeoutError, TooManyCandidatesError
-from serving.features import RequestRows
-from serving.http import RequestEnvelope, install_error_handlers, request_id_of, require_token
+from serving.errors import (
+    BadRequestError,
+    FeaturesUnavailableError,
+    ModelNotReadyError,
+    RequestTimeoutError,
+    ServingError,
+    TooManyCandidatesError,
+    TooManyGroupsError,
+    UnknownTaskError,
+)
+from serving.features import RequestRows, RowsQuery
+from serving.health import DeploymentHealth
+from serving.http import RequestEnvelope, install_error_handlers, request_id_of
+from serving.model_source import version_resolver
+from serving.openapi import openapi_document
 from serving.ranking import RankRequest, RankResult
 from serving.schemas import (
     ErrorResponse,
@@ -33,15 +56,23 @@ from serving.schemas import (
     TaskInfo,
     TasksResponse,
 )
+from serving.watcher import VersionWatcher
 
 T = TypeVar("T")
 
+# How long warming a new version in the lookup and the ranker may take (a model load).
+PREPARE_TIMEOUT_S = 600.0
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
+    status: {"model": ErrorResponse, "description": description, **({"headers": _RETRY_AFTER} if status == 503 else {})}
     for status, description in (
         (400, "malformed JSON"), (401, "missing or wrong bearer token"), (413, "payload too large"),
-        (422, "invalid request: wrong types, unknown task, too many or no candidates, unknown context feature"),
-        (503, "model not ready"), (504, "timed out"),
+        (415, "the body is not application/json"),
+        (422, "invalid request: wrong types, unknown task, too many candidates, rows or users, "
+              "unknown context feature"),
+        (503, "overloaded, a deployment not answering, or the online store unavailable (when configured to refuse)"),
+        (504, "the request's deadline passed"),
     )
 }
 
@@ -53,134 +84,227 @@ app = FastAPI(
 )
 install_error_handlers(app)
 app.add_middleware(RequestEnvelope)
-# Every /v1 route: the bearer-token check and the documented error answers.
-_V1: dict[str, Any] = {"dependencies": [Depends(require_token)], "responses": _ERRORS}
+_V1: dict[str, Any] = {"responses": _ERRORS}
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A model version the lookup and ranker have loaded, with what the ingress checks against."""
+
+    version: str
+    info: dict[str, Any]  # the ranker's describe(): tasks, task specs, request value schemas
+    lookup: DeploymentHandle  # handles pinned to this version
+    ranker: DeploymentHandle
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.info["tasks"]
 
 
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, config: ServingConfig, lookup: DeploymentHandle, ranker: DeploymentHandle) -> None:
+    async def __init__(self, config: ServingConfig, lookup: DeploymentHandle, ranker: DeploymentHandle) -> None:
         self._config = config
         self._lookup = lookup
         self._ranker = ranker
         app.state.api_token = config.api_token.get_secret_value() if config.api_token else None
         app.state.max_body_bytes = config.max_body_bytes
+        app.state.retry_after_s = config.retry_after_s
+        app.state.max_in_flight = config.max_in_flight
+        app.state.in_flight = 0
+        self._served = await asyncio.to_thread(
+            VersionWatcher, "ingress", version_resolver(config), self._prepare, config.reload_interval_s,
+            follow=config.model_alias is not None, on_swap=self._on_swap,
+        )
+        self._on_swap(self._served.current)
+        self._health = {
+            name: DeploymentHealth(name, probe, replicas.health_check_period_s, config.readiness_timeout_s,
+                                   config.retry_after_s)
+            for name, probe, replicas in (
+                ("feature lookup", lambda: self._served.current.lookup.ping.remote(), config.features),
+                ("ranker", lambda: self._served.current.ranker.ping.remote(), config.ranker),
+            )
+        }
+        for health in self._health.values():
+            health.start()
 
-    async def _within_timeout(self, work: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(work, self._config.request_timeout_s)
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request took longer than {self._config.request_timeout_s} s and was abandoned") from None
+    def _prepare(self, version: str) -> ServedVersion:
+        """Loads `version` in the lookup and the ranker (blocking; runs on the watcher's thread)."""
+        lookup = self._lookup.options(multiplexed_model_id=version)
+        ranker = self._ranker.options(multiplexed_model_id=version)
+        lookup.ping.remote().result(timeout_s=PREPARE_TIMEOUT_S)
+        info = ranker.describe.remote().result(timeout_s=PREPARE_TIMEOUT_S)
+        return ServedVersion(version, info, lookup, ranker)
+
+    def _on_swap(self, served: ServedVersion) -> None:
+        # The OpenAPI document names this version's tasks and id types: rebuild it on next request.
+        def document() -> dict[str, Any]:
+            if app.openapi_schema is None:
+                base = get_openapi(title=app.title, version=app.version, description=app.description,
+                                   routes=app.routes)
+                app.openapi_schema = openapi_document(base, self._config, served.tasks,
+                                                      served.info["request_values"])
+            return app.openapi_schema
+
+        app.openapi_schema = None
+        app.openapi = document
 
     # ---- /v1 ---------------------------------------------------------------------------------------
     @app.post("/v1/recommend", **_V1, response_model=RecommendResponse, summary="Top-k items for a user and a task")
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
+        served = self._served.current
+        self._check_tasks(served, [body.task])
         if body.k > self._config.max_k:
             raise BadRequestError(f"k is {body.k}; this endpoint returns at most {self._config.max_k} items")
         if body.candidates is not None:
-            self._check_candidate_count(len(body.candidates))
-        return await self._within_timeout(self._recommend(body, request_id_of(request)))
+            self._check_row_count(len(body.candidates), "candidates")
+        return await self._within_deadline(lambda deadline: self._recommend(served, body, request_id_of(request),
+                                                                             deadline))
 
-    async def _recommend(self, body: RecommendRequest, request_id: str) -> RecommendResponse:
+    async def _recommend(self, served: ServedVersion, body: RecommendRequest, request_id: str,
+                         deadline: float) -> RecommendResponse:
         source = "request"
         candidates = body.candidates
+        degraded = False
         if candidates is None:
-            history = await self._lookup.history.remote(body.user_id)
-            size = max(self._config.retrieval_size, body.k)
-            candidates, source = await self._ranker.candidates.remote(history, min(size, self._config.max_candidates))
+            history, degraded = self._raise_error(await self._call(
+                "feature lookup", served.lookup.history.remote(body.user_id, deadline)))
+            size = min(max(self._config.retrieval_size, body.k), self._config.max_candidates)
+            candidates, source = await self._call("ranker", served.ranker.candidates.remote(history, size))
         candidates = list(dict.fromkeys(candidates))  # a repeated id is ranked once
-        found: RequestRows = await self._lookup.rows.remote(body.user_id, candidates, body.context)
-        result = await self._rank("recommend", body.task, found)
+        found: RequestRows = self._raise_error(await self._call(
+            "feature lookup", served.lookup.rows.remote([RowsQuery(body.user_id, candidates, body.context)],
+                                                        deadline)))[0]
+        result = await self._rank(served, "recommend", body.task, found.rows, deadline)
         order = sorted(range(len(candidates)), key=lambda i: -result.scores[i])[: body.k]
-        if found.cold_start:
-            metrics.COLD_START.inc()
         return RecommendResponse(
             request_id=request_id, model=ModelRef(**result.model), task=body.task, user_id=body.user_id,
-            cold_start=found.cold_start, candidates_from=source,
+            cold_start=found.cold_start, features_degraded=degraded or found.degraded, candidates_from=source,
             items=[ScoredItem(item_id=candidates[i], score=result.scores[i], known_item=result.known_items[i])
                    for i in order],
         )
 
     @app.post("/v1/score", **_V1, response_model=ScoreResponse, summary="Scores of explicit (user, item, task) rows")
     async def score(self, body: ScoreRequest, request: Request) -> ScoreResponse:
-        self._check_candidate_count(len(body.rows))
-        return await self._within_timeout(self._score(body, request_id_of(request)))
-
-    async def _score(self, body: ScoreRequest, request_id: str) -> ScoreResponse:
-        # Rows sharing user, task and context are looked up and ranked together.
+        served = self._served.current
+        self._check_row_count(len(body.rows), "rows")
+        self._check_tasks(served, [row.task for row in body.rows])
+        # One lookup per distinct (user, context), all in one call; one ranker call per task.
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, row in enumerate(body.rows):
-            key = (type(row.user_id).__name__, row.user_id, row.task, json.dumps(row.context, sort_keys=True))
+            key = (type(row.user_id).__name__, row.user_id, json.dumps(row.context, sort_keys=True))
             groups.setdefault(key, []).append(index)
+        if len(groups) > self._config.max_score_groups:
+            raise TooManyGroupsError(f"{len(groups)} distinct (user, context) pairs; this endpoint takes at most "
+                                     f"{self._config.max_score_groups} per request")
+        return await self._within_deadline(lambda deadline: self._score(served, body, list(groups.values()),
+                                                                         request_id_of(request), deadline))
 
-        async def run(indices: list[int]) -> tuple[list[int], RequestRows, RankResult]:
-            first = body.rows[indices[0]]
-            found = await self._lookup.rows.remote(first.user_id, [body.rows[i].item_id for i in indices],
-                                                   first.context)
-            return indices, found, await self._rank("score", first.task, found)
+    async def _score(self, served: ServedVersion, body: ScoreRequest, groups: list[list[int]], request_id: str,
+                     deadline: float) -> ScoreResponse:
+        rows = body.rows
+        queries = [RowsQuery(rows[ix[0]].user_id, [rows[i].item_id for i in ix], rows[ix[0]].context) for ix in groups]
+        found: list[RequestRows] = self._raise_error(
+            await self._call("feature lookup", served.lookup.rows.remote(queries, deadline)))
+        # Where each row is: (group, position in the group's table); then the rows of each task.
+        place = {index: (g, j) for g, ix in enumerate(groups) for j, index in enumerate(ix)}
+        by_task: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_task.setdefault(row.task, []).append(index)
 
-        scores: list[RowScore | None] = [None] * len(body.rows)
+        async def rank_task(task: str, indices: list[int]) -> tuple[list[int], RankResult]:
+            tables = [found[place[i][0]].rows.slice(place[i][1], 1) for i in indices]
+            return indices, await self._rank(served, "score", task, pa.concat_tables(tables), deadline)
+
+        scores: list[RowScore | None] = [None] * len(rows)
         model: dict[str, Any] = {}
-        for indices, found, result in await asyncio.gather(*(run(ix) for ix in groups.values())):
+        for indices, result in await asyncio.gather(*(rank_task(t, ix) for t, ix in by_task.items())):
             model = result.model
             for j, index in enumerate(indices):
-                row = body.rows[index]
+                row, group = rows[index], found[place[index][0]]
                 probabilities = result.class_probabilities[j] if result.class_probabilities else None
                 scores[index] = RowScore(user_id=row.user_id, item_id=row.item_id, task=row.task,
                                          score=result.scores[j], class_probabilities=probabilities,
-                                         cold_start=found.cold_start, known_item=result.known_items[j])
-        return ScoreResponse(request_id=request_id, model=ModelRef(**model), scores=scores)
+                                         cold_start=group.cold_start, known_item=result.known_items[j])
+        return ScoreResponse(request_id=request_id, model=ModelRef(**model),
+                             features_degraded=any(f.degraded for f in found), scores=scores)
 
     @app.get("/v1/tasks", **_V1, response_model=TasksResponse, summary="Tasks the loaded model serves")
     async def tasks(self) -> TasksResponse:
-        info = await self._describe()
+        info = self._served.current.info
         return TasksResponse(model=ModelRef(name=info["name"], version=info["version"], alias=info["alias"]),
                              tasks=[TaskInfo(**task) for task in info["task_specs"]])
 
     @app.get("/v1/model", **_V1, response_model=ModelResponse, summary="The loaded model version")
     async def model(self) -> ModelResponse:
-        info = await self._describe()
-        return ModelResponse(**{k: v for k, v in info.items() if k != "task_specs"})
+        info = self._served.current.info
+        return ModelResponse(**{k: v for k, v in info.items() if k not in ("task_specs", "request_values")})
 
     # ---- unversioned operations routes ---------------------------------------------------------------
-    @app.get("/healthz", response_model=HealthResponse, summary="Liveness: the ingress answers")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthResponse,
+                   response_model_exclude_none=True, summary="Liveness: the ingress answers")
     async def healthz(self) -> HealthResponse:
         return HealthResponse(status="ok")
 
-    @app.get("/readyz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}},
-             summary="Readiness: a model version is loaded and answering")
+    @app.api_route("/readyz", methods=["GET", "HEAD"], response_model=HealthResponse,
+                   responses={503: _ERRORS[503]},
+                   summary="Readiness: the feature lookup and the ranker answer with the served version")
     async def readyz(self) -> HealthResponse:
-        info = await self._describe()
-        return HealthResponse(status="ok", model_version=info["version"])
+        served = self._served.current
+        for health in self._health.values():
+            if not health.up:
+                raise health.unavailable()
+        try:
+            store_ok, _ = await asyncio.wait_for(asyncio.gather(
+                self._call("feature lookup", served.lookup.store_available.remote()),
+                self._call("ranker", served.ranker.ping.remote())), self._config.readiness_timeout_s)
+        except TimeoutError:
+            raise ModelNotReadyError(f"the deployments did not answer within {self._config.readiness_timeout_s} s") \
+                from None
+        if not store_ok and self._config.on_store_unavailable == "reject":
+            raise FeaturesUnavailableError("the online store is not answering")
+        return HealthResponse(status="ok", model_version=served.version, features_degraded=not store_ok)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics of every replica (grec's and Serve's), summed over processes",
+             response_class=Response)
     async def prometheus(self) -> Response:
-        body, content_type = metrics.exposition()
+        body, content_type = await metrics.exposition()
         return Response(content=body, media_type=content_type)
 
     # ---- helpers --------------------------------------------------------------------------------------
-    def _check_candidate_count(self, count: int) -> None:
-        if count == 0:
-            raise BadRequestError("candidates is empty; omit it to retrieve candidates from the catalog")
-        if count > self._config.max_candidates:
-            raise TooManyCandidatesError(
-                f"{count} candidates or rows; this endpoint takes at most {self._config.max_candidates}")
+    def _check_tasks(self, served: ServedVersion, tasks: list[str]) -> None:
+        for task in dict.fromkeys(tasks):
+            if task not in served.tasks:
+                raise UnknownTaskError(task, served.tasks)
 
-    async def _rank(self, route: str, task: str, found: RequestRows) -> RankResult:
-        result: RankResult = await self._ranker.rank.remote(RankRequest(task, found.rows))
+    def _check_row_count(self, count: int, what: str) -> None:
+        if count == 0:
+            raise BadRequestError(f"{what} is empty; " + (
+                "omit it to retrieve candidates from the catalog" if what == "candidates" else "send at least one"))
+        if count > self._config.max_candidates:
+            raise TooManyCandidatesError(f"{count} {what}; this endpoint takes at most {self._config.max_candidates}")
+
+    async def _within_deadline(self, work: Any) -> Any:
+        """Runs `work(deadline)`; a 504 when the deadline passes first (its calls are cancelled)."""
+        timeout = self._config.request_timeout_s
+        try:
+            return await asyncio.wait_for(work(time.time() + timeout), timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(f"the request took longer than {timeout} s and was abandoned") from None
+
+    async def _call(self, deployment: str, response: Awaitable[T]) -> T:
+        return await self._health[deployment].call(response)
+
+    @staticmethod
+    def _raise_error(answer: T | ServingError) -> T:
+        if isinstance(answer, ServingError):
+            raise answer
+        return answer
+
+    async def _rank(self, served: ServedVersion, route: str, task: str, rows: Any, deadline: float) -> RankResult:
+        result: RankResult = await self._call("ranker", served.ranker.rank.remote(RankRequest(task, rows, deadline)))
         if result.error is not None:
             raise result.error
-        # Counted once the task is known to exist, so label values stay the model's task names.
-        metrics.REQUESTS_BY_TASK.labels(route, task).inc()
-        metrics.BATCH_SIZE.observe(result.batch_size)
-        metrics.ROWS_SCORED.observe(len(result.scores))
+        metrics.count_task(route, task)
         return result
-
-    async def _describe(self) -> dict[str, Any]:
-        try:
-            return await asyncio.wait_for(self._ranker.describe.remote(), self._config.request_timeout_s)
-        except TimeoutError:
-            raise ModelNotReadyError("the ranker did not answer; no model version is ready") from None
-

@@ -18,6 +18,7 @@ from serving.servable import ServableModel, TaskScores
 class RankRequest:
     task: str
     rows: pa.Table  # raw rows, the training set's schema (serving.features.request_rows)
+    deadline: float = float("inf")  # time.time() after which nobody waits for the answer
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class RankResult:
     class_probabilities: list[list[float]] | None = None
     batch_size: int = 1
     error: ServingError | None = None
+
+    @classmethod
+    def failed(cls, error: ServingError) -> RankResult:
+        return cls({}, [], [], error=error)
 
 
 def rank_batch(servable: ServableModel, requests: list[RankRequest]) -> list[RankResult]:

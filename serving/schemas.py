@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-# Raw ids as the data has them (MovieLens uses integers, other sources strings); never coerced,
-# so "12" and 12 stay different ids exactly as they are in the feature store.
-EntityId = StrictInt | StrictStr
-ContextValue = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
+def _integral_float_as_int(value: Any) -> Any:
+    # JSON Schema counts 12.0 as the integer 12 (and the published schema says "integer"), so a
+    # client or fuzzer may send it; any other float stays a float and is refused as an integer.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A JSON integer: 12 or 12.0, never "12" or true.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral_float_as_int)]
+# Raw ids as the data has them (MovieLens uses integers, other sources strings); strings are never
+# coerced, so "12" and 12 stay different ids exactly as they are in the feature store.
+EntityId = JsonInt | StrictStr
+ContextValue = StrictStr | JsonInt | StrictFloat | StrictBool | list[StrictStr | JsonInt]
 
 
 class _Body(BaseModel):
@@ -22,7 +32,7 @@ class RecommendRequest(_Body):
     candidates: list[EntityId] | None = Field(
         None, description="item ids to rank; omitted = retrieve candidates from the catalog first"
     )
-    k: StrictInt = Field(10, ge=1, description="how many items to return")
+    k: JsonInt = Field(10, ge=1, description="how many items to return")
     context: dict[str, ContextValue] | None = Field(
         None, description="request-time context features by name (the model's `context` features)"
     )
@@ -58,7 +68,9 @@ class RecommendResponse(BaseModel):
     model: ModelRef
     task: str
     user_id: EntityId
-    cold_start: bool = Field(description="true when the user has no stored features: defaults were used")
+    cold_start: bool = Field(description="true when the user's stored features were not used: defaults were")
+    features_degraded: bool = Field(
+        description="true when the online store did not answer and every feature was a default")
     candidates_from: Literal["request", "popularity", "similarity"]
     items: list[ScoredItem]
 
@@ -76,6 +88,8 @@ class RowScore(BaseModel):
 class ScoreResponse(BaseModel):
     request_id: str
     model: ModelRef
+    features_degraded: bool = Field(
+        description="true when the online store did not answer and every feature was a default")
     scores: list[RowScore]
 
 
@@ -113,5 +127,8 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "loading"]
+    status: Literal["ok"]
     model_version: str | None = None
+    features_degraded: bool | None = Field(
+        None, description="readiness only: true while the online store is not answering and default features "
+                          "are served")

@@ -22,6 +22,7 @@ from feature_store.transforms import TransformSet
 from grec import InputSpec, MultiTaskModel
 from grec.sparse import sequence_table_name
 from serving.errors import UnknownTaskError
+from serving.openapi import request_value_schemas
 
 
 @dataclass(frozen=True)
@@ -141,4 +142,5 @@ class ServableModel:
                  "descriptors": dict(t.descriptors)}
                 for t in self.spec.tasks
             ],
+            "request_values": request_value_schemas(self.definition),
         }

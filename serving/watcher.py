@@ -1,9 +1,10 @@
-"""Follows a registry alias: when it moves, loads the new version in the background and swaps it in.
+"""Follows a registry alias: when it moves, prepares the new version in the background and swaps it in.
 
-Readers take `watcher.current` once per unit of work (a ranker batch) and use that object to the
-end, so a swap never changes a version under a running request; rebinding one attribute is atomic
-in Python, so there is no moment without a servable version. A failed load keeps the old version
-and is retried at the next poll.
+Readers take `watcher.current` once per unit of work (a request) and use that object to the end,
+so a swap never changes a version under a running request; rebinding one attribute is atomic in
+Python, so there is no moment without a version. A failed preparation keeps the old version and is
+retried at the next poll. The serving ingress is its one user: one watcher per ingress replica
+decides the version of each request (serving/ingress.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ class VersionWatcher(Generic[T]):
 
     `resolve` returns the version the alias points to now; `load(version)` builds the object for
     it. The first load happens in the constructor (a replica is ready only with a model), later
-    ones on a daemon thread. `follow=False` (a URI pinned to a version) loads once and never polls.
+    ones on a daemon thread; `on_swap(loaded)` runs after each later swap. `follow=False` (a URI
+    pinned to a version) loads once and never polls.
     """
 
     def __init__(self, what: str, resolve: Callable[[], str], load: Callable[[str], T],
-                 interval_s: float, follow: bool = True) -> None:
+                 interval_s: float, follow: bool = True, on_swap: Callable[[T], None] | None = None) -> None:
         self._what = what
+        self._on_swap = on_swap
         self._resolve = resolve
         self._load = load
         self._interval_s = interval_s
@@ -56,6 +59,8 @@ class VersionWatcher(Generic[T]):
         log.info("%s: alias moved from version %s to %s; loading", self._what, self.version, version)
         loaded = self._load(version)
         self.current, self.version = loaded, version
+        if self._on_swap is not None:
+            self._on_swap(loaded)
         log.info("%s: now serving version %s", self._what, version)
         return True
 

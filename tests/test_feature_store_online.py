@@ -11,8 +11,9 @@ from conftest import feature_store_tiny_definition, feature_store_time
 from test_feature_store_training_set import events_table, items_table, users_table
 
 from feature_store.offline_store import OfflineStore
-from feature_store.online import (SEQUENCES_VIEW, RedisOnlineStore, SQLiteOnlineStore, build_request_rows,
-                                  materialize, open_online_store)
+from feature_store.online import (SEQUENCES_VIEW, OnlineStoreNotFoundError, OnlineStoreUnavailableError,
+                                  RedisOnlineStore, SQLiteOnlineStore, build_request_rows, materialize,
+                                  open_online_store)
 from feature_store.training_set import TimeSplit, build_training_set, read_training_set
 from feature_store.transforms import TransformSet
 
@@ -20,9 +21,9 @@ from feature_store.transforms import TransformSet
 @pytest.fixture(params=["sqlite", "redis"])
 def online(request, tmp_path):
     if request.param == "sqlite":
-        store = open_online_store(tmp_path / "online.sqlite")
+        store = open_online_store(tmp_path / "online.sqlite", create=True)
     else:
-        store = RedisOnlineStore(request.getfixturevalue("redis_url"), prefix=f"test-{tmp_path.name}")
+        store = RedisOnlineStore(request.getfixturevalue("redis_url"), prefix=f"test-{tmp_path.name}", create=True)
     yield store
     store.close()
 
@@ -39,18 +40,65 @@ def test_batch_read_returns_defaults_and_names_the_missing(online):
 
 
 def test_open_online_store_picks_the_backend(tmp_path, redis_url):
-    assert isinstance(open_online_store(tmp_path / "a.db"), SQLiteOnlineStore)
-    assert isinstance(open_online_store(f"sqlite:///{tmp_path}/b.db"), SQLiteOnlineStore)
-    store = open_online_store(redis_url)
+    assert isinstance(open_online_store(tmp_path / "a.db", create=True), SQLiteOnlineStore)
+    assert isinstance(open_online_store(f"sqlite:///{tmp_path}/b.db", create=True), SQLiteOnlineStore)
+    assert isinstance(open_online_store(f"sqlite:///{tmp_path}/b.db"), SQLiteOnlineStore)  # now it exists
+    store = open_online_store(redis_url, create=True)
     assert isinstance(store, RedisOnlineStore)
     store.close()
-    with pytest.raises(ValueError, match="unsupported online store URL"):
+    with pytest.raises(ValueError, match="unsupported online store"):
         open_online_store("postgres://somewhere/db")
 
 
+def test_a_reader_never_gets_an_empty_store_made_on_the_spot(tmp_path, redis_url):
+    missing = tmp_path / "typo.sqlite"
+    with pytest.raises(OnlineStoreNotFoundError, match="does not exist.*grec data materialize"):
+        open_online_store(missing)
+    assert not missing.exists()
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database " * 100)
+    with pytest.raises(OnlineStoreNotFoundError, match="cannot open"):
+        open_online_store(not_sqlite)
+    import sqlite3
+
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(OnlineStoreNotFoundError, match="not a grec online store"):
+        open_online_store(other)
+    # A Redis database nothing was materialized into (a wrong db number, say) is no store either.
+    with pytest.raises(OnlineStoreNotFoundError, match="holds no grec online store"):
+        open_online_store(redis_url.rsplit("/", 1)[0] + "/7")
+
+
 def test_unreachable_redis_is_a_clear_error():
-    with pytest.raises(ConnectionError, match="cannot reach the Redis online store"):
+    with pytest.raises(OnlineStoreUnavailableError, match="cannot reach the Redis online store"):
         RedisOnlineStore("redis://127.0.0.1:1/0")
+
+
+def test_redis_reads_fail_fast_when_the_server_stops_or_hangs_and_work_again_after(tmp_path):
+    """Past the retries a read raises OnlineStoreUnavailableError (the caller degrades or refuses),
+    for a stopped server and for one that accepts but never answers; the same store object reads
+    again once the server is back."""
+    from conftest import start_loopback_redis
+
+    server = start_loopback_redis()
+    try:
+        store = open_online_store(server.url, create=True)
+        store.write("users", {1: {"age": 30}})
+        server.pause()
+        with pytest.raises(OnlineStoreUnavailableError, match="did not answer"):
+            store.read("users", [1])
+        server.resume()
+        assert store.read("users", [1]).rows == [{"age": 30}]
+        server.stop()
+        with pytest.raises(OnlineStoreUnavailableError):
+            store.read("users", [1])
+        server.start()
+        store.write("users", {1: {"age": 31}})  # the restarted server kept nothing
+        assert store.read("users", [1]).rows == [{"age": 31}]
+        store.close()
+    finally:
+        server.stop()
 
 
 @pytest.fixture

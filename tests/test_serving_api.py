@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -29,7 +31,8 @@ def test_recommend_ranks_the_given_candidates(client, serving_app):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"]["name"] == serving_app.model_name and body["model"]["version"]
-    assert body["cold_start"] is False and body["candidates_from"] == "request"
+    assert body["cold_start"] is False and body["features_degraded"] is False
+    assert body["candidates_from"] == "request"
     scores = [item["score"] for item in body["items"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     assert {item["item_id"] for item in body["items"]} <= set(items)
@@ -120,9 +123,32 @@ def test_v1_needs_the_bearer_token_but_health_does_not(serving_app):
     with httpx.Client(base_url=serving_app.base_url, timeout=60) as anonymous:
         _error(anonymous.get("/v1/model"), 401, "unauthorized")
         _error(anonymous.get("/v1/tasks", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
-        assert anonymous.get("/healthz").json() == {"status": "ok", "model_version": None}
+        assert anonymous.get("/healthz").json() == {"status": "ok"}
+        assert anonymous.head("/healthz").status_code == 200
         ready = anonymous.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["model_version"]
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["model_version"] and ready.json()["features_degraded"] is False
+
+
+def test_auth_is_checked_before_the_body_is_read(serving_app):
+    # A malformed body from an unauthenticated client learns nothing about the body: 401, not 400.
+    with httpx.Client(base_url=serving_app.base_url, timeout=60) as anonymous:
+        response = anonymous.post("/v1/recommend", content=b'{"user_id": ',
+                                  headers={"content-type": "application/json"})
+    _error(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_body_that_is_not_json_is_415_saying_so(client):
+    response = client.post("/v1/recommend", content=b"user_id=1&task=like", headers={"content-type": "text/plain"})
+    error = _error(response, 415, "unsupported_media_type")
+    assert "application/json" in error["message"] and "text/plain" in error["message"]
+
+
+def test_a_wrong_method_is_405_with_allow(client):
+    response = client.delete("/v1/recommend")
+    _error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["allow"]
 
 
 def test_request_id_is_echoed_in_header_and_errors(client):
@@ -132,22 +158,73 @@ def test_request_id_is_echoed_in_header_and_errors(client):
     assert response.json()["error"]["request_id"] == "trace-me-42"
 
 
-def test_metrics_expose_latency_batches_tasks_and_errors(client, serving_app):
+def _metric_value(text: str, sample: str) -> float:
+    """The value of one sample line (name with its labels, as exposed) in a Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_are_recorded_by_every_deployment_and_summed(client, serving_app):
+    """GET /metrics serves what the ingress, the lookup and the ranker replicas recorded (through Ray's
+    metrics agent), summed over processes: the counters move by what this test sent."""
+    cold = "ray_grec_cold_start_total"
+    like = 'ray_grec_requests_by_task_total{route="recommend",task="like"}'
+    before = client.get("/metrics").text
     client.post("/v1/recommend", json={"user_id": serving_app.known_user, "task": "like",
                                        "candidates": serving_app.known_items[:5]})
+    client.post("/v1/recommend", json={"user_id": 987_654_320, "task": "like", "candidates": [1]})
     client.post("/v1/recommend", json={"user_id": 1, "task": "nope", "candidates": [1]})
-    text = client.get("/metrics").text
-    assert 'grec_request_latency_seconds_bucket{le="0.001",route="/v1/recommend",status="200"}' in text
-    assert "grec_ranker_batch_requests_count" in text
-    assert 'grec_requests_by_task_total{route="recommend",task="like"}' in text
-    assert 'grec_errors_total{kind="unknown_task"}' in text
+    deadline = time.monotonic() + 30  # replicas report every second (tests/conftest.py)
+    while True:
+        text = client.get("/metrics").text
+        if (_metric_value(text, like) >= _metric_value(before, like) + 2
+                and _metric_value(text, cold) >= _metric_value(before, cold) + 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert _metric_value(text, like) >= _metric_value(before, like) + 2  # ingress
+    assert _metric_value(text, cold) >= _metric_value(before, cold) + 1  # feature lookup
+    assert "ray_grec_ranker_batch_requests_count " in text  # ranker
+    assert 'ray_grec_request_latency_seconds_bucket{le="10.0",route="/v1/recommend",status="200"}' in text
+    assert 'ray_grec_errors_total{kind="unknown_task"}' in text
     assert 'task="nope"' not in text  # unknown task names never become label values
+    assert "WorkerId" not in text  # summed over the replicas' processes
 
 
-def test_openapi_describes_every_route(client):
+def test_openapi_says_exactly_what_the_server_accepts(client, serving_app):
     schema = client.get("/openapi.json").json()
     assert {"/v1/recommend", "/v1/score", "/v1/tasks", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(
         schema["paths"])
     recommend = schema["paths"]["/v1/recommend"]["post"]
-    assert {"200", "401", "413", "422"} <= set(recommend["responses"])
-    assert "RecommendRequest" in schema["components"]["schemas"]
+    assert {"200", "401", "413", "415", "422", "503", "504"} <= set(recommend["responses"])
+    assert "Retry-After" in recommend["responses"]["503"]["headers"]
+    assert recommend["security"] == [{"bearer": []}]
+    body = schema["components"]["schemas"]["RecommendRequest"]["properties"]
+    tasks = [t["name"] for t in client.get("/v1/tasks").json()["tasks"]]
+    assert body["task"]["enum"] == tasks  # the served model's tasks, not any string
+    assert body["k"]["maximum"] == serving_app.config.max_k
+    candidates = body["candidates"]["anyOf"][0]
+    assert (candidates["minItems"], candidates["maxItems"]) == (1, serving_app.max_candidates)
+    assert body["user_id"]["type"] == "integer" and candidates["items"]["type"] == "integer"  # MovieLens ids
+    rows = schema["components"]["schemas"]["ScoreRequest"]["properties"]["rows"]
+    assert (rows["minItems"], rows["maxItems"]) == (1, serving_app.max_candidates)
+    assert schema["components"]["schemas"]["ScoreRow"]["properties"]["task"]["enum"] == tasks
+
+
+def test_score_checks_tasks_and_distinct_users_before_any_lookup(client, serving_app):
+    items = serving_app.known_items
+    rows = [{"user_id": serving_app.known_user, "item_id": items[0], "task": "like"},
+            {"user_id": serving_app.known_user, "item_id": items[1], "task": "no_such_task"}]
+    error = _error(client.post("/v1/score", json={"rows": rows}), 422, "unknown_task")
+    assert "no_such_task" in error["message"]
+    limit = serving_app.config.max_score_groups
+    many_users = [{"user_id": user, "item_id": items[0], "task": "like"} for user in range(limit + 1)]
+    error = _error(client.post("/v1/score", json={"rows": many_users}), 422, "too_many_groups")
+    assert str(limit) in error["message"]
+    # Up to the limit, one request with many users and two tasks is answered row for row.
+    rows = [{"user_id": user, "item_id": items[user % 5], "task": ("like", "rating")[user % 2]}
+            for user in range(limit)]
+    response = client.post("/v1/score", json={"rows": rows})
+    assert response.status_code == 200, response.text
+    assert [(s["user_id"], s["task"]) for s in response.json()["scores"]] == [(r["user_id"], r["task"]) for r in rows]

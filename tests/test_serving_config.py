@@ -16,6 +16,27 @@ def test_defaults_listen_on_loopback_without_token():
     assert (config.model_name, config.model_alias) == ("grec", "champion")
 
 
+def test_defaults_bound_queues_and_keep_a_spare_ranker():
+    config = ServingConfig.load({"model_uri": "models:/grec@champion"})
+    assert config.ranker.num_replicas >= 2
+    for replicas in (config.ingress, config.features, config.ranker):
+        assert replicas.max_queued_requests > 0 and replicas.health_check_period_s > 0
+
+
+def test_the_online_store_defaults_to_where_materialize_writes(tmp_path, monkeypatch):
+    from feature_store.online import default_online_store
+
+    monkeypatch.chdir(tmp_path)
+    assert ServingConfig.load({"model_uri": "models:/grec@champion"}).online_store == \
+        str(tmp_path / ".grec" / "online.sqlite") == default_online_store()
+    # materialize's URL forms; file paths are made absolute (replicas run elsewhere)
+    for given in ("sqlite:///data/online.sqlite", "data/online.sqlite"):
+        assert ServingConfig.load({"model_uri": "models:/g/1", "online_store": given}).online_store == \
+            str(tmp_path / "data" / "online.sqlite")
+    assert ServingConfig.load({"model_uri": "models:/g/1", "online_store": "redis://h:6379/2"}).online_store == \
+        "redis://h:6379/2"
+
+
 def test_pinned_version_has_no_alias():
     config = ServingConfig.load({"model_uri": "models:/grec/3"})
     assert (config.model_name, config.model_alias) == ("grec", None)
@@ -54,3 +75,16 @@ def test_grec_serve_rejects_a_bad_config_before_starting_anything(capsys):
 
     assert main(["serve", "--model", "runs:/abc/model"]) == 2
     assert "models:/NAME@ALIAS" in capsys.readouterr().err
+
+
+def test_grec_serve_refuses_a_missing_online_store_before_starting_anything(tmp_path, capsys, monkeypatch):
+    """A typo in --online-store (or nothing materialized) stops the start, naming the file."""
+    from jobs.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the default MLflow store goes here (the registry itself is stubbed)
+    monkeypatch.setattr("registry.models.resolve_version", lambda uri, client=None: ("grec", "1"))
+    missing = tmp_path / "typo.sqlite"
+    assert main(["serve", "--model", "models:/grec@champion", "--online-store", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err and "grec data materialize" in err
+    assert not missing.exists()  # nothing was created on the fly

@@ -3,6 +3,11 @@
 Values are JSON objects keyed by `view` and the entity key's text (`str(key)`, so 42 and "42"
 name the same entity). Backends implement two raw operations; batch reads with defaults and the
 list of missing keys are shared here.
+
+Two failures are told apart: a store that is not there (a missing or unreadable SQLite file, a
+Redis without grec's data) is an `OnlineStoreNotFoundError` when it is opened, never an empty store
+made on the spot; a store that stops answering while in use (Redis down or hung past its retries)
+raises `OnlineStoreUnavailableError` from the read, so the caller can degrade or refuse.
 """
 
 from __future__ import annotations
@@ -12,6 +17,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from feature_store.errors import FeatureStoreError
+
+
+class OnlineStoreNotFoundError(FeatureStoreError):
+    """The online store named does not exist or is not a grec online store."""
+
+
+class OnlineStoreUnavailableError(ConnectionError):
+    """The online store did not answer (after the backend's retries)."""
 
 
 def entity_key(value: Any) -> str:
@@ -36,7 +51,8 @@ class OnlineStore(ABC):
 
     @abstractmethod
     def _read_raw(self, view: str, keys: Sequence[str]) -> list[str | None]:
-        """JSON text for each key, None where absent."""
+        """JSON text for each key, None where absent. Raises OnlineStoreUnavailableError when the
+        backend does not answer."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -62,3 +78,18 @@ class OnlineStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DefaultsOnlyStore(OnlineStore):
+    """Knows no entity: every read returns the defaults. What a caller reads from on purpose when
+    the real store is unavailable and it chose to serve default features (never a stand-in for a
+    store that is missing)."""
+
+    def _write_raw(self, view: str, items: Sequence[tuple[str, str]]) -> None:
+        raise TypeError("DefaultsOnlyStore holds nothing and takes no writes")
+
+    def _read_raw(self, view: str, keys: Sequence[str]) -> list[str | None]:
+        return [None] * len(keys)
+
+    def close(self) -> None:
+        pass

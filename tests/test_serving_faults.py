@@ -1,0 +1,96 @@
+"""The endpoint under faults and overload, on the session's Serve application (tests/conftest.py):
+a ranker replica killed for real, more requests than it admits, deadlines that reach the replicas.
+Every failure is a JSON 503 with Retry-After or a 4xx, never a 500, and never a request left to its
+deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from serving.errors import RequestTimeoutError
+from serving.features import RowsQuery
+from serving.ranking import RankRequest
+
+pytestmark = pytest.mark.slow
+
+APP = "grec-test"  # the session application's name (tests/conftest.py)
+
+
+def _headers(app) -> dict[str, str]:
+    return {"Authorization": f"Bearer {app.token}"}
+
+
+def _is_retryable_503(response: httpx.Response, kind: str) -> bool:
+    return (response.status_code == 503 and response.json()["error"]["kind"] == kind
+            and int(response.headers["retry-after"]) >= 1)
+
+
+def _served_version(app) -> str:
+    return httpx.get(f"{app.base_url}/v1/model", headers=_headers(app), timeout=60).json()["version"]
+
+
+def test_a_killed_ranker_gives_fast_503s_and_failing_readiness_then_recovers(serving_app):
+    payload = {"user_id": serving_app.known_user, "task": "like", "candidates": serving_app.known_items[:20], "k": 3}
+    [replica] = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith(f"SERVE_REPLICA::{APP}#Ranker#")]
+    # The client gives up long before the endpoint's 10 s deadline: a request held until its deadline
+    # would fail this test with a client timeout.
+    with httpx.Client(base_url=serving_app.base_url, headers=_headers(serving_app), timeout=5) as client:
+        assert client.post("/v1/recommend", json=payload).status_code == 200
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+        statuses, ready_statuses, unavailable, not_ready = [], [], 0, 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            response = client.post("/v1/recommend", json=payload)
+            statuses.append(response.status_code)
+            unavailable += _is_retryable_503(response, "unavailable")
+            ready = client.get("/readyz")
+            ready_statuses.append(ready.status_code)
+            not_ready += ready.status_code == 503 and ready.json()["error"]["kind"] in ("unavailable",
+                                                                                         "model_not_ready")
+            if unavailable and not_ready and response.status_code == 200 and ready.status_code == 200:
+                break
+            time.sleep(0.1)
+    assert set(statuses) <= {200, 503}, statuses
+    assert unavailable >= 1 and not_ready >= 1, (statuses, ready_statuses)
+    assert statuses[-1] == 200 and ready_statuses[-1] == 200, "the replacement replica never took over"
+
+
+def test_more_requests_than_admitted_get_503_with_retry_after(serving_app):
+    """Far more concurrent requests than the lookup and ranker queues hold: the excess is refused at
+    once with 503 overloaded; the rest is answered."""
+    payload = {"user_id": serving_app.known_user, "task": "like", "k": 3,
+               "candidates": serving_app.known_items[: serving_app.max_candidates]}
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=serving_app.base_url, headers=_headers(serving_app), timeout=60,
+                                     limits=limits) as client:
+            return await asyncio.gather(*(client.post("/v1/recommend", json=payload) for _ in range(200)))
+
+    responses = asyncio.run(burst())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses
+    assert any(_is_retryable_503(r, "overloaded") for r in responses), statuses
+
+
+def test_deadlines_reach_the_lookup_and_the_ranker(serving_app):
+    """A call whose deadline has passed is not worked on: each deployment answers it with a timeout."""
+    version = _served_version(serving_app)
+    lookup = serve.get_deployment_handle("FeatureLookup", app_name=APP).options(multiplexed_model_id=version)
+    ranker = serve.get_deployment_handle("Ranker", app_name=APP).options(multiplexed_model_id=version)
+    query = RowsQuery(serving_app.known_user, serving_app.known_items[:3])
+    assert isinstance(lookup.rows.remote([query], time.time() - 1).result(timeout_s=60), RequestTimeoutError)
+    [found] = lookup.rows.remote([query], time.time() + 60).result(timeout_s=60)
+    late = ranker.rank.remote(RankRequest("like", found.rows, time.time() - 1)).result(timeout_s=60)
+    assert isinstance(late.error, RequestTimeoutError) and late.scores == []
+    in_time = ranker.rank.remote(RankRequest("like", found.rows, time.time() + 60)).result(timeout_s=60)
+    assert in_time.error is None and len(in_time.scores) == 3
+    assert in_time.model["version"] == version  # the version the call was pinned to
