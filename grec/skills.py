@@ -148,11 +148,6 @@ class SkillAdapter(nn.Module):
         down, up = self.task_weights(mix)
         return torch.bmm(torch.bmm(x, down.transpose(1, 2)), up)
 
-    def add_delta(self, out: torch.Tensor, x: torch.Tensor, mix: SkillMix) -> torch.Tensor:
-        """out + the skill delta of x [T, N, in] whose group t holds rows of task `mix.tasks[t]`."""
-        down, up = self.task_weights(mix)
-        return torch.baddbmm(out, torch.bmm(x, down.transpose(1, 2)), up)
-
     def delta_weight(self, task: str, bank: int = 0) -> torch.Tensor:
         """The task's whole eval-time skill mixture in one bank as one matrix [out, in]."""
         was_training = self.training
@@ -175,9 +170,15 @@ class SkilledLinear(nn.Module):
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor, mix: SkillMix | None) -> torch.Tensor:
-        """x [T, N, in], group t holding rows of task `mix.tasks[t]` -> [T, N, out]."""
-        out = self.base(x)
-        return out if self.adapter is None else self.adapter.add_delta(out, x, mix)
+        """x [T, N, in], group t holding rows of task `mix.tasks[t]` -> [T, N, out]. Each task's skill
+        delta is merged into its own copy of the weight first: one batched matmul, no low-rank pass
+        over the rows."""
+        if self.adapter is None:
+            return self.base(x)
+        down, up = self.adapter.task_weights(mix)
+        weight = torch.baddbmm(self.base.weight, up.transpose(1, 2), down)  # [T, out, in]
+        bias = self.base.bias.view(1, 1, -1) if self.base.bias is not None else x.new_zeros(1, 1, weight.shape[1])
+        return torch.baddbmm(bias, x, weight.transpose(1, 2))
 
     @torch.no_grad()
     def merged(self, task: str) -> nn.Linear:
