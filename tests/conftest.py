@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -20,7 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # they start, which inherit the environment) at that cache so nothing is rebuilt.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Replicas report their metrics every second (Ray's default: 10 s), so GET /metrics sees a test's
+# requests without a long wait.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -102,49 +105,85 @@ def feature_store_time(day: float):
     return dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=day)
 
 
-@pytest.fixture(scope="session")
-def redis_url():
-    """A real redis-server on 127.0.0.1 (a free port, no persistence), stopped after the session."""
+class LoopbackRedis:
+    """A real redis-server on 127.0.0.1 (a free port, no persistence) that a test can stop and start
+    again on the same port."""
+
+    def __init__(self, binary: str) -> None:
+        self._binary = binary
+        self.port = free_loopback_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self._process = subprocess.Popen([self._binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                          "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    self.stop()
+                    pytest.fail(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def pause(self) -> None:
+        """Freezes the server (SIGSTOP): connections stay open and nothing answers, as a hung server."""
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._process.send_signal(signal.SIGCONT)
+
+
+def start_loopback_redis() -> LoopbackRedis:
+    """A started LoopbackRedis; skips the test when redis-server is not installed."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    port = free_loopback_port()
-    process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
+    server = LoopbackRedis(binary)
+    server.start()
+    return server
 
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"redis-server did not start on port {port}")
-            time.sleep(0.05)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The URL of a real redis-server on 127.0.0.1 shared by the session, stopped after it."""
+    server = start_loopback_redis()
+    yield server.url
+    server.stop()
 
 
 # ---- Ray and the serving application: one of each per test session ---------------------------------
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray for the session (small object store, no dashboard), shut down at the end.
+def ray_local(tmp_path_factory):
+    """A local Ray for the session, started as grec starts one (loopback only, token auth with a
+    token in a temporary grec directory; small object store, no dashboard), shut down at the end.
 
     4 logical CPUs on a 2-core machine: the session's Serve application keeps its replicas (0.75 CPU)
     while training tests run 2 workers plus a Ray Data pipeline that needs a whole free CPU; with
     only the 2 physical cores as tokens the pipeline would wait forever for one."""
     import ray
 
+    from jobs.ray_runtime import start_local_ray
+
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False)
+        start_local_ray(num_cpus=4, object_store_memory=256 * 1024 * 1024,
+                        grec_dir=tmp_path_factory.mktemp("grec_home"))
     yield
     if started:
         ray.shutdown()
@@ -179,6 +218,17 @@ def serving_register(model, prepared, name: str, tracking_uri: str, alias: str |
     return str(version.version)
 
 
+def serving_build_index(prepared, name: str, version: str, tracking_uri: str):
+    """The registered version's retrieval index, built by the job (a small two-tower, 2 epochs)."""
+    from grec.retrieval import TwoTowerConfig
+    from jobs.retrieval.job import IndexBuildConfig, build_retrieval_index
+    from registry.tracking import use_tracking_uri
+
+    config = IndexBuildConfig(two_tower=TwoTowerConfig(dim=8, hidden=16, epochs=2, batch_size=64), train_cpus=0.25)
+    with use_tracking_uri(tracking_uri):
+        return build_retrieval_index(f"models:/{name}/{version}", prepared.root, config, tracking_uri=tracking_uri)
+
+
 @dataclass
 class ServingTestApp:
     base_url: str
@@ -188,9 +238,10 @@ class ServingTestApp:
     prepared: object  # feature_store.prepare.PreparedDataset
     online_store: str
     known_user: int
-    known_items: list
+    known_items: list  # training items the known user never interacted with
     max_candidates: int
     max_body_bytes: int
+    config: object  # serving.config.ServingConfig
 
 
 @pytest.fixture(scope="session")
@@ -206,32 +257,39 @@ def tiny_movielens(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serving_app(tmp_path_factory, ray_local, tiny_movielens):
     """The grec endpoint on 127.0.0.1 (a free port) over a tiny model trained on 600 MovieLens events,
-    registered as champion in a temporary MLflow SQLite store; reloads poll every 0.5 s."""
+    registered as champion in a temporary MLflow SQLite store with a retrieval index; reloads poll
+    every 0.5 s."""
     from ray import serve
 
-    from feature_store.online import materialize, open_online_store
+    from feature_store.online import materialize, open_online_store, read_seen
     from serving.app import build_app
-    from serving.config import ServingConfig
+    from serving.config import ReplicaConfig, ServingConfig
 
     root = tmp_path_factory.mktemp("serving")
     prepared = tiny_movielens
     online_store = str(root / "online.sqlite")
-    with open_online_store(online_store) as online:
+    with open_online_store(online_store, create=True) as online:
         materialize(prepared.offline_store(), prepared.definition(), online)
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     name = "grec-serving-test"
-    serving_register(serving_train_tiny_model(prepared, seed=0), prepared, name, tracking_uri, alias="champion")
+    version = serving_register(serving_train_tiny_model(prepared, seed=0), prepared, name, tracking_uri,
+                               alias="champion")
+    serving_build_index(prepared, name, version, tracking_uri)  # candidates from retrieval, as `make demo` does
     port = free_loopback_port()
     token = "test-token"
+    # One ranker replica (the default is two): the test that kills it sees the 503s and the recovery.
     config = ServingConfig(model_uri=f"models:/{name}@champion", tracking_uri=tracking_uri, online_store=online_store,
                            port=port, api_token=token, max_candidates=200, max_body_bytes=64 * 1024,
-                           reload_interval_s=0.5)
+                           reload_interval_s=0.5, ranker=ReplicaConfig(max_ongoing_requests=16, max_queued_requests=16))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="grec-test", route_prefix="/")
     train = prepared.read_split("train", columns=["user_id", "item_id"])
-    items = list(dict.fromkeys(train.column("item_id").to_pylist()))
+    user = train.column("user_id")[0].as_py()
+    with open_online_store(online_store) as online:  # items the user never saw: /v1/recommend keeps them
+        seen = read_seen(online, user)
+    items = seen.without(dict.fromkeys(train.column("item_id").to_pylist()))
     yield ServingTestApp(f"http://127.0.0.1:{port}", token, name, tracking_uri, prepared, online_store,
-                         train.column("user_id")[0].as_py(), items, config.max_candidates, config.max_body_bytes)
+                         user, items, config.max_candidates, config.max_body_bytes, config)
     serve.shutdown()
 
 
@@ -249,3 +307,45 @@ def train_tiny_config():
                                         "scaling": {"storage_path": storage, **sections.get("scaling", {})}})
 
     return make
+
+
+# ---- object storage: a real S3-compatible server on loopback -----------------------------------------
+@dataclass
+class S3TestServer:
+    endpoint: str
+    env: dict  # the standard AWS variables that point a client (or a Ray node) at this server
+
+    def create_bucket(self, name: str) -> str:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, region_name=self.env["AWS_DEFAULT_REGION"],
+                     aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a free port, in memory), stopped after the session."""
+    import sys
+
+    port = free_loopback_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"moto's S3 server did not start on port {port}")
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    # AWS_EC2_METADATA_DISABLED: no credential lookup ever leaves the machine.
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "grec-test", "AWS_SECRET_ACCESS_KEY": "grec-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    yield S3TestServer(endpoint, env)
+    process.terminate()
+    process.wait(timeout=10)

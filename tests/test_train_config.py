@@ -30,9 +30,12 @@ def test_missing_dataset(train_tiny_config, tmp_path):
 
 
 def test_inconsistent_dimensions(train_tiny_config, tiny_movielens, tmp_path):
-    config = train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db")
-    config = config.model_copy(update={"model": {**config.model, "d_model": 15}})
-    _fails_before_ray(config, r"^model: .*d_model")
+    from jobs.train import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model: .*d_model 15 must split into num_heads"):
+        train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db", model={"d_model": 15})
+    with pytest.raises(ConfigError, match=r"model.router.top_k: .*greater than or equal to 0"):
+        train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db", model={"router": {"top_k": -1}})
 
 
 def test_unknown_early_stopping_metric(train_tiny_config, tiny_movielens, tmp_path):
@@ -55,7 +58,7 @@ def test_invalid_fields_are_all_named(tmp_path):
     assert "deepspeed.zero_stage" in message
 
 
-def test_cli_exits_2_with_the_message(tmp_path, caplog):
+def test_cli_exits_2_with_the_message(tmp_path, capsys):
     path = tmp_path / "train.yaml"
     path.write_text(f"dataset: {{path: {tmp_path / 'missing'}}}\n")
     import ray
@@ -63,7 +66,7 @@ def test_cli_exits_2_with_the_message(tmp_path, caplog):
     ray_was_running = ray.is_initialized()
     assert main(["train", "--config", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--no-progress"]) == 2
     assert ray.is_initialized() == ray_was_running
-    assert "is not a prepared dataset" in caplog.text
+    assert "grec train: error: dataset.path:" in capsys.readouterr().err
 
 
 def test_offload_without_zero_is_rejected_with_the_reason(tmp_path):

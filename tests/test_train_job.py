@@ -37,8 +37,10 @@ def test_engine_path_trains_tracks_and_registers(engine_run, tracking_uri):
 
     result = engine_run
     assert result.epochs_run == 2 and result.worker_restarts == 0
-    assert set(result.metrics) == {"train/loss", "val/loss", "val/like/auc", "val/like/logloss", "val/love/auc",
-                                   "val/love/logloss", "val/rating/rmse"}
+    assert set(result.metrics) == {"train/loss", "train/dropped_fraction", "val/loss", "val/like/auc",
+                                   "val/like/log_loss", "val/love/auc", "val/love/log_loss", "val/rating/rmse",
+                                   "val/rating/mae"}
+    assert 0.0 <= result.metrics["train/dropped_fraction"] < 1.0
     assert 0.0 <= result.metrics["val/like/auc"] <= 1.0
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)
@@ -86,10 +88,15 @@ def test_dmp_path_shards_tables_and_registers_a_loadable_model(train_tiny_config
     from registry.models import feature_columns, load_registered
     from jobs.train import run_training
 
+    # Also the many-task settings under data parallelism: 2 of the 3 tasks sampled per step (every
+    # rank must draw the same ones, or ZeRO would reduce different gradients) and a shared expert.
     config = train_tiny_config(tiny_movielens.root, tracking_uri, sparse={"mode": "dmp"}, training={"epochs": 1},
-                               deepspeed={"zero_stage": 3}, mlflow={"registered_model": "grec-tiny-dmp"})
+                               deepspeed={"zero_stage": 3}, mlflow={"registered_model": "grec-tiny-dmp"},
+                               model={"losses": {"tasks_per_step": 2},
+                                      "router": {"num_experts": 3, "top_k": 1, "shared_experts": 1}})
     result = run_training(config, show_progress=False)
-    assert MlflowClient(tracking_uri).get_run(result.run_id).data.params["sparse.path"] == "dmp"
+    params = MlflowClient(tracking_uri).get_run(result.run_id).data.params
+    assert params["sparse.path"] == "dmp" and params["model.losses.tasks_per_step"] == "2"
     with _tracking(tracking_uri):
         loaded = load_registered("models:/grec-tiny-dmp@challenger")
     rows = tiny_movielens.read_split("validation").slice(0, 16).to_pandas()

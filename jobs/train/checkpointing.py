@@ -1,4 +1,5 @@
-"""The training checkpoint: what every rank writes, what rank 0 adds, and how a run resumes.
+"""The training checkpoint: what every rank writes, what rank 0 adds, and how a run resumes
+(`SkipLoggedSteps`: a resumed run does not log again the steps the interrupted one logged).
 
     CHECKPOINT/
       deepspeed/          engine.save_checkpoint (every rank: its ZeRO partitions)
@@ -13,6 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -60,3 +62,26 @@ def load_rng(directory: Path, rank: int) -> None:
     path = Path(directory) / RNG_DIR / f"rank{rank}.safetensors"
     if path.exists():
         torch.set_rng_state(load_file(str(path))["cpu"])
+
+
+class SkipLoggedSteps:
+    """Wraps the MLflow logger of a resumed run: each metric is logged only at steps after the last
+    one the interrupted run logged for it. The resumed run replays the interrupted epoch with the
+    same batches and random state, so those steps were logged already (MLflow would keep both)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log  # a registry.tracking.RankZeroLogger
+        self.last_step: dict[str, int] = {}
+
+    def _last(self, key: str) -> int:
+        if key not in self.last_step:  # one history read per metric per resumed run
+            history = self.log.client.get_metric_history(self.log.run_id, key)
+            self.last_step[key] = max((m.step for m in history), default=-1)
+        return self.last_step[key]
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.log.enabled:
+            self.log.log_metrics({k: v for k, v in metrics.items() if step > self._last(k)}, step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.log, name)

@@ -7,6 +7,7 @@ Every error names the field that is wrong and what was expected (`ConfigError`, 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from grec import GRecConfig, InputSpec, TableInfo
+from grec import GRecConfig, InputSpec, ModelSettings, TableInfo
 
 
 class ConfigError(ValueError):
@@ -26,10 +27,19 @@ class _Section(BaseModel):
 
 
 class DatasetSection(_Section):
-    path: Path = Field(description="prepared-dataset directory (`grec data prepare --out DIR`), relative to the working directory")
+    path: str = Field(description="prepared dataset (`grec data prepare --out ...`): a directory, relative to the "
+                                  "working directory, or an s3://BUCKET/PREFIX URI, read from the store by every node")
     train_split: str = "train"
     validation_split: str = "validation"
     shuffle_buffer: int = Field(1024, ge=0, description="rows in each worker's local shuffle buffer; 0 keeps file order")
+
+
+class FeaturesSection(_Section):
+    """Which of the dataset's features the model reads: `include` (None: every feature of the
+    dataset spec) minus `exclude`. Sequences need the feature whose vocabulary they use."""
+
+    include: list[str] | None = Field(None, description="the only features the model reads (default: all)")
+    exclude: list[str] = Field(default_factory=list, description="features the model does not read")
 
 
 class OptimizerSection(_Section):
@@ -88,7 +98,9 @@ class ScalingSection(_Section):
     max_failures: int = Field(2, ge=-1, description="worker failures to recover from (-1: unlimited)")
     checkpoints_to_keep: int = Field(2, ge=1)
     address: str | None = Field(None, description="Ray cluster address; None: $RAY_ADDRESS or a local Ray")
-    storage_path: str | None = Field(None, description="checkpoint storage (a shared path on a cluster); default .grec/ray_results")
+    storage_path: str | None = Field(None, description="checkpoint storage every node sees: s3://BUCKET/PREFIX or a "
+                                                       "shared file system path; required on a cluster, default "
+                                                       ".grec/ray_results on a local Ray")
 
 
 class MlflowSection(_Section):
@@ -100,8 +112,11 @@ class MlflowSection(_Section):
 
 class TrainConfig(_Section):
     dataset: DatasetSection
-    model: dict[str, Any] = Field(default_factory=dict, description="grec.GRecConfig fields except `input`")
+    model: ModelSettings = Field(default_factory=ModelSettings,
+                                 description="the model (grec.ModelSettings); its input spec comes from the dataset")
     tasks: list[str] | None = Field(None, description="tasks to train (default: every task of the dataset)")
+    features: FeaturesSection = Field(default_factory=FeaturesSection,
+                                      description="features the model reads (default: every feature of the dataset)")
     optimizer: OptimizerSection = OptimizerSection()
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     sparse: SparseSection = SparseSection()
@@ -125,8 +140,14 @@ def parse_config(data: Any, source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {_problems(err)}") from None
+
+
+def _problems(err: ValidationError) -> str:
+    """Every error of a validation as `path: problem` (a whole-section check: the problem alone),
+    without pydantic's dump of the input."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) + ': ' if e['loc'] else ''}"
+                     f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -143,16 +164,50 @@ def load_config(path: str | Path) -> TrainConfig:
 
 # ---- resolution against the dataset and the model -------------------------------------------------
 def metric_names(spec: InputSpec) -> list[str]:
-    """Validation metrics the job computes for the spec's tasks (early stopping picks one)."""
-    names = ["val/loss"]
-    for task in spec.tasks:
-        if task.kind == "binary":
-            names += [f"val/{task.name}/auc", f"val/{task.name}/logloss"]
-        elif task.kind == "regression":
-            names += [f"val/{task.name}/rmse"]
-        else:
-            names += [f"val/{task.name}/logloss", f"val/{task.name}/accuracy"]
-    return names
+    """Validation metrics the job computes for the spec's tasks (early stopping picks one): the
+    definitions shared with offline evaluation (jobs/evaluate/metrics.py)."""
+    from jobs.evaluate.metrics import validation_metric_names
+    from jobs.train.metrics import TASK_AVERAGE_AUC
+
+    average = [TASK_AVERAGE_AUC] if any(task.kind == "binary" for task in spec.tasks) else []
+    return ["val/loss", *(name for task in spec.tasks for name in validation_metric_names(task.name, task.kind)),
+            *average]
+
+
+def cluster_address(config: TrainConfig) -> str | None:
+    """The Ray cluster the run joins (scaling.address, else $RAY_ADDRESS); None: a local Ray."""
+    address = config.scaling.address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
+def check_storage(config: TrainConfig) -> None:
+    """Checkpoints must go where every node can write and the driver can read: on a cluster the
+    default (a folder on the driver's machine) would lose them, so a cluster run names its storage.
+    Object-store locations (checkpoints, MLflow artifacts) must answer with credentials."""
+    from feature_store.errors import FeatureStoreError
+    from feature_store.storage import check_bucket, is_uri
+
+    storage, address = config.scaling.storage_path, cluster_address(config)
+    if address and storage is None:
+        raise ConfigError(f"scaling.storage_path: a run on the Ray cluster at {address} needs checkpoint storage every "
+                          "node sees (s3://BUCKET/PREFIX or a shared file system path); the default "
+                          ".grec/ray_results is on this machine only")
+    if storage is not None and is_uri(storage):
+        try:
+            check_bucket(storage)
+        except FeatureStoreError as err:
+            raise ConfigError(f"scaling.storage_path: {err}") from None
+    elif address and storage is not None and not Path(storage).is_absolute():
+        raise ConfigError(f"scaling.storage_path: {storage!r} is relative to this machine's working directory; on a "
+                          "cluster give an absolute path on a shared file system or an s3:// URI")
+    from registry.tracking import ARTIFACT_ROOT_ENV
+
+    artifacts = os.environ.get(ARTIFACT_ROOT_ENV)
+    if artifacts and is_uri(artifacts):
+        try:
+            check_bucket(artifacts)
+        except FeatureStoreError as err:
+            raise ConfigError(f"{ARTIFACT_ROOT_ENV}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -160,10 +215,11 @@ class ResolvedConfig:
     """A config checked against its dataset: everything a worker needs, as plain data."""
 
     config: TrainConfig
-    dataset_dir: Path
+    dataset_dir: Path  # on this machine: the dataset, or (for a URI) a copy of its JSON files
     model_config: GRecConfig
     tables: tuple[TableInfo, ...]
     sharded: bool  # True: the DistributedModelParallel path
+    dataset_location: str  # where the training set is read: the dataset directory or its URI
 
     @property
     def task_names(self) -> list[str]:
@@ -174,24 +230,30 @@ def resolve(config: TrainConfig) -> ResolvedConfig:
     """Checks the dataset, the tasks, the model config and the metric names; builds the model once
     (without pretrained text weights) so inconsistent dimensions fail here, not in a worker."""
     from feature_store.errors import FeatureStoreError
-    from feature_store.prepare import open_prepared
+    from feature_store.prepare import PreparedDataset, open_prepared
+    from feature_store.storage import fetch_metadata, is_uri, list_files
     from grec import build_model
 
+    location = config.dataset.path.rstrip("/")
     try:
-        prepared = open_prepared(config.dataset.path)
+        prepared = PreparedDataset(fetch_metadata(location)) if is_uri(location) else open_prepared(location)
+        for split in (config.dataset.train_split, config.dataset.validation_split):
+            if not list_files(location, f"training_set/split={split}"):
+                raise ConfigError(f"dataset: split {split!r} has no Parquet files under {location}/training_set")
     except FeatureStoreError as err:
         raise ConfigError(f"dataset.path: {err}") from None
-    for split in (config.dataset.train_split, config.dataset.validation_split):
-        if not any((prepared.training_dir / f"split={split}").glob("*.parquet")):
-            raise ConfigError(f"dataset: split {split!r} has no Parquet files under {prepared.training_dir}")
-    spec = InputSpec.from_dict(prepared.spec())
-    spec = _select_tasks(spec, config.tasks)
-    if "input" in config.model:
-        raise ConfigError("model.input: the input spec comes from the dataset; remove it from the config")
+    check_storage(config)
+    from feature_store.definitions import select_features
+
     try:
-        model_config = GRecConfig.from_dict({**config.model, "input": spec.to_dict()})
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"model: {err}") from None
+        spec = InputSpec.from_dict(select_features(prepared.spec(), config.features.include, config.features.exclude))
+    except ValueError as err:
+        raise ConfigError(f"features: {err}") from None
+    spec = _select_tasks(spec, config.tasks)
+    try:
+        model_config = GRecConfig.from_settings(config.model, spec)
+    except ValidationError as err:
+        raise ConfigError(f"model: {_problems(err)}") from None
     metric = config.training.early_stopping.metric
     if metric not in metric_names(spec):
         raise ConfigError(f"training.early_stopping.metric: unknown metric {metric!r}; expected one of {metric_names(spec)}")
@@ -199,7 +261,8 @@ def resolve(config: TrainConfig) -> ResolvedConfig:
         tables = tuple(build_model(model_config, pretrained_text=False).embedding_tables())
     except (ValueError, RuntimeError) as err:
         raise ConfigError(f"model: cannot build the model ({err})") from None
-    return ResolvedConfig(config, prepared.root, model_config, tables, _use_sharding(config.sparse, tables))
+    return ResolvedConfig(config, prepared.root, model_config, tables, _use_sharding(config.sparse, tables),
+                          location if is_uri(location) else str(prepared.root))
 
 
 def _select_tasks(spec: InputSpec, tasks: list[str] | None) -> InputSpec:

@@ -1,6 +1,7 @@
 """The data pipeline: the prepared training set's Parquet streamed through Ray Data, transformed
 on the way (feature_store transforms in Ray Data tasks), collated into model batches in the worker.
 Nothing loads a split whole: Ray Data reads, transforms and hands over blocks as training consumes them.
+The training set is read where it is, a local directory or an s3:// URI (each node reads the store).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from feature_store.storage import list_files, parquet_dataset
 from feature_store.transforms import TransformSet
 
 # Share of a CPU each Ray Data read/transform task asks for: the training workers hold most CPUs,
@@ -27,22 +30,26 @@ DATA_PIPELINE_CPUS = 1.0
 TRANSFORM_BATCH_ROWS = 4096
 
 
-def split_files(dataset_dir: Path, split: str) -> list[str]:
-    """The Parquet files of one training-set split (CONTRACTS.md section 3)."""
-    return [str(p) for p in sorted((Path(dataset_dir) / "training_set" / f"split={split}").glob("*.parquet"))]
+def split_files(location: str | Path, split: str) -> list[str]:
+    """The Parquet files (paths or URIs) of one training-set split (CONTRACTS.md section 3)."""
+    return list_files(location, f"training_set/split={split}")
+
+
+def split_dataset(location: str | Path, split: str) -> pads.Dataset:
+    """A pyarrow dataset over one split's files, for footers and samples read on the driver."""
+    return parquet_dataset(split_files(location, split))
 
 
 def _apply_transforms(table: pa.Table, transforms: TransformSet) -> pa.Table:
     return transforms.transform(table)
 
 
-def transformed_split(dataset_dir: Path, split: str):
+def transformed_split(location: str | Path, split: str, transforms: TransformSet):
     """A lazy Ray Dataset of the split's transformed columns (CONTRACTS.md section 2)."""
     import ray.data
 
-    transforms = TransformSet.load(Path(dataset_dir) / "transforms.json")
     # partitioning=None: the `split=` folder is not a column the transforms should see.
-    raw = ray.data.read_parquet(split_files(dataset_dir, split), partitioning=None, num_cpus=DATA_TASK_CPUS)
+    raw = ray.data.read_parquet(split_files(location, split), partitioning=None, num_cpus=DATA_TASK_CPUS)
     dataset = raw.map_batches(_apply_transforms, fn_kwargs={"transforms": transforms}, batch_format="pyarrow",
                               batch_size=TRANSFORM_BATCH_ROWS, num_cpus=DATA_TASK_CPUS)
     # Ray Data's plan lines at the start of every epoch's stream buried the job's progress lines

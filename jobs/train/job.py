@@ -1,6 +1,8 @@
-"""`run_training`: the driver of a training run. Validates the config before Ray starts, opens the
-MLflow run, runs the Ray Train TorchTrainer with progress on the console, then turns the best
-checkpoint into a plain model, logs the plots and registers the model with alias `challenger`."""
+"""`run_training`: the driver of a training run. Validates the config (and, on a cluster, that the
+address answers and checkpoints have shared storage) before Ray starts, opens the MLflow run, runs
+the Ray Train TorchTrainer with progress on the console (worker restarts included: printed, and
+`train/restarts` in MLflow), then turns the best checkpoint into a plain model, logs the plots and
+registers the model with alias `challenger`."""
 
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from jobs.train.checkpointing import TrainerState
-from jobs.train.config import ConfigError, ResolvedConfig, TrainConfig, load_config, resolve
-from jobs.train.data import DATA_PIPELINE_CPUS, split_files
+from jobs.train.config import ConfigError, ResolvedConfig, TrainConfig, cluster_address, load_config, resolve
+from jobs.train.data import DATA_PIPELINE_CPUS, split_dataset
 from jobs.train.progress import ProgressSnapshot
+
+if TYPE_CHECKING:
+    from jobs.train.worker import TrainingExtension
 
 logger = logging.getLogger(__name__)
 
@@ -40,25 +43,33 @@ class TrainingResult:
 
 
 def run_training(config: TrainConfig | str | Path, *, show_progress: bool = True,
-                 listeners: tuple[Callable[[ProgressSnapshot], None], ...] = ()) -> TrainingResult:
+                 listeners: tuple[Callable[[ProgressSnapshot], None], ...] = (),
+                 extension: TrainingExtension | None = None) -> TrainingResult:
     """Trains, tracks and registers a model. `config` is a TrainConfig or a YAML path. `listeners`
-    receive progress snapshots on the driver (about twice a second) while training runs."""
-    from jobs.ray_runtime import ray_session
+    receive progress snapshots on the driver (about twice a second) while training runs;
+    `extension` adds to the objective (jobs/train/worker.py: TrainingExtension)."""
+    from jobs.ray_runtime import RayAddressError, check_ray_address, ray_session
     from registry.tracking import use_tracking_uri
 
     if not isinstance(config, TrainConfig):
         config = load_config(config)
+    if address := cluster_address(config):
+        try:
+            check_ray_address(address)
+        except RayAddressError as err:
+            raise ConfigError(f"scaling.address: {err}") from None
     resolved = resolve(config)  # every configuration error surfaces here, before any cluster starts
     scaling = config.scaling
     local_cpus = max(_machine_cpus(), math.ceil(scaling.num_workers * scaling.cpus_per_worker + DATA_PIPELINE_CPUS))
     with use_tracking_uri(config.mlflow.tracking_uri) as tracking_uri, \
             ray_session(scaling.address, num_cpus=local_cpus):
         _check_cluster_fits(config)
-        return _train_and_register(resolved, tracking_uri, show_progress, listeners)
+        return _train_and_register(resolved, tracking_uri, show_progress, listeners, extension)
 
 
 def _train_and_register(resolved: ResolvedConfig, tracking_uri: str, show_progress: bool,
-                        listeners: tuple[Callable[[ProgressSnapshot], None], ...]) -> TrainingResult:
+                        listeners: tuple[Callable[[ProgressSnapshot], None], ...],
+                        extension: TrainingExtension | None = None) -> TrainingResult:
     import ray
     from mlflow import MlflowClient
 
@@ -68,15 +79,18 @@ def _train_and_register(resolved: ResolvedConfig, tracking_uri: str, show_progre
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
     run = client.create_run(experiment_id, run_name=config.mlflow.run_name,
-                            tags={"grec.job": "train", "grec.dataset": str(resolved.dataset_dir)})
+                            tags={"grec.job": "train", "grec.dataset": resolved.dataset_location})
     run_id = run.info.run_id
+    board = None
     try:
         _log_inputs(client, run_id, resolved)
         board = _progress_board()
-        result = _fit(resolved, tracking_uri, run_id, board, show_progress, listeners)
-        restarts = max(0, ray.get(board.get.remote()).worker_starts - config.scaling.num_workers)
+        result = _fit(resolved, tracking_uri, run_id, board, show_progress, listeners, extension)
+        restarts = _log_restarts(client, run_id, board, config.scaling.num_workers)
         outcome = _register(resolved, client, run_id, result, restarts)
     except BaseException:
+        if board is not None:
+            _log_restarts(client, run_id, board, config.scaling.num_workers)
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id)
@@ -89,13 +103,46 @@ def _progress_board():
     return ProgressBoard.remote()
 
 
+def _log_restarts(client, run_id: str, board: Any, num_workers: int) -> int:
+    """Worker processes started beyond the first `num_workers`, logged as `train/restarts`."""
+    import ray
+
+    restarts = max(0, ray.get(board.get.remote()).worker_starts - num_workers)
+    client.log_metric(run_id, "train/restarts", restarts)
+    return restarts
+
+
+class RestartReporter:
+    """A progress listener that says, once each, when training workers restart after a failure
+    (Ray Train restarts the worker group, which resumes from the last checkpoint)."""
+
+    def __init__(self, num_workers: int, max_failures: int) -> None:
+        self.num_workers, self.max_failures = num_workers, max_failures
+        self.pids: dict[int, int] = {}
+        self.reported = 0
+
+    def __call__(self, snapshot: ProgressSnapshot) -> None:
+        restarted = sorted(rank for rank, pid in snapshot.worker_pids.items() if self.pids.get(rank, pid) != pid)
+        self.pids.update(snapshot.worker_pids)
+        restarts = max(0, snapshot.worker_starts - self.num_workers)
+        if restarts > self.reported and restarted:
+            self.reported = restarts
+            budget = "unlimited" if self.max_failures < 0 else str(self.max_failures)
+            resumed = f"after epoch {snapshot.epochs[-1]['epoch'] + 1}" if snapshot.epochs else "from the start"
+            logger.warning("training worker%s %s restarted after a failure (%d worker restart%s so far; "
+                           "scaling.max_failures %s); resuming %s", "s" if len(restarted) > 1 else "",
+                           ", ".join(f"rank {r}" for r in restarted), restarts, "" if restarts == 1 else "s",
+                           budget, resumed)
+
+
 def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, show_progress: bool,
-         listeners: tuple[Callable[[ProgressSnapshot], None], ...]):
+         listeners: tuple[Callable[[ProgressSnapshot], None], ...], extension: TrainingExtension | None = None):
     """Runs the TorchTrainer in a thread while the main thread shows progress; returns Ray's Result."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from feature_store.transforms import TransformSet
     from jobs.train.data import transformed_split
     from jobs.train.progress import watch
     from jobs.train.worker import WorkerJob, train_loop_per_worker
@@ -106,9 +153,13 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
     context.enable_progress_bars = False  # the driver draws its own
     context.execution_options.preserve_order = True  # same shards, same order: resumable epochs
     storage = scaling.storage_path or str((Path.cwd() / ".grec" / RAY_RESULTS_DIR).resolve())
+    transforms = TransformSet.load(resolved.dataset_dir / "transforms.json")
+    train = transformed_split(resolved.dataset_location, config.dataset.train_split, transforms)
+    if extension is not None:
+        train = extension.train_dataset(train)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=WorkerJob(resolved, tracking_uri, run_id, board),
+        train_loop_config=WorkerJob(resolved, tracking_uri, run_id, board, extension),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker={"CPU": scaling.cpus_per_worker}),
         run_config=RunConfig(
@@ -117,9 +168,13 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
             checkpoint_config=CheckpointConfig(num_to_keep=scaling.checkpoints_to_keep,
                                                checkpoint_score_attribute=stopping.metric,
                                                checkpoint_score_order=stopping.mode),
+            # Ray Train's INFO lines (each report, each checkpoint's path, every epoch) buried the
+            # job's own progress lines; its warnings and errors still reach the terminal.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": transformed_split(resolved.dataset_dir, config.dataset.train_split),
-                  "validation": transformed_split(resolved.dataset_dir, config.dataset.validation_split)},
+        datasets={"train": train,
+                  "validation": transformed_split(resolved.dataset_location, config.dataset.validation_split,
+                                                  transforms)},
     )
     done = threading.Event()
     outcome: dict[str, Any] = {}
@@ -134,7 +189,9 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
 
     thread = threading.Thread(target=fit, name="grec-train-fit", daemon=True)
     thread.start()
-    watch(board, done, config.training.epochs, _steps_per_epoch(resolved), show=show_progress, listeners=listeners)
+    restarts = RestartReporter(scaling.num_workers, scaling.max_failures)
+    watch(board, done, config.training.epochs, _steps_per_epoch(resolved), show=show_progress,
+          listeners=(restarts, *listeners))
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
@@ -220,15 +277,13 @@ def _log_plots(client, run_id: str, resolved: ResolvedConfig, model, history: li
 
 
 def _validation_sample(resolved: ResolvedConfig):
-    """The first SAMPLE_ROWS raw validation rows (read from the first file only)."""
-    first = split_files(resolved.dataset_dir, resolved.config.dataset.validation_split)[0]
-    return pq.ParquetFile(first).read_row_group(0).slice(0, SAMPLE_ROWS)
+    """The first SAMPLE_ROWS raw validation rows."""
+    return split_dataset(resolved.dataset_location, resolved.config.dataset.validation_split).head(SAMPLE_ROWS)
 
 
 def _steps_per_epoch(resolved: ResolvedConfig) -> int:
     """From the Parquet footers (no rows read): ceil(rows / workers / batch)."""
-    files = split_files(resolved.dataset_dir, resolved.config.dataset.train_split)
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    rows = split_dataset(resolved.dataset_location, resolved.config.dataset.train_split).count_rows()
     scaling = resolved.config.scaling
     return max(1, math.ceil(rows / scaling.num_workers / resolved.config.training.batch_size))
 

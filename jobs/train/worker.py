@@ -7,9 +7,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ from jobs.train.checkpointing import (
     DEEPSPEED_DIR,
     DEEPSPEED_TAG,
     SPARSE_DIR,
+    SkipLoggedSteps,
     TrainerState,
     load_rng,
     save_rng,
@@ -37,6 +39,19 @@ class EpochStats:
     loss: float  # mean over every rank's batches
     samples_per_second: float  # all ranks' rows over the slowest rank's seconds
     input_wait_fraction: float  # the slowest rank's share of the epoch spent waiting for batches
+    dropped_fraction: float  # share of expert assignments over capacity, mean over every rank's batches
+
+
+class TrainingExtension(Protocol):
+    """Adds to a training run's objective (e.g. distillation, jobs/distill.py): the driver passes the
+    training split through `train_dataset`; workers collate its batches with `collate(model_collate)`
+    and add `extra_loss` to each step's loss."""
+
+    def train_dataset(self, dataset: Any) -> Any: ...
+
+    def collate(self, model_collate: Callable[[Any], Any]) -> Callable[[Any], Any]: ...
+
+    def extra_loss(self, out: Any, batch: Any, task_scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class WorkerJob:
     tracking_uri: str
     run_id: str
     progress: Any  # a ProgressBoard actor handle
+    extension: TrainingExtension | None = None
 
 
 class Trainee:
@@ -71,7 +87,7 @@ class Trainee:
         self.engine = initialize_engine(model, config, world_size)
         self.model = self.engine.module
 
-    def forward(self, batch):
+    def forward(self, batch, tasks: list[str] | None = None):
         batch = batch.to(self.device)
         if self.dtype != torch.float32 and batch.numeric is not None:
             batch.numeric = batch.numeric.to(self.dtype)
@@ -82,13 +98,13 @@ class Trainee:
         # DeepSpeed casts the weights to bf16, not the tensors the model creates in forward (masks,
         # positions, padding): autocast makes the matmuls that meet them agree on the dtype.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
-            return batch, self.engine(batch)
+            return batch, self.engine(batch, tasks)
 
-    def loss(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, out, batch, task_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = {k: v.float() for k, v in out.logits.items()}  # losses in fp32 whatever the precision
         hidden = {k: v.float() for k, v in out.hidden.items()}
         aux = {k: v.float() for k, v in out.aux_losses.items()}
-        return self.model.loss(type(out)(logits, hidden, aux, out.router_stats), batch)
+        return self.model.loss(type(out)(logits, hidden, aux, out.router_stats), batch, task_scale)
 
     def train(self, mode: bool) -> None:
         self.engine.train(mode)
@@ -132,8 +148,11 @@ def train_loop_per_worker(job: WorkerJob) -> None:
             state = TrainerState.load(Path(directory))
         logger.info("rank %d resumed after epoch %d", rank, state.epoch + 1)
     mlflow_log = RankZeroLogger(job.tracking_uri, job.run_id, rank)
+    if checkpoint is not None:
+        mlflow_log = SkipLoggedSteps(mlflow_log)  # the replayed epoch's steps are logged already
     # The order of an epoch's batches is fixed per (epoch, rank): a rerun sees the same order.
-    train_stream = EpochStream(ray.train.get_dataset_shard("train"), trainee.model.collate,
+    collate = trainee.model.collate if job.extension is None else job.extension.collate(trainee.model.collate)
+    train_stream = EpochStream(ray.train.get_dataset_shard("train"), collate,
                                config.training.batch_size, shuffle_buffer=config.dataset.shuffle_buffer,
                                seed_of=lambda epoch: config.training.seed + 1000 * epoch + rank)
     validation_shard = ray.train.get_dataset_shard("validation")
@@ -145,7 +164,7 @@ def train_loop_per_worker(job: WorkerJob) -> None:
         if epoch + 1 < config.training.epochs:
             train_stream.start_early(epoch + 1)  # its start-up overlaps validation and the checkpoint
         metrics, expert_load = _validate(trainee, validation_shard, resolved)
-        metrics = {"train/loss": trained.loss, **metrics}
+        metrics = {"train/loss": trained.loss, "train/dropped_fraction": trained.dropped_fraction, **metrics}
         value = metrics[stopping.metric]
         best = state.improved(value, stopping.mode, stopping.min_delta)
         if best:
@@ -174,31 +193,37 @@ def _train_epoch(trainee: Trainee, stream: EpochStream, state: TrainerState, epo
     """One pass over this rank's shard."""
     config = job.resolved.config
     trainee.train(True)
-    total, batches, rows = 0.0, 0, 0
+    total, batches, rows, dropped = 0.0, 0, 0, 0.0
     started = time.perf_counter()
     wait = InputWait()
     for step, batch in enumerate(wait.iterate(stream.batches(epoch))):
-        batch, out = trainee.forward(batch)
-        loss, parts = trainee.loss(out, batch)
+        # All tasks, or `model.losses.tasks_per_step` of them drawn by step (the same on every rank).
+        tasks, task_scale = trainee.model.training_tasks(state.global_step)
+        batch, out = trainee.forward(batch, tasks)
+        loss, parts = trainee.loss(out, batch, task_scale)
+        if job.extension is not None:
+            extra, extra_parts = job.extension.extra_loss(out, batch, task_scale)
+            loss, parts = loss + extra, {**parts, **extra_parts}
         trainee.engine.backward(loss)
         trainee.engine.step()
         state.global_step += 1
         value = float(loss.detach())
-        total, batches, rows = total + value, batches + 1, rows + batch.size
+        step_dropped = 0.0 if out.router_stats is None else float(out.router_stats.dropped_fraction)
+        total, batches, rows, dropped = total + value, batches + 1, rows + batch.size, dropped + step_dropped
         if state.global_step % config.training.log_every_n_steps == 0:
-            mlflow_log.log_metrics({"train/step_loss": value, **{f"train/{k}": float(v) for k, v in parts.items()}},
-                                   step=state.global_step)
+            mlflow_log.log_metrics({"train/step_loss": value, "train/step_dropped_fraction": step_dropped,
+                                    **{f"train/{k}": float(v) for k, v in parts.items()}}, step=state.global_step)
             if rank == 0:
                 job.progress.step.remote(epoch, step + 1, value)
     elapsed = time.perf_counter() - started
     slowest = torch.tensor([elapsed, wait.seconds / max(elapsed, 1e-9)], dtype=torch.float64)
-    sums = torch.tensor([total, float(batches), float(rows)], dtype=torch.float64)
+    sums = torch.tensor([total, float(batches), float(rows), dropped], dtype=torch.float64)
     dist.all_reduce(sums)  # the mean over every rank's batches, the same on all ranks
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
     mean = float(sums[0] / sums[1].clamp_min(1.0))
     if rank == 0:
         job.progress.step.remote(epoch, batches, mean)
-    return EpochStats(mean, float(sums[2] / slowest[0]), float(slowest[1]))
+    return EpochStats(mean, float(sums[2] / slowest[0]), float(slowest[1]), float(sums[3] / sums[1].clamp_min(1.0)))
 
 
 def _validate(trainee: Trainee, shard, resolved: ResolvedConfig) -> tuple[dict[str, float], list[list[float]]]:
