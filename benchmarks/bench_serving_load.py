@@ -255,7 +255,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from jobs.ray_runtime import use_local_token_auth, use_loopback
+    from jobs.ray_runtime import start_local_ray
     from registry.models import register_model
     from registry.tracking import use_tracking_uri
     from serving.app import build_app
@@ -295,10 +295,7 @@ def main() -> None:
 
         # A local Ray as grec starts one (loopback, token auth), but replica logs stay in Ray's log
         # files: printing every access line here would load the load generator.
-        use_local_token_auth(root / "grec")
-        use_loopback()
-        ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False,
-                 log_to_driver=False)
+        start_local_ray(num_cpus=2, object_store_memory=256 * 1024 * 1024, grec_dir=root / "grec", log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": config.port})
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         base_url = f"http://127.0.0.1:{config.port}"

@@ -25,7 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 MODEL = {"d_model": 32, "embedding_dim": 16, "num_heads": 2, "ffn_hidden": 64, "expert_hidden": 64,
          "tower_hidden": 16, "router": {"num_experts": 4, "top_k": 1}}

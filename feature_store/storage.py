@@ -5,9 +5,13 @@ A dataset at a URI has the layout of a local one (docs/CONTRACTS.md section 3).
   target, then copies it into place (server-side), the files that make a dataset complete
   (definition, transforms, spec) last; an existing dataset is removed only once the new one is
   fully uploaded, so a failed upload leaves it as it was.
-- Reading: training streams the Parquet files straight from the store (`list_files`; Ray Data and
-  pyarrow take the URIs); the small JSON files are copied to a local cache (`fetch_metadata`);
-  `fetch_dir` copies a whole dataset for jobs that read it from this machine.
+- Reading: the splits' Parquet files are read straight from the store, by Ray Data's tasks on any
+  node as by the driver (`split_files`, `parquet_source`: paths inside the store's pyarrow
+  filesystem, which each reader opens with its own node's credentials); the small JSON files are
+  copied to a local cache (`fetch_metadata`). `open_dataset` gives a `PreparedDataset` either way:
+  at a URI an `ObjectStoreDataset` whose splits stay in the store and whose offline store is copied
+  to the cache when first used. `fetch_dir` copies a whole dataset for jobs that read it from this
+  machine.
 
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
 a web identity token, an instance role), the endpoint of an S3-compatible store from
@@ -22,13 +26,19 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from feature_store.errors import FeatureStoreError
+from feature_store.offline_store import OfflineStore
+from feature_store.prepare import PreparedDataset, open_prepared
+from feature_store.training_set import split_dir
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +144,26 @@ def list_files(location: str | Path, subdir: str, suffix: str = ".parquet") -> l
                   and not PurePosixPath(i.path).name.startswith((".", "_")))
 
 
+def split_files(location: str | Path, split: str) -> list[str]:
+    """The Parquet files (paths or URIs) of one training-set split (CONTRACTS.md section 3)."""
+    return list_files(location, split_dir("training_set", split).as_posix())
+
+
+def parquet_source(files: list[str]) -> tuple[list[str], pafs.FileSystem | None]:
+    """(paths, filesystem) to read Parquet files given as local paths or URIs (of one store): for
+    URIs the paths inside the store's pyarrow filesystem (credentials checked here). The filesystem
+    carries the store's endpoint but no credentials when pickled to Ray's tasks, so each node reads
+    with its own; local paths come back as they are, with None (the local filesystem)."""
+    if not files or not is_uri(files[0]):
+        return list(files), None
+    fs, _ = filesystem(files[0])
+    return [pafs.FileSystem.from_uri(f)[1] for f in files], fs
+
+
 def parquet_dataset(files: list[str]) -> pads.Dataset:
     """A pyarrow dataset over Parquet files given as local paths or URIs (of one store)."""
-    if not files or not is_uri(files[0]):
-        return pads.dataset(files, format="parquet")
-    fs, _ = filesystem(files[0])
-    return pads.dataset([pafs.FileSystem.from_uri(f)[1] for f in files], format="parquet", filesystem=fs)
+    paths, fs = parquet_source(files)
+    return pads.dataset(paths, format="parquet", filesystem=fs)
 
 
 def cache_dir(uri: str, workdir: str | Path | None = None) -> Path:
@@ -161,12 +185,10 @@ def fetch_metadata(uri: str) -> Path:
     return local
 
 
-def fetch_dir(uri: str) -> Path:
-    """A fresh local copy of the dataset at `uri` in its cache directory (replaced whole, so an
-    interrupted copy never passes for a dataset)."""
-    check_dataset(uri)
+def _fetch_fresh(uri: str, target: Path) -> Path:
+    """A fresh copy of the folder at `uri` in `target` (replaced whole, so an interrupted copy never
+    passes for a complete one)."""
     fs, path = filesystem(uri)
-    target = cache_dir(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     draft = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.fetch-"))
     try:
@@ -174,14 +196,67 @@ def fetch_dir(uri: str) -> Path:
         if target.exists():
             shutil.rmtree(target)
         draft.rename(target)
+    except OSError as err:
+        raise StorageError(f"cannot copy {uri} to this machine: {err}") from None
     finally:
         shutil.rmtree(draft, ignore_errors=True)
     return target
 
 
+def fetch_dir(uri: str) -> Path:
+    """A fresh local copy of the dataset at `uri` in its cache directory."""
+    check_dataset(uri)
+    return _fetch_fresh(uri, cache_dir(uri))
+
+
 def local_dataset(location: str | Path) -> Path:
     """A prepared dataset on this machine: the path itself, or a fresh copy of the one at a URI."""
     return fetch_dir(str(location).rstrip("/")) if is_uri(location) else Path(location)
+
+
+@dataclass(frozen=True)
+class ObjectStoreDataset(PreparedDataset):
+    """A prepared dataset at `uri`, read where it is: `root` is the local cache of its JSON files
+    (definition, transforms, spec, summary), the splits are read from the store, and the offline
+    store (the /v1/recommend replay's input) is copied into the cache when first used."""
+
+    uri: str
+
+    def read_split(self, split: str, columns: list[str] | None = None) -> pa.Table:
+        files = split_files(self.uri, split)
+        if not files:
+            raise FeatureStoreError(f"{self.uri}: split {split!r} holds no rows")
+        return parquet_dataset(files).to_table(columns=columns)
+
+    def iter_split(self, split: str, columns: list[str] | None = None,
+                   batch_size: int = 65_536) -> Iterator[pa.Table]:
+        files = split_files(self.uri, split)
+        if not files:
+            return
+        for batch in parquet_dataset(files).to_batches(columns=columns, batch_size=batch_size):
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
+
+    def offline_store(self) -> OfflineStore:
+        return OfflineStore(self._offline_copy)
+
+    @cached_property
+    def _offline_copy(self) -> Path:
+        return _fetch_fresh(f"{self.uri}/offline", self.root / "offline")
+
+
+def open_dataset(location: str | Path) -> PreparedDataset:
+    """The prepared dataset at a local path (checked for completeness) or at a URI (its metadata
+    cached here, the rest read from the store: ObjectStoreDataset)."""
+    if not is_uri(location):
+        return open_prepared(location)
+    uri = str(location).rstrip("/")
+    return ObjectStoreDataset(fetch_metadata(uri), uri)
+
+
+def location_of(prepared: PreparedDataset) -> str:
+    """Where a prepared dataset lives: its URI, or its local directory."""
+    return prepared.uri if isinstance(prepared, ObjectStoreDataset) else str(prepared.root)
 
 
 def publish_dir(local: str | Path, uri: str, *, overwrite: bool = False) -> None:

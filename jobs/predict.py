@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from feature_store.training_set import split_dir
+from feature_store.storage import location_of
 from jobs.evaluate.inference import InferenceOptions, score_column, score_dataset
-from jobs.evaluate.job import prepare_evaluation
+from jobs.evaluate.job import prepare_evaluation, read_split_rows
 from jobs.ray_runtime import ray_session
 
 
@@ -31,10 +31,9 @@ class PredictionSummary:
 def predict_to_parquet(model_uri: str, data_dir: str | Path, out_path: str | Path, *, split: str = "test",
                        tracking_uri: str | None = None, address: str | None = None,
                        options: InferenceOptions | None = None) -> PredictionSummary:
-    """Scores every row of `split` and writes `out_path` (Parquet). The split needs no labels. Model
-    and data are checked before Ray starts (or is joined at `address`)."""
-    import ray.data
-
+    """Scores every row of `split` of the dataset at `data_dir` (a directory or a URI, read where it
+    is) and writes `out_path` (Parquet). The split needs no labels. Model and data are checked before
+    Ray starts (or is joined at `address`)."""
     out = Path(out_path)
     if out.suffix != ".parquet":
         raise ValueError(f"--out must name a .parquet file, got {out}")
@@ -42,13 +41,12 @@ def predict_to_parquet(model_uri: str, data_dir: str | Path, out_path: str | Pat
         raise ValueError(f"--out {out} is a directory; name a file such as {out / 'predictions.parquet'}")
     model, prepared = prepare_evaluation(model_uri, data_dir, split, labels=False)
     keys = [k for k in (model.spec.user_id, model.spec.item_id) if k]
-    files = [str(p) for p in sorted(split_dir(prepared.training_dir, split).glob("*.parquet"))]
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
     writer, rows = None, 0
     try:
         with ray_session(address):
-            scored = score_dataset(ray.data.read_parquet(files), model.pinned_uri, tracking_uri, keys,
+            scored = score_dataset(read_split_rows(prepared, split), model.pinned_uri, tracking_uri, keys,
                                    options or InferenceOptions())
             for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
                 if writer is None:
@@ -56,7 +54,7 @@ def predict_to_parquet(model_uri: str, data_dir: str | Path, out_path: str | Pat
                 writer.write_table(batch)
                 rows += batch.num_rows
         if writer is None:
-            raise ValueError(f"{prepared.root}: split {split!r} holds no rows")
+            raise ValueError(f"{location_of(prepared)}: split {split!r} holds no rows")
         writer.close()
         writer = None
         os.replace(partial, out)

@@ -214,8 +214,11 @@ def job_runtime_env(*, local: bool, ship: bool) -> dict[str, Any]:
 
 # ---- starting and joining -------------------------------------------------------------------------
 def start_local_ray(*, num_cpus: int | None = None, object_store_memory: int | None = None,
-                    runtime_env: dict[str, Any] | None = None, grec_dir: str | Path | None = None) -> None:
-    """`ray.init` of a local Ray on loopback with token auth (see the module docstring)."""
+                    runtime_env: dict[str, Any] | None = None, grec_dir: str | Path | None = None,
+                    log_to_driver: bool = True) -> None:
+    """`ray.init` of a local Ray on loopback with token auth (see the module docstring).
+    `log_to_driver=False` leaves the workers' output in Ray's log files (a load generator that must
+    not print every replica's access line)."""
     import ray
 
     use_local_token_auth(grec_dir)
@@ -224,7 +227,8 @@ def start_local_ray(*, num_cpus: int | None = None, object_store_memory: int | N
     logging.getLogger(RAY_AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
     # address="local": a new Ray, never one that `ray start` left running on this machine
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
-             runtime_env=runtime_env if runtime_env is not None else job_runtime_env(local=True, ship=False))
+             runtime_env=runtime_env if runtime_env is not None else job_runtime_env(local=True, ship=False),
+             log_to_driver=log_to_driver)
 
 
 def join_cluster(address: str, runtime_env: dict[str, Any] | None = None) -> None:

@@ -9,7 +9,11 @@ the code it was trained with), explicit pip requirements and a signature.
 
 from __future__ import annotations
 
+import io
+import os
 import tempfile
+import warnings
+from contextlib import redirect_stderr
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +33,9 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 # What a registered model needs at inference; versions are pinned to this environment's.
 REQUIRED_DISTRIBUTIONS = ("torch", "torchrec", "fbgemm-gpu-cpu", "transformers", "safetensors", "tokenizers",
                           "pyarrow", "pandas", "numpy", "mlflow")
+# MLflow draws a "Downloading artifacts" bar for every model it loads or logs (in jobs, Ray Data
+# actors and serving replicas alike): its own switch turns them off, unless the user set it.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,11 @@ def model_signature(example_rows: pd.DataFrame, spec: Any):
     return infer_signature(inputs, output, params={"tasks": [t.name for t in spec.tasks]})
 
 
-def log_model(model: Any, dataset_dir: str | Path, example_rows: pd.DataFrame, *,
-              registered_model: str | None = None) -> Any:
-    """Logs `model` (a grec model) as a pyfunc model into the active run; registers it as a new
-    version of `registered_model` when given. Returns MLflow's ModelInfo."""
+def log_model(model: Any, dataset_dir: str | Path, example_rows: pd.DataFrame | None, *,
+              signature: Any = None) -> Any:
+    """Logs `model` (a grec model) as a pyfunc model into the active run. Returns MLflow's
+    ModelInfo. The signature comes from `example_rows`, or is `signature` (e.g. the version a
+    quantized model was made from)."""
     import feature_store
     import grec
     from grec import save_model
@@ -87,17 +95,21 @@ def log_model(model: Any, dataset_dir: str | Path, example_rows: pd.DataFrame, *
         artifacts = {"model": str(weights), "transforms": str(dataset_dir / "transforms.json"),
                      "dataset_spec": str(dataset_dir / "dataset_spec.json"),
                      "definition": str(dataset_dir / "definition.json")}
-        return mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT_PATH, python_model=str(PYFUNC_CODE), artifacts=artifacts,
-            code_paths=[str(Path(grec.__file__).parent), str(Path(feature_store.__file__).parent)],
-            pip_requirements=pip_requirements(), signature=model_signature(example_rows, model.config.input),
-            registered_model_name=registered_model,
-        )
+        signature = signature or model_signature(example_rows, model.config.input)
+        with warnings.catch_warnings():
+            # The signature is given, so MLflow needs no input example; an example would make it
+            # load and run the model once more at every logging.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
+            return mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_PATH, python_model=str(PYFUNC_CODE), artifacts=artifacts,
+                code_paths=[str(Path(grec.__file__).parent), str(Path(feature_store.__file__).parent)],
+                pip_requirements=pip_requirements(), signature=signature,
+            )
 
 
-def register_model(model: Any, dataset_dir: str | Path, name: str, example_rows: pd.DataFrame, *,
+def register_model(model: Any, dataset_dir: str | Path, name: str, example_rows: pd.DataFrame | None, *,
                    run_id: str | None = None, alias: str | None = CHALLENGER,
-                   client: MlflowClient | None = None) -> ModelVersion:
+                   client: MlflowClient | None = None, signature: Any = None) -> ModelVersion:
     """Logs `model` into run `run_id` (a new run when None), registers it under `name` and points
     `alias` at the new version. Uses MLflow's current tracking URI."""
     client = client or MlflowClient()
@@ -105,8 +117,12 @@ def register_model(model: Any, dataset_dir: str | Path, name: str, example_rows:
     # a local SQLite store's artifacts under ./mlruns of whatever directory the caller runs in.
     experiment_id = None if run_id else ensure_experiment(client, name, mlflow.get_tracking_uri())
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, nested=mlflow.active_run() is not None):
-        info = log_model(model, dataset_dir, example_rows, registered_model=name)
-    version = client.get_model_version(name, str(info.registered_model_version))
+        info = log_model(model, dataset_dir, example_rows, signature=signature)
+    # MLflow prints "Successfully registered model ..." and "Created version ..." to stderr; grec's
+    # commands say what they registered (an error still raises).
+    with redirect_stderr(io.StringIO()):
+        registered = mlflow.register_model(info.model_uri, name)
+    version = client.get_model_version(name, str(registered.version))
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return version

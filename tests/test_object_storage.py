@@ -46,10 +46,11 @@ def _keys(uri: str) -> list[str]:
     return sorted(i.path[len(path) + 1:] for i in infos if i.type == pafs.FileType.File)
 
 
-def test_prepare_publishes_a_dataset_that_reads_back(bucket, capsys):
+def test_prepare_publishes_a_dataset_that_reads_back(bucket, capsys, tmp_path, monkeypatch):
     from feature_store.prepare import open_prepared
-    from feature_store.storage import fetch_dir, list_files
+    from feature_store.storage import cache_dir, fetch_dir, list_files, location_of, open_dataset
 
+    monkeypatch.chdir(tmp_path)  # the cache of fetched files is under the working directory
     uri = f"{bucket}/datasets/ml-tiny"
     assert _prepare(["--dataset", "movielens-100k", "--out", uri, "--max-events", "300"]) == 0
     assert f"prepared movielens-100k in {uri}" in capsys.readouterr().out
@@ -59,8 +60,18 @@ def test_prepare_publishes_a_dataset_that_reads_back(bucket, capsys):
     assert _keys(bucket) == [f"datasets/ml-tiny/{k}" for k in keys]  # the staging prefix is gone
     train = list_files(uri, "training_set/split=train")
     assert train and all(f.startswith(f"{uri}/training_set/split=train/") for f in train)
+
+    # Read where it is: the splits from the store, only the JSON files (and, once asked for, the
+    # offline store) copied here.
+    remote = open_dataset(uri)
+    assert location_of(remote) == uri and remote.root == cache_dir(uri)
+    assert remote.read_split("train").num_rows == remote.summary()["splits"]["train"]["rows"]
+    assert sum(t.num_rows for t in remote.iter_split("test", batch_size=50)) == remote.summary()["splits"]["test"]["rows"]
+    assert not (remote.root / "training_set").exists()
+    events = remote.offline_store().read_view(remote.definition().events_name)
     local = open_prepared(fetch_dir(uri))
-    assert local.read_split("train").num_rows == local.summary()["splits"]["train"]["rows"]
+    assert local.read_split("train").equals(remote.read_split("train"))
+    assert events.num_rows == local.offline_store().read_view(local.definition().events_name).num_rows > 0
 
 
 def test_a_failed_upload_leaves_the_published_dataset_as_it_was(bucket, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from feature_store.storage import list_files, parquet_dataset
+from feature_store.storage import parquet_dataset, split_files
 from feature_store.transforms import TransformSet
 
 # Share of a CPU each Ray Data read/transform task asks for: the training workers hold most CPUs,
@@ -28,11 +28,6 @@ DATA_PIPELINE_CPUS = 1.0
 # Rows each transform call handles. Each result is a block the trainers can take at once, so the first
 # batches of an epoch arrive after one chunk is read and transformed, not after a whole file.
 TRANSFORM_BATCH_ROWS = 4096
-
-
-def split_files(location: str | Path, split: str) -> list[str]:
-    """The Parquet files (paths or URIs) of one training-set split (CONTRACTS.md section 3)."""
-    return list_files(location, f"training_set/split={split}")
 
 
 def split_dataset(location: str | Path, split: str) -> pads.Dataset:

@@ -4,6 +4,9 @@ torch.distributed.checkpoint)."""
 
 from __future__ import annotations
 
+import io
+import logging
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -13,6 +16,8 @@ from jobs.train.checkpointing import DEEPSPEED_DIR, DEEPSPEED_TAG, SPARSE_DIR
 from jobs.train.config import ResolvedConfig
 
 SPARSE_PREFIX = "sparse_arch."
+
+logger = logging.getLogger(__name__)
 
 
 def engine_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -24,7 +29,16 @@ def engine_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     directory = Path(checkpoint_dir) / DEEPSPEED_DIR
     tag_dir = directory / DEEPSPEED_TAG
     if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
-        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DEEPSPEED_TAG)
+        # zero_to_fp32 is a command-line script: it prints each step ("Processing zero checkpoint",
+        # shapes, element counts) and draws "Loading checkpoint shards" bars. Kept out of the
+        # terminal, and shown only if the merge fails.
+        output = io.StringIO()
+        try:
+            with redirect_stdout(output), redirect_stderr(output):
+                return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DEEPSPEED_TAG)
+        except Exception:
+            logger.error("DeepSpeed's zero_to_fp32 failed on %s; its output:\n%s", directory, output.getvalue())
+            raise
     # DeepSpeed's own checkpoint format is torch.save; it is this job's file, read back by this job.
     states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
