@@ -1,274 +1,301 @@
-"""Quality benchmark: GRec against single-task models, Shared-Bottom, MMoE and PLE at a matched
-parameter budget, on the same splits of MovieLens-100K, Women's Clothing Reviews and Adult.
+"""Quality benchmark: GRec against its own baselines and against the models users run today, on the
+full prepared data of MovieLens-100K, Women's Clothing Reviews and Adult, plus MovieLens-100K as 21
+tasks (like per genre) and an ablation.
 
-Every model is built by `grec.build_model` from the same encoder settings; the baselines' expert (or
-bottom) width is set with `grec.match_parameter_budget` to GRec's parameter count, and each
-single-task model (Shared-Bottom with one task) gets that same budget. Training is a plain PyTorch
-loop in this process (Adam, fixed epochs, the test metrics of the epoch with the best validation
-task-average), so the comparison fits a 2-core CPU; the distributed trainer (Ray Train + DeepSpeed)
-runs the same model code. Text goes through the small randomly initialised BERT (`tiny_bert`,
-trained with the model): MiniLM would dominate the CPU budget.
+Every model trains on all the train rows `grec data prepare` wrote, stops early on the validation
+split and is scored on the test split; the test split chooses nothing. Per (dataset, model): the
+test AUC of each binary task over seeds (mean ± std), a 95% bootstrap interval of the seed-mean
+(test rows resampled, the same draws for every task), the task-average AUC, and the training CPU
+seconds up to the selected epoch (one thread: `time.process_time`).
 
-    .venv/bin/python benchmarks/bench_quality.py --out docs/benchmarks/quality_results.json
+- GRec family (`grec`, `grec_sentence`, `grec_task_sentence`, `grec_shared`) and GRec's own
+  `shared_bottom` / `mmoe` / `ple` at GRec's parameter count, and `single_task` (a Shared-Bottom per
+  binary task at that count): the dataset's training config (`configs/*_grec.yaml`: model,
+  optimizer, epochs, early stopping, feature selection) trained in process by `jobs.local_fit.fit`,
+  the loop a `grec tune` trial runs.
+- Peers (benchmarks/quality_peers.py): scikit-learn HistGradientBoosting per task, TF-IDF + logistic
+  regression (text), torch-rechub SharedBottom / MMoE / PLE.
+- Ablation (`ablation_*`): one change to the dataset's GRec config each.
+
+Runs are resumable: results accumulate in `--out` and a (dataset, model, seed) already there is
+skipped, so the benchmark can run in pieces:
+
+    .venv/bin/python benchmarks/bench_quality.py --datasets adult --out docs/benchmarks/quality_results.json
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from any directory
     sys.path.insert(0, str(REPO_ROOT))
 
-from feature_store.prepare import PreparedDataset, prepare_dataset  # noqa: E402
-from feature_store.sources import SourceOptions  # noqa: E402
-from grec import (GRecConfig, InputSpec, RouterConfig, SkillConfig, TextEncoderConfig, build_model,  # noqa: E402
-                  count_parameters, match_parameter_budget)
-from jobs.evaluate import metrics  # noqa: E402
+from benchmarks.quality_data import DATASETS, BenchData, load, single_task_spec  # noqa: E402
+from benchmarks.quality_peers import PEERS, binary_tasks, labelled, train_peer  # noqa: E402
+from feature_store.definitions import select_features  # noqa: E402
+from grec import GRecConfig, InputSpec, count_parameters, match_parameter_budget  # noqa: E402
+from jobs.evaluate.bootstrap import bootstrap_intervals  # noqa: E402
+from jobs.evaluate.metrics import auc  # noqa: E402
+from jobs.local_fit import fit  # noqa: E402
 
-DATASETS = ("movielens-100k", "womens-clothing", "adult")
-MODELS = ("grec", "shared_bottom", "mmoe", "ple", "single_task")
-
-
-@dataclass(frozen=True)
-class Settings:
-    epochs: int
-    batch_size: int
-    lr: float
-    max_train_rows: int
-    max_eval_rows: int
-    sequence_length: int
-    text_max_length: int
+GREC_MODELS = ("grec", "grec_sentence", "grec_task_sentence", "grec_shared", "shared_bottom", "mmoe", "ple",
+               "single_task")
+ABLATIONS = ("ablation_no_skills", "ablation_one_expert", "ablation_history_mean", "ablation_no_history",
+             "ablation_no_text")
+MODELS = GREC_MODELS + PEERS + ABLATIONS
+RESAMPLES = 200
 
 
-@dataclass
-class SplitData:
-    train: pa.Table
-    validation: pa.Table
-    test: pa.Table
+# ---- the GRec family ------------------------------------------------------------------------------
+def _without(config: GRecConfig, names: list[str]) -> GRecConfig:
+    spec = InputSpec.from_dict(select_features(config.input.to_dict(), exclude=names))
+    changes = {"input": spec}
+    if not spec.text:
+        changes["text"] = None
+    return config.replace(**changes)
 
 
-def load_dataset(name: str, root: Path, settings: Settings, seed: int) -> tuple[InputSpec, SplitData]:
-    """Prepares the dataset once and returns transformed splits (train subsampled with a fixed seed,
-    shared by every model and training seed)."""
-    folder = root / f"{name}-seq{settings.sequence_length}"
-    if (folder / "dataset_spec.json").exists():
-        prepared = PreparedDataset(folder)
-    else:
-        prepared = prepare_dataset(name, folder, options=SourceOptions(sequence_length=settings.sequence_length),
-                                   overwrite=True)
-    transforms = prepared.transforms()
-    rng = np.random.default_rng(seed)
-
-    def split(name_: str, limit: int) -> pa.Table:
-        table = prepared.read_split(name_)
-        if table.num_rows > limit:
-            table = table.take(pa.array(np.sort(rng.choice(table.num_rows, limit, replace=False))))
-        return transforms.transform(table)
-
-    data = SplitData(split("train", settings.max_train_rows), split("validation", settings.max_eval_rows),
-                     split("test", settings.max_eval_rows))
-    spec = InputSpec.from_dict(prepared.spec())
-    # a shorter token budget for long text (reviews) keeps the CPU budget; the same for every model
-    text = tuple(dataclasses.replace(t, max_length=min(t.max_length, settings.text_max_length)) for t in spec.text)
-    return dataclasses.replace(spec, text=text), data
-
-
-def base_config(spec: InputSpec, architecture: str, seed: int) -> GRecConfig:
-    text = TextEncoderConfig(backbone="tiny_bert", tiny_hidden=16, tiny_layers=1, tiny_heads=2,
-                             tiny_intermediate=32, freeze=False) if spec.text else None
-    return GRecConfig(input=spec, architecture=architecture, d_model=32, embedding_dim=16, num_heads=2, ffn_hidden=64,
-                      expert_hidden=64, tower_hidden=32, text=text,
-                      router=RouterConfig(mode="task", num_experts=4, top_k=2), skills=SkillConfig(), seed=seed)
-
-
-def model_configs(spec: InputSpec, model: str, seed: int, budget: int) -> list[GRecConfig]:
-    """The configs trained for one benchmark entry (one per task for single_task)."""
+def variant(data: BenchData, model: str) -> GRecConfig | None:
+    """The model config of a GRec-family entry; None when it does not apply to the dataset."""
+    config = data.model_config
+    router = config.router
     if model == "grec":
-        return [base_config(spec, "grec", seed)]
-    if model == "single_task":
-        return [match_parameter_budget(base_config(dataclasses.replace(spec, tasks=(task,)), "shared_bottom", seed),
-                                       budget) for task in spec.tasks]
-    return [match_parameter_budget(base_config(spec, model, seed), budget)]
+        return config
+    if model in ("grec_sentence", "grec_task_sentence"):
+        return config.replace(router=router.model_copy(update={"mode": model.removeprefix("grec_").replace("_", "-")}))
+    if model == "grec_shared":
+        return config.replace(router=router.model_copy(update={"top_k": 0, "shared_experts": 2}))
+    if model == "ablation_no_skills":
+        return config.replace(skills=config.skills.model_copy(update={"kind": "none"}))
+    if model == "ablation_one_expert":
+        return config.replace(router=router.model_copy(update={"num_experts": 1, "top_k": 1, "shared_experts": 0}))
+    if model == "ablation_history_mean":
+        return config.replace(sequence_layers=0) if config.input.sequences else None
+    if model == "ablation_no_history":
+        return _without(config, [s.name for s in config.input.sequences]) if config.input.sequences else None
+    if model == "ablation_no_text":
+        return _without(config, [t.name for t in config.input.text]) if config.input.text else None
+    raise ValueError(model)
 
 
-def predict(model, table: pa.Table, batch_size: int = 2048) -> dict[str, np.ndarray]:
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, table.num_rows, batch_size):
-        for task, values in model.predict(model.collate(table.slice(start, batch_size))).items():
-            chunks.setdefault(task, []).append(values.numpy())
-    return {task: np.concatenate(parts) for task, parts in chunks.items()}
+def _stopping_metric(config: GRecConfig) -> tuple[str, str]:
+    binary = [t.name for t in config.input.tasks if t.kind == "binary"]
+    if len(binary) > 1:
+        return "val/auc_mean", "max"
+    return f"val/{binary[0]}/auc", "max"
 
 
-def score(spec: InputSpec, table: pa.Table, predictions: dict[str, np.ndarray]) -> dict[str, float]:
-    """AUC per binary task, RMSE per regression task, accuracy per multiclass task (tasks present)."""
-    out = {}
-    for task in spec.tasks:
-        if task.name not in predictions:
-            continue
-        labels = table.column(task.label).to_numpy()
-        if task.kind == "binary":
-            out[f"{task.name}_auc"] = metrics.auc(labels, predictions[task.name])
-        elif task.kind == "regression":
-            out[f"{task.name}_rmse"] = metrics.rmse(labels, predictions[task.name])
-        else:
-            out[f"{task.name}_accuracy"] = metrics.multiclass_accuracy(labels, predictions[task.name])
-    return out
+def train_grec_family(data: BenchData, model: str, seed: int) -> dict[str, object] | None:
+    budget = count_parameters(data.build(data.model_config))
+    if model in ("shared_bottom", "mmoe", "ple"):
+        configs = [match_parameter_budget(data.model_config.replace(architecture=model), budget)]
+    elif model == "single_task":
+        configs = [match_parameter_budget(single_task_spec(data.model_config, task).replace(
+            architecture="shared_bottom"), budget) for task in binary_tasks(data)]
+    else:
+        configs = [variant(data, model)]
+        if configs[0] is None:
+            return None
+    test, seconds, params, validation, epochs = {}, 0.0, 0, [], []
+    for config in configs:
+        config = config.replace(seed=seed)
+        metric, mode = _stopping_metric(config)
+        train_config = data.config.with_overrides(training={"seed": seed, "early_stopping": {
+            **data.config.training.early_stopping.model_dump(), "metric": metric, "mode": mode}})
+        network = data.build(config)
+        params += count_parameters(network, trainable_only=True)
+        result = fit(network, data.tables["train"], data.tables["validation"], train_config)
+        seconds += result.cpu_seconds_to_best
+        validation.append(result.best_metrics[metric])
+        epochs.append(result.best_epoch + 1)
+        test.update(_predict(result.model, data, [t for t in config.task_names if t in binary_tasks(data)]))
+    return {"test": test, "validation_auc": float(np.mean(validation)), "cpu_seconds_to_best": seconds,
+            "detail": {"params": params, "best_epoch": epochs}}
 
 
-def average_auc(values: dict[str, float]) -> float:
-    aucs = [v for k, v in values.items() if k.endswith("_auc")]
-    return float(np.mean(aucs)) if aucs else float("nan")
+def _predict(model, data: BenchData, tasks: list[str], batch_size: int = 2048) -> dict[str, np.ndarray]:
+    table, parts = data.tables["test"], {t: [] for t in tasks}
+    for first in range(0, table.num_rows, batch_size):
+        for task, values in model.predict(model.collate(table.slice(first, batch_size)), tasks).items():
+            parts[task].append(values.numpy())
+    return {task: np.concatenate(values) for task, values in parts.items()}
 
 
-def selection_score(values: dict[str, float]) -> float:
-    """Higher is better: the task-average AUC, or -RMSE / accuracy for a model without binary tasks
-    (a single-task regression or multiclass model)."""
-    if any(k.endswith("_auc") for k in values):
-        return average_auc(values)
-    return float(np.mean([-v if k.endswith("_rmse") else v for k, v in values.items()]))
+# ---- one run, the summary ------------------------------------------------------------------------
+def run_one(data: BenchData, model: str, seed: int, predictions_dir: Path) -> dict[str, object] | None:
+    started = time.perf_counter()
+    if model in PEERS:
+        peer = train_peer(model, data, seed)
+        if peer is None:
+            return None
+        out = {"test": peer.test, "validation_auc": peer.validation_auc,
+               "cpu_seconds_to_best": peer.cpu_seconds_to_best, "detail": peer.detail}
+    else:
+        out = train_grec_family(data, model, seed)
+        if out is None:
+            return None
+    labels = data.arrays["test"].labels
+    test_auc = {task: auc(labels[task][labelled(labels[task])], scores[labelled(labels[task])])
+                for task, scores in out["test"].items()}
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(predictions_dir / f"{data.name}--{model}--{seed}.npz", **out["test"])
+    return {"dataset": data.name, "model": model, "seed": seed, "test_auc": test_auc,
+            "task_average_auc": float(np.mean(list(test_auc.values()))), "validation_auc": out["validation_auc"],
+            "cpu_seconds_to_best": out["cpu_seconds_to_best"], "wall_seconds": time.perf_counter() - started,
+            "detail": out["detail"]}
 
 
-def train_one(config: GRecConfig, data: SplitData, settings: Settings, seed: int) -> tuple[dict[str, float], float, int]:
-    """Trains one model; returns test metrics at the best validation epoch, train seconds, parameters."""
-    model = build_model(config)
-    params = count_parameters(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
-    rng = np.random.default_rng(seed)
-    best_val, best_test, seconds = -np.inf, {}, 0.0
-    for _ in range(settings.epochs):
-        start = time.perf_counter()
-        model.train()
-        order = rng.permutation(data.train.num_rows)
-        for first in range(0, len(order), settings.batch_size):
-            batch = model.collate(data.train.take(pa.array(order[first:first + settings.batch_size])))
-            loss, _ = model.loss(model(batch), batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        seconds += time.perf_counter() - start
-        model.eval()
-        val = selection_score(score(config.input, data.validation, predict(model, data.validation)))
-        if val > best_val:
-            best_val, best_test = val, score(config.input, data.test, predict(model, data.test))
-    return best_test, seconds, params
+def seed_mean_intervals(labels: dict[str, np.ndarray], runs: list[dict[str, np.ndarray]],
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals of each task's seed-mean test AUC and of their average, over the same
+    resampled test rows (a task's unlabelled rows left out of each draw)."""
+    tasks = list(runs[0])
+
+    def statistic(rows: np.ndarray) -> np.ndarray:
+        values = []
+        for task in tasks:
+            y = labels[task][rows]
+            known = ~np.isnan(y)
+            values.append(np.mean([auc(y[known], run[task][rows][known]) for run in runs]))
+        return np.array([*values, np.mean(values)])
+
+    low, high = bootstrap_intervals(statistic, len(next(iter(labels.values()))), resamples=RESAMPLES, seed=seed)
+    return {name: (float(a), float(b)) for name, a, b in zip([*tasks, "task_average"], low, high)}
 
 
-def run_entry(spec: InputSpec, data: SplitData, model: str, seed: int, budget: int,
-              settings: Settings) -> dict[str, object]:
-    torch.manual_seed(seed)
-    results, seconds, params = {}, 0.0, 0
-    for config in model_configs(spec, model, seed, budget):
-        test, took, count = train_one(config, data, settings, seed)
-        results.update(test)
-        seconds += took
-        params += count
-    return {"model": model, "seed": seed, "params": params, "train_seconds": seconds, "metrics": results,
-            "task_average_auc": average_auc(results)}
-
-
-def summarize(runs: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Mean and standard deviation over seeds per (dataset, model)."""
+def summarize(runs: list[dict[str, object]], predictions_dir: Path) -> list[dict[str, object]]:
     rows = []
-    keys = sorted({(r["dataset"], r["model"]) for r in runs}, key=lambda k: (DATASETS.index(k[0]), MODELS.index(k[1])))
-    for dataset, model in keys:
-        mine = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
-        metric_names = list(mine[0]["metrics"]) + ["task_average_auc"]
-        stats = {}
-        for name in metric_names:
-            values = [r["metrics"][name] if name in r["metrics"] else r[name] for r in mine]
-            stats[name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-        rows.append({"dataset": dataset, "model": model, "seeds": len(mine), "params": mine[0]["params"],
-                     "train_seconds": statistics.mean(r["train_seconds"] for r in mine), "stats": stats})
+    for dataset in DATASETS:
+        labels_file = predictions_dir / f"{dataset}--labels.npz"
+        labels = dict(np.load(labels_file)) if labels_file.exists() else None
+        for model in MODELS:
+            mine = sorted((r for r in runs if r["dataset"] == dataset and r["model"] == model), key=lambda r: r["seed"])
+            if not mine:
+                continue
+            tasks = list(mine[0]["test_auc"])
+            stats = {}
+            for name in [*tasks, "task_average"]:
+                values = [r["test_auc"][name] if name != "task_average" else r["task_average_auc"] for r in mine]
+                stats[name] = {"mean": statistics.mean(values),  # no spread from one seed
+                               "std": statistics.stdev(values) if len(values) > 1 else None}
+            if labels is not None:
+                predictions = [dict(np.load(predictions_dir / f"{dataset}--{model}--{r['seed']}.npz")) for r in mine]
+                for name, interval in seed_mean_intervals(labels, predictions).items():
+                    stats[name]["interval"] = interval
+            rows.append({"dataset": dataset, "model": model, "seeds": [r["seed"] for r in mine], "stats": stats,
+                         "validation_auc": statistics.mean(r["validation_auc"] for r in mine),
+                         "cpu_seconds_to_best": statistics.mean(r["cpu_seconds_to_best"] for r in mine),
+                         "params": mine[0]["detail"].get("params")})
     return rows
 
 
-def markdown(rows: list[dict[str, object]]) -> str:
+LABELS = {"grec": "GRec (task routing)", "grec_sentence": "GRec (sentence routing)",
+          "grec_task_sentence": "GRec (task-sentence routing)", "grec_shared": "GRec (2 shared experts, top_k 0)",
+          "shared_bottom": "Shared-Bottom (GRec encoders)", "mmoe": "MMoE (GRec encoders)",
+          "ple": "PLE (GRec encoders)", "single_task": "single-task (GRec encoders, one per task)",
+          "hgb": "sklearn HistGradientBoosting per task", "tfidf_lr": "TF-IDF + logistic regression per task",
+          "rechub_shared_bottom": "torch-rechub SharedBottom", "rechub_mmoe": "torch-rechub MMoE",
+          "rechub_ple": "torch-rechub PLE", "ablation_no_skills": "ablation: no C-Poly skills",
+          "ablation_one_expert": "ablation: one expert (no routing)",
+          "ablation_history_mean": "ablation: history mean-pooled (no transformer)",
+          "ablation_no_history": "ablation: no history", "ablation_no_text": "ablation: no text"}
+
+
+def markdown(summary: list[dict[str, object]], many_tasks: tuple[str, ...] = ("movielens-genres",)) -> str:
+    """One table per dataset: per-task test AUC (mean ± std over seeds; 95% bootstrap interval of
+    the seed-mean), the task average, training CPU seconds to the best epoch and its ratio to
+    torch-rechub MMoE's. Many-task datasets show the task average and the per-task wins only."""
     lines = []
     for dataset in DATASETS:
-        mine = [r for r in rows if r["dataset"] == dataset]
-        if not mine:
+        rows = [r for r in summary if r["dataset"] == dataset]
+        if not rows:
             continue
-        names = list(dict.fromkeys(name for r in mine for name in r["stats"] if name != "task_average_auc"))
-        names.append("task_average_auc")
+        tasks = [t for t in rows[0]["stats"] if t != "task_average"]
+        mmoe = next((r["cpu_seconds_to_best"] for r in rows if r["model"] == "rechub_mmoe"), None)
+        main = [r for r in rows if not r["model"].startswith("ablation_")]
+        best = max(r["stats"]["task_average"]["mean"] for r in main)
+        shown = [] if dataset in many_tasks else tasks
         lines += [f"### {dataset}", "",
-                  "| model | params | train s | " + " | ".join(names) + " |",
-                  "|---|---:|---:|" + "---:|" * len(names)]
-        best = max(r["stats"]["task_average_auc"][0] for r in mine)
-        for r in mine:
-            cells = []
-            for name in names:
-                if name not in r["stats"]:
-                    cells.append("n/a")
-                    continue
-                mean, std = r["stats"][name]
-                cell = f"{mean:.4f} ± {std:.4f}"
-                if name == "task_average_auc" and mean == best:
-                    cell = f"**{cell}**"
-                cells.append(cell)
-            lines.append(f"| {r['model']} | {r['params']:,} | {r['train_seconds']:.1f} | " + " | ".join(cells) + " |")
+                  "| model | seeds | " + " | ".join(f"{t} AUC" for t in shown) + (" | " if shown else "")
+                  + "task-average AUC | CPU s to best | vs rechub MMoE |",
+                  "|---|---:|" + "---:|" * (len(shown) + 3)]
+        for r in rows:
+            cells = [_cell(r["stats"][t]) for t in shown]
+            average = _cell(r["stats"]["task_average"])
+            if r["stats"]["task_average"]["mean"] == best:
+                average = f"**{average}**"
+            ratio = f"{r['cpu_seconds_to_best'] / mmoe:.1f}x" if mmoe else "n/a"
+            lines.append(f"| {LABELS[r['model']]} | {len(r['seeds'])} | " + " | ".join([*cells, average])
+                         + f" | {r['cpu_seconds_to_best']:.0f} | {ratio} |")
         lines.append("")
     return "\n".join(lines)
 
 
+def _cell(stat: dict[str, object]) -> str:
+    interval = stat.get("interval")
+    text = f"{stat['mean']:.4f}" + (f" ± {stat['std']:.4f}" if stat["std"] is not None else "")
+    return f"{text} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=list(GREC_MODELS + PEERS), choices=MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--max-train-rows", type=int, default=12_800)
-    parser.add_argument("--max-eval-rows", type=int, default=2_000)
-    parser.add_argument("--sequence-length", type=int, default=10)
-    parser.add_argument("--text-max-length", type=int, default=32, help="token budget per text feature (default 32)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--data-root", type=Path, help="where prepared datasets are cached (default: a temp dir)")
-    parser.add_argument("--out", type=Path, help="write every run and the summary as JSON here")
+    parser.add_argument("--epochs", type=int, help="at most this many epochs (default: the dataset config's)")
+    parser.add_argument("--data-root", type=Path, default=Path(".grec/bench/data"),
+                        help="where prepared datasets are kept (default .grec/bench/data)")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/quality_results.json"))
+    parser.add_argument("--predictions", type=Path, default=Path(".grec/bench/predictions"),
+                        help="test labels and every run's test predictions, for the bootstrap intervals")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the tables of the results in --out (summarized again) as markdown")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    settings = Settings(args.epochs, args.batch_size, args.lr, args.max_train_rows, args.max_eval_rows,
-                        args.sequence_length, args.text_max_length)
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.data_root or Path(tmp)
-        for dataset in args.datasets:
-            spec, data = load_dataset(dataset, root, settings, seed=0)
-            budget = count_parameters(build_model(base_config(spec, "grec", 0)))
-            print(f"{dataset}: train {data.train.num_rows} / validation {data.validation.num_rows} / test "
-                  f"{data.test.num_rows} rows; budget {budget:,} parameters (GRec)", flush=True)
-            for seed in args.seeds:
-                for model in args.models:
-                    run = run_entry(spec, data, model, seed, budget, settings)
-                    run["dataset"] = dataset
-                    runs.append(run)
-                    print(f"  seed {seed} {model:<13} avg AUC {run['task_average_auc']:.4f} "
-                          f"({run['train_seconds']:.1f} s, {run['params']:,} params) {run['metrics']}", flush=True)
-                    write_results(args.out, settings, args.seeds, runs)  # partial results survive a time limit
-    print()
-    print(markdown(summarize(runs)))
+    if args.report:
+        runs = json.loads(args.out.read_text())["runs"]
+        summary = summarize(runs, args.predictions)
+        _write(args.out, runs, summary)
+        print(markdown(summary))
+        return 0
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)  # cost is CPU seconds of one thread, for every model
+    threadpool_limits(1)
+    args.predictions.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
+    done = {(r["dataset"], r["model"], r["seed"]) for r in runs}
+    for dataset in args.datasets:
+        todo = [(m, s) for s in args.seeds for m in args.models if (dataset, m, s) not in done]
+        if not todo:
+            continue
+        data = load(dataset, args.data_root, REPO_ROOT, args.epochs)
+        np.savez_compressed(args.predictions / f"{dataset}--labels.npz", **data.arrays["test"].labels)
+        print(f"{dataset}: train {data.tables['train'].num_rows} / validation {data.tables['validation'].num_rows} "
+              f"/ test {data.tables['test'].num_rows} rows, tasks {data.model_config.task_names}", flush=True)
+        for model, seed in todo:
+            run = run_one(data, model, seed, args.predictions)
+            if run is None:
+                continue
+            runs.append(run)
+            print(f"  {model:<22} seed {seed}: test task-average AUC {run['task_average_auc']:.4f} (validation "
+                  f"{run['validation_auc']:.4f}), {run['cpu_seconds_to_best']:.1f} CPU s to best", flush=True)
+            _write(args.out, runs, None)  # partial results survive an interruption
+    _write(args.out, runs, summarize(runs, args.predictions))
     return 0
 
 
-def write_results(out: Path | None, settings: Settings, seeds: list[int], runs: list[dict[str, object]]) -> None:
-    if out is None:
-        return
+def _write(out: Path, runs: list[dict[str, object]], summary: list[dict[str, object]] | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": dataclasses.asdict(settings), "seeds": seeds, "runs": runs,
-                               "summary": summarize(runs)}, indent=2) + "\n")
+    out.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

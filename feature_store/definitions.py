@@ -52,11 +52,16 @@ def _is_id_type(dtype: pa.DataType) -> bool:
 
 @dataclass(frozen=True)
 class Entity:
-    """A thing features are keyed by (a user, an item); `join_key` is its key column."""
+    """A thing features are keyed by (a user, an item); `join_key` is its key column.
+
+    `feature`: the key is also a model input (an id embedding). False for a key that names a single
+    event (a census respondent, an anonymous reviewer): every test row would be a new id, so its
+    embedding could only memorise the training rows. Such a key still joins, splits and groups."""
 
     name: str
     join_key: str
     dtype: pa.DataType = pa.int64()
+    feature: bool = True
 
     def __post_init__(self) -> None:
         if not _is_id_type(self.dtype):
@@ -175,7 +180,10 @@ class SequenceFeature:
 
 @dataclass(frozen=True)
 class Task:
-    """A prediction task whose label is the event column `label` (default `label_<name>`)."""
+    """A prediction task whose label is the event column `label` (default `label_<name>`).
+
+    `missing_labels`: the label is null on events the task does not cover (a scenario's task, such
+    as "like" among one genre's movies); losses and metrics read the labelled events only."""
 
     name: str
     kind: TaskKind
@@ -183,6 +191,7 @@ class Task:
     role: TaskRole = TaskRole.MAIN
     num_classes: int | None = None
     descriptors: Mapping[str, str] = field(default_factory=dict)
+    missing_labels: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", TaskKind(self.kind))
@@ -233,7 +242,7 @@ class EventView:
              pa.field(self.item.join_key, self.item.dtype, nullable=False),
              pa.field(self.timestamp_field, TIMESTAMP_TYPE, nullable=False)]
             + [pa.field(f.name, f.dtype) for f in self.context_features]
-            + [pa.field(t.label, t.label_dtype, nullable=False) for t in self.tasks]
+            + [pa.field(t.label, t.label_dtype, nullable=t.missing_labels) for t in self.tasks]
         )
 
 
@@ -298,8 +307,8 @@ class DatasetDefinition:
     def sourced_features(self) -> list[tuple[AnyFeature, str]]:
         """Every feature with its spec `source` (user, item, context), keys first."""
         out: list[tuple[AnyFeature, str]] = [
-            (categorical(self.user.join_key, self.user.dtype), "user"),
-            (categorical(self.item.join_key, self.item.dtype), "item"),
+            (categorical(entity.join_key, entity.dtype), source)
+            for entity, source in ((self.user, "user"), (self.item, "item")) if entity.feature
         ]
         for view in self.feature_views:
             source = "user" if view.entity == self.user else "item"
@@ -360,7 +369,7 @@ class DatasetDefinition:
             "format": "grec.dataset_definition", "version": DEFINITION_VERSION,
             "name": self.name, "user": _entity_to_dict(self.user), "item": _entity_to_dict(self.item),
             "events_name": self.events_name, "timestamp_field": self.timestamp_field,
-            "tasks": [t.to_spec() for t in self.tasks],
+            "tasks": [{**t.to_spec(), "missing_labels": t.missing_labels} for t in self.tasks],
             "feature_views": [
                 {"name": v.name, "entity": v.entity.name, "timestamp_field": v.timestamp_field,
                  "ttl_seconds": None if v.ttl is None else v.ttl.total_seconds(),
@@ -389,7 +398,8 @@ class DatasetDefinition:
         )
         return cls(
             name=data["name"], user=user, item=item,
-            tasks=tuple(Task(t["name"], t["kind"], t["label"], t["role"], t["num_classes"], t["descriptors"])
+            tasks=tuple(Task(t["name"], t["kind"], t["label"], t["role"], t["num_classes"], t["descriptors"],
+                             t.get("missing_labels", False))
                         for t in data["tasks"]),
             feature_views=views,
             context_features=tuple(_feature_from_dict(f) for f in data["context_features"]),
@@ -403,6 +413,43 @@ class DatasetDefinition:
     @classmethod
     def load(cls, path: str | Path) -> DatasetDefinition:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# The feature lists of a dataset spec (docs/CONTRACTS.md §1).
+SPEC_FEATURE_GROUPS = ("categorical", "numeric", "sequences", "text")
+
+
+def spec_feature_names(spec: Mapping[str, Any]) -> list[str]:
+    """Every feature of a dataset spec, in spec order."""
+    return [entry["name"] for group in SPEC_FEATURE_GROUPS for entry in spec.get(group) or []]
+
+
+def select_features(spec: Mapping[str, Any], include: list[str] | None = None,
+                    exclude: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The spec with only the chosen features: `include` (None: every feature) minus `exclude`.
+    Keys, tasks and the time column stay. Errors (ValueError) name the list that is wrong: an unknown
+    feature, one named in both lists, a sequence kept without the feature whose vocabulary it uses,
+    or nothing left."""
+    known = spec_feature_names(spec)
+    for what, names in (("include", include or []), ("exclude", exclude)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{what} names unknown features {unknown}; dataset {spec.get('name')!r} has {known}")
+    both = sorted(set(include or []) & set(exclude))
+    if both:
+        raise ValueError(f"include and exclude both name {both}; name each feature in one list")
+    kept = {n for n in (known if include is None else include) if n not in set(exclude)}
+    for sequence in spec.get("sequences") or []:
+        if sequence["name"] in kept and sequence["vocab_feature"] not in kept:
+            raise ValueError(f"sequence {sequence['name']!r} uses the vocabulary of {sequence['vocab_feature']!r}, "
+                             f"which is left out; keep {sequence['vocab_feature']!r} or leave out "
+                             f"{sequence['name']!r} too")
+    if not kept:
+        raise ValueError(f"no feature is left; dataset {spec.get('name')!r} has {known}")
+    selected = dict(spec)
+    for group in SPEC_FEATURE_GROUPS:
+        selected[group] = [entry for entry in spec.get(group) or [] if entry["name"] in kept]
+    return selected
 
 
 def _require_unique(names: list[str], where: str) -> None:
@@ -436,12 +483,13 @@ def dtype_from_str(text: str) -> pa.DataType:
     return _SCALAR_TYPES[text]
 
 
-def _entity_to_dict(entity: Entity) -> dict[str, str]:
-    return {"name": entity.name, "join_key": entity.join_key, "dtype": dtype_to_str(entity.dtype)}
+def _entity_to_dict(entity: Entity) -> dict[str, Any]:
+    return {"name": entity.name, "join_key": entity.join_key, "dtype": dtype_to_str(entity.dtype),
+            "feature": entity.feature}
 
 
-def _entity_from_dict(data: Mapping[str, str]) -> Entity:
-    return Entity(data["name"], data["join_key"], dtype_from_str(data["dtype"]))
+def _entity_from_dict(data: Mapping[str, Any]) -> Entity:
+    return Entity(data["name"], data["join_key"], dtype_from_str(data["dtype"]), data.get("feature", True))
 
 
 def _feature_to_dict(feature: AnyFeature) -> dict[str, Any]:

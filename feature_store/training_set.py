@@ -120,6 +120,7 @@ class _SplitStats:
     items: set = field(default_factory=set)
     label_sums: dict[str, float] = field(default_factory=dict)
     label_squares: dict[str, float] = field(default_factory=dict)
+    label_counts: dict[str, int] = field(default_factory=dict)  # labelled rows (a task may leave rows out)
     class_counts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -141,7 +142,8 @@ class TrainingSetStats:
         stats.users += len(pc.unique(rows.column(definition.user.join_key)))
         stats.items.update(pc.unique(rows.column(definition.item.join_key)).to_pylist())
         for task in definition.tasks:
-            labels = rows.column(task.label).to_numpy()
+            labels = rows.column(task.label).drop_null().to_numpy()
+            stats.label_counts[task.name] = stats.label_counts.get(task.name, 0) + len(labels)
             if task.kind is TaskKind.MULTICLASS:
                 counts = np.bincount(labels.astype(np.int64), minlength=task.num_classes)
                 stats.class_counts[task.name] = stats.class_counts.get(task.name, 0) + counts
@@ -156,13 +158,16 @@ class TrainingSetStats:
             tasks = {}
             for task in self.definition.tasks:
                 entry: dict[str, Any] = {"kind": str(task.kind)}
-                if stats.rows == 0:
+                labelled = stats.label_counts.get(task.name, 0)
+                if labelled < stats.rows:
+                    entry["labelled_rows"] = labelled
+                if labelled == 0:
                     pass
                 elif task.kind is TaskKind.BINARY:
-                    entry["positive_rate"] = stats.label_sums[task.name] / stats.rows
+                    entry["positive_rate"] = stats.label_sums[task.name] / labelled
                 elif task.kind is TaskKind.REGRESSION:
-                    mean = stats.label_sums[task.name] / stats.rows
-                    var = max(stats.label_squares[task.name] / stats.rows - mean * mean, 0.0)
+                    mean = stats.label_sums[task.name] / labelled
+                    var = max(stats.label_squares[task.name] / labelled - mean * mean, 0.0)
                     entry.update(mean=mean, std=float(np.sqrt(var)))
                 else:
                     counts = stats.class_counts[task.name]

@@ -63,7 +63,7 @@ def _label_problem(task: Task, column: pa.ChunkedArray) -> tuple[pa.ChunkedArray
         expected = f"a class id in [0, {task.num_classes})"
     else:
         bad, expected = pc.invert(pc.is_finite(column)), "a finite number"
-    bad = pc.fill_null(bad, False)
+    bad = pc.and_(pc.fill_null(bad, False), pc.is_valid(column))  # a missing label is no bad label
     return (bad, expected) if pc.any(bad).as_py() else None
 
 

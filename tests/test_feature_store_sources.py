@@ -78,7 +78,7 @@ def test_missing_original_files_and_impossible_downloads_are_explained(tmp_path)
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(UnknownDatasetError, match="known datasets: adult, movielens-100k, synthetic, womens-clothing"):
+    with pytest.raises(UnknownDatasetError, match="known datasets: adult, movielens-100k, movielens-100k-genres, synthetic, womens-clothing"):
         get_source("movielens-1m")
 
 
@@ -140,7 +140,7 @@ def test_synthetic_chunks_cover_time_windows_out_of_order():
 
 
 def test_registry_names_match_sources():
-    assert sorted(SOURCES) == ["adult", "movielens-100k", "synthetic", "womens-clothing"]
+    assert sorted(SOURCES) == ["adult", "movielens-100k", "movielens-100k-genres", "synthetic", "womens-clothing"]
 
 
 def test_synthetic_supports_many_tasks():

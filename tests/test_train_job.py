@@ -39,7 +39,7 @@ def test_engine_path_trains_tracks_and_registers(engine_run, tracking_uri):
     assert result.epochs_run == 2 and result.worker_restarts == 0
     assert set(result.metrics) == {"train/loss", "train/dropped_fraction", "val/loss", "val/like/auc",
                                    "val/like/log_loss", "val/love/auc", "val/love/log_loss", "val/rating/rmse",
-                                   "val/rating/mae"}
+                                   "val/rating/mae", "val/auc_mean"}
     assert 0.0 <= result.metrics["train/dropped_fraction"] < 1.0
     assert 0.0 <= result.metrics["val/like/auc"] <= 1.0
     client = MlflowClient(tracking_uri)

@@ -27,6 +27,9 @@ class SourceInfo:
 SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
     SourceInfo("movielens-100k", "MovieLens-100K ratings: like / love / rating tasks, titles, genres, rating history",
                "feature_store.sources.movielens:MovieLens100K"),
+    SourceInfo("movielens-100k-genres", "MovieLens-100K with 21 tasks: like / love / rating plus like per genre, "
+               "each genre a scenario (labelled on its movies only)",
+               "feature_store.sources.movielens_genres:MovieLensGenres"),
     SourceInfo("womens-clothing", "Women's Clothing E-Commerce Reviews: recommended / high-rating tasks with "
                "review text", "feature_store.sources.womens_clothing:WomensClothingReviews"),
     SourceInfo("adult", "Adult census income: income > 50K and never-married (the MMoE paper's pair)",

@@ -6,7 +6,10 @@ feature: it is the second label.
 
 The data has no items and no times. Synthesized, deterministically: every person is a user
 ("p<row>") who interacts once with the one item "census", at 2020-01-01T00:00Z + row seconds, so the
-time split follows the row order. Missing values ("?") become nulls.
+time split follows the row order. A person's key names one row and the survey is the same for
+everyone, so neither key is a model input (an id embedding could only memorise the training rows).
+Missing values ("?") become nulls. Age, hours per week and capital gain and loss also come as ranges
+(`<name>_range`, fixed edges): categorical features that let a network learn thresholds.
 
 Files: the original `adult.data` and `adult.test` from a directory (both are read; the test
 file's first line and the trailing "." of its labels are handled), the Parquet copy in
@@ -51,12 +54,32 @@ COLUMNS = pa.schema([pa.field(name, pa.int64() if name in NUMERIC else pa.string
                      for name in _ORDER])
 FIRST_TIME = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 THE_ITEM = "census"
-USER = Entity("person", "user_id", pa.string())
-ITEM = Entity("survey", "item_id", pa.string())
+USER = Entity("person", "user_id", pa.string(), feature=False)  # one row per person
+ITEM = Entity("survey", "item_id", pa.string(), feature=False)  # the same survey for every row
+# Fixed (domain) edges that cut skewed numerics into ranges, as categorical features beside the
+# numbers: capital gains matter by threshold (tax brackets), not linearly; hours and age by band.
+BUCKET_EDGES: dict[str, tuple[float, ...]] = {
+    "age": (20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70),
+    "hours-per-week": (20, 30, 35, 40, 41, 45, 50, 55, 60, 70),
+    "capital-gain": (1, 3000, 4000, 5000, 7000, 10000, 20000),
+    "capital-loss": (1, 1500, 1800, 2000, 2500),
+}
 
 
 def _feature_name(column: str) -> str:
     return column.replace("-", "_")
+
+
+def _bucket_name(column: str) -> str:
+    return f"{_feature_name(column)}_range"
+
+
+def _buckets(values: pa.ChunkedArray, edges: tuple[float, ...]) -> pa.Array:
+    """The range of each value ("<20", "20-25", ..., ">=70"); null stays null."""
+    labels = [f"<{edges[0]:g}", *(f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])), f">={edges[-1]:g}"]
+    numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    index = np.searchsorted(np.asarray(edges, dtype=np.float64), np.nan_to_num(numbers), side="right")
+    return pa.array([None if np.isnan(v) else labels[i] for v, i in zip(numbers, index)], pa.string())
 
 
 def _read_original(path, skip_rows: int) -> pa.Table:
@@ -69,8 +92,9 @@ def _read_original(path, skip_rows: int) -> pa.Table:
 class Adult(DataSource):
     def definition(self) -> DatasetDefinition:
         scenario = {"scenario": "census"}
-        features = tuple(numeric(_feature_name(c), pa.int64()) for c in NUMERIC) + tuple(
-            categorical(_feature_name(c)) for c in CATEGORICAL)
+        features = (tuple(numeric(_feature_name(c), pa.int64()) for c in NUMERIC)
+                    + tuple(categorical(_feature_name(c)) for c in CATEGORICAL)
+                    + tuple(categorical(_bucket_name(c)) for c in BUCKET_EDGES))
         return DatasetDefinition(
             name=self.name, user=USER, item=ITEM,
             tasks=(
@@ -107,6 +131,7 @@ class Adult(DataSource):
         static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE).take(np.zeros(n, dtype=np.int64))
         people = {"user_id": users, "feature_timestamp": static}
         people.update({_feature_name(c): raw[c] for c in (*NUMERIC, *CATEGORICAL)})
+        people.update({_bucket_name(c): _buckets(raw[c], edges) for c, edges in BUCKET_EDGES.items()})
         yield "people", iter([pa.table(people)])
         first_us = int(FIRST_TIME.timestamp()) * 1_000_000
         yield "events", iter([pa.table({

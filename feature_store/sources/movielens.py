@@ -59,16 +59,18 @@ ITEM = Entity("item", "item_id", pa.int64())
 
 
 class MovieLens100K(DataSource):
-    def definition(self) -> DatasetDefinition:
+    def tasks(self) -> tuple[Task, ...]:
         scenario = {"scenario": "movies"}
+        return (
+            Task("like", TaskKind.BINARY, role=TaskRole.MAIN, descriptors={"type": "engagement", **scenario}),
+            Task("love", TaskKind.BINARY, role=TaskRole.AUXILIARY, descriptors={"type": "delight", **scenario}),
+            Task("rating", TaskKind.REGRESSION, role=TaskRole.AUXILIARY, descriptors={"type": "rating", **scenario}),
+        )
+
+    def definition(self) -> DatasetDefinition:
         return DatasetDefinition(
             name=self.name, user=USER, item=ITEM,
-            tasks=(
-                Task("like", TaskKind.BINARY, role=TaskRole.MAIN, descriptors={"type": "engagement", **scenario}),
-                Task("love", TaskKind.BINARY, role=TaskRole.AUXILIARY, descriptors={"type": "delight", **scenario}),
-                Task("rating", TaskKind.REGRESSION, role=TaskRole.AUXILIARY,
-                     descriptors={"type": "rating", **scenario}),
-            ),
+            tasks=self.tasks(),
             feature_views=(
                 FeatureView("users", USER, (numeric("age", pa.int64()), categorical("gender"),
                                             categorical("occupation"), categorical("zip_code"))),
@@ -108,7 +110,7 @@ class MovieLens100K(DataSource):
             "age": users["age"], "gender": users["gender"], "occupation": users["occupation"],
             "zip_code": users["zip_code"].cast(pa.string()),
         })])
-        flags = np.column_stack([items[g].to_numpy(zero_copy_only=False) for g in GENRES]).astype(bool)
+        flags = genre_flags(items)
         genres = [[g for g, on in zip(GENRES, row, strict=True) if on] for row in flags]
         release = items["release_date"].cast(pa.string())
         year = pc.utf8_slice_codeunits(release, -4)
@@ -119,12 +121,21 @@ class MovieLens100K(DataSource):
             "genres": pa.array(genres, pa.list_(pa.string())),
             "release_year": pc.if_else(pc.equal(pc.utf8_length(year), 4), year, None).cast(pa.float64()),
         })])
+        yield "events", iter([self.events(ratings, items)])
+
+    def events(self, ratings: pa.Table, items: pa.Table) -> pa.Table:
+        """The events view: one row per rating, with every task's label."""
         rating = ratings["rating"]
-        yield "events", iter([pa.table({
+        return pa.table({
             "user_id": ratings["user_id"],
             "item_id": ratings["movie_id"],
             "event_timestamp": pc.multiply(ratings["timestamp"].cast(pa.int64()), 1_000_000).cast(TIMESTAMP_TYPE),
             "label_like": pc.greater_equal(rating, 4).cast(pa.int64()),
             "label_love": pc.equal(rating, 5).cast(pa.int64()),
             "label_rating": rating.cast(pa.float64()),
-        })])
+        })
+
+
+def genre_flags(items: pa.Table) -> np.ndarray:
+    """[movies, len(GENRES)] booleans: the movie is of the genre."""
+    return np.column_stack([items[g].to_numpy(zero_copy_only=False) for g in GENRES]).astype(bool)

@@ -150,16 +150,20 @@ def _problems(err: ValidationError) -> str:
                      f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Reads and validates a YAML training config."""
+def read_config_file(path: str | Path) -> Any:
+    """The parsed YAML of a config file, not yet validated (a clear error if missing or not YAML)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Reads and validates a YAML training config."""
+    return parse_config(read_config_file(path), str(path))
 
 
 # ---- resolution against the dataset and the model -------------------------------------------------

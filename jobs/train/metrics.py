@@ -22,6 +22,10 @@ from grec import TaskSpec
 from jobs.evaluate.metrics import task_metrics
 
 
+# The mean AUC over the binary tasks whose validation rows hold both classes.
+TASK_AVERAGE_AUC = "val/auc_mean"
+
+
 class ExactBinaryAUROC(BinaryAUROC):
     """torchmetrics' exact AUROC, NaN (not 0 and a warning) when the rows hold one class only."""
 
@@ -71,9 +75,13 @@ class ValidationAccumulator:
                rows: int, expert_load: torch.Tensor | None = None) -> None:
         self.loss.update(torch.tensor(float(loss)), weight=float(rows))
         for task in self.tasks:
-            scores = predictions[task.name].detach().float()
+            label = labels[task.name]
+            # Rows without a label for the task (NaN, or a negative class id) count in no metric,
+            # as the losses leave them out.
+            known = label >= 0 if task.kind == "multiclass" else ~torch.isnan(label)
+            scores = predictions[task.name].detach().float()[known]
             # 0/1 and class ids as integers (torchmetrics' classification metrics require it)
-            targets = labels[task.name].float() if task.kind == "regression" else labels[task.name].long()
+            targets = label[known].float() if task.kind == "regression" else label[known].long()
             for metric in self.metrics[task.name].values():
                 metric.update(scores, targets)
         if expert_load is not None:
@@ -93,6 +101,10 @@ class ValidationAccumulator:
         values = {"val/loss": float(self.loss.compute())}
         for task, metrics in self.metrics.items():
             values.update({f"val/{task}/{name}": float(metric.compute()) for name, metric in metrics.items()})
+        aucs = [values[f"val/{t.name}/auc"] for t in self.tasks if f"val/{t.name}/auc" in values]
+        if aucs:  # the task-average AUC: what a multi-task model is selected on
+            finite = [a for a in aucs if a == a]
+            values[TASK_AVERAGE_AUC] = sum(finite) / len(finite) if finite else float("nan")
         return values
 
     def expert_load_fractions(self) -> list[list[float]]:

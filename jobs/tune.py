@@ -1,0 +1,310 @@
+"""`run_tune`: hyperparameter search for a training config with Ray Tune and the ASHA scheduler.
+
+Each trial is a training config: the base config with one draw of the search space (dotted keys of
+the training config, e.g. `optimizer.lr` or `model.router.num_experts`; the architecture is one
+such key, so GRec and its baselines get the same search and the same budget). A trial trains in
+its Tune worker process (`jobs.local_fit.fit`: the model, losses and validation metrics of
+`grec train`, without the DeepSpeed engine and Ray Train worker group), reports the validation
+metrics after every epoch, and ASHA stops the trials that trail at each rung. The training rows
+are transformed once and shared through Ray's object store.
+
+Why not Ray Train inside each trial: a trial would then start its own worker group, DeepSpeed engine
+and Ray Data pipeline (at least 2 CPUs with the pipeline's, several seconds of start-up), so on a
+2-core machine trials could not run side by side and ASHA's early stops would save little. The
+in-process trial trains the same model code on one CPU; the winning config is then trained by
+`grec train` as usual.
+
+MLflow: one parent run (the search: space, budget, the best trial's values and metric, the best
+config as an artifact) and one child run per trial (its values, its per-epoch metrics, whether ASHA
+stopped it). The best config is written as a training config YAML that `grec train --config` takes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jobs.train.config import ConfigError, TrainConfig, load_config, metric_names, parse_config, resolve
+
+logger = logging.getLogger(__name__)
+
+TUNE_DIR = Path(".grec") / "tune"
+# Sections a search cannot vary: they decide the rows every trial shares.
+FIXED_SECTIONS = ("dataset", "features", "tasks")
+# ASHA: trials are compared after 1, 2, 4, ... epochs; half go on at each rung.
+GRACE_EPOCHS, REDUCTION_FACTOR = 1, 2
+
+
+class Distribution(BaseModel):
+    """One key's distribution: exactly one of `loguniform` / `uniform` ([low, high]), `randint`
+    ([low, high), integers) or `choice` (a list of values)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [name for name in ("loguniform", "uniform", "randint", "choice") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of loguniform, uniform, randint, choice (got {given or 'none'})")
+        bounds = self.loguniform or self.uniform or self.randint
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"bounds {list(bounds)}: low must be below high")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        return self
+
+    def sampler(self) -> Any:
+        from ray import tune
+
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.randint is not None:
+            return tune.randint(*self.randint)
+        return tune.choice(self.choice)
+
+    def example(self) -> Any:
+        """A value inside the distribution (the low end), to check that the key takes it."""
+        if self.choice is not None:
+            return self.choice[0]
+        return (self.loguniform or self.uniform or self.randint)[0]
+
+
+class SearchSpace(BaseModel):
+    """Dotted training-config keys -> distributions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    space: dict[str, Distribution] = Field(min_length=1)
+
+
+# The default search: what matters for every architecture, so baselines searched with it get the
+# same budget as GRec.
+DEFAULT_SPACE = SearchSpace(space={
+    "optimizer.lr": Distribution(loguniform=(3e-4, 3e-3)),
+    "optimizer.weight_decay": Distribution(choice=[0.0, 0.01, 0.1]),
+    "model.dropout": Distribution(choice=[0.0, 0.1, 0.2]),
+    "training.batch_size": Distribution(choice=[256, 512, 1024]),
+})
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """A YAML mapping of dotted keys to distributions, e.g. `optimizer.lr: {loguniform: [1e-4, 1e-2]}`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space file {path} does not exist")
+    try:
+        return SearchSpace(space=yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or '(root)'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def apply(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config's plain data with dotted keys set; a key must name an existing section."""
+    data = copy.deepcopy(data)
+    for dotted, value in values.items():
+        *path, leaf = dotted.split(".")
+        node = data
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"search space key {dotted!r}: {part!r} is not a section of the training config")
+            node = node[part]
+        node[leaf] = value
+    return data
+
+
+def trial_config(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    return parse_config(apply(base.model_dump(mode="json"), values), "trial config")
+
+
+def check_space(base: TrainConfig, space: SearchSpace) -> None:
+    """Fails before Ray starts when a key is not in the training config or does not take its values."""
+    for key, distribution in space.space.items():
+        if key.split(".")[0] in FIXED_SECTIONS:
+            raise ConfigError(f"search space key {key!r}: {key.split('.')[0]} cannot be searched (a search "
+                              "transforms the dataset's rows once, for every trial)")
+        try:
+            trial_config(base, {key: distribution.example()})
+        except ConfigError as err:
+            raise ConfigError(f"search space key {key!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    best_values: dict[str, Any]
+    best_metric: float
+    best_epoch: int
+    best_config_path: Path
+    parent_run_id: str
+    trials: int
+    stopped_early: int  # trials ASHA stopped before their last epoch
+
+
+def run_tune(config: TrainConfig | str | Path, trials: int, *, space: SearchSpace | None = None,
+             concurrent: int | None = None, out: str | Path | None = None, name: str | None = None) -> TuneResult:
+    """Searches `space` (default DEFAULT_SPACE) with `trials` samples and ASHA on the config's
+    early-stopping metric; returns the best trial and writes its training config to `out`
+    (default .grec/tune/<name>/best_config.yaml)."""
+    from jobs.ray_runtime import ray_session
+    from jobs.train.config import cluster_address
+    from registry.tracking import use_tracking_uri
+
+    if not isinstance(config, TrainConfig):
+        config = load_config(config)
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
+    space = space or DEFAULT_SPACE
+    check_space(config, space)
+    resolved = resolve(config)  # configuration errors surface before Ray starts
+    stopping = config.training.early_stopping
+    if stopping.metric not in metric_names(resolved.model_config.input):
+        raise ConfigError(f"training.early_stopping.metric: {stopping.metric!r} is not a validation metric")
+    name = name or f"{config.mlflow.experiment}-tune"
+    out = Path(out) if out else TUNE_DIR / name / "best_config.yaml"
+    concurrent = concurrent or 1
+    with use_tracking_uri(config.mlflow.tracking_uri) as tracking_uri, \
+            ray_session(cluster_address(config), num_cpus=None if cluster_address(config) else max(2, concurrent)):
+        return _search(config, resolved, space, trials, concurrent, out, name, tracking_uri)
+
+
+def _search(config: TrainConfig, resolved, space: SearchSpace, trials: int, concurrent: int, out: Path, name: str,
+            tracking_uri: str) -> TuneResult:
+    from mlflow import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from feature_store.prepare import open_prepared
+    from registry.tracking import ensure_experiment, flatten_params
+
+    stopping = config.training.early_stopping
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
+    parent = client.create_run(experiment_id, run_name=name, tags={"grec.job": "tune"}).info.run_id
+    try:
+        client.log_batch(parent, params=[_param(k, v) for k, v in sorted({
+            "trials": str(trials), "concurrent": str(concurrent), "scheduler": "ASHA",
+            "metric": stopping.metric, "mode": stopping.mode, "max_epochs": str(config.training.epochs),
+            **{f"space.{k}": str(v.model_dump(exclude_none=True)) for k, v in space.space.items()},
+            **flatten_params(config.model_dump(mode="json"), "base.")}.items())])
+        prepared = open_prepared(resolved.dataset_dir)
+        transforms = prepared.transforms()
+        splits = {split: transforms.transform(prepared.read_split(split))
+                  for split in (config.dataset.train_split, config.dataset.validation_split)}
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base=config.model_dump(mode="json"), spec=resolved.model_config.input.to_dict(),
+                                 train=splits[config.dataset.train_split],
+                                 validation=splits[config.dataset.validation_split],
+                                 tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent),
+            {"cpu": 1})
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=config.training.epochs,
+                                  grace_period=GRACE_EPOCHS, reduction_factor=REDUCTION_FACTOR)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: distribution.sampler() for key, distribution in space.space.items()},
+            tune_config=tune.TuneConfig(metric=stopping.metric, mode=stopping.mode, scheduler=scheduler,
+                                        num_samples=trials, max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=name, verbose=0, storage_path=config.scaling.storage_path
+                                      or str((Path.cwd() / TUNE_DIR / "ray_results").resolve())),
+        )
+        results = tuner.fit()
+        errors = [r.error for r in results if r.error is not None]
+        if errors and len(errors) == len(results):
+            raise RuntimeError(f"every trial failed; the first: {errors[0]}")
+        best = results.get_best_result(metric=stopping.metric, mode=stopping.mode, scope="all")
+        values = dict(best.config)
+        frame = best.metrics_dataframe
+        column = frame[stopping.metric]
+        best_row = column.idxmax() if stopping.mode == "max" else column.idxmin()
+        best_metric, best_epoch = float(column[best_row]), int(frame["epoch"][best_row])
+        stopped = _close_stopped_trials(client, experiment_id, parent)
+        best_config = trial_config(config, values)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(_best_config_yaml(best_config, values, best_metric, stopping.metric, trials))
+        client.log_batch(parent, params=[_param(f"best.{k}", str(v)) for k, v in sorted(values.items())])
+        client.log_metric(parent, f"best/{stopping.metric}", best_metric)
+        client.log_metric(parent, "trials_stopped_by_asha", stopped)
+        client.log_artifact(parent, str(out), "tune")
+    except BaseException:
+        client.set_terminated(parent, status="FAILED")
+        raise
+    client.set_terminated(parent)
+    return TuneResult(values, best_metric, best_epoch, out, parent, len(results), stopped)
+
+
+def _close_stopped_trials(client, experiment_id: str, parent: str) -> int:
+    """Marks the child runs of trials ASHA stopped (their process ended mid-training, so the run is
+    still open) as KILLED with tag grec.tune.stopped_by=asha; returns how many."""
+    stopped = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}' "
+                                                                "and attributes.status = 'RUNNING'")
+    for run in stopped:
+        client.set_tag(run.info.run_id, "grec.tune.stopped_by", "asha")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(stopped)
+
+
+def _best_config_yaml(config: TrainConfig, values: dict[str, Any], metric_value: float, metric: str,
+                      trials: int) -> str:
+    chosen = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
+    header = (f"# The best of {trials} `grec tune` trials ({metric} {metric_value:.4f} on validation): {chosen}\n"
+              "# Train it with: grec train --config THIS_FILE\n")
+    return header + yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def _param(key: str, value: str):
+    from mlflow.entities import Param
+
+    return Param(key, value[:6000])
+
+
+def _trial(values: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any], train, validation,
+           tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    """One trial in a Tune worker: train in process, report every epoch to Tune and MLflow."""
+    import torch
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from grec import GRecConfig, InputSpec, build_model
+    from jobs.local_fit import fit
+    from registry.tracking import flatten_params
+
+    torch.set_num_threads(1)  # the trial holds one CPU
+    config = parse_config(apply(base, values), "trial config")
+    model_config = GRecConfig.from_settings(config.model, InputSpec.from_dict(spec))
+    client = MlflowClient(tracking_uri=tracking_uri)
+    trial_name = tune.get_context().get_trial_name()
+    run_id = client.create_run(experiment_id, run_name=trial_name,
+                               tags={"mlflow.parentRunId": parent_run_id, "grec.job": "tune-trial"}).info.run_id
+    client.log_batch(run_id, params=[_param(k, str(v)) for k, v in sorted(flatten_params(values).items())])
+
+    def report(record) -> None:
+        for key, value in {**record.metrics, "train/loss": record.train_loss,
+                           "train/cpu_seconds": record.cpu_seconds}.items():
+            if math.isfinite(value):
+                client.log_metric(run_id, key, value, step=record.epoch)
+        tune.report({**record.metrics, "epoch": record.epoch, "train/loss": record.train_loss})
+
+    try:
+        result = fit(build_model(model_config), train, validation, config, on_epoch=report)
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_tag(run_id, "grec.tune.best_epoch", str(result.best_epoch))
+    client.set_terminated(run_id)

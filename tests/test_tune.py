@@ -1,0 +1,67 @@
+"""`grec tune`: search spaces checked before Ray starts, and a real Ray Tune search with ASHA whose
+trials are MLflow child runs and whose best config `grec train` accepts."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from jobs.train import load_config
+from jobs.train.config import ConfigError
+from jobs.tune import DEFAULT_SPACE, SearchSpace, check_space, load_space, run_tune, trial_config
+
+
+def test_a_space_file_names_the_bad_key(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("optimizer.lr: {loguniform: [0.01, 0.001]}\n")
+    with pytest.raises(ConfigError, match=r"optimizer\.lr.*low must be below high"):
+        load_space(path)
+    path.write_text("optimizer.lr: {between: [0.001, 0.01]}\n")
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        load_space(path)
+
+
+def test_space_keys_must_be_training_config_keys(tiny_movielens, train_tiny_config, tmp_path):
+    config = train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(ConfigError, match="optimizer.learning_rate"):
+        check_space(config, SearchSpace(space={"optimizer.learning_rate": {"choice": [0.1]}}))
+    with pytest.raises(ConfigError, match="trainer"):
+        check_space(config, SearchSpace(space={"trainer.lr": {"choice": [0.1]}}))
+    with pytest.raises(ConfigError, match="features cannot be searched"):
+        check_space(config, SearchSpace(space={"features.exclude": {"choice": [["title"]]}}))
+    with pytest.raises(ConfigError, match="model.router.top_k"):  # top_k 9 > num_experts 3
+        check_space(config, SearchSpace(space={"model.router.top_k": {"choice": [9]}}))
+    for architecture in ("grec", "shared_bottom", "mmoe", "ple"):  # one space for GRec and its baselines
+        check_space(config.with_overrides(model={"architecture": architecture}), DEFAULT_SPACE)
+    assert trial_config(config, {"optimizer.lr": 0.5, "model.router.num_experts": 5}).model.router.num_experts == 5
+
+
+@pytest.mark.slow
+def test_tune_runs_asha_trials_as_mlflow_children_and_writes_a_trainable_best_config(
+        ray_local, tiny_movielens, train_tiny_config, tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = train_tiny_config(tiny_movielens.root, tracking_uri, training={"epochs": 2},
+                               mlflow={"experiment": "tune-test"})
+    space = SearchSpace(space={"optimizer.lr": {"loguniform": [1e-3, 3e-2]},
+                               "model.architecture": {"choice": ["grec", "mmoe"]}})
+    out = tmp_path / "best.yaml"
+    result = run_tune(config, 3, space=space, out=out, name="tune-test", concurrent=2)
+
+    assert result.trials == 3 and set(result.best_values) == {"optimizer.lr", "model.architecture"}
+    best = load_config(out)  # a training config `grec train --config` takes
+    assert best.optimizer.lr == pytest.approx(result.best_values["optimizer.lr"])
+    assert best.model.architecture == result.best_values["model.architecture"]
+    assert "grec tune" in out.read_text().splitlines()[0]
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.params["scheduler"] == "ASHA" and parent.info.status == "FINISHED"
+    assert parent.data.metrics[f"best/{config.training.early_stopping.metric}"] == pytest.approx(result.best_metric)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(children) == 3
+    assert all(run.info.status in ("FINISHED", "KILLED") for run in children)
+    assert all("val/like/auc" in run.data.metrics and "optimizer.lr" in run.data.params for run in children)
+    assert sum(1 for run in children if run.info.status == "KILLED") == result.stopped_early
+    assert yaml.safe_load(out.read_text())["optimizer"]["lr"] == pytest.approx(result.best_values["optimizer.lr"])
