@@ -11,7 +11,6 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from grec.batch import Batch
 from grec.config import GRecConfig
 from grec.model import MultiTaskModel
 from grec.router import RouterStats
@@ -39,14 +38,13 @@ class DenseBaseline(MultiTaskModel):
         self.slot_embedding = nn.Parameter(torch.randn(self.encoder.num_tokens, config.d_model) * 0.02)
         self.towers = nn.ModuleDict({t: tower(config.d_model, config.tower_hidden) for t in config.task_names})
 
-    def shared_input(self, batch: Batch) -> torch.Tensor:
-        """[B, d]: the pooled sentence encoder output of the example tokens."""
-        examples = self.encode_examples(batch) + self.slot_embedding
-        return self.sentence_encoder(examples).mean(dim=1)
+    def shared_input(self, examples: torch.Tensor) -> torch.Tensor:
+        """[B, d]: the pooled sentence encoder output of the example tokens [B, n_tokens, d]."""
+        return self.sentence_encoder(examples + self.slot_embedding).mean(dim=1)
 
-    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
-                                                                   RouterStats | None]:
-        task_inputs = self.task_inputs(self.shared_input(batch), tasks)
+    def task_hidden(self, examples: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
+                                                                             RouterStats | None]:
+        task_inputs = self.task_inputs(self.shared_input(examples), tasks)
         return torch.stack([self.towers[t](task_inputs[t]) for t in tasks]), {}, None
 
     @abstractmethod

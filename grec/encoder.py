@@ -5,7 +5,11 @@ The user side (wide&deep over user and context features, behavior sequences, con
 depend on the candidate item, and the item side (item features, numerics and text) does not depend
 on the user. Rows that share a user's history (the candidates of one request) run the sequence stack
 once: each stack encodes the distinct histories of the batch and broadcasts them to the rows; text
-goes through the text encoder's cache, so each distinct text is encoded once."""
+goes through the text encoder's cache, so each distinct text is encoded once.
+
+The user tokens come first in the token order, so they can also be computed elsewhere (a batch job
+that stores them per user) and handed in: `forward(..., user_tokens=...)` then runs the item side
+only."""
 
 from __future__ import annotations
 
@@ -89,7 +93,7 @@ class ExampleEncoder(nn.Module):
         self.item_texts = [(t.name, t.max_length) for t in spec.text if t.source == "item"]
         self.context_texts = [(t.name, t.max_length) for t in spec.text if t.source != "item"]
         self.sequence_lengths = {s.name: s.length for s in spec.sequences}
-        d = config.d_model
+        d = self.d_model = config.d_model
         self.wide_deep = None
         num_wide_numeric, num_item_numeric = len(self.wide_numeric), len(self.item_numeric)
         if self.wide_features or num_wide_numeric:
@@ -118,13 +122,21 @@ class ExampleEncoder(nn.Module):
     def num_tokens(self) -> int:
         return len(self.token_names)
 
-    def forward(self, pooled: dict[str, torch.Tensor], per_position: dict[str, torch.Tensor],
-                batch: Batch) -> torch.Tensor:
+    @property
+    def num_user_tokens(self) -> int:
+        """The leading tokens that do not depend on the candidate: wide&deep, sequences, context text."""
+        return self.num_tokens - (self.item is not None)
+
+    def user_tokens(self, pooled: dict[str, torch.Tensor], per_position: dict[str, torch.Tensor],
+                    batch: Batch) -> torch.Tensor:
+        """[B, num_user_tokens, d_model]: wide&deep over user and context features, one token per
+        behavior sequence, one per context text."""
         size = batch.size
-        numeric = None if batch.numeric is None else batch.numeric.clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP)
         tokens = []
         if self.wide_deep is not None:
-            wide_numeric = None if not len(self.wide_numeric) else numeric.index_select(1, self.wide_numeric)
+            wide_numeric = None
+            if len(self.wide_numeric):
+                wide_numeric = batch.numeric.index_select(1, self.wide_numeric).clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP)
             tokens.append(self.wide_deep([pooled[name] for name in self.wide_features], wide_numeric))
         for name, encoder in self.sequence_encoders.items():
             length = self.sequence_lengths[name]
@@ -136,11 +148,31 @@ class ExampleEncoder(nn.Module):
         # queries) alike are encoded once per distinct text while the encoder cannot change.
         for name, max_length in self.context_texts:
             tokens.append(self.text_projections[name](self.text_encoder(batch.text[name], cache_max_length=max_length)))
-        if self.item is not None:
-            parts = [pooled[name] for name in self.item_features]
-            if len(self.item_numeric):
-                parts.append(numeric.index_select(1, self.item_numeric))
-            parts += [self.text_encoder(batch.text[name], cache_max_length=max_length)
-                      for name, max_length in self.item_texts]
-            tokens.append(self.item(parts))
+        if not tokens:  # a spec with item features only
+            return self.item.project.weight.new_zeros(size, 0, self.d_model)
         return torch.stack(tokens, dim=1)
+
+    def item_token(self, pooled: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor | None:
+        """[B, d_model] from the candidate's features, numerics and text (None without item features)."""
+        if self.item is None:
+            return None
+        parts = [pooled[name] for name in self.item_features]
+        if len(self.item_numeric):
+            parts.append(batch.numeric.index_select(1, self.item_numeric).clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP))
+        parts += [self.text_encoder(batch.text[name], cache_max_length=max_length)
+                  for name, max_length in self.item_texts]
+        return self.item(parts)
+
+    def forward(self, pooled: dict[str, torch.Tensor], per_position: dict[str, torch.Tensor],
+                batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens [B, n_tokens, d_model]. `user_tokens` [B, num_user_tokens, d_model], when given,
+        replace the user side (then `per_position` is not read)."""
+        if user_tokens is None:
+            user_tokens = self.user_tokens(pooled, per_position, batch)
+        elif user_tokens.shape[1:] != (self.num_user_tokens, self.d_model) or user_tokens.shape[0] != batch.size:
+            raise ValueError(f"user_tokens has shape {tuple(user_tokens.shape)}; this model takes "
+                             f"[{batch.size}, {self.num_user_tokens}, {self.d_model}] (rows, user tokens, d_model)")
+        item = self.item_token(pooled, batch)
+        if item is None:
+            return user_tokens
+        return torch.cat([user_tokens.to(item.dtype), item.unsqueeze(1)], dim=1)

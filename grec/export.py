@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grec.batch import Batch, Columns
+from grec.quantization import quantize_linear_layers
 
 if TYPE_CHECKING:
     from grec.grec_model import GRec
@@ -42,14 +43,17 @@ class TaskSubModel(nn.Module):
             self.expert_ids = expert_ids
             self.routed, self.shared = model.moe.merged_experts(task, expert_ids, gates, shared_gates)
             self.tower = model.tower.merged(task)
+        if model.precision == "int8":  # its merged tower computes as the model's other linear layers do
+            quantize_linear_layers(self)
 
     def collate(self, columns: Columns) -> Batch:
         return self.collator(columns)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """The task's logits: [B] or [B, C]."""
+    def forward(self, batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The task's logits: [B] or [B, C]. `user_tokens` [B, num_user_tokens, d_model]: precomputed
+        user sides of the rows (the model's `encode_user_tokens`; None: computed from `batch`)."""
         pooled, per_position = self.sparse_arch(batch.categorical, batch.sequences)
-        examples = self.encoder(pooled, per_position, batch)
+        examples = self.encoder(pooled, per_position, batch, user_tokens)
         sentences = self.sentence_encoder(examples, self.queries)  # [1 or 2, B, d]
         x = sentences[0]
         out = x
@@ -60,8 +64,8 @@ class TaskSubModel(nn.Module):
         return self.head.logits(F.gelu(self.tower(out)))
 
     @torch.no_grad()
-    def predict(self, batch: Batch) -> torch.Tensor:
-        return self.head.predict(self(batch))
+    def predict(self, batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head.predict(self(batch, user_tokens))
 
     def own_parameters(self) -> int:
         """Weights this task's sub-model holds beyond the shared encoders: experts, tower, head."""

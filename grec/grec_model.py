@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grec.batch import Batch
 from grec.config import GRecConfig
 from grec.export import TaskSubModel
 from grec.heads import head_parameters
@@ -104,9 +103,8 @@ class GRec(MultiTaskModel):
             return task_tokens
         return torch.cat([task_tokens, self.shared_query.unsqueeze(0).to(task_tokens.dtype)])
 
-    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
-                                                                   RouterStats]:
-        examples = self.encode_examples(batch)
+    def task_hidden(self, examples: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
+                                                                             RouterStats]:
         layout = self.layout(tasks, examples.device)
         all_tokens = self.task_tokens(self.task_names)  # task routing decides for every task
         sentences = self.sentence_encoder(examples, self.queries(all_tokens[layout.requested]))

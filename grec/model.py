@@ -65,6 +65,8 @@ class MultiTaskModel(nn.Module, ABC):
         for task in config.input.tasks:
             self._add_head(task)
         self._layouts: dict[tuple[tuple[str, ...], torch.device], TaskLayout] = {}
+        # What the weights are stored as and how they compute (grec.quantization; set when loaded).
+        self.precision = "fp32"
 
     def _add_head(self, task: TaskSpec) -> list[nn.Parameter]:
         self.heads[task.name] = make_head(task, self.head_input_dim)
@@ -104,21 +106,38 @@ class MultiTaskModel(nn.Module, ABC):
         """Every embedding table of `sparse_arch` with its size (to plan sharding)."""
         return list(self._tables)
 
-    def encode_examples(self, batch: Batch) -> torch.Tensor:
-        """Example tokens [B, n_tokens, d_model]: the encoders run once per example."""
+    def encode_examples(self, batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Example tokens [B, n_tokens, d_model]: the encoders run once per example; with
+        `user_tokens` (see `encode_user_tokens`) only the item side runs."""
         pooled, per_position = self.sparse_arch(batch.categorical, batch.sequences)
-        return self.encoder(pooled, per_position, batch)
+        return self.encoder(pooled, per_position, batch, user_tokens)
+
+    @property
+    def num_user_tokens(self) -> int:
+        return self.encoder.num_user_tokens
+
+    def encode_user_tokens(self, batch: Batch) -> torch.Tensor:
+        """The task- and candidate-independent tokens [B, num_user_tokens, d_model] (wide&deep over
+        user and context features, behavior sequences, context text): what a batch job can compute
+        once per user and `forward(..., user_tokens=...)` takes back. They do not depend on the
+        batch's item columns (a row without a candidate, its item columns null, gives them)."""
+        pooled, per_position = self.sparse_arch(batch.categorical, batch.sequences)
+        return self.encoder.user_tokens(pooled, per_position, batch)
 
     # ---- the architecture-specific part ---------------------------------------------------------------
     @abstractmethod
-    def task_hidden(self, batch: Batch, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
-                                                                   RouterStats | None]:
-        """(hidden [T, B, head_input_dim] in the order of `tasks`, auxiliary losses, router statistics)."""
+    def task_hidden(self, examples: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor],
+                                                                             RouterStats | None]:
+        """examples [B, n_tokens, d_model] -> (hidden [T, B, head_input_dim] in the order of `tasks`,
+        auxiliary losses, router statistics)."""
 
     # ---- outputs -----------------------------------------------------------------------------------
-    def forward(self, batch: Batch, tasks: list[str] | None = None) -> ModelOutput:
+    def forward(self, batch: Batch, tasks: list[str] | None = None,
+                user_tokens: torch.Tensor | None = None) -> ModelOutput:
+        """`user_tokens` [B, num_user_tokens, d_model]: precomputed user sides of the rows (e.g. one
+        stored user's tokens expanded over its candidates); None computes them from `batch`."""
         tasks = self.config.check_tasks(tasks)
-        hidden, aux, stats = self.task_hidden(batch, tasks)
+        hidden, aux, stats = self.task_hidden(self.encode_examples(batch, user_tokens), tasks)
         layout = self.layout(tasks, hidden.device)
         per_task = hidden.unbind(0)
         logits: dict[str, torch.Tensor] = {}
@@ -188,13 +207,14 @@ class MultiTaskModel(nn.Module, ABC):
         drawn = set(random.Random(f"{self.config.seed}:{step}").sample(range(len(names)), per_step))
         return [t for i, t in enumerate(names) if i in drawn], len(names) / per_step
 
-    def predict(self, batch: Batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def predict(self, batch: Batch, tasks: list[str] | None = None,
+                user_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Probabilities (binary), values (regression), class probabilities (multiclass), in eval mode."""
         was_training = self.training
         self.train(False)
         try:
             with torch.no_grad():
-                out = self(batch, tasks)
+                out = self(batch, tasks, user_tokens)
         finally:
             if was_training:
                 self.train(True)

@@ -12,6 +12,7 @@ from grec.baselines import MMoE, PLE, SharedBottom
 from grec.config import GRecConfig
 from grec.grec_model import GRec
 from grec.model import MultiTaskModel
+from grec.quantization import apply_precision, decode_state, encode_state, float_state_dict
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -37,13 +38,17 @@ def build_model(config: GRecConfig, pretrained_text: bool = True) -> MultiTaskMo
 
 
 def save_model(model: MultiTaskModel, path: str | Path) -> Path:
-    """Writes `path/model.safetensors` (every weight, the text encoder's included) and
-    `path/config.json` (the full config: enough to rebuild the same modules)."""
+    """Writes `path/model.safetensors` (every weight, the text encoder's included, stored at
+    `model.precision`: see grec.quantization) and `path/config.json` (the full config: enough to
+    rebuild the same modules, and the precision)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    save_file(tensors, str(path / WEIGHTS_FILE), metadata={"architecture": model.config.architecture})
-    (path / CONFIG_FILE).write_text(json.dumps({**FORMAT, "config": model.config.to_dict()}, indent=2))
+    state = encode_state(float_state_dict(model), model.precision)
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
+    save_file(tensors, str(path / WEIGHTS_FILE), metadata={"architecture": model.config.architecture,
+                                                           "precision": model.precision})
+    (path / CONFIG_FILE).write_text(json.dumps({**FORMAT, "precision": model.precision,
+                                                "config": model.config.to_dict()}, indent=2))
     return path
 
 
@@ -57,5 +62,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> MultiTas
         raise ValueError(f"{path / CONFIG_FILE}: saved with model layout version {document.get('version')!r}; this grec "
                          f"reads version {FORMAT['version']} (retrain the model, or use the grec release that saved it)")
     model = build_model(GRecConfig.from_dict(document["config"]), pretrained_text=False)
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
-    return model.to(device).eval()
+    model.load_state_dict(decode_state(load_file(str(path / WEIGHTS_FILE))), strict=True)
+    return apply_precision(model.to(device), document.get("precision", "fp32")).eval()

@@ -8,6 +8,12 @@ a client error with a message, not an Arrow failure.
 When the store stops answering (past its own retries), `StoreGuard` serves default features for
 every entity and marks the rows degraded, or refuses (`on_store_unavailable="reject"`); after a
 failure it skips the store for a short interval so requests do not each wait on it.
+
+The user side of the model (`grec encode-users`, feature_store.online.representations) comes
+with the rows when the store holds it fresh for this model version: same version, and computed
+from exactly the user-side values the rows now hold (no new event, no profile change, no request
+context). Otherwise the ranker computes it; which one, and why, is in `RequestRows` and counted in
+`grec_user_encoding_total`.
 """
 
 from __future__ import annotations
@@ -15,14 +21,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 
 from feature_store.definitions import DatasetDefinition, Entity
-from feature_store.online import (SEQUENCES_VIEW, DefaultsOnlyStore, OnlineStore, OnlineStoreUnavailableError,
-                                  build_request_rows)
+from feature_store.online import DefaultsOnlyStore, OnlineStore, OnlineStoreUnavailableError, build_request_rows
+from feature_store.online.representations import RepresentationStore, inputs_digest
 from serving import metrics
 from serving.errors import BadRequestError, FeaturesUnavailableError, UnknownContextFeatureError
 
@@ -47,6 +54,14 @@ class RequestRows:
     rows: pa.Table
     cold_start: bool
     degraded: bool = False
+    # The user's stored representation [num_user_tokens, d_model] when fresh, else None (the ranker
+    # computes it); `user_encoding_reason` says why it was or was not used.
+    user_tokens: np.ndarray | None = None
+    user_encoding_reason: str = "not_looked_up"
+
+    @property
+    def user_encoding(self) -> Literal["stored", "online"]:
+        return "stored" if self.user_tokens is not None else "online"
 
 
 class StoreGuard:
@@ -116,8 +131,10 @@ def check_context(definition: DatasetDefinition, context: dict[str, Any] | None)
     return context
 
 
-def request_rows(guard: StoreGuard, definition: DatasetDefinition, query: RowsQuery) -> RequestRows:
-    """One raw row per candidate for the query's user, read from the online store as of now."""
+def request_rows(guard: StoreGuard, definition: DatasetDefinition, query: RowsQuery,
+                 representations: RepresentationStore | None = None) -> RequestRows:
+    """One raw row per candidate for the query's user, read from the online store as of now, with
+    the user's stored representation when `representations` holds it fresh."""
     user_id = check_entity_id(definition.user, query.user_id, "user_id")
     item_ids = [check_entity_id(definition.item, item, "item id") for item in query.item_ids]
     context = check_context(definition, query.context)
@@ -126,15 +143,35 @@ def request_rows(guard: StoreGuard, definition: DatasetDefinition, query: RowsQu
             lambda store: build_request_rows(store, definition, user_id, item_ids, context))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:  # a context value of the wrong type
         raise BadRequestError(f"request features do not match the model's schema: {err}") from None
-    return RequestRows(rows, cold_start=bool(missing.user_views), degraded=degraded)
+    found = RequestRows(rows, cold_start=bool(missing.user_views), degraded=degraded)
+    if representations is not None and rows.num_rows:
+        found = _with_stored_user(found, representations, definition, user_id, bool(context))
+        metrics.count_user_encoding(found.user_encoding, found.user_encoding_reason)
+    return found
 
 
-def user_history(guard: StoreGuard, definition: DatasetDefinition, user_id: Any) -> tuple[list[Any], bool]:
-    """The user's latest item sequence (oldest first; [] for unknown users or datasets without one)
-    and whether the store was unavailable."""
-    user_id = check_entity_id(definition.user, user_id, "user_id")
-    item_sequences = [s for s in definition.sequences if s.field == definition.item.join_key]
-    if not item_sequences:
-        return [], False
-    stored, degraded = guard.run(lambda store: store.read(SEQUENCES_VIEW, [user_id]).rows[0])
-    return [item for item in stored.get(item_sequences[0].name, []) if item is not None], degraded
+def _with_stored_user(found: RequestRows, representations: RepresentationStore, definition: DatasetDefinition,
+                      user_id: Any, has_context: bool) -> RequestRows:
+    """`found` with the user's stored tokens when they are fresh for these rows, else with the reason."""
+    if found.degraded:
+        return replace(found, user_encoding_reason="store_unavailable")
+    if has_context:  # the stored side was computed without request context
+        return replace(found, user_encoding_reason="context")
+    try:
+        if representations.meta() is None:
+            return replace(found, user_encoding_reason="version_not_encoded")
+        stored = representations.read_user(user_id)
+    except OnlineStoreUnavailableError:  # the rows were read; the ranker computes the user side
+        return replace(found, user_encoding_reason="store_unavailable")
+    if stored is None:
+        return replace(found, user_encoding_reason="user_not_encoded")
+    if stored.digest != inputs_digest(found.rows, definition):
+        return replace(found, user_encoding_reason="stale")
+    # The ranker reads no user-side column when it has the tokens: the behavior sequences, the
+    # largest of them, are dropped here rather than shipped to the ranker and transformed per row.
+    rows = found.rows
+    for seq in definition.sequences:
+        index = rows.schema.get_field_index(seq.name)
+        rows = rows.set_column(index, rows.schema.field(index), pa.nulls(rows.num_rows, rows.schema.field(index).type))
+    return replace(found, rows=rows, user_tokens=stored.tokens, user_encoding_reason="fresh")
+
