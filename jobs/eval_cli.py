@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---- shared options ---------------------------------------------------------------------------------
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR_OR_URI",
-                   help="a prepared dataset directory (grec data prepare), or its s3:// URI (copied to .grec/cache first)")
+                   help="a prepared dataset directory (grec data prepare), or its s3:// URI (read there, by every node "
+                        "of a cluster)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split to score (default test)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
@@ -76,10 +77,8 @@ def _run(args: argparse.Namespace, work) -> int:
     """Runs `work()` with the MLflow tracking URI set. Bad input raises a ValueError, which `grec`
     reports as `grec CMD: error: ...` (exit 2). Ray is started by the jobs themselves, after they
     have checked model and data."""
-    from feature_store.storage import local_dataset
     from registry.tracking import use_tracking_uri
 
-    args.data = local_dataset(args.data)
     with use_tracking_uri(args.tracking_uri) as tracking_uri:
         args.resolved_tracking_uri = tracking_uri
         return work()

@@ -37,8 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="most candidates (or score rows) one request may send (default 1000)")
     p.add_argument("--reload-interval", type=float, default=None, metavar="SECONDS",
                    help="how often the registry alias is checked for a new version (default 30)")
-    p.add_argument("--retrieval", choices=("popularity", "similarity"), default=None,
-                   help="how candidates are chosen when a request brings none (default popularity)")
+    p.add_argument("--retrieval", choices=("index", "popularity"), default=None,
+                   help="how candidates are chosen when a request brings none: the model version's retrieval "
+                        "index (`grec build-index`; popularity for unknown users and versions without one), the "
+                        "default, or always popularity")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="serving config (JSON or YAML) with any ServingConfig field; flags override it")
     p.add_argument("--tracking-uri", metavar="URI",

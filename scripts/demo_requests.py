@@ -1,7 +1,8 @@
 """The main job's last step: wait for the endpoint, then show a user's top items for every task.
 
-Reads the item titles from the prepared dataset's offline store so the answer is readable; the
-endpoint itself returns item ids and scores.
+Reads the item titles from the prepared dataset's offline store so the answer is readable (the
+endpoint itself returns item ids and scores), and the user's seen set from the online store to
+show that none of the recommended items is one the user already rated.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import httpx
 
+from feature_store.online import open_online_store, read_seen
 from feature_store.prepare import open_prepared
 
 
@@ -40,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True, help="the endpoint, e.g. http://127.0.0.1:8000")
     parser.add_argument("--data", required=True, help="the prepared dataset directory (for titles)")
+    parser.add_argument("--online-store", required=True, help="the online store the endpoint reads (for the seen set)")
     parser.add_argument("--user", type=int, default=1, help="user id to recommend for")
     parser.add_argument("-k", type=int, default=5, help="items per task")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
@@ -47,6 +50,8 @@ def main() -> None:
 
     headers = {"Authorization": f"Bearer {os.environ['GREC_API_TOKEN']}"}
     titles = item_titles(args.data)
+    with open_online_store(args.online_store) as store:
+        seen = read_seen(store, args.user)
     with httpx.Client(base_url=args.url, headers=headers, timeout=60.0) as client:
         wait_until_ready(client, args.timeout)
         tasks = client.get("/v1/tasks").raise_for_status().json()
@@ -56,8 +61,10 @@ def main() -> None:
             request["task"] = task["name"]
             answer = client.post("/v1/recommend", json=request).raise_for_status().json()
             print(f"\nPOST /v1/recommend {json.dumps(request)}")
+            repeats = sum(1 for item in answer["items"] if item["item_id"] in seen)
             print(f"  model v{answer['model']['version']}, cold start: {answer['cold_start']}, "
-                  f"candidates from {answer['candidates_from']}")
+                  f"candidates from {answer['candidates_from']}, "
+                  f"{repeats} of {len(answer['items'])} already rated by user {args.user} ({len(seen)} rated)")
             for rank, item in enumerate(answer["items"], start=1):
                 print(f"  {rank}. {titles.get(item['item_id'], '?')} (item {item['item_id']}, "
                       f"score {item['score']:.4f})")

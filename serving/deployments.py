@@ -21,13 +21,15 @@ from typing import Any
 from ray import serve
 
 from feature_store.definitions import DatasetDefinition
-from feature_store.online import open_online_store
+from feature_store.online import SeenItems, open_online_store
+from feature_store.online.representations import RepresentationStore
 from serving import metrics
 from serving.config import ServingConfig
 from serving.errors import ModelNotReadyError, RequestTimeoutError, ServingError
-from serving.features import RequestRows, RowsQuery, StoreGuard, request_rows, user_history
+from serving.features import RequestRows, RowsQuery, StoreGuard, request_rows
 from serving.model_source import load_definition, load_servable, version_resolver
 from serving.ranking import RankRequest, RankResult, rank_batch
+from serving.retrieval import Candidates, UserState, read_seen_items, read_user_state
 from serving.servable import ServableModel
 
 log = logging.getLogger("ray.serve")
@@ -52,6 +54,7 @@ class FeatureLookup:
         # A missing or unreadable store fails the replica's start (and `serve.run`): never an empty store.
         self._guard = StoreGuard(open_online_store(config.online_store), config.on_store_unavailable,
                                  config.store_retry_interval_s)
+        self._representations: dict[str, RepresentationStore] = {}  # per version: stored user sides
 
     @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
     async def definition(self, version: str) -> DatasetDefinition:
@@ -60,26 +63,50 @@ class FeatureLookup:
     async def _pinned_definition(self) -> DatasetDefinition:
         return await self.definition(serve.get_multiplexed_model_id())
 
-    async def rows(self, queries: list[RowsQuery], deadline: float) -> list[RequestRows] | ServingError:
-        """Rows for every query (one per distinct user and context of a request), in one call."""
+    async def rows(self, queries: list[RowsQuery], deadline: float,
+                   stored_users: bool = False) -> list[RequestRows] | ServingError:
+        """Rows for every query (one per distinct user and context of a request), in one call; with
+        `stored_users`, each with its user's stored representation when fresh for the pinned version."""
         definition = await self._pinned_definition()
         if expired := _expired(deadline):
             return expired
+        representations = self._stored_users(serve.get_multiplexed_model_id()) if stored_users else None
         try:
-            found = await asyncio.to_thread(lambda: [request_rows(self._guard, definition, q) for q in queries])
+            found = await asyncio.to_thread(
+                lambda: [request_rows(self._guard, definition, q, representations) for q in queries])
         except ServingError as err:
             return err
         metrics.count_cold_start(sum(1 for f in found if f.cold_start and not f.degraded))
         return found
 
-    async def history(self, user_id: Any, deadline: float) -> tuple[list[Any], bool] | ServingError:
+    async def user_state(self, user_id: Any, context: dict[str, Any] | None,
+                         deadline: float) -> UserState | ServingError:
+        """The user's row and seen set, for candidate retrieval."""
         definition = await self._pinned_definition()
         if expired := _expired(deadline):
             return expired
         try:
-            return await asyncio.to_thread(user_history, self._guard, definition, user_id)
+            return await asyncio.to_thread(read_user_state, self._guard, definition, user_id, context)
         except ServingError as err:
             return err
+
+    async def seen(self, user_id: Any, deadline: float) -> tuple[SeenItems, bool] | ServingError:
+        """The user's seen set and whether the store was unavailable."""
+        definition = await self._pinned_definition()
+        if expired := _expired(deadline):
+            return expired
+        try:
+            return await asyncio.to_thread(read_seen_items, self._guard, definition, user_id)
+        except ServingError as err:
+            return err
+
+    def _stored_users(self, version: str) -> RepresentationStore:
+        """The version's stored user representations (its meta record is read once, then kept)."""
+        if version not in self._representations:
+            while len(self._representations) >= VERSIONS_PER_REPLICA:  # the oldest version goes first
+                self._representations.pop(next(iter(self._representations)))
+            self._representations[version] = RepresentationStore(self._guard.store, self._config.model_name, version)
+        return self._representations[version]
 
     async def ping(self) -> str:
         """Answers once the pinned version's definition is loaded (readiness, warm-up)."""
@@ -147,12 +174,10 @@ class Ranker:
                 metrics.observe_rows(requests[index].rows.num_rows)
         return results  # type: ignore[return-value]  # every slot is filled above
 
-    async def candidates(self, history: list[Any], n: int) -> tuple[list[Any], str]:
-        """Catalog candidates for a request without any: (item ids, how they were chosen)."""
+    async def candidates(self, state: UserState, n: int, exclude_seen: bool) -> Candidates:
+        """Catalog candidates for a request without any."""
         servable = await self._pinned_model()
-        if self._config.retrieval == "similarity":
-            return servable.similar_items(history, n), "similarity"
-        return servable.popular_items(n, exclude=set(history)), "popularity"
+        return servable.retriever.candidates(state, n, exclude_seen)
 
     async def describe(self) -> dict[str, Any]:
         return (await self._pinned_model()).describe()

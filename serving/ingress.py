@@ -41,8 +41,10 @@ from serving.health import DeploymentHealth
 from serving.http import RequestEnvelope, install_error_handlers, request_id_of
 from serving.model_source import version_resolver
 from serving.openapi import openapi_document
-from serving.ranking import RankRequest, RankResult
+from serving.ranking import RankRequest, RankResult, ranking_key, retrieved_blend
+from serving.retrieval import Candidates, UserState
 from serving.schemas import (
+    RETRIEVAL_TERM,
     ErrorResponse,
     HealthResponse,
     ModelRef,
@@ -154,34 +156,60 @@ class Ingress:
     @app.post("/v1/recommend", **_V1, response_model=RecommendResponse, summary="Top-k items for a user and a task")
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         served = self._served.current
-        self._check_tasks(served, [body.task])
+        blend = body.blend if body.blend is not None else self._config.blend.get(body.task)
+        self._check_tasks(served, [body.task, *(t for t in blend or {} if t != RETRIEVAL_TERM)])
         if body.k > self._config.max_k:
             raise BadRequestError(f"k is {body.k}; this endpoint returns at most {self._config.max_k} items")
         if body.candidates is not None:
             self._check_row_count(len(body.candidates), "candidates")
-        return await self._within_deadline(lambda deadline: self._recommend(served, body, request_id_of(request),
-                                                                             deadline))
+        return await self._within_deadline(lambda deadline: self._recommend(served, body, blend,
+                                                                             request_id_of(request), deadline))
 
-    async def _recommend(self, served: ServedVersion, body: RecommendRequest, request_id: str,
-                         deadline: float) -> RecommendResponse:
-        source = "request"
-        candidates = body.candidates
+    async def _recommend(self, served: ServedVersion, body: RecommendRequest, blend: dict[str, float] | None,
+                         request_id: str, deadline: float) -> RecommendResponse:
         degraded = False
-        if candidates is None:
-            history, degraded = self._raise_error(await self._call(
-                "feature lookup", served.lookup.history.remote(body.user_id, deadline)))
+        if body.candidates is None:  # retrieval (the user's seen set left out unless repeats are allowed)
+            state: UserState = self._raise_error(await self._call(
+                "feature lookup", served.lookup.user_state.remote(body.user_id, body.context, deadline)))
+            degraded = state.degraded
             size = min(max(self._config.retrieval_size, body.k), self._config.max_candidates)
-            candidates, source = await self._call("ranker", served.ranker.candidates.remote(history, size))
-        candidates = list(dict.fromkeys(candidates))  # a repeated id is ranked once
+            picked: Candidates = await self._call(
+                "ranker", served.ranker.candidates.remote(state, size, body.exclude_seen))
+        else:
+            items = list(dict.fromkeys(body.candidates))  # a repeated id is ranked once
+            if body.exclude_seen:
+                seen, degraded = self._raise_error(await self._call(
+                    "feature lookup", served.lookup.seen.remote(body.user_id, deadline)))
+                items = seen.without(items)
+            picked = Candidates(items, "request")
+        candidates = picked.items
         found: RequestRows = self._raise_error(await self._call(
             "feature lookup", served.lookup.rows.remote([RowsQuery(body.user_id, candidates, body.context)],
-                                                        deadline)))[0]
-        result = await self._rank(served, "recommend", body.task, found.rows, deadline)
-        order = sorted(range(len(candidates)), key=lambda i: -result.scores[i])[: body.k]
+                                                        deadline, stored_users=True)))[0]
+        # Retrieved candidates are ranked by the task and their retrieval logit unless a blend says otherwise.
+        if blend is None and picked.logits is not None:
+            blend = retrieved_blend(body.task, self._config.retrieval_weight)
+        tasks = list(dict.fromkeys([body.task, *(t for t in blend or {} if t != RETRIEVAL_TERM)]))
+        scored: dict[str, RankResult] = {}
+        if candidates:
+            results = await asyncio.gather(*(self._rank(served, "recommend", task, found.rows, deadline,
+                                                        found.user_tokens) for task in tasks))
+            scored = dict(zip(tasks, results, strict=True))
+        model = scored[body.task].model if scored else {"name": served.info["name"], "version": served.version,
+                                                        "alias": served.info["alias"]}
+        main = scored.get(body.task)
+        key = main.scores if main else []
+        if blend and scored:
+            key = ranking_key(blend, {t: r.scores for t, r in scored.items()}, picked.logits)
+        order = sorted(range(len(candidates)), key=lambda i: -key[i])[: body.k]
         return RecommendResponse(
-            request_id=request_id, model=ModelRef(**result.model), task=body.task, user_id=body.user_id,
-            cold_start=found.cold_start, features_degraded=degraded or found.degraded, candidates_from=source,
-            items=[ScoredItem(item_id=candidates[i], score=result.scores[i], known_item=result.known_items[i])
+            request_id=request_id, model=ModelRef(**model), task=body.task, user_id=body.user_id,
+            cold_start=found.cold_start, features_degraded=degraded or found.degraded,
+            candidates_from=picked.source, user_encoding=found.user_encoding, blend=blend or None,
+            items=[ScoredItem(item_id=candidates[i], score=main.scores[i], known_item=main.known_items[i],
+                              rank_score=key[i] if blend else None,
+                              retrieval_logit=picked.logits[i] if picked.logits is not None else None,
+                              task_scores={t: r.scores[i] for t, r in scored.items()} if blend else None)
                    for i in order],
         )
 
@@ -302,8 +330,10 @@ class Ingress:
             raise answer
         return answer
 
-    async def _rank(self, served: ServedVersion, route: str, task: str, rows: Any, deadline: float) -> RankResult:
-        result: RankResult = await self._call("ranker", served.ranker.rank.remote(RankRequest(task, rows, deadline)))
+    async def _rank(self, served: ServedVersion, route: str, task: str, rows: Any, deadline: float,
+                    user_tokens: Any = None) -> RankResult:
+        result: RankResult = await self._call("ranker", served.ranker.rank.remote(
+            RankRequest(task, rows, deadline, user_tokens)))
         if result.error is not None:
             raise result.error
         metrics.count_task(route, task)

@@ -86,6 +86,13 @@ def count_cold_start(users: int = 1) -> None:
                 "Users looked up without stored features (served with defaults).").inc(users)
 
 
+def count_user_encoding(source: str, reason: str) -> None:
+    _metric("counter", "grec_user_encoding_total",
+            "Ranking lookups by where the user side came from: source stored (the online store's representation "
+            "for the served version, fresh) or online (computed by the ranker), and why.",
+            ("source", "reason")).inc(tags={"source": source, "reason": reason})
+
+
 def count_degraded(reason: str) -> None:
     _metric("counter", "grec_features_degraded_total",
             "Lookups served with default features because the online store did not answer.",

@@ -13,8 +13,9 @@ import mlflow
 from mlflow import MlflowClient
 
 from feature_store.definitions import DatasetDefinition
-from registry.models import load_registered, resolve_version
+from registry.models import RegisteredModel, load_registered, resolve_version
 from serving.config import ServingConfig
+from serving.retrieval import CandidateRetriever, load_version_retriever
 from serving.servable import ServableModel
 
 # Where the pyfunc model keeps the dataset definition (registry.models.log_model's artifacts).
@@ -42,7 +43,16 @@ def load_servable(config: ServingConfig, version: str) -> ServableModel:
     return ServableModel(
         name=loaded.name, version=str(loaded.version), alias=config.model_alias, uri=config.model_uri,
         model=loaded.model, transforms=loaded.transforms, spec=loaded.spec, definition=loaded.definition,
+        retriever=load_retriever(config, loaded),
     )
+
+
+def load_retriever(config: ServingConfig, loaded: RegisteredModel) -> CandidateRetriever:
+    """The version's retrieval index when it has one (`grec build-index`) and the config asks for
+    it; popularity only otherwise."""
+    if config.retrieval == "index":
+        return load_version_retriever(loaded)
+    return CandidateRetriever.load(loaded.model, loaded.transforms, loaded.spec, None)
 
 
 def load_definition(config: ServingConfig, version: str) -> DatasetDefinition:

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from feature_store.definitions import DatasetDefinition
 from serving.config import ServingConfig
+from serving.schemas import MAX_BLEND_WEIGHT, RETRIEVAL_TERM
 
 INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
 
@@ -67,6 +68,13 @@ def openapi_document(base: dict[str, Any], config: ServingConfig, tasks: list[st
                        "candidates from the catalog first",
     }
     recommend["context"] = _context_schema(values)
+    recommend["blend"] = {
+        "anyOf": [{"type": "object", "propertyNames": {"enum": [*tasks, RETRIEVAL_TERM]}, "minProperties": 1,
+                   "additionalProperties": {"type": "number", "minimum": -MAX_BLEND_WEIGHT,
+                                            "maximum": MAX_BLEND_WEIGHT}},
+                  {"type": "null"}],
+        "description": recommend["blend"].get("description", ""),
+    }
 
     row = schemas["ScoreRow"]["properties"]
     row["user_id"], row["item_id"], row["task"] = values["user_id"], values["item_id"], task

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from serving.errors import ServingError, UnknownTaskError
+from serving.schemas import RETRIEVAL_TERM
 from serving.servable import ServableModel, TaskScores
 
 
@@ -19,6 +21,9 @@ class RankRequest:
     task: str
     rows: pa.Table  # raw rows, the training set's schema (serving.features.request_rows)
     deadline: float = float("inf")  # time.time() after which nobody waits for the answer
+    # The rows' user's stored representation [num_user_tokens, d_model] (RequestRows.user_tokens):
+    # the model then runs the item side only. None: the user side is computed from the rows.
+    user_tokens: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -40,18 +45,24 @@ class RankResult:
 
 def rank_batch(servable: ServableModel, requests: list[RankRequest]) -> list[RankResult]:
     """Scores every request with `servable`, concatenating the rows of requests for the same task
-    so that each task runs through its sub-model once per batch."""
+    so that each task runs through its sub-model once per batch (twice when some requests bring
+    their user's stored representation and some do not)."""
     model_ref = {"name": servable.name, "version": servable.version, "alias": servable.alias}
     results: list[RankResult | None] = [None] * len(requests)
-    by_task: dict[str, list[int]] = {}
+    groups: dict[tuple[str, bool], list[int]] = {}
     for index, request in enumerate(requests):
         if request.task in servable.task_names:
-            by_task.setdefault(request.task, []).append(index)
+            groups.setdefault((request.task, request.user_tokens is not None), []).append(index)
         else:
             results[index] = RankResult(model_ref, [], [], error=UnknownTaskError(request.task, servable.task_names))
-    for task, indices in by_task.items():
+    for (task, stored), indices in groups.items():
         tables = [requests[i].rows for i in indices]
-        scored = servable.score(task, pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        user_tokens = None
+        if stored:  # each request's user tokens, repeated over its rows
+            user_tokens = np.concatenate([np.broadcast_to(requests[i].user_tokens, (table.num_rows,
+                                                                                     *requests[i].user_tokens.shape))
+                                          for i, table in zip(indices, tables, strict=True)])
+        scored = servable.score(task, pa.concat_tables(tables) if len(tables) > 1 else tables[0], user_tokens)
         start = 0
         for index, table in zip(indices, tables, strict=True):
             end = start + table.num_rows
@@ -67,3 +78,34 @@ def _slice(model_ref: dict[str, str | None], scored: TaskScores, start: int, end
         probabilities = scored.class_probabilities[start:end].tolist()
     return RankResult(model_ref, scored.scores[start:end].tolist(), scored.known_items[start:end].tolist(),
                       probabilities, batch_size)
+
+
+
+def standardized(values: list[float]) -> np.ndarray:
+    """`values` minus their mean over their standard deviation (0 where all are alike)."""
+    array = np.asarray(values, dtype=np.float64)
+    spread = array.std()
+    return (array - array.mean()) / spread if spread > 0 else np.zeros_like(array)
+
+
+def retrieved_blend(task: str, retrieval_weight: float) -> dict[str, float] | None:
+    """How retrieved candidates are ranked without a blend of the request's or the config's: by the
+    task's score and the retrieval logit with `retrieval_weight`, or by the task alone when that is
+    0 (None). The ranker alone prefers what the user would like if they watched it; the retrieval
+    logit, what they will watch: on MovieLens both together lead (docs/benchmarks/recommend.md)."""
+    return {task: 1.0, RETRIEVAL_TERM: retrieval_weight} if retrieval_weight else None
+
+
+def ranking_key(weights: dict[str, float], scores: dict[str, list[float]],
+                retrieval_logits: list[float] | None) -> list[float]:
+    """Σ weight × term, each term standardized over the candidates (so a probability, a 1-5 rating
+    and a logit mix by their weights alone): a task's scores, or for `retrieval` the candidates'
+    retrieval logits (no term when the candidates did not come from the index)."""
+    total = np.zeros(len(next(iter(scores.values()))))
+    for name, weight in weights.items():
+        if name == RETRIEVAL_TERM:
+            if retrieval_logits is not None:
+                total += weight * standardized(retrieval_logits)
+        else:
+            total += weight * standardized(scores[name])
+    return total.tolist()

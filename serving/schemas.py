@@ -20,6 +20,11 @@ JsonInt = Annotated[StrictInt, BeforeValidator(_integral_float_as_int)]
 # coerced, so "12" and 12 stay different ids exactly as they are in the feature store.
 EntityId = JsonInt | StrictStr
 ContextValue = StrictStr | JsonInt | StrictFloat | StrictBool | list[StrictStr | JsonInt]
+# The blend's name for the candidates' retrieval logits (from the version's retrieval index).
+RETRIEVAL_TERM = "retrieval"
+# A blend weight: a JSON number (1 and 1.0 alike; never "1" or true) of at most MAX_BLEND_WEIGHT in size.
+MAX_BLEND_WEIGHT = 1000.0
+BlendWeight = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-MAX_BLEND_WEIGHT, le=MAX_BLEND_WEIGHT)]
 
 
 class _Body(BaseModel):
@@ -36,6 +41,15 @@ class RecommendRequest(_Body):
     context: dict[str, ContextValue] | None = Field(
         None, description="request-time context features by name (the model's `context` features)"
     )
+    exclude_seen: StrictBool = Field(
+        True, description="leave out items the user already interacted with (from every candidate source, the "
+                          "request's own candidates included); false allows repeats (re-watch, re-purchase)")
+    blend: dict[StrictStr, BlendWeight] | None = Field(
+        None, min_length=1,
+        description="rank by a weighted sum (name -> weight) of scores standardized over the candidates: tasks' "
+                    "scores and `retrieval`, the retrieval logit of candidates from the index; `task` counts only "
+                    "if named. Omitted: the served config's blend for `task`, else retrieved candidates by `task` "
+                    "and `retrieval` (weights 1 and the config's retrieval_weight), others by `task`'s score")
 
 
 class ScoreRow(_Body):
@@ -59,8 +73,14 @@ class ModelRef(BaseModel):
 
 class ScoredItem(BaseModel):
     item_id: EntityId
-    score: float = Field(description="probability (binary), value (regression), expected class (multiclass)")
+    score: float = Field(description="the request task's probability (binary), value (regression), expected "
+                                     "class (multiclass)")
     known_item: bool = Field(description="false when the item was not in training data (out of vocabulary)")
+    rank_score: float | None = Field(None, description="with a blend: the weighted sum the items are ranked by")
+    retrieval_logit: float | None = Field(
+        None, description="candidates from the retrieval index: the two-tower's logit (a log-probability up to a "
+                          "constant)")
+    task_scores: dict[str, float] | None = Field(None, description="with a blend: each scored task's own score")
 
 
 class RecommendResponse(BaseModel):
@@ -71,7 +91,15 @@ class RecommendResponse(BaseModel):
     cold_start: bool = Field(description="true when the user's stored features were not used: defaults were")
     features_degraded: bool = Field(
         description="true when the online store did not answer and every feature was a default")
-    candidates_from: Literal["request", "popularity", "similarity"]
+    candidates_from: Literal["request", "retrieval", "popularity"] = Field(
+        description="which source chose the candidates: the request, the model version's retrieval index, or "
+                    "popularity (users the store does not know, versions without an index)")
+    user_encoding: Literal["stored", "online"] = Field(
+        description="where the model's user side came from: `stored`, the user's representation that "
+                    "`grec encode-users` wrote for this model version, fresh for the user's current features; "
+                    "`online`, computed for this request")
+    blend: dict[str, float] | None = Field(
+        None, description="the weights the items are ranked by (`rank_score`); null when ranked by `score` alone")
     items: list[ScoredItem]
 
 
@@ -106,6 +134,15 @@ class TasksResponse(BaseModel):
     tasks: list[TaskInfo]
 
 
+class RetrievalInfo(BaseModel):
+    index: bool = Field(description="true when this version has a retrieval index (`grec build-index`) and the "
+                                    "endpoint uses it; popularity otherwise")
+    items: int | None = Field(None, description="items in the index")
+    kind: str | None = Field(None, description="the ANN index: hnsw (approximate) or flat (exact)")
+    built_at: str | None = None
+    positive_task: str | None = Field(None, description="the task whose positive rows trained the two-tower")
+
+
 class ModelResponse(BaseModel):
     name: str
     version: str
@@ -114,6 +151,10 @@ class ModelResponse(BaseModel):
     tasks: list[str]
     loaded_at: str = Field(description="when this version was loaded, ISO 8601 UTC")
     per_task_submodels: bool = Field(description="true when each task runs its own exported sub-model")
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        description="how the version's weights are stored (`grec quantize`): fp32, bf16 / fp16 (computing in "
+                    "float32), or int8")
+    retrieval: RetrievalInfo
 
 
 class ErrorDetail(BaseModel):

@@ -3,7 +3,8 @@
 The scoring path is the offline one — `TransformSet.transform` -> `model.collate` -> predict —
 so a served score equals the batch prediction for the same raw row. With `task` routing each task
 runs through its exported sub-model (only its experts, skills merged); otherwise through the full
-model restricted to that task.
+model restricted to that task. Candidates for requests without any come from the version's
+`CandidateRetriever` (serving/retrieval.py: its retrieval index, else popularity).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from torch import nn
 from feature_store.definitions import DatasetDefinition
 from feature_store.transforms import TransformSet
 from grec import InputSpec, MultiTaskModel
-from grec.sparse import sequence_table_name
 from serving.errors import UnknownTaskError
 from serving.openapi import request_value_schemas
+from serving.retrieval import CandidateRetriever
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class ServableModel:
     definition: DatasetDefinition
     loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     task_modules: dict[str, nn.Module] = field(default_factory=dict)
+    retriever: CandidateRetriever | None = None  # None: popularity only
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -58,6 +60,8 @@ class ServableModel:
             raise ValueError(f"model {self.name} v{self.version}: the spec names no item id with a vocabulary; "
                              "serving ranks items and needs one")
         self._item_vocab = self.transforms.vocabularies[item_key]
+        if self.retriever is None:
+            self.retriever = CandidateRetriever(self.model, self.transforms, self.spec)
 
     @property
     def per_task_routing(self) -> bool:
@@ -73,14 +77,18 @@ class ServableModel:
             raise UnknownTaskError(task, self.task_names)
 
     # ---- scoring ------------------------------------------------------------------------------------
-    def score(self, task: str, raw_rows: pa.Table) -> TaskScores:
-        """Scores raw rows (the training set's raw schema) for one task."""
+    def score(self, task: str, raw_rows: pa.Table, user_tokens: np.ndarray | None = None) -> TaskScores:
+        """Scores raw rows (the training set's raw schema) for one task. `user_tokens` [rows,
+        num_user_tokens, d_model]: the rows' stored user sides (their user-side columns are then not
+        read); None computes them from the rows."""
         self.check_task(task)
         columns = self.transforms.transform(raw_rows)
         batch = self.model.collate(columns)
+        tokens = None if user_tokens is None else torch.from_numpy(np.ascontiguousarray(user_tokens, dtype=np.float32))
         with torch.inference_mode():
             module = self.task_modules.get(task)
-            predicted = module.predict(batch) if module is not None else self.model.predict(batch, [task])[task]
+            predicted = module.predict(batch, tokens) if module is not None else \
+                self.model.predict(batch, [task], tokens)[task]
         predicted = predicted.double().numpy()
         item_ids = columns.column(self.spec.item_id).to_numpy()
         known = item_ids > self._item_vocab.oov_buckets
@@ -89,54 +97,13 @@ class ServableModel:
             return TaskScores(expected, known, predicted)
         return TaskScores(predicted, known)
 
-    # ---- the catalog ----------------------------------------------------------------------------------
-    def popular_items(self, n: int, exclude: set[Any] | None = None) -> list[Any]:
-        """The `n` items seen most often in training (the vocabulary's order), minus `exclude`."""
-        exclude = exclude or set()
-        out: list[Any] = []
-        for item in self._item_vocab.values:
-            if item not in exclude:
-                out.append(item)
-                if len(out) == n:
-                    break
-        return out
-
-    def similar_items(self, history: list[Any], n: int) -> list[Any]:
-        """The `n` known items closest (cosine) to the mean embedding of `history`, which they
-        exclude; popularity when the history has no known item or the model has no item table."""
-        table = self._item_embeddings()
-        seen = {item for item in history if item is not None}
-        if table is None or not seen:
-            return self.popular_items(n, seen)
-        ids = self._item_vocab.encode(pa.array(list(seen), type=self._item_vocab.value_type))
-        first_known = 1 + self._item_vocab.oov_buckets
-        ids = ids[ids >= first_known]
-        if ids.size == 0:
-            return self.popular_items(n, seen)
-        known = torch.nn.functional.normalize(table[first_known:], dim=1)
-        query = torch.nn.functional.normalize(table[torch.from_numpy(ids)].mean(0), dim=0)
-        similarity = known @ query
-        similarity[torch.from_numpy(ids - first_known)] = -float("inf")
-        top = torch.topk(similarity, min(n, int(np.isfinite(similarity.numpy()).sum()))).indices.tolist()
-        return [self._item_vocab.values[i] for i in top]
-
-    def _item_embeddings(self) -> torch.Tensor | None:
-        """The item embedding table the behavior sequences use (it is what 'similar' means to the
-        model), else the item id's pooled table; None when the model has neither."""
-        sparse = self.model.sparse_arch
-        item_key = self.spec.item_id
-        if sparse.ec is not None and sequence_table_name(item_key) in sparse.ec.embeddings:
-            return sparse.ec.embeddings[sequence_table_name(item_key)].weight.detach()
-        if sparse.ebc is not None and f"t_{item_key}" in sparse.ebc.embedding_bags:
-            return sparse.ebc.embedding_bags[f"t_{item_key}"].weight.detach()
-        return None
-
     def describe(self) -> dict[str, Any]:
         """What GET /v1/model and /v1/tasks report."""
         return {
             "name": self.name, "version": self.version, "alias": self.alias, "uri": self.uri,
             "tasks": self.task_names, "loaded_at": self.loaded_at.isoformat(),
-            "per_task_submodels": bool(self.task_modules),
+            "per_task_submodels": bool(self.task_modules), "precision": self.model.precision,
+            "retrieval": self.retriever.describe(),
             "task_specs": [
                 {"name": t.name, "kind": t.kind, "role": t.role, "num_classes": t.num_classes,
                  "descriptors": dict(t.descriptors)}

@@ -293,6 +293,16 @@ def serving_app(tmp_path_factory, ray_local, tiny_movielens):
     serve.shutdown()
 
 
+@pytest.fixture(scope="module")
+def client(serving_app):
+    """An HTTP client of the session's endpoint (serving_app), with its bearer token."""
+    import httpx
+
+    with httpx.Client(base_url=serving_app.base_url, timeout=60,
+                      headers={"Authorization": f"Bearer {serving_app.token}"}) as http:
+        yield http
+
+
 # ---- training job: a tiny prepared dataset and a tiny training config ------------------------------
 @pytest.fixture(scope="session")
 def train_tiny_config():

@@ -11,9 +11,9 @@ from conftest import feature_store_tiny_definition, feature_store_time
 from test_feature_store_training_set import events_table, items_table, users_table
 
 from feature_store.offline_store import OfflineStore
-from feature_store.online import (SEQUENCES_VIEW, OnlineStoreNotFoundError, OnlineStoreUnavailableError,
+from feature_store.online import (SEEN_VIEW, SEQUENCES_VIEW, OnlineStoreNotFoundError, OnlineStoreUnavailableError,
                                   RedisOnlineStore, SQLiteOnlineStore, build_request_rows, materialize,
-                                  open_online_store)
+                                  open_online_store, read_seen)
 from feature_store.training_set import TimeSplit, build_training_set, read_training_set
 from feature_store.transforms import TransformSet
 
@@ -118,10 +118,13 @@ def prepared(tmp_path):
 def test_materialize_writes_latest_features_and_sequences(online, prepared):
     definition, offline, _, _ = prepared
     stats = materialize(offline, definition, online)
-    assert stats.entities == {"users": 2, "items": 4, SEQUENCES_VIEW: 2}
+    assert stats.entities == {"users": 2, "items": 4, SEQUENCES_VIEW: 2, SEEN_VIEW: 2}
     user = online.read("users", [1]).rows[0]
     assert (user["age"], user["country"]) == (21.0, "de")
     assert online.read(SEQUENCES_VIEW, [1, 2]).rows == [{"hist_item_id": ["b", "c", "d"]}, {"hist_item_id": ["a"]}]
+    # the seen set holds every item of the user's history, beyond the sequence's window too
+    assert (read_seen(online, 1).items, read_seen(online, 2).items, read_seen(online, 3).items) == (
+        ("a", "b", "c", "d"), ("a",), ())
 
 
 def test_request_rows_equal_training_rows_at_the_same_moment(online, prepared, tmp_path):

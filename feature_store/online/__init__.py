@@ -14,6 +14,7 @@ from feature_store.online.location import DEFAULT_ONLINE_STORE, default_online_s
 from feature_store.online.materialize import SEQUENCES_VIEW, MaterializeStats, materialize
 from feature_store.online.redis_store import RedisOnlineStore
 from feature_store.online.request import MissingFeatures, build_request_rows
+from feature_store.online.seen import SEEN_VIEW, SeenItems, read_seen
 from feature_store.online.sqlite_store import SQLiteOnlineStore
 
 
@@ -29,6 +30,7 @@ def open_online_store(url_or_path: str | Path, *, create: bool = False) -> Onlin
 
 __all__ = [
     "DEFAULT_ONLINE_STORE",
+    "SEEN_VIEW",
     "SEQUENCES_VIEW",
     "BatchRead",
     "DefaultsOnlyStore",
@@ -39,10 +41,12 @@ __all__ = [
     "OnlineStoreUnavailableError",
     "RedisOnlineStore",
     "SQLiteOnlineStore",
+    "SeenItems",
     "build_request_rows",
     "default_online_store",
     "entity_key",
     "materialize",
     "open_online_store",
     "parse_online_store",
+    "read_seen",
 ]

@@ -2,20 +2,28 @@
 
 Per feature view, each entity's most recent row (with its timestamp, so serving can apply the
 view's TTL exactly as the training set does). Per user, the last N values of every sequence over
-all events, computed by the same code as the training set's sequences (feature_store/history.py).
+all events, computed by the same code as the training set's sequences (feature_store/history.py),
+and the seen set: every item the user interacted with (feature_store/online/seen.py).
+
+`as_of` materializes the state at a past moment instead of the latest (feature rows at or before
+it, events strictly before it, as the training set's point-in-time rows see them): offline
+evaluation replays the endpoint against the store as it was when the test period began.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from feature_store.definitions import DatasetDefinition
 from feature_store.history import latest_feature_rows, latest_history, order_events, timestamps_us
 from feature_store.offline_store import OfflineStore
 from feature_store.online.base import OnlineStore
+from feature_store.online.seen import SEEN_VIEW, seen_sets
 
 # View name under which each user's behavior sequences are stored.
 SEQUENCES_VIEW = "behavior_sequences"
@@ -35,9 +43,18 @@ def _write_in_batches(online: OnlineStore, view: str, keys: list, records: list[
                                     strict=True)))
 
 
+def _before(table: pa.Table, timestamp_field: str, as_of: dt.datetime | None, inclusive: bool) -> pa.Table:
+    if as_of is None or table.num_rows == 0:
+        return table
+    moment = pa.scalar(as_of, type=table.schema.field(timestamp_field).type)
+    compare = pc.less_equal if inclusive else pc.less
+    return table.filter(compare(table.column(timestamp_field), moment))
+
+
 def materialize(offline: OfflineStore, definition: DatasetDefinition, online: OnlineStore,
-                progress: bool = False) -> MaterializeStats:
-    """Writes the latest features of every view and the latest sequences of every user."""
+                progress: bool = False, as_of: dt.datetime | None = None) -> MaterializeStats:
+    """Writes the latest features of every view, and the latest sequences and the seen set of every
+    user (as of `as_of` when given: see the module's docstring)."""
     stats = MaterializeStats()
     buckets = range(offline.num_buckets)
     for view in definition.feature_views:
@@ -45,7 +62,8 @@ def materialize(offline: OfflineStore, definition: DatasetDefinition, online: On
         if not offline.has_data(view.name):
             continue
         for bucket in tqdm(buckets, desc=f"materialize {view.name}", unit="bucket", disable=not progress):
-            latest = latest_feature_rows(offline.read_bucket(view.name, bucket), view.key_field, view.timestamp_field)
+            rows = _before(offline.read_bucket(view.name, bucket), view.timestamp_field, as_of, inclusive=True)
+            latest = latest_feature_rows(rows, view.key_field, view.timestamp_field)
             if latest.num_rows == 0:
                 continue
             records = latest.select([f.name for f in view.features]).to_pylist()
@@ -53,19 +71,29 @@ def materialize(offline: OfflineStore, definition: DatasetDefinition, online: On
                 record[TIMESTAMP_KEY] = int(ts)
             _write_in_batches(online, view.name, latest.column(view.key_field).to_pylist(), records)
             stats.entities[view.name] += latest.num_rows
+    user_key, item_key = definition.user.join_key, definition.item.join_key
+    stats.entities[SEEN_VIEW] = 0
     if definition.sequences:
         stats.entities[SEQUENCES_VIEW] = 0
-        user_key = definition.user.join_key
-        for bucket in tqdm(buckets, desc="materialize sequences", unit="bucket", disable=not progress):
-            events = offline.read_bucket(definition.events_name, bucket)
-            if events.num_rows == 0:
-                continue
-            ordered = order_events(events, user_key, definition.item.join_key, definition.timestamp_field)
-            columns: dict[str, pa.Array] = {}
-            keys = None
-            for seq in definition.sequences:
-                keys, columns[seq.name] = latest_history(ordered, user_key, seq.field, seq.length)
-            records = pa.table(columns).to_pylist()
-            _write_in_batches(online, SEQUENCES_VIEW, keys.to_pylist(), records)
-            stats.entities[SEQUENCES_VIEW] += len(records)
+    # A user's events all live in one bucket (the offline store buckets events by user).
+    event_buckets = buckets if offline.has_data(definition.events_name) else range(0)
+    for bucket in tqdm(event_buckets, desc="materialize sequences and seen items", unit="bucket",
+                       disable=not progress):
+        events = _before(offline.read_bucket(definition.events_name, bucket), definition.timestamp_field, as_of,
+                         inclusive=False)
+        if events.num_rows == 0:
+            continue
+        keys, records = seen_sets(events.column(user_key), events.column(item_key))
+        _write_in_batches(online, SEEN_VIEW, keys, records)
+        stats.entities[SEEN_VIEW] += len(records)
+        if not definition.sequences:
+            continue
+        ordered = order_events(events, user_key, item_key, definition.timestamp_field)
+        columns: dict[str, pa.Array] = {}
+        user_keys = None
+        for seq in definition.sequences:
+            user_keys, columns[seq.name] = latest_history(ordered, user_key, seq.field, seq.length)
+        records = pa.table(columns).to_pylist()
+        _write_in_batches(online, SEQUENCES_VIEW, user_keys.to_pylist(), records)
+        stats.entities[SEQUENCES_VIEW] += len(records)
     return stats

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from feature_store.options import SPLITS
-from feature_store.prepare import PreparedDataset, open_prepared
-from feature_store.training_set import split_dir
+from feature_store.prepare import PreparedDataset
+from feature_store.storage import location_of, open_dataset, parquet_dataset, parquet_source, split_files
 from feature_store.transforms import TransformSet
 from grec import InputSpec, TaskSpec
 from jobs.evaluate import candidates as cand
@@ -24,6 +23,7 @@ from jobs.evaluate.compatibility import check_compatible
 from jobs.evaluate.compute import metrics_with_intervals, ranking_metrics, slice_metrics
 from jobs.evaluate.inference import InferenceOptions, arrow_to_scores, score_column, score_dataset
 from jobs.evaluate.metrics import positive_rank
+from jobs.evaluate.recommend import RecommendEvalConfig, evaluate_recommend
 from jobs.evaluate.report import TaskPredictions, write_report
 from jobs.evaluate.results import EvaluationResult, TaskEvaluation
 from jobs.evaluate.slices import user_slices
@@ -49,6 +49,7 @@ class EvaluationConfig:
     activity_buckets: int = 3
     seed: int = 0
     inference: InferenceOptions = field(default_factory=InferenceOptions)
+    recommend: RecommendEvalConfig | None = None  # replay /v1/recommend (jobs/evaluate/recommend.py)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -83,24 +84,25 @@ class ResolvedModel:
 def prepare_evaluation(model_uri: str, data_dir: str | Path, split: str, *,
                        labels: bool = True) -> tuple[ResolvedModel, PreparedDataset]:
     """Loads the model's metadata and checks it against the dataset (tasks too when `labels`): fails
-    before any work starts."""
+    before any work starts. `data_dir`: a prepared dataset's directory or URI (read where it is)."""
     from mlflow.exceptions import MlflowException
 
     from registry.models import load_registered
 
-    prepared = open_prepared(data_dir)
+    prepared = open_dataset(data_dir)
     try:
         loaded = load_registered(model_uri)
     except MlflowException as err:  # e.g. a version that does not exist: bad input, not a crash
         raise ValueError(f"cannot load {model_uri} from the MLflow registry: {err.message}") from None
     # the model's own spec: its tasks may be a subset of the dataset spec it was trained from
     model = ResolvedModel(model_uri, loaded.name, str(loaded.version), loaded.model.config.input, loaded.transforms)
-    files = sorted(split_dir(prepared.training_dir, split).glob("*.parquet"))
+    files = split_files(location_of(prepared), split)
     if not files:
-        raise ValueError(f"{prepared.root}: split {split!r} holds no rows")
-    schema = pads.dataset(files, format="parquet").schema
+        raise ValueError(f"{location_of(prepared)}: split {split!r} holds no rows")
+    schema = parquet_dataset(files).schema
     data_spec = InputSpec.from_dict(prepared.spec())
-    check_compatible(model_uri, model.spec, loaded.transforms, data_spec, schema, str(prepared.root), labels=labels)
+    check_compatible(model_uri, model.spec, loaded.transforms, data_spec, schema, location_of(prepared),
+                     labels=labels)
     return model, prepared
 
 
@@ -124,18 +126,39 @@ def row_keys(spec: InputSpec) -> list[str]:
     return [name for name in (spec.user_id, spec.item_id, spec.timestamp) if name]
 
 
+def read_split_rows(prepared: PreparedDataset, split: str):
+    """A lazy Ray Dataset of the split's raw rows, read where the dataset is: a dataset at a URI
+    through its store's filesystem, so the read tasks run on any node of a cluster (a local
+    directory must be one every node sees)."""
+    import ray.data
+
+    paths, fs = parquet_source(split_files(location_of(prepared), split))
+    # partitioning=None: the `split=` folder is no column of the rows.
+    return ray.data.read_parquet(paths, filesystem=fs, partitioning=None)
+
+
 def score_split(model: ResolvedModel, prepared: PreparedDataset, split: str, tracking_uri: str | None,
                 options: InferenceOptions) -> ScoredSplit:
     """Every row of the split scored by Ray Data, in key order (Ray Data's output order is not the
     input's)."""
-    import ray.data
-
     spec = model.spec
     keys = row_keys(spec)
     keep = [*keys, *(t.label for t in spec.tasks)]
-    files = [str(p) for p in sorted(split_dir(prepared.training_dir, split).glob("*.parquet"))]
-    scored = _collect(score_dataset(ray.data.read_parquet(files), model.pinned_uri, tracking_uri, keep, options))
+    scored = _collect(score_dataset(read_split_rows(prepared, split), model.pinned_uri, tracking_uri, keep, options))
     return ScoredSplit(model, split, scored.sort_by([(k, "ascending") for k in keys]))
+
+
+# What evaluation records, in the result's settings, when per-user metrics are skipped.
+ONE_ROW_PER_USER = ("every user of the split has one row and none in the train split: GAUC, user slices and "
+                    "leave-last-out ranking would measure nothing, so they are skipped")
+
+
+def one_row_per_user(users: np.ndarray, train_users: np.ndarray | None) -> bool:
+    """Every user of the evaluated rows has exactly one of them and no train row (Adult, Women's
+    Clothing: each row is its own user), so no per-user metric can mean anything."""
+    if len(users) == 0 or len(np.unique(users)) != len(users):
+        return False
+    return train_users is None or not np.isin(users, train_users).any()
 
 
 def _collect(dataset) -> pa.Table:
@@ -200,6 +223,9 @@ def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, c
     when candidates were scored."""
     spec = model.spec
     users = scored.column(spec.user_id).to_numpy(zero_copy_only=False) if spec.user_id else None
+    skipped = {}
+    if users is not None and one_row_per_user(users, train_users):
+        users, train_users, skipped = None, None, {"per_user_metrics": ONE_ROW_PER_USER}
     slices = user_slices(users, train_users, activity_buckets=config.activity_buckets) \
         if users is not None and train_users is not None else {}
     tasks, predictions = [], {}
@@ -221,7 +247,8 @@ def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, c
             evaluation.ranking_users = len(ranks)
         tasks.append(evaluation)
     settings = {"resamples": config.resamples, "confidence": config.confidence, "negatives": config.negatives,
-                "ks": list(config.ks), "ranking_users": config.ranking_users, "seed": config.seed}
+                "ks": list(config.ks), "ranking_users": config.ranking_users, "seed": config.seed,
+                **({"skipped": skipped} if skipped else {})}
     result = EvaluationResult(model.uri, model.name, model.version, dataset_name, config.split, scored.num_rows,
                               tasks, settings)
     return result, predictions
@@ -253,23 +280,44 @@ def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: Eval
     (default .grec/reports/<name>-v<version>-<split>) and logs it."""
     dataset_name = prepared.spec()["name"]
     scored = score_split(model, prepared, config.split, tracking_uri, config.inference)
-    ranking_rows, ranked_users = _ranking_candidates(model, prepared, config)
+    train_users = None
+    if model.spec.user_id:
+        train_users = prepared.read_split("train", columns=[model.spec.user_id]).column(0).to_numpy(zero_copy_only=False)
+    ranking_rows, ranked_users = None, {}
+    per_user = not (model.spec.user_id and one_row_per_user(
+        scored.rows.column(model.spec.user_id).to_numpy(zero_copy_only=False), train_users))
+    if not per_user:
+        logger.info("per-user metrics skipped: %s", ONE_ROW_PER_USER)
+    else:
+        ranking_rows, ranked_users = _ranking_candidates(model, prepared, config)
     ranking_scored = None
     if ranking_rows is not None:
         import ray.data
 
         ranking_scored = _collect(score_dataset(ray.data.from_arrow(ranking_rows), model.pinned_uri, tracking_uri,
                                                 [cand.GROUP, cand.POSITION, cand.TASK], config.inference))
-    train_users = None
-    if model.spec.user_id:
-        train_users = prepared.read_split("train", columns=[model.spec.user_id]).column(0).to_numpy(zero_copy_only=False)
     result, predictions = evaluate_scores(model, dataset_name, scored.rows, config, train_users=train_users,
                                           ranking_scored=ranking_scored, ranking_users=ranked_users)
+    if config.recommend is not None and per_user:
+        result.recommend = replay_recommend(model, prepared, config.split, config.recommend)
     out = Path(report_dir) if report_dir else REPORTS_DIR / f"{model.name}-v{model.version}-{config.split}"
     report = write_report(result, predictions, out)
     if log_to_mlflow:
         log_evaluation(result, report.parent)
     return EvaluationOutcome(result, report, scored)
+
+
+def replay_recommend(model: ResolvedModel, prepared: PreparedDataset, split: str,
+                     config: RecommendEvalConfig) -> dict:
+    """The /v1/recommend replay's result, or {} (and why, logged) when the data cannot have one."""
+    from registry.models import load_registered
+    from serving.retrieval import load_version_retriever
+
+    if split == "train" or not (model.spec.user_id and model.spec.item_id and model.spec.timestamp):
+        logger.info("/v1/recommend replay skipped: it needs users, items, timestamps and a split after training")
+        return {}
+    loaded = load_registered(model.pinned_uri)
+    return evaluate_recommend(loaded, load_version_retriever(loaded), prepared, split, config)
 
 
 def log_evaluation(result: EvaluationResult, report_dir: Path) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 
 from jobs.evaluate import plots
 from jobs.evaluate.metrics import PRIMARY_METRIC
+from jobs.evaluate.recommend import recommend_markdown
 from jobs.evaluate.results import Estimate, EvaluationResult
 
 REPORT_FILE = "report.md"
@@ -93,6 +94,7 @@ def render_markdown(result: EvaluationResult, plot_files: list[Path], out_dir: P
         f"split **{result.split}** ({result.rows} rows).",
         f"Intervals: {settings.get('confidence', 0.95):.0%} percentile bootstrap, "
         f"{settings.get('resamples', 0)} resamples (rows; users for GAUC and ranking).",
+        *(f"Skipped: {reason}." for reason in (settings.get("skipped") or {}).values()),
         "",
         "## Metrics per task",
         "",
@@ -114,6 +116,7 @@ def render_markdown(result: EvaluationResult, plot_files: list[Path], out_dir: P
                       *[f"{_fmt(t.ranking[n].value)} {_interval(t.ranking[n])}" for n in names]] for t in ranked]),
             "",
         ]
+    lines += recommend_markdown(result.recommend)
     sliced = [t for t in result.tasks if t.slices]
     if sliced:
         lines += ["## Slices", "",

@@ -40,6 +40,8 @@ class EvaluationResult:
     rows: int
     tasks: list[TaskEvaluation]
     settings: dict[str, Any] = field(default_factory=dict)
+    # the /v1/recommend replay (jobs/evaluate/recommend.py); empty when it did not run
+    recommend: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task_names(self) -> list[str]:
@@ -59,6 +61,9 @@ class EvaluationResult:
             for name, estimate in {**task.metrics, **task.ranking}.items():
                 if not math.isnan(estimate.value):
                     flat[f"{prefix}{task.name}_{name.replace('@', '_at_')}"] = estimate.value
+        for system, metrics in self.recommend.get("systems", {}).items():
+            for name, value in metrics.items():
+                flat[f"{prefix}recommend_{system.replace('+', '_')}_{name.replace('@', '_at_')}"] = value
         return flat
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,7 +83,7 @@ class EvaluationResult:
         ]
         return cls(model_uri=data["model_uri"], model_name=data["model_name"], model_version=data["model_version"],
                    dataset=data["dataset"], split=data["split"], rows=data["rows"], tasks=tasks,
-                   settings=dict(data.get("settings") or {}))
+                   settings=dict(data.get("settings") or {}), recommend=dict(data.get("recommend") or {}))
 
 
 def _json_safe(value: Any) -> Any:
