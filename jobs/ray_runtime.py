@@ -22,7 +22,7 @@ import os
 import secrets
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,15 @@ SHIPPED_CODE_EXCLUDES = ["__pycache__", "*.pyc"]
 #   end with the job anyway);
 # - Ray Data announces each finished dataset execution (every validation pass).
 QUIET_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
-                 "ray.data._internal.execution.streaming_executor": logging.WARNING}
+                 "ray.data._internal.execution.streaming_executor": logging.WARNING,
+                 # "Progress bars disabled. To enable, ...": the training job turns them off on purpose
+                 "ray.data._internal.progress": logging.ERROR}
 # Train's worker says "Reporting training result N: ..." at every report through a logger named after
 # its source file (outside `ray.train`, so Train's own log level does not reach it): by path in `ray`.
 QUIET_RAY_FILE_LOGGERS = {"train/v2/_internal/execution/context.py": logging.WARNING}
+# Warnings about library internals a user cannot act on: DeepSpeed's ZeRO calls a torch collective
+# that torch 2.13 marks deprecated, once per worker.
+QUIET_WARNINGS = (r".*all_gather_into_tensor.* is deprecated",)
 
 GREC_DIR = ".grec"
 TOKEN_FILE = "ray_auth_token"
@@ -185,19 +190,25 @@ def code_runtime_env() -> dict[str, Any]:
     return {"py_modules": folders, "excludes": list(SHIPPED_CODE_EXCLUDES)}
 
 
-def setup_hook(levels: Mapping[str, int], ray_file_levels: Mapping[str, int] | None = None) -> Callable[[], None]:
+def setup_hook(levels: Mapping[str, int], ray_file_levels: Mapping[str, int] | None = None,
+               ignored_warnings: Sequence[str] = ()) -> Callable[[], None]:
     """A worker setup hook that sets loggers' levels: `levels` by name, `ray_file_levels` by source
-    file in the worker's `ray` package. It is a closure, so Ray pickles it by value: a worker runs
-    it without importing grec (which a node may only get from the runtime environment)."""
-    levels, ray_file_levels = dict(levels), dict(ray_file_levels or {})
+    file in the worker's `ray` package, and ignores warnings whose message matches `ignored_warnings`.
+    It is a closure, so Ray pickles it by value: a worker runs it without importing grec (which a
+    node may only get from the runtime environment)."""
+    levels, ray_file_levels, ignored_warnings = dict(levels), dict(ray_file_levels or {}), tuple(ignored_warnings)
 
     def set_logger_levels() -> None:
+        import warnings
+
         import ray
 
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         for relative, level in ray_file_levels.items():
             logging.getLogger(os.path.join(os.path.dirname(ray.__file__), relative)).setLevel(level)
+        for message in ignored_warnings:
+            warnings.filterwarnings("ignore", message=message)
 
     return set_logger_levels
 
@@ -206,7 +217,8 @@ def job_runtime_env(*, local: bool, ship: bool) -> dict[str, Any]:
     """The job's runtime environment: shared variables and the logging hook; on a cluster (unless its
     image has them, `ship` False) grec's packages."""
     runtime_env: dict[str, Any] = {"env_vars": worker_env(),
-                                   "worker_process_setup_hook": setup_hook(QUIET_LOGGERS, QUIET_RAY_FILE_LOGGERS)}
+                                   "worker_process_setup_hook": setup_hook(QUIET_LOGGERS, QUIET_RAY_FILE_LOGGERS,
+                                                                                QUIET_WARNINGS)}
     if ship and not local:
         runtime_env.update(code_runtime_env())
     return runtime_env
@@ -228,7 +240,8 @@ def start_local_ray(*, num_cpus: int | None = None, object_store_memory: int | N
     # address="local": a new Ray, never one that `ray start` left running on this machine
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
              runtime_env=runtime_env if runtime_env is not None else job_runtime_env(local=True, ship=False),
-             log_to_driver=log_to_driver)
+             log_to_driver=log_to_driver,
+             logging_level=logging.WARNING)  # grec says that it started Ray; Ray's own line repeats it
 
 
 def join_cluster(address: str, runtime_env: dict[str, Any] | None = None) -> None:
@@ -278,6 +291,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         logger.info("starting a local Ray on 127.0.0.1 (%s CPUs, object store %.0f MiB, token auth)",
                     num_cpus or "all", store / 2**20)
         start_local_ray(num_cpus=num_cpus, object_store_memory=store)
+    # The driver runs Ray Data's executor too (evaluate, predict, build-index): without a terminal
+    # it logs a progress summary every few seconds and each dataset's plan; quiet it as the workers.
+    setup_hook(QUIET_LOGGERS, QUIET_RAY_FILE_LOGGERS, QUIET_WARNINGS)()
     try:
         yield
     finally:

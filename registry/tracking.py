@@ -6,6 +6,7 @@ so a laptop needs no server; `--tracking-uri` (or $MLFLOW_TRACKING_URI) points a
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,9 @@ ARTIFACTS_DIR = "mlartifacts"
 ARTIFACT_ROOT_ENV = "GREC_ARTIFACT_ROOT"
 # MLflow caps a parameter value at 6000 characters; longer ones are truncated with a marker.
 MAX_PARAM_CHARS = 6000
+# MLflow announces at INFO every SQLite store it opens for the first time in a process ("Creating
+# initial MLflow database tables...", "Updating database tables"): routine for grec's default store.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def default_tracking_uri(workdir: str | Path | None = None) -> str:

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slow
 BUCKET = "grec-cluster"
 WORKER_NODE_CPUS = 2
 # Lines a user's terminal must not show (Ray Train's per-report and per-checkpoint INFO lines).
-NOISE = ("Reporting training result", "Checkpoint successfully created")
+NOISE = ("Reporting training result", "Checkpoint successfully created", "Progress bars disabled",
+         "all_gather_into_tensor")
 
 
 @pytest.fixture(scope="module")
