@@ -214,7 +214,7 @@ def serving_register(model, prepared, name: str, tracking_uri: str, alias: str |
     example_rows = prepared.read_split("train").slice(0, 3).to_pandas()
     with use_tracking_uri(tracking_uri):
         version = register_model(model, prepared.root, name, example_rows, alias=alias,
-                                 client=MlflowClient(tracking_uri=tracking_uri))
+                                 client=MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri))
     return str(version.version)
 
 

@@ -29,7 +29,7 @@ def store(serving_app):
 
 
 def test_the_index_is_logged_with_the_version_it_was_built_for(serving_app):
-    version = MlflowClient(tracking_uri=serving_app.tracking_uri).get_model_version(serving_app.model_name, "1")
+    version = MlflowClient(tracking_uri=serving_app.tracking_uri, registry_uri=serving_app.tracking_uri).get_model_version(serving_app.model_name, "1")
     assert version.tags[INDEX_TAG].startswith(f"runs:/{version.run_id}/retrieval/v1")
 
 

@@ -54,7 +54,7 @@ def test_tune_runs_asha_trials_as_mlflow_children_and_writes_a_trainable_best_co
     assert best.model.architecture == result.best_values["model.architecture"]
     assert "grec tune" in out.read_text().splitlines()[0]
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.data.params["scheduler"] == "ASHA" and parent.info.status == "FINISHED"
     assert parent.data.metrics[f"best/{config.training.early_stopping.metric}"] == pytest.approx(result.best_metric)
