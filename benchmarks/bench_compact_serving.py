@@ -134,14 +134,25 @@ def _payloads(prepared: Any, candidates: int, count: int, seed: int = 0) -> list
              "candidates": rng.choice(items, candidates, replace=False).tolist()} for _ in range(count)]
 
 
+def _timed_request(servable: Any, store: Any, representations: Any, payload: dict) -> tuple[float, float]:
+    """(lookup seconds, request seconds) of one request: lookup + transforms + forward."""
+    from serving.features import RowsQuery, StoreGuard, request_rows
+    from serving.ranking import RankRequest, rank_batch
+
+    guard = StoreGuard(store, "degrade", 1.0)
+    started = time.perf_counter()
+    found = request_rows(guard, servable.definition,
+                         RowsQuery(payload["user_id"], payload["candidates"]), representations)
+    looked_up = time.perf_counter()
+    rank_batch(servable, [RankRequest(TASK, found.rows, user_tokens=found.user_tokens)])
+    return looked_up - started, time.perf_counter() - started
+
+
 def _in_process_ms(variants: dict[str, tuple], payloads: list[dict], repeats: int, rounds: int = 5) -> dict:
     """Median ms of one request (lookup + transforms + forward) and of its lookup alone, per variant
     (servable, store, representations or None, per-row user side). The variants take turns, `rounds`
     times, so the machine's drift spreads over all of them alike."""
     from contextlib import nullcontext
-
-    from serving.features import RowsQuery, StoreGuard, request_rows
-    from serving.ranking import RankRequest, rank_batch
 
     totals: dict[str, list[float]] = {label: [] for label in variants}
     lookups: dict[str, list[float]] = {label: [] for label in variants}
@@ -151,23 +162,16 @@ def _in_process_ms(variants: dict[str, tuple], payloads: list[dict], repeats: in
     # them would time MiniLM for the versions that did not share a cache with an earlier variant.
     for servable, store, representations, _ in variants.values():
         for payload in payloads[:(rounds + 1) * per_round]:
-            found = request_rows(StoreGuard(store, "degrade", 1.0), servable.definition,
-                                 RowsQuery(payload["user_id"], payload["candidates"]), representations)
-            rank_batch(servable, [RankRequest(TASK, found.rows, user_tokens=found.user_tokens)])
+            _timed_request(servable, store, representations, payload)
     for round_ in range(rounds + 1):  # round 0 is not timed either (rotary tables, allocator)
         for label, (servable, store, representations, per_row) in variants.items():
-            guard = StoreGuard(store, "degrade", 1.0)
             with per_row_user_side() if per_row else nullcontext():
                 for index in range(per_round):
                     payload = payloads[(round_ * per_round + index) % len(payloads)]
-                    started = time.perf_counter()
-                    found = request_rows(guard, servable.definition,
-                                         RowsQuery(payload["user_id"], payload["candidates"]), representations)
-                    looked_up = time.perf_counter()
-                    rank_batch(servable, [RankRequest(TASK, found.rows, user_tokens=found.user_tokens)])
+                    lookup, total = _timed_request(servable, store, representations, payload)
                     if round_:
-                        totals[label].append(time.perf_counter() - started)
-                        lookups[label].append(looked_up - started)
+                        totals[label].append(total)
+                        lookups[label].append(lookup)
     return {label: {"request_ms": round(1000 * statistics.median(totals[label]), 2),
                     "lookup_ms": round(1000 * statistics.median(lookups[label]), 2)} for label in variants}
 
