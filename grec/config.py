@@ -108,6 +108,19 @@ class SkillConfig(_Section):
         return self
 
 
+class NumericConfig(_Section):
+    """How numeric features enter the encoders. `raw`: the standardized value is one input of the
+    wide & deep MLP (and of the wide linear). `periodic`: each feature also becomes an
+    `embedding_dim` vector of periodic features (PLR embeddings, grec/numeric.py) that the MLP reads
+    in its place; the wide linear keeps the raw value."""
+
+    encoding: Literal["raw", "periodic"] = Field("raw", description="raw scalars or periodic embeddings")
+    frequencies: int = Field(16, ge=1, description="periodic: trainable frequencies per feature")
+    # On Adult's standardized numerics sigma 8-32 earned +0.003 income AUC over raw, 0.1-1 almost nothing.
+    sigma: float = Field(16.0, gt=0, description="periodic: std of the frequencies' initialisation (inputs "
+                                                 "are standardized)")
+
+
 class BaselineConfig(_Section):
     """Shared-Bottom / MMoE / PLE sizes (the expert width is `expert_hidden`)."""
 
@@ -149,6 +162,7 @@ class ModelSettings(_Section):
     tower_hidden: int = Field(64, ge=1, description="width of the task towers (the heads' input)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the transformer blocks (training)")
     text: TextEncoderConfig | None = Field(None, description="the NLP head; defaults on when the dataset has text")
+    numerics: NumericConfig = Field(default_factory=NumericConfig, description="how numeric features are encoded")
     router: RouterConfig = Field(default_factory=RouterConfig, description="the task-sentence router and experts")
     skills: SkillConfig = Field(default_factory=SkillConfig, description="C-Poly skills of experts and towers")
     baseline: BaselineConfig = Field(default_factory=BaselineConfig, description="baseline sizes")

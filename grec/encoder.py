@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from grec.batch import Batch
-from grec.config import GRecConfig
+from grec.config import GRecConfig, NumericConfig
+from grec.numeric import PeriodicNumericEmbedding
 from grec.text import TextEncoder
 from grec.transformer import SequenceEncoder
 
@@ -29,11 +30,15 @@ NUMERIC_CLAMP = 10.0
 
 class WideDeepToken(nn.Module):
     """Pooled user/context embeddings and user/context numeric features -> one token: deep MLP over
-    [embeddings, numerics] plus a wide linear over numerics, layer-normalized."""
+    [embeddings, numerics (raw or their periodic embeddings)] plus a wide linear over the raw
+    numerics, layer-normalized."""
 
-    def __init__(self, num_embedded: int, embedding_dim: int, num_numeric: int, d_model: int) -> None:
+    def __init__(self, num_embedded: int, embedding_dim: int, num_numeric: int, d_model: int,
+                 numerics: NumericConfig) -> None:
         super().__init__()
-        deep_in = num_embedded * embedding_dim + num_numeric
+        self.numeric_embedding = _numeric_embedding(num_numeric, embedding_dim, numerics)
+        numeric_width = self.numeric_embedding.output_width if self.numeric_embedding is not None else num_numeric
+        deep_in = num_embedded * embedding_dim + numeric_width
         self.deep = nn.Sequential(nn.Linear(deep_in, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.wide = nn.Linear(num_numeric, d_model) if num_numeric else None
         self.norm = nn.LayerNorm(d_model)
@@ -42,23 +47,38 @@ class WideDeepToken(nn.Module):
         """numeric: already clamped to +-NUMERIC_CLAMP."""
         parts = list(embedded)
         if numeric is not None:
-            parts.append(numeric)
+            parts.append(numeric if self.numeric_embedding is None else self.numeric_embedding(numeric))
         token = self.deep(torch.cat(parts, dim=-1))
         if self.wide is not None:
             token = token + self.wide(numeric)
         return self.norm(token)
 
 
-class ItemToken(nn.Module):
-    """Candidate item: pooled item-feature embeddings, item numerics and item-text vectors -> one token."""
+def _numeric_embedding(num_numeric: int, embedding_dim: int,
+                       numerics: NumericConfig) -> PeriodicNumericEmbedding | None:
+    if not num_numeric or numerics.encoding == "raw":
+        return None
+    return PeriodicNumericEmbedding(num_numeric, numerics.frequencies, embedding_dim, numerics.sigma)
 
-    def __init__(self, in_features: int, d_model: int) -> None:
+
+class ItemToken(nn.Module):
+    """Candidate item: pooled item-feature embeddings, item numerics (raw or periodic embeddings)
+    and item-text vectors -> one token."""
+
+    def __init__(self, embedded_width: int, num_numeric: int, embedding_dim: int, d_model: int,
+                 numerics: NumericConfig) -> None:
         super().__init__()
-        self.project = nn.Linear(in_features, d_model)
+        self.numeric_embedding = _numeric_embedding(num_numeric, embedding_dim, numerics)
+        numeric_width = self.numeric_embedding.output_width if self.numeric_embedding is not None else num_numeric
+        self.project = nn.Linear(embedded_width + numeric_width, d_model)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return self.norm(self.project(torch.cat(parts, dim=-1)))
+    def forward(self, embedded: list[torch.Tensor], numeric: torch.Tensor | None,
+                texts: list[torch.Tensor]) -> torch.Tensor:
+        parts = list(embedded)
+        if numeric is not None:
+            parts.append(numeric if self.numeric_embedding is None else self.numeric_embedding(numeric))
+        return self.norm(self.project(torch.cat(parts + texts, dim=-1)))
 
 
 def distinct_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +117,8 @@ class ExampleEncoder(nn.Module):
         self.wide_deep = None
         num_wide_numeric, num_item_numeric = len(self.wide_numeric), len(self.item_numeric)
         if self.wide_features or num_wide_numeric:
-            self.wide_deep = WideDeepToken(len(self.wide_features), config.embedding_dim, num_wide_numeric, d)
+            self.wide_deep = WideDeepToken(len(self.wide_features), config.embedding_dim, num_wide_numeric, d,
+                                           config.numerics)
         self.sequence_encoders = nn.ModuleDict({
             s.name: SequenceEncoder(config.embedding_dim, config.sequence_layers, d, config.num_heads,
                                     config.ffn_hidden, config.dropout)
@@ -108,9 +129,8 @@ class ExampleEncoder(nn.Module):
         self.text_projections = nn.ModuleDict({name: nn.Linear(hidden, d) for name, _ in self.context_texts})
         self.item = None
         if self.item_features or self.item_texts or num_item_numeric:
-            item_in = (len(self.item_features) * config.embedding_dim + num_item_numeric
-                       + len(self.item_texts) * hidden)
-            self.item = ItemToken(item_in, d)
+            embedded_width = len(self.item_features) * config.embedding_dim + len(self.item_texts) * hidden
+            self.item = ItemToken(embedded_width, num_item_numeric, config.embedding_dim, d, config.numerics)
         self.token_names = (
             (["wide_deep"] if self.wide_deep is not None else [])
             + [f"seq:{s.name}" for s in spec.sequences]
@@ -156,12 +176,11 @@ class ExampleEncoder(nn.Module):
         """[B, d_model] from the candidate's features, numerics and text (None without item features)."""
         if self.item is None:
             return None
-        parts = [pooled[name] for name in self.item_features]
+        numeric = None
         if len(self.item_numeric):
-            parts.append(batch.numeric.index_select(1, self.item_numeric).clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP))
-        parts += [self.text_encoder(batch.text[name], cache_max_length=max_length)
-                  for name, max_length in self.item_texts]
-        return self.item(parts)
+            numeric = batch.numeric.index_select(1, self.item_numeric).clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP)
+        texts = [self.text_encoder(batch.text[name], cache_max_length=max_length) for name, max_length in self.item_texts]
+        return self.item([pooled[name] for name in self.item_features], numeric, texts)
 
     def forward(self, pooled: dict[str, torch.Tensor], per_position: dict[str, torch.Tensor],
                 batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
