@@ -49,8 +49,8 @@ from jobs.local_fit import fit  # noqa: E402
 
 GREC_MODELS = ("grec", "grec_sentence", "grec_task_sentence", "grec_shared", "shared_bottom", "mmoe", "ple",
                "single_task")
-ABLATIONS = ("ablation_no_skills", "ablation_one_expert", "ablation_history_mean", "ablation_no_history",
-             "ablation_no_text")
+ABLATIONS = ("ablation_no_skills", "ablation_one_expert", "ablation_raw_numerics", "ablation_history_mean",
+             "ablation_history_transformer", "ablation_no_history", "ablation_no_text")
 MODELS = GREC_MODELS + PEERS + ABLATIONS
 RESAMPLES = 200
 
@@ -78,8 +78,14 @@ def variant(data: BenchData, model: str) -> GRecConfig | None:
         return config.replace(skills=config.skills.model_copy(update={"kind": "none"}))
     if model == "ablation_one_expert":
         return config.replace(router=router.model_copy(update={"num_experts": 1, "top_k": 1, "shared_experts": 0}))
+    if model == "ablation_raw_numerics":
+        periodic = config.numerics.encoding == "periodic" and config.input.numeric
+        return config.replace(numerics=config.numerics.model_copy(update={"encoding": "raw"})) if periodic else None
+    # One of the two history ablations applies: the one that changes the config's history encoder.
     if model == "ablation_history_mean":
-        return config.replace(sequence_layers=0) if config.input.sequences else None
+        return config.replace(sequence_layers=0) if config.input.sequences and config.sequence_layers else None
+    if model == "ablation_history_transformer":
+        return config.replace(sequence_layers=1) if config.input.sequences and not config.sequence_layers else None
     if model == "ablation_no_history":
         return _without(config, [s.name for s in config.input.sequences]) if config.input.sequences else None
     if model == "ablation_no_text":
@@ -206,7 +212,9 @@ LABELS = {"grec": "GRec (task routing)", "grec_sentence": "GRec (sentence routin
           "rechub_shared_bottom": "torch-rechub SharedBottom", "rechub_mmoe": "torch-rechub MMoE",
           "rechub_ple": "torch-rechub PLE", "ablation_no_skills": "ablation: no C-Poly skills",
           "ablation_one_expert": "ablation: one expert (no routing)",
+          "ablation_raw_numerics": "ablation: raw numerics (no periodic embeddings)",
           "ablation_history_mean": "ablation: history mean-pooled (no transformer)",
+          "ablation_history_transformer": "ablation: history through one transformer block",
           "ablation_no_history": "ablation: no history", "ablation_no_text": "ablation: no text"}
 
 

@@ -44,10 +44,14 @@ class FitResult:
 
 def make_optimizer(model: torch.nn.Module, config: OptimizerSection) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
+    # torch picks the per-tensor loop on CPU; with ~70 small tensors its Python overhead was 29% of an
+    # Adult epoch, and the multi-tensor (foreach) update cut an epoch's CPU time by ~15% with the
+    # same updates.
     if config.name == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     kind = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
-    return kind(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas, eps=config.eps)
+    return kind(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas, eps=config.eps,
+                foreach=True)
 
 
 def validate(model: MultiTaskModel, rows: pa.Table, batch_size: int) -> dict[str, float]:
