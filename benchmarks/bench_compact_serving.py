@@ -259,6 +259,9 @@ def _ray(root: Path, per_row: bool = False) -> None:
             encoder.distinct_rows = lambda ids: (worker_torch.arange(ids.shape[0]), worker_torch.arange(ids.shape[0]))
 
         runtime_env["worker_process_setup_hook"] = setup
+    # Serve gives its HTTP proxy 3 x 5 s to come up; the per-row setup hook imports torch in every
+    # worker, the proxy's too, and on a busy 2-core machine that took longer and Serve killed it.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     start_local_ray(num_cpus=4, object_store_memory=256 * 1024 * 1024, grec_dir=root / "grec", runtime_env=runtime_env,
                     log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": _port()})

@@ -110,9 +110,12 @@ class Distillation:
     temperature: float
 
     def train_dataset(self, dataset: Any) -> Any:
+        import ray.data
+
         return dataset.map_batches(TeacherLogits, fn_constructor_kwargs={
             "teacher_uri": self.teacher_uri, "tracking_uri": self.tracking_uri, "tasks": list(self.task_kinds)},
-            batch_format="pyarrow", batch_size=TEACHER_BATCH_ROWS, concurrency=TEACHER_ACTORS, num_cpus=TEACHER_CPUS)
+            batch_format="pyarrow", batch_size=TEACHER_BATCH_ROWS,
+            compute=ray.data.ActorPoolStrategy(size=TEACHER_ACTORS), num_cpus=TEACHER_CPUS)
 
     def collate(self, model_collate: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return _SoftTargets(model_collate, list(self.task_kinds))
