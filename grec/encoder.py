@@ -19,7 +19,7 @@ from torch import nn
 
 from grec.batch import Batch
 from grec.config import GRecConfig, NumericConfig
-from grec.numeric import PeriodicNumericEmbedding
+from grec.numeric import numeric_input
 from grec.text import TextEncoder
 from grec.transformer import SequenceEncoder
 
@@ -36,9 +36,8 @@ class WideDeepToken(nn.Module):
     def __init__(self, num_embedded: int, embedding_dim: int, num_numeric: int, d_model: int,
                  numerics: NumericConfig) -> None:
         super().__init__()
-        self.numeric_embedding = _numeric_embedding(num_numeric, embedding_dim, numerics)
-        numeric_width = self.numeric_embedding.output_width if self.numeric_embedding is not None else num_numeric
-        deep_in = num_embedded * embedding_dim + numeric_width
+        self.numeric_embedding = numeric_input(num_numeric, embedding_dim, numerics)
+        deep_in = num_embedded * embedding_dim + self.numeric_embedding.output_width
         self.deep = nn.Sequential(nn.Linear(deep_in, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.wide = nn.Linear(num_numeric, d_model) if num_numeric else None
         self.norm = nn.LayerNorm(d_model)
@@ -47,18 +46,11 @@ class WideDeepToken(nn.Module):
         """numeric: already clamped to +-NUMERIC_CLAMP."""
         parts = list(embedded)
         if numeric is not None:
-            parts.append(numeric if self.numeric_embedding is None else self.numeric_embedding(numeric))
+            parts.append(self.numeric_embedding(numeric))
         token = self.deep(torch.cat(parts, dim=-1))
         if self.wide is not None:
             token = token + self.wide(numeric)
         return self.norm(token)
-
-
-def _numeric_embedding(num_numeric: int, embedding_dim: int,
-                       numerics: NumericConfig) -> PeriodicNumericEmbedding | None:
-    if not num_numeric or numerics.encoding == "raw":
-        return None
-    return PeriodicNumericEmbedding(num_numeric, numerics.frequencies, embedding_dim, numerics.sigma)
 
 
 class ItemToken(nn.Module):
@@ -68,16 +60,15 @@ class ItemToken(nn.Module):
     def __init__(self, embedded_width: int, num_numeric: int, embedding_dim: int, d_model: int,
                  numerics: NumericConfig) -> None:
         super().__init__()
-        self.numeric_embedding = _numeric_embedding(num_numeric, embedding_dim, numerics)
-        numeric_width = self.numeric_embedding.output_width if self.numeric_embedding is not None else num_numeric
-        self.project = nn.Linear(embedded_width + numeric_width, d_model)
+        self.numeric_embedding = numeric_input(num_numeric, embedding_dim, numerics)
+        self.project = nn.Linear(embedded_width + self.numeric_embedding.output_width, d_model)
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, embedded: list[torch.Tensor], numeric: torch.Tensor | None,
                 texts: list[torch.Tensor]) -> torch.Tensor:
         parts = list(embedded)
         if numeric is not None:
-            parts.append(numeric if self.numeric_embedding is None else self.numeric_embedding(numeric))
+            parts.append(self.numeric_embedding(numeric))
         return self.norm(self.project(torch.cat(parts + texts, dim=-1)))
 
 

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from grec.config import NumericConfig
+
 
 class PeriodicNumericEmbedding(nn.Module):
     """[B, n] standardized numerics -> [B, n * embedding_dim]."""
@@ -35,3 +37,22 @@ class PeriodicNumericEmbedding(nn.Module):
         periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)   # [B, n, 2k]
         embedded = torch.einsum("bnk,nke->bne", periodic, self.weight) + self.bias
         return torch.relu(embedded).flatten(1)
+
+
+class RawNumerics(nn.Module):
+    """The standardized values as they are (no parameters: models saved before periodic embeddings
+    existed keep their layout)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.output_width = num_features
+
+    def forward(self, numeric: torch.Tensor) -> torch.Tensor:
+        return numeric
+
+
+def numeric_input(num_features: int, embedding_dim: int, config: NumericConfig) -> RawNumerics | PeriodicNumericEmbedding:
+    """What an encoder token reads of its `num_features` numerics, as `config.encoding` says."""
+    if config.encoding == "raw" or not num_features:
+        return RawNumerics(num_features)
+    return PeriodicNumericEmbedding(num_features, config.frequencies, embedding_dim, config.sigma)
