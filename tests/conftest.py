@@ -75,6 +75,24 @@ def grec_config():
     return make
 
 
+
+@pytest.fixture
+def train_steps():
+    """train_steps(model, batch, steps=3): a few Adam steps (lr 0.05), so skills, allocations and
+    embeddings are no longer at their initial values; returns the model in eval mode."""
+    import torch
+
+    def run(model, batch, steps: int = 3):
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        model.train()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model.loss(model(batch), batch)[0].backward()
+            optimizer.step()
+        return model.eval()
+
+    return run
+
 # ---- feature store: a tiny dataset definition and a real Redis server -----------------------------
 
 

@@ -13,27 +13,16 @@ from grec.synthetic import random_columns
 TASKS = ["like", "rating", "next_item"]
 
 
-def _trained(model, batch, steps: int = 3):
-    """A few optimizer steps, so skills and allocations are no longer at their initial values."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model.loss(model(batch), batch)[0].backward()
-        optimizer.step()
-    return model.eval()
-
-
 @pytest.mark.parametrize("top_k, shared, skills", [
     (1, 0, SkillConfig(kind="cpoly")), (2, 0, SkillConfig(kind="cpoly")), (2, 0, SkillConfig(kind="cgc_lora")),
     (2, 0, SkillConfig(kind="cpoly", share_across_experts=False)), (1, 2, SkillConfig(kind="cpoly")),
     (0, 2, SkillConfig(kind="cpoly")), (0, 1, SkillConfig(kind="none")),
 ])
-def test_sub_model_equals_full_model(grec_config, top_k, shared, skills):
+def test_sub_model_equals_full_model(grec_config, train_steps, top_k, shared, skills):
     model = build_model(grec_config(router=RouterConfig(mode="task", num_experts=4, top_k=top_k,
                                                         shared_experts=shared), skills=skills))
     batch = model.collate(random_columns(model.config.input, 6))
-    _trained(model, batch)
+    train_steps(model, batch)
     full = model(batch)
     for task in TASKS:
         sub = model.export_task(task)
@@ -56,10 +45,10 @@ def test_export_needs_task_routing(grec_config):
 
 
 @pytest.mark.parametrize("mode", ["task", "task-sentence"])
-def test_adding_a_task_leaves_old_tasks_bit_identical(grec_config, mode):
+def test_adding_a_task_leaves_old_tasks_bit_identical(grec_config, train_steps, mode):
     model = build_model(grec_config(router=RouterConfig(mode=mode, num_experts=3, top_k=2)))
     columns = random_columns(model.config.input, 8)
-    _trained(model, model.collate(columns))
+    train_steps(model, model.collate(columns))
     with torch.no_grad():
         before = model(model.collate(columns), tasks=TASKS).logits
 
@@ -88,10 +77,10 @@ def test_adding_a_task_leaves_old_tasks_bit_identical(grec_config, mode):
 
 
 @pytest.mark.parametrize("architecture", ["grec", "shared_bottom", "mmoe", "ple"])
-def test_saved_model_reloads_with_identical_outputs(grec_config, tmp_path, architecture):
+def test_saved_model_reloads_with_identical_outputs(grec_config, train_steps, tmp_path, architecture):
     model = build_model(grec_config(with_text=True, architecture=architecture, skills=SkillConfig(kind="cgc_lora")))
     batch = model.collate(random_columns(model.config.input, 5))
-    _trained(model, batch, steps=1)
+    train_steps(model, batch, steps=1)
     with torch.no_grad():
         expected = model(batch).logits
     path = save_model(model, tmp_path / "model")

@@ -12,16 +12,6 @@ from grec.synthetic import random_columns, synthetic_spec
 PERIODIC = NumericConfig(encoding="periodic", frequencies=4, sigma=1.0)
 
 
-def _steps(model, batch, steps: int = 3):
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model.loss(model(batch), batch)[0].backward()
-        optimizer.step()
-    return model.eval()
-
-
 def test_user_and_item_numerics_get_periodic_embeddings_that_learn(grec_config):
     # the synthetic spec has a user numeric (age) and an item numeric (price)
     model = build_model(grec_config(input=synthetic_spec(2), numerics=PERIODIC))
@@ -34,10 +24,10 @@ def test_user_and_item_numerics_get_periodic_embeddings_that_learn(grec_config):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
 
 
-def test_periodic_numerics_export_save_and_reload_exactly(grec_config, tmp_path):
+def test_periodic_numerics_export_save_and_reload_exactly(grec_config, train_steps, tmp_path):
     model = build_model(grec_config(numerics=PERIODIC, router=RouterConfig(mode="task", num_experts=3, top_k=1)))
     batch = model.collate(random_columns(model.config.input, 6))
-    _steps(model, batch)
+    train_steps(model, batch)
     with torch.no_grad():
         full = model(batch).logits
         for task, logits in full.items():
