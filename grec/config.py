@@ -30,6 +30,9 @@ class TextEncoderConfig(_Section):
     freeze: bool = Field(True, description="keep the pretrained encoder fixed; then every distinct text is "
                                            "encoded once and cached (fine-tuning re-encodes every row)")
     cache_size: int = Field(100_000, ge=0, description="texts whose pooled vectors are cached (LRU); 0 disables")
+    ngram_buckets: int = Field(0, ge=0, description="the wide part for text: a bag of hashed word-piece 1-2 grams "
+                                                    "with this many buckets per text feature, joined to the "
+                                                    "encoder's vector (0: none)")
     tiny_hidden: int = Field(32, ge=2, description="tiny_bert: hidden size")
     tiny_layers: int = Field(2, ge=1, description="tiny_bert: encoder layers")
     tiny_heads: int = Field(2, ge=1, description="tiny_bert: attention heads")

@@ -19,6 +19,7 @@ from torch import nn
 
 from grec.batch import Batch
 from grec.config import GRecConfig, NumericConfig
+from grec.ngrams import HashedNgramBag
 from grec.numeric import numeric_input
 from grec.text import TextEncoder
 from grec.transformer import SequenceEncoder
@@ -116,7 +117,11 @@ class ExampleEncoder(nn.Module):
             for s in spec.sequences
         })
         self.text_encoder = text_encoder
-        hidden = text_encoder.hidden_size if text_encoder is not None else 0
+        buckets = config.text.ngram_buckets if config.text is not None and text_encoder is not None else 0
+        # Each text feature's vector: the encoder's pooled vector, then its n-gram bag when configured.
+        self.ngram_bags = nn.ModuleDict({t.name: HashedNgramBag(buckets, config.embedding_dim)
+                                         for t in spec.text} if buckets else {})
+        hidden = text_encoder.hidden_size + (config.embedding_dim if buckets else 0) if text_encoder is not None else 0
         self.text_projections = nn.ModuleDict({name: nn.Linear(hidden, d) for name, _ in self.context_texts})
         self.item = None
         if self.item_features or self.item_texts or num_item_numeric:
@@ -158,7 +163,7 @@ class ExampleEncoder(nn.Module):
         # Every text feature goes through the encoder's cache: item titles and per-row text (reviews,
         # queries) alike are encoded once per distinct text while the encoder cannot change.
         for name, max_length in self.context_texts:
-            tokens.append(self.text_projections[name](self.text_encoder(batch.text[name], cache_max_length=max_length)))
+            tokens.append(self.text_projections[name](self._text_vector(batch, name, max_length)))
         if not tokens:  # a spec with item features only
             return self.item.project.weight.new_zeros(size, 0, self.d_model)
         return torch.stack(tokens, dim=1)
@@ -170,8 +175,17 @@ class ExampleEncoder(nn.Module):
         numeric = None
         if len(self.item_numeric):
             numeric = batch.numeric.index_select(1, self.item_numeric).clamp(-NUMERIC_CLAMP, NUMERIC_CLAMP)
-        texts = [self.text_encoder(batch.text[name], cache_max_length=max_length) for name, max_length in self.item_texts]
+        texts = [self._text_vector(batch, name, max_length) for name, max_length in self.item_texts]
         return self.item([pooled[name] for name in self.item_features], numeric, texts)
+
+    def _text_vector(self, batch: Batch, name: str, max_length: int) -> torch.Tensor:
+        """[B, hidden (+ embedding_dim)]: the text encoder's pooled vector (through its cache), joined
+        with the feature's n-gram bag when there is one."""
+        text = batch.text[name]
+        vector = self.text_encoder(text, cache_max_length=max_length)
+        if name not in self.ngram_bags:
+            return vector
+        return torch.cat([vector, self.ngram_bags[name](text.input_ids, text.attention_mask).to(vector.dtype)], dim=-1)
 
     def forward(self, pooled: dict[str, torch.Tensor], per_position: dict[str, torch.Tensor],
                 batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:

@@ -66,7 +66,8 @@ def grec_config():
     def make(with_text: bool = False, **overrides):
         spec = overrides.pop("input", None) or grec_tiny_spec(with_text)
         text = TextEncoderConfig(backbone="tiny_bert", tiny_hidden=16, tiny_layers=1, tiny_heads=2,
-                                 tiny_intermediate=16, freeze=overrides.pop("freeze_text", True)) if with_text else None
+                                 tiny_intermediate=16, freeze=overrides.pop("freeze_text", True),
+                                 ngram_buckets=overrides.pop("ngram_buckets", 0)) if with_text else None
         fields = dict(input=spec, d_model=16, embedding_dim=8, num_heads=2, ffn_hidden=16, expert_hidden=16,
                       tower_hidden=8, text=text, router=RouterConfig(num_experts=3, top_k=1))
         fields.update(overrides)
