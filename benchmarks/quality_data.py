@@ -135,9 +135,12 @@ def text_vectors(model: MultiTaskModel, tables: list[pa.Table], folder: Path) ->
     model.eval()
     for feature in model.config.input.text:
         texts_file, vectors_file = folder / f"text-{feature.name}.json", folder / f"text-{feature.name}.npy"
-        texts = sorted({t for table in tables for t in table.column(feature.name).to_pylist()}, key=len)
-        if texts_file.exists() and json.loads(texts_file.read_text()) == texts:
-            vectors = np.load(vectors_file)
+        # By length, then text: a set's order changes with each process's string hashing.
+        texts = sorted({t for table in tables for t in table.column(feature.name).to_pylist()},
+                       key=lambda text: (len(text), text))
+        kept = json.loads(texts_file.read_text()) if texts_file.exists() else []
+        if set(kept) >= set(texts):
+            texts, vectors = kept, np.load(vectors_file)
         else:
             parts = []
             with torch.no_grad():
