@@ -50,7 +50,7 @@ from jobs.local_fit import fit  # noqa: E402
 GREC_MODELS = ("grec", "grec_sentence", "grec_task_sentence", "grec_shared", "shared_bottom", "mmoe", "ple",
                "single_task")
 ABLATIONS = ("ablation_no_skills", "ablation_one_expert", "ablation_raw_numerics", "ablation_history_mean",
-             "ablation_history_transformer", "ablation_no_history", "ablation_no_text")
+             "ablation_history_transformer", "ablation_no_history", "ablation_no_text", "ablation_no_ngrams")
 MODELS = GREC_MODELS + PEERS + ABLATIONS
 RESAMPLES = 200
 
@@ -88,6 +88,9 @@ def variant(data: BenchData, model: str) -> GRecConfig | None:
         return config.replace(sequence_layers=1) if config.input.sequences and not config.sequence_layers else None
     if model == "ablation_no_history":
         return _without(config, [s.name for s in config.input.sequences]) if config.input.sequences else None
+    if model == "ablation_no_ngrams":  # the text encoder's vectors without the n-gram bags
+        buckets = config.text is not None and config.text.ngram_buckets
+        return config.replace(text=config.text.model_copy(update={"ngram_buckets": 0})) if buckets else None
     if model == "ablation_no_text":
         return _without(config, [t.name for t in config.input.text]) if config.input.text else None
     raise ValueError(model)
