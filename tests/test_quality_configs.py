@@ -46,9 +46,10 @@ def slices(tmp_path_factory):
 
 def small(config_name: str, dataset_dir: Path, tmp_path: Path):
     """The config on a slice, one epoch; a MiniLM text head becomes the tiny BERT (MiniLM's weights and
-    cost are the text tests' business, not the configs')."""
+    cost are the text tests' business, not the configs'), keeping the config's other text keys."""
     config = load_config(REPO_ROOT / "configs" / config_name)
-    model = {"text": {"backbone": "tiny_bert", "freeze": True}} if config.model.text is not None else {}
+    text = config.model.text
+    model = {"text": {**text.model_dump(), "backbone": "tiny_bert", "freeze": True}} if text is not None else {}
     return config.with_overrides(
         dataset={"path": str(dataset_dir)}, training={"epochs": 1, "batch_size": 64, "eval_batch_size": 256},
         mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, model=model)
