@@ -218,7 +218,8 @@ LABELS = {"grec": "GRec (task routing)", "grec_sentence": "GRec (sentence routin
           "ablation_raw_numerics": "ablation: raw numerics (no periodic embeddings)",
           "ablation_history_mean": "ablation: history mean-pooled (no transformer)",
           "ablation_history_transformer": "ablation: history through one transformer block",
-          "ablation_no_history": "ablation: no history", "ablation_no_text": "ablation: no text"}
+          "ablation_no_history": "ablation: no history", "ablation_no_text": "ablation: no text",
+          "ablation_no_ngrams": "ablation: no n-gram bags (text encoder only)"}
 
 
 def markdown(summary: list[dict[str, object]], many_tasks: tuple[str, ...] = ("movielens-genres",)) -> str:
