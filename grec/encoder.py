@@ -117,13 +117,13 @@ class ExampleEncoder(nn.Module):
             for s in spec.sequences
         })
         self.text_encoder = text_encoder
-        buckets = config.text.ngram_buckets if config.text is not None and text_encoder is not None else 0
         # Each text feature's vector: the encoder's pooled vector, then its n-gram bag when configured.
+        buckets, hidden = 0, 0
+        if text_encoder is not None:
+            buckets = text_encoder.config.ngram_buckets
+            hidden = text_encoder.hidden_size + (config.embedding_dim if buckets else 0)
         self.ngram_bags = nn.ModuleDict({t.name: HashedNgramBag(buckets, config.embedding_dim)
                                          for t in spec.text} if buckets else {})
-        hidden = 0
-        if text_encoder is not None:
-            hidden = text_encoder.hidden_size + (config.embedding_dim if buckets else 0)
         self.text_projections = nn.ModuleDict({name: nn.Linear(hidden, d) for name, _ in self.context_texts})
         self.item = None
         if self.item_features or self.item_texts or num_item_numeric:

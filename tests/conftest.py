@@ -76,7 +76,6 @@ def grec_config():
     return make
 
 
-
 @pytest.fixture
 def train_steps():
     """train_steps(model, batch, steps=3): a few Adam steps (lr 0.05), so skills, allocations and
@@ -93,6 +92,7 @@ def train_steps():
         return model.eval()
 
     return run
+
 
 # ---- feature store: a tiny dataset definition and a real Redis server -----------------------------
 
