@@ -3,9 +3,12 @@
 1. The user side once per request: in-process cost of one request with `--candidates` items (feature
    lookup, transforms, forward; `serving.ranking.rank_batch`, the ranker's own function), the
    encoders' user side once per request vs once per candidate row (grec.encoder.distinct_rows
-   replaced by the identity, which is what scoring rows as independent examples did); and the
-   endpoint's throughput at `--concurrency` in both modes (the per-row endpoint runs on a Ray whose
-   workers patch the same function at start).
+   replaced by the identity, which is what scoring rows as independent examples did); the same
+   request with one candidate (the work a request costs whatever its size); the cost per request
+   inside a ranker batch of `--batch` requests (what a replica does under load); and the endpoint's
+   throughput at `--concurrency` in both modes (the per-row endpoint runs on a Ray whose workers
+   patch the same function at start), with the CPU each part of the serving path (HTTP proxy,
+   ingress, lookup, rankers, the rest of Ray, the load generator) spends per answered request.
 2. Stored user representations (`grec encode-users`): bytes per user (int8, int8 with a low-rank
    projection, against float32), endpoint p50 at concurrency 1 and throughput with stored vs online
    user encoding, and the AUC change on the test split when each row's user side goes through the
@@ -34,9 +37,9 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -134,46 +137,83 @@ def _payloads(prepared: Any, candidates: int, count: int, seed: int = 0) -> list
              "candidates": rng.choice(items, candidates, replace=False).tolist()} for _ in range(count)]
 
 
-def _timed_request(servable: Any, store: Any, representations: Any, payload: dict) -> tuple[float, float]:
-    """(lookup seconds, request seconds) of one request: lookup + transforms + forward."""
+class Variant(NamedTuple):
+    """One way of serving a request in process: a loaded version, its online store, the stored user
+    representations (None: the user side computed online), whether the encoders run per candidate
+    row (as before the user side was computed once), and how many candidates to send (None: all)."""
+
+    servable: Any
+    store: Any
+    representations: Any = None
+    per_row: bool = False
+    candidates: int | None = None
+
+
+def _looked_up(variant: Variant, payload: dict) -> Any:
     from serving.features import RowsQuery, StoreGuard, request_rows
+
+    items = payload["candidates"][:variant.candidates] if variant.candidates else payload["candidates"]
+    return request_rows(StoreGuard(variant.store, "degrade", 1.0), variant.servable.definition,
+                        RowsQuery(payload["user_id"], items), variant.representations)
+
+
+def _timed_request(variant: Variant, payload: dict) -> tuple[float, float]:
+    """(lookup seconds, request seconds) of one request: lookup + transforms + forward."""
     from serving.ranking import RankRequest, rank_batch
 
-    guard = StoreGuard(store, "degrade", 1.0)
     started = time.perf_counter()
-    found = request_rows(guard, servable.definition,
-                         RowsQuery(payload["user_id"], payload["candidates"]), representations)
+    found = _looked_up(variant, payload)
     looked_up = time.perf_counter()
-    rank_batch(servable, [RankRequest(TASK, found.rows, user_tokens=found.user_tokens)])
+    rank_batch(variant.servable, [RankRequest(TASK, found.rows, user_tokens=found.user_tokens)])
     return looked_up - started, time.perf_counter() - started
 
 
-def _in_process_ms(variants: dict[str, tuple], payloads: list[dict], repeats: int, rounds: int = 5) -> dict:
-    """Median ms of one request (lookup + transforms + forward) and of its lookup alone, per variant
-    (servable, store, representations or None, per-row user side). The variants take turns, `rounds`
-    times, so the machine's drift spreads over all of them alike."""
-    from contextlib import nullcontext
-
+def _in_process_ms(variants: dict[str, Variant], payloads: list[dict], repeats: int, rounds: int = 5) -> dict:
+    """Median ms of one request (lookup + transforms + forward) and of its lookup alone, per variant.
+    The variants take turns, `rounds` times, so the machine's drift spreads over all of them alike."""
     totals: dict[str, list[float]] = {label: [] for label in variants}
     lookups: dict[str, list[float]] = {label: [] for label in variants}
     per_round = max(1, repeats // rounds)
     # Warm-up: every variant scores every payload once, so each version's text cache holds the
     # candidates' titles (as a serving replica's does in its steady state). Warming only part of
     # them would time MiniLM for the versions that did not share a cache with an earlier variant.
-    for servable, store, representations, _ in variants.values():
+    for variant in variants.values():
         for payload in payloads[:(rounds + 1) * per_round]:
-            _timed_request(servable, store, representations, payload)
+            _timed_request(variant, payload)
     for round_ in range(rounds + 1):  # round 0 is not timed either (rotary tables, allocator)
-        for label, (servable, store, representations, per_row) in variants.items():
-            with per_row_user_side() if per_row else nullcontext():
+        for label, variant in variants.items():
+            with per_row_user_side() if variant.per_row else nullcontext():
                 for index in range(per_round):
                     payload = payloads[(round_ * per_round + index) % len(payloads)]
-                    lookup, total = _timed_request(servable, store, representations, payload)
+                    lookup, total = _timed_request(variant, payload)
                     if round_:
                         totals[label].append(total)
                         lookups[label].append(lookup)
     return {label: {"request_ms": round(1000 * statistics.median(totals[label]), 2),
                     "lookup_ms": round(1000 * statistics.median(lookups[label]), 2)} for label in variants}
+
+
+def _ranker_batch_ms(variants: dict[str, Variant], payloads: list[dict], batch_size: int, rounds: int = 3) -> dict:
+    """Median ms per request when a ranker scores `batch_size` requests in one batch (`rank_batch`,
+    as a replica does under load with Serve's dynamic batching), per variant; rows looked up
+    beforehand. Every payload is scored once untimed first (title caches), then `rounds` timed turns."""
+    from serving.ranking import RankRequest, rank_batch
+
+    batches: dict[str, list[list[Any]]] = {}
+    for label, variant in variants.items():
+        requests = [RankRequest(TASK, found.rows, user_tokens=found.user_tokens)
+                    for found in (_looked_up(variant, payload) for payload in payloads)]
+        batches[label] = [requests[i:i + batch_size] for i in range(0, len(requests) - batch_size + 1, batch_size)]
+    per_request: dict[str, list[float]] = {label: [] for label in variants}
+    for round_ in range(rounds + 1):
+        for label, variant in variants.items():
+            with per_row_user_side() if variant.per_row else nullcontext():
+                for batch in batches[label]:
+                    started = time.perf_counter()
+                    rank_batch(variant.servable, batch)
+                    if round_:
+                        per_request[label].append((time.perf_counter() - started) / len(batch))
+    return {label: round(1000 * statistics.median(times), 3) for label, times in per_request.items()}
 
 
 # ---- quality ---------------------------------------------------------------------------------------------
@@ -234,15 +274,48 @@ def _endpoint(config: Any, payloads: list[dict], concurrency: int, requests: int
     single, loaded = Recorder(), Recorder()
     started, elapsed = asyncio.run(_load(base_url, headers, payloads, 1, time_cap, min(requests, 150), single))
     one = single.summary(started, elapsed)
+    before = _cpu_seconds_by_role()
     started, elapsed = asyncio.run(_load(base_url, headers, payloads, concurrency, time_cap, requests, loaded))
     many = loaded.summary(started, elapsed)
+    after = _cpu_seconds_by_role()
+    answered = max(1, many["answers"])
+    cpu_ms = {role: round(1000 * (after[role] - before.get(role, 0.0)) / answered, 1) for role in after}
     import httpx
 
     answer = httpx.post(f"{base_url}/v1/recommend", json=payloads[0], headers=headers, timeout=30).json()
     serve.delete(APP_NAME)
     return {"p50_ms_concurrency_1": one["ok_p50_ms"], f"throughput_rps_concurrency_{concurrency}": many["throughput_ok_rps"],
             f"p50_ms_concurrency_{concurrency}": many["ok_p50_ms"], "non_200": many["answers"] - many["statuses"].get("200", 0),
-            "user_encoding": answer.get("user_encoding")}
+            "user_encoding": answer.get("user_encoding"), f"cpu_ms_per_request_concurrency_{concurrency}": cpu_ms}
+
+
+# Which part of the serving path a process is, by its title (Ray names actor processes "ray::<class>").
+_ROLES = (("ServeReplica:" + APP_NAME + ":Ingress", "ingress"), ("ServeReplica:" + APP_NAME + ":FeatureLookup", "lookup"),
+          ("ServeReplica:" + APP_NAME + ":Ranker", "rankers"), ("ProxyActor", "http_proxy"))
+
+
+def _cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this machine's processes, summed by their part in
+    serving: the Serve replicas and proxy, the rest of Ray (controller, raylet, GCS, dashboard and
+    metrics agents), and this process (the load generator)."""
+    import psutil
+
+    totals = {role: 0.0 for _, role in _ROLES} | {"other_ray": 0.0, "load_generator": 0.0}
+    me = os.getpid()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            command = " ".join(process.info["cmdline"] or [])
+            times = process.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        role = next((role for key, role in _ROLES if key in command), None)
+        if role is None and process.info["pid"] == me:
+            role = "load_generator"
+        elif role is None and ("ray::" in command or "/ray/" in command):
+            role = "other_ray"
+        if role is not None:
+            totals[role] += times.user + times.system
+    return totals
 
 
 def _ray(root: Path, per_row: bool = False) -> None:
@@ -296,6 +369,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="answers per endpoint load run (default 300)")
     parser.add_argument("--time-cap", type=float, default=60.0, help="seconds per load run at most")
     parser.add_argument("--in-process-repeats", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=16,
+                        help="requests per ranker batch in the batched in-process figure (default 16, the "
+                             "ranker's max_batch_size)")
     parser.add_argument("--rank", type=int, default=32, help="rank of the low-rank user projection (default 32)")
     parser.add_argument("--skip-endpoint", action="store_true")
     parser.add_argument("--set-up-only", action="store_true",
@@ -402,14 +478,22 @@ def main() -> None:
         with open_online_store(state["store"]) as store, _stored_users(state, payloads, tracking_uri) as stored:
             servables = {label: load_servable(config.model_copy(update={"model_uri": f"models:/{name}/{version}"}),
                                               version) for label, (name, version) in versions.items()}
-            variants = {"teacher_per_row": (servables["teacher"], store, None, True),
-                        **{label: (servable, store, None, False) for label, servable in servables.items()},
-                        "teacher_stored_int8": (servables["teacher"], *stored, False)}
-            in_process = _in_process_ms(variants, payloads, args.in_process_repeats)
+            variants = {"teacher_per_row": Variant(servables["teacher"], store, per_row=True),
+                        **{label: Variant(servable, store) for label, servable in servables.items()},
+                        "teacher_stored_int8": Variant(servables["teacher"], *stored)}
+            # The same request with one candidate: the work a request costs whatever its size.
+            one = {"teacher_1_candidate": Variant(servables["teacher"], store, candidates=1)}
+            in_process = _in_process_ms({**variants, **one}, payloads, args.in_process_repeats)
+            batched = _ranker_batch_ms(variants, payloads[:8 * args.batch], args.batch)
         base = in_process["teacher"]["request_ms"]
         in_process["once_vs_per_row"] = round(base / in_process["teacher_per_row"]["request_ms"], 3)
+        in_process["fixed_share"] = round(in_process["teacher_1_candidate"]["request_ms"] / base, 3)
         for label in (*versions, "teacher_stored_int8"):
             in_process[f"{label}_vs_teacher"] = round(in_process[label]["request_ms"] / base, 3)
+        in_process[f"ranker_batch_of_{args.batch}"] = {
+            "ms_per_request": batched, "once_vs_per_row": round(batched["teacher"] / batched["teacher_per_row"], 3),
+            **{f"{label}_vs_teacher": round(batched[label] / batched["teacher"], 3)
+               for label in (*versions, "teacher_stored_int8")}}
         report["in_process"] = in_process
         print(json.dumps(in_process), flush=True)
 
