@@ -279,7 +279,7 @@ def _endpoint(config: Any, payloads: list[dict], concurrency: int, requests: int
     many = loaded.summary(started, elapsed)
     after = _cpu_seconds_by_role()
     answered = max(1, many["answers"])
-    cpu_ms = {role: round(1000 * (after[role] - before.get(role, 0.0)) / answered, 1) for role in after}
+    cpu_ms = {role: round(1000 * (after[role] - before[role]) / answered, 1) for role in after}
     import httpx
 
     answer = httpx.post(f"{base_url}/v1/recommend", json=payloads[0], headers=headers, timeout=30).json()
@@ -302,14 +302,14 @@ def _cpu_seconds_by_role() -> dict[str, float]:
 
     totals = {role: 0.0 for _, role in _ROLES} | {"other_ray": 0.0, "load_generator": 0.0}
     me = os.getpid()
-    for process in psutil.process_iter(["pid", "cmdline"]):
+    for process in psutil.process_iter(["cmdline"]):
         try:
             command = " ".join(process.info["cmdline"] or [])
             times = process.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         role = next((role for key, role in _ROLES if key in command), None)
-        if role is None and process.info["pid"] == me:
+        if role is None and process.pid == me:
             role = "load_generator"
         elif role is None and ("ray::" in command or "/ray/" in command):
             role = "other_ray"
