@@ -183,7 +183,10 @@ class Task:
     """A prediction task whose label is the event column `label` (default `label_<name>`).
 
     `missing_labels`: the label is null on events the task does not cover (a scenario's task, such
-    as "like" among one genre's movies); losses and metrics read the labelled events only."""
+    as "like" among one genre's movies); losses and metrics read the labelled events only.
+    `implicit`: implicit feedback, a binary task whose every event is a positive (its label column
+    holds 1 on every event); training and evaluation score it against items sampled from the other
+    events (the catalogue's interaction distribution), as top-N recommenders do."""
 
     name: str
     kind: TaskKind
@@ -192,6 +195,7 @@ class Task:
     num_classes: int | None = None
     descriptors: Mapping[str, str] = field(default_factory=dict)
     missing_labels: bool = False
+    implicit: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", TaskKind(self.kind))
@@ -207,6 +211,10 @@ class Task:
         for key, value in self.descriptors.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ValueError(f"task {self.name!r}: descriptors must map str to str, got {key!r}: {value!r}")
+        if self.implicit and (self.kind is not TaskKind.BINARY or self.missing_labels):
+            raise ValueError(f"task {self.name!r}: implicit feedback (every event a positive) is a binary task "
+                             f"with a label on every event; got kind {str(self.kind)!r}"
+                             + (" and missing_labels" if self.missing_labels else ""))
 
     @property
     def label_dtype(self) -> pa.DataType:
@@ -215,7 +223,7 @@ class Task:
 
     def to_spec(self) -> dict[str, Any]:
         return {"name": self.name, "kind": str(self.kind), "label": self.label, "role": str(self.role),
-                "num_classes": self.num_classes, "descriptors": dict(self.descriptors)}
+                "num_classes": self.num_classes, "descriptors": dict(self.descriptors), "implicit": self.implicit}
 
 
 @dataclass(frozen=True)
@@ -399,7 +407,7 @@ class DatasetDefinition:
         return cls(
             name=data["name"], user=user, item=item,
             tasks=tuple(Task(t["name"], t["kind"], t["label"], t["role"], t["num_classes"], t["descriptors"],
-                             t.get("missing_labels", False))
+                             t.get("missing_labels", False), t.get("implicit", False))
                         for t in data["tasks"]),
             feature_views=views,
             context_features=tuple(_feature_from_dict(f) for f in data["context_features"]),

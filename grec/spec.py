@@ -97,6 +97,9 @@ class TaskSpec:
     role: str = "main"
     num_classes: int | None = None
     descriptors: dict[str, str] = field(default_factory=dict)
+    # Implicit feedback: every labelled row is a positive; training samples negatives (other rows'
+    # items) for it.
+    implicit: bool = False
 
     def __post_init__(self) -> None:
         _check_name("task", self.name)
@@ -107,6 +110,8 @@ class TaskSpec:
                 raise ValueError(f"task {self.name!r}: multiclass needs num_classes >= 2, got {self.num_classes}")
         elif self.num_classes is not None:
             raise ValueError(f"task {self.name!r}: num_classes is only for multiclass tasks (kind {self.kind!r})")
+        if self.implicit and self.kind != "binary":
+            raise ValueError(f"task {self.name!r}: implicit feedback is a binary task, got kind {self.kind!r}")
         # Descriptor values are categorical facts; store them as strings so JSON round-trips exactly.
         object.__setattr__(self, "descriptors", {str(k): str(v) for k, v in dict(self.descriptors).items()})
 

@@ -30,7 +30,7 @@ def test_dataset_spec_has_the_contract_layout():
     assert spec["sequences"] == [{"name": "hist_item_id", "length": 3, "vocab_feature": "item_id"}]
     assert spec["text"] == [{"name": "title", "source": "item", "max_length": 32}]
     assert spec["tasks"][0] == {"name": "click", "kind": "binary", "label": "label_click", "role": "main",
-                                "num_classes": None, "descriptors": {"type": "click"}}
+                                "num_classes": None, "descriptors": {"type": "click"}, "implicit": False}
     assert spec["tasks"][2]["num_classes"] == 3
 
 
