@@ -54,18 +54,52 @@ class SourceOptions:
             raise ValueError(f"sequence_length must be >= 1, got {self.sequence_length}")
 
 
+# How events are split into train / validation / test (RecBole's `eval_args` split, by time):
+# - global_time: two time cut-offs over all events (the latest test_fraction of events is test);
+# - user_time: each user's events by time, the last test_fraction (at least one) test, the
+#   validation_fraction before them (at least one) validation, every user evaluated;
+# - leave_one_out: each user's last event test, the one before it validation.
+SPLIT_PROTOCOLS = ("global_time", "user_time", "leave_one_out")
+# Default fractions (validation, test) per protocol.
+DEFAULT_FRACTIONS = {"global_time": (0.1, 0.1), "user_time": (0.1, 0.2)}
+
+
 @dataclass(frozen=True)
 class SplitConfig:
-    """Fractions of events (by time) for validation and test; the earliest rest is train."""
+    """Which protocol splits the events, its fractions (None: the protocol's default) and how events
+    of one user at the same instant are ordered: `tie_seed` None keeps ingestion order (the source's
+    row order), an integer shuffles tied events with that seed (leave-one-out on data whose users
+    rate several items in the same second depends on it)."""
 
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
+    protocol: str = "global_time"
+    validation_fraction: float | None = None
+    test_fraction: float | None = None
+    tie_seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("validation_fraction", "test_fraction"):
+        if self.protocol not in SPLIT_PROTOCOLS:
+            raise ValueError(f"split protocol {self.protocol!r} is unknown; expected one of {list(SPLIT_PROTOCOLS)}")
+        if self.protocol == "leave_one_out":
+            if self.validation_fraction is not None or self.test_fraction is not None:
+                raise ValueError("leave_one_out takes each user's last event for test and the one before for "
+                                 "validation: it has no fractions")
+            return
+        defaults = DEFAULT_FRACTIONS[self.protocol]
+        for name, default in zip(("validation_fraction", "test_fraction"), defaults):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            if value is None:
+                object.__setattr__(self, name, default)
+            elif not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.validation_fraction + self.test_fraction >= 1.0:
             raise ValueError("validation_fraction + test_fraction must leave some events for training, got "
                              f"{self.validation_fraction} + {self.test_fraction}")
+
+    @property
+    def per_user(self) -> bool:
+        """Each user's own events are split (user_time, leave_one_out), not the calendar."""
+        return self.protocol != "global_time"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"protocol": self.protocol, "validation_fraction": self.validation_fraction,
+                "test_fraction": self.test_fraction, "tie_seed": self.tie_seed}

@@ -29,7 +29,7 @@ from feature_store.offline_store import OfflineStore
 from feature_store.options import DEFAULT_OOV_BUCKETS, SourceOptions, SplitConfig
 from feature_store.sources import get_source
 from feature_store.sources.base import DataSource
-from feature_store.training_set import build_training_set, iter_training_set, read_training_set, time_split_for
+from feature_store.training_set import build_training_set, iter_training_set, read_training_set, splitter_for
 from feature_store.transforms import TransformSet
 
 # Target events per offline-store bucket when the bucket count is chosen automatically.
@@ -157,10 +157,15 @@ def _write_dataset(source: DataSource, prepared: PreparedDataset, split: SplitCo
             # Name the file the rows came from: the view alone does not tell the user what to fix.
             raise type(err)(f"{source.origin(view_name)}: {err}") from None
     definition.save(prepared.definition_path)
-    time_split = time_split_for(store, definition, split)
-    stats = build_training_set(store, definition, prepared.training_dir, time_split, progress=progress)
+    stats = build_training_set(store, definition, prepared.training_dir, splitter_for(store, definition, split),
+                               progress=progress)
     if stats.splits["train"].rows == 0:
         raise FeatureStoreError(f"{source.name}: the train split is empty; lower the validation/test fractions")
+    if split.per_user and stats.splits["test"].rows == 0:
+        raise FeatureStoreError(
+            f"{source.name}: the {split.protocol} split needs users with at least two events (a history and an "
+            f"event to predict); every one of its {stats.splits['train'].users} users has one. Use --split "
+            "global_time for this dataset")
     transforms = TransformSet.fit(definition, iter_training_set(prepared.training_dir, "train"),
                                   oov_buckets=oov_buckets, min_count=min_count)
     transforms.save(prepared.transforms_path)

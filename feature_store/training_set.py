@@ -4,7 +4,9 @@ For every labeled event (user, item, t):
 - each feature view contributes its row with the latest timestamp <= t for that key, if that row
   is at most `ttl` old (else nulls);
 - each sequence holds the user's events strictly before t, ties in ingestion order (history.py);
-- the row goes to train, validation or test by t against two time cut-offs.
+- the row goes to train, validation or test by the split protocol (feature_store/options.py): by t
+  against two time cut-offs (global_time), or by its place among its user's events (user_time,
+  leave_one_out; users never span buckets, so each bucket splits its own users).
 
 Events and user features of a bucket hold the same users, so memory follows the largest bucket,
 not the history. Item views are read whole (items are few next to events).
@@ -31,12 +33,12 @@ from tqdm.auto import tqdm
 from feature_store.atomic import replace_dir, sibling
 from feature_store.definitions import DatasetDefinition, FeatureView, TaskKind
 from feature_store.errors import FeatureStoreError
-from feature_store.history import dedupe_feature_rows, history_before, order_events, timestamps_us
+from feature_store.history import OrderedEvents, dedupe_feature_rows, history_before, order_events, timestamps_us
 from feature_store.offline_store import OfflineStore
 from feature_store.options import SPLITS, SplitConfig
 
-__all__ = ["SPLITS", "SplitConfig", "TimeSplit", "build_training_set", "iter_training_set", "read_training_set",
-           "split_dir", "time_split_for"]
+__all__ = ["SPLITS", "SplitConfig", "TimeSplit", "UserSplit", "build_training_set", "iter_training_set",
+           "read_training_set", "split_dir", "splitter_for", "time_split_for"]
 
 @dataclass(frozen=True)
 class TimeSplit:
@@ -54,8 +56,69 @@ class TimeSplit:
         bounds = np.array([_to_us(self.validation_start), _to_us(self.test_start)], dtype=np.int64)
         return np.searchsorted(bounds, timestamps, side="right").astype(np.int8)
 
+    def assign_events(self, ordered: OrderedEvents, bucket: int) -> np.ndarray:
+        return self.assign(ordered.timestamps)
+
     def to_dict(self) -> dict[str, str]:
         return {"validation_start": self.validation_start.isoformat(), "test_start": self.test_start.isoformat()}
+
+    def summary(self) -> dict[str, Any]:
+        return {"split": {"protocol": "global_time"}, "time_split": self.to_dict()}
+
+
+@dataclass(frozen=True)
+class UserSplit:
+    """Each user's events in time order (ties: ingestion order, or shuffled with `tie_seed`): the
+    last ones test, the ones before validation, the rest train (`SplitConfig`). A user with one event
+    only trains; with two, the second is test. Every user with history is evaluated."""
+
+    config: SplitConfig
+
+    def counts(self, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(test, validation) events of users with `events` events each."""
+        if self.config.protocol == "leave_one_out":
+            test = np.ones_like(events)
+            validation = np.ones_like(events)
+        else:
+            test = np.maximum(1, np.floor(self.config.test_fraction * events + 0.5)).astype(np.int64)
+            validation = np.maximum(1, np.floor(self.config.validation_fraction * events + 0.5)).astype(np.int64)
+        test = np.minimum(test, events - 1)  # at least one training event: a user needs history
+        validation = np.clip(np.minimum(validation, events - test - 1), 0, None)
+        return test, validation
+
+    def assign_events(self, ordered: OrderedEvents, bucket: int) -> np.ndarray:
+        """Split index (0 train, 1 validation, 2 test) of each event of `ordered` (sorted by user,
+        time, ingestion order; a user's events are the rows user_start .. the next user's start)."""
+        n = len(ordered.timestamps)
+        if n == 0:
+            return np.zeros(0, dtype=np.int8)
+        start = ordered.user_start
+        order = np.arange(n)
+        if self.config.tie_seed is not None:  # tied events of a user in a seeded random order
+            noise = np.random.default_rng([self.config.tie_seed, bucket]).random(n)
+            order = np.lexsort((noise, ordered.timestamps, start))
+        # A user's rows stay one block in `order`, so a row's place in it is its index minus the start.
+        position = np.arange(n) - start
+        run_end = np.flatnonzero(np.r_[start[1:] != start[:-1], True])
+        events = run_end[np.searchsorted(run_end, np.arange(n))] + 1 - start
+        test, validation = self.counts(events)
+        codes = np.zeros(n, dtype=np.int8)
+        codes[position >= events - test] = 2
+        codes[(position >= events - test - validation) & (position < events - test)] = 1
+        out = np.empty(n, dtype=np.int8)
+        out[order] = codes
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {"split": self.config.to_dict()}
+
+
+Splitter = TimeSplit | UserSplit
+
+
+def splitter_for(store: OfflineStore, definition: DatasetDefinition, config: SplitConfig) -> Splitter:
+    """The split of `config`'s protocol (global_time reads the events' times for its cut-offs)."""
+    return UserSplit(config) if config.per_user else time_split_for(store, definition, config)
 
 
 def _to_us(moment: dt.datetime) -> int:
@@ -129,7 +192,7 @@ class TrainingSetStats:
     """What a build wrote: per split rows, distinct users and items, label statistics."""
 
     definition: DatasetDefinition
-    time_split: TimeSplit
+    split: Splitter
     events_read: int = 0
     duplicates_dropped: int = 0
     splits: dict[str, _SplitStats] = field(default_factory=lambda: {s: _SplitStats() for s in SPLITS})
@@ -175,11 +238,11 @@ class TrainingSetStats:
                 tasks[task.name] = entry
             splits[name] = {"rows": stats.rows, "users": stats.users, "items": len(stats.items), "tasks": tasks}
         return {"events_read": self.events_read, "duplicates_dropped": self.duplicates_dropped,
-                "time_split": self.time_split.to_dict(), "splits": splits}
+                **self.split.summary(), "splits": splits}
 
 
 def build_training_set(store: OfflineStore, definition: DatasetDefinition, out_dir: str | Path,
-                       time_split: TimeSplit, progress: bool = False) -> TrainingSetStats:
+                       split: Splitter, progress: bool = False) -> TrainingSetStats:
     """Writes `out_dir/split=<name>/part-<bucket>.parquet` (raw point-in-time rows + labels).
 
     An existing `out_dir` is replaced only once the new one is complete.
@@ -192,25 +255,25 @@ def build_training_set(store: OfflineStore, definition: DatasetDefinition, out_d
         view.name: _FeatureTimeline(_read_or_empty(store, view, None), view)
         for view in definition.views_of(definition.item)
     }
-    stats = TrainingSetStats(definition, time_split)
+    stats = TrainingSetStats(definition, split)
     staging = sibling(out_dir, "staging")
-    for split in SPLITS:
-        (staging / f"split={split}").mkdir(parents=True)
+    for name in SPLITS:
+        (staging / f"split={name}").mkdir(parents=True)
     try:
         for bucket in tqdm(range(store.num_buckets), desc="training set", unit="bucket", disable=not progress):
             events = store.read_bucket(definition.events_name, bucket)
             if events.num_rows == 0:
                 continue
-            rows, duplicates = _bucket_rows(store, definition, bucket, events, item_timelines)
+            rows, ordered = _bucket_rows(store, definition, bucket, events, item_timelines)
             stats.events_read += events.num_rows
-            stats.duplicates_dropped += duplicates
-            split_codes = time_split.assign(timestamps_us(rows.column(definition.timestamp_field)))
-            for code, split in enumerate(SPLITS):
+            stats.duplicates_dropped += ordered.duplicates_dropped
+            split_codes = split.assign_events(ordered, bucket)
+            for code, name in enumerate(SPLITS):
                 part = rows.filter(pa.array(split_codes == code))
                 if part.num_rows:
-                    pq.write_table(part, staging / f"split={split}" / f"part-{bucket:05d}.parquet",
+                    pq.write_table(part, staging / f"split={name}" / f"part-{bucket:05d}.parquet",
                                    compression="zstd")
-                    stats.add(split, part)
+                    stats.add(name, part)
         replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -225,8 +288,9 @@ def _read_or_empty(store: OfflineStore, view: FeatureView, bucket: int | None) -
 
 
 def _bucket_rows(store: OfflineStore, definition: DatasetDefinition, bucket: int, events: pa.Table,
-                 item_timelines: dict[str, _FeatureTimeline]) -> tuple[pa.Table, int]:
-    """The point-in-time rows of one bucket's events, sorted by (user, time, ingestion order)."""
+                 item_timelines: dict[str, _FeatureTimeline]) -> tuple[pa.Table, OrderedEvents]:
+    """The point-in-time rows of one bucket's events, sorted by (user, time, ingestion order), and
+    the ordered events they come from (row for row)."""
     user_key, item_key = definition.user.join_key, definition.item.join_key
     ordered = order_events(events, user_key, item_key, definition.timestamp_field)
     table = ordered.table
@@ -242,7 +306,7 @@ def _bucket_rows(store: OfflineStore, definition: DatasetDefinition, bucket: int
     for seq in definition.sequences:
         columns[seq.name] = history_before(ordered, seq.field, seq.length)
     schema = definition.training_schema()
-    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema), ordered.duplicates_dropped
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema), ordered
 
 
 def split_dir(training_dir: str | Path, split: str) -> Path:

@@ -139,7 +139,8 @@ class LossConfig(_Section):
     sum of exp(-s_t) * loss_t + s_t (Kendall et al.). `sampled_softmax`: task -> number of sampled
     negative classes for multiclass tasks with large catalogs (training only). `tasks_per_step`: train
     each step on this many tasks drawn uniformly without replacement, the loss scaled by
-    T / tasks_per_step so that its expectation is the all-tasks loss (None: every task, every step)."""
+    T / tasks_per_step so that its expectation is the all-tasks loss (None: every task, every step).
+    `implicit_negatives`: rows of items sampled from the batch per row, for implicit-feedback tasks."""
 
     weighting: Literal["fixed", "uncertainty"] = Field("fixed", description="fixed task weights or learned "
                                                                             "uncertainty weighting")
@@ -148,6 +149,9 @@ class LossConfig(_Section):
                                             description="multiclass task -> sampled negatives per step (training)")
     tasks_per_step: int | None = Field(None, ge=1, description="tasks drawn per training step (unbiased); "
                                                                "None trains every task every step")
+    implicit_negatives: int = Field(4, ge=1, description="implicit-feedback tasks: sampled negatives per row "
+                                                         "(other rows' items, grec/negatives.py) in training and "
+                                                         "validation")
 
 
 class ModelSettings(_Section):

@@ -6,6 +6,7 @@ import random
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -14,6 +15,7 @@ from grec.config import GRecConfig
 from grec.encoder import ExampleEncoder
 from grec.heads import (BinaryHead, MulticlassHead, RegressionHead, ScalarHead, binary_losses, make_head,
                         regression_losses, scalar_logits)
+from grec.negatives import add_sampled_negatives
 from grec.router import RouterStats
 from grec.sparse import SparseArch, TableInfo
 from grec.spec import TaskSpec
@@ -101,6 +103,12 @@ class MultiTaskModel(nn.Module, ABC):
     def collate(self, columns: Columns) -> Batch:
         """Transformed columns (dict of arrays / lists, or a pyarrow Table) -> a Batch of tensors."""
         return self.collator(columns)
+
+    def collate_labelled(self, table: pa.Table) -> Batch:
+        """Labelled rows (training, validation) -> a Batch, with sampled negatives added for the
+        implicit-feedback tasks (grec/negatives.py; `losses.implicit_negatives` per row)."""
+        return self.collator(add_sampled_negatives(table, self.config.input, self.config.losses.implicit_negatives,
+                                                   self.config.seed))
 
     def embedding_tables(self) -> list[TableInfo]:
         """Every embedding table of `sparse_arch` with its size (to plan sharding)."""

@@ -56,8 +56,9 @@ class ParallelTransformerBlock(nn.Module):
         self.ffn_out = nn.Linear(ffn_hidden, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, D]; mask [B, L] true at valid positions (None: all valid)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """x [B, L, D]; mask [B, L] true at valid positions (None: all valid); `causal`: position i
+        attends to positions <= i only (a next-item model reads each prefix of a history)."""
         batch, length, d_model = x.shape
         h = self.norm(x)
         q = self.query(h).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -69,8 +70,13 @@ class ParallelTransformerBlock(nn.Module):
             # A row with no valid key would produce NaN: let it attend everywhere (pooling ignores it).
             keys = mask | ~mask.any(dim=1, keepdim=True)
             attn_mask = keys[:, None, None, :]
+            if causal:
+                # Left-padded histories: a query before the first valid key attends to itself only.
+                allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+                attn_mask = (attn_mask & allowed) | torch.eye(length, dtype=torch.bool, device=x.device)
         attended = F.scaled_dot_product_attention(
-            q, k.expand(-1, self.num_heads, -1, -1), v.expand(-1, self.num_heads, -1, -1), attn_mask=attn_mask
+            q, k.expand(-1, self.num_heads, -1, -1), v.expand(-1, self.num_heads, -1, -1), attn_mask=attn_mask,
+            is_causal=causal and attn_mask is None,
         )
         attended = self.attn_out(attended.transpose(1, 2).reshape(batch, length, d_model))
         gate, up = self.ffn_in(h).chunk(2, dim=-1)
@@ -86,9 +92,9 @@ class TransformerStack(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, causal)
         return self.norm(x)
 
 

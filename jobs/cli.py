@@ -25,7 +25,7 @@ from contextlib import contextmanager
 COMMAND_MODULES: tuple[str, ...] = ("jobs.data_cli", "jobs.train_cli", "jobs.tune_cli", "jobs.retrieval_cli",
                                     "jobs.serve_cli", "jobs.eval_cli", "jobs.compact_cli", "jobs.config_cli")
 # The top-level packages whose loggers the command configures.
-GREC_LOGGERS: tuple[str, ...] = ("grec", "feature_store", "jobs", "registry", "serving")
+GREC_LOGGERS: tuple[str, ...] = ("grec", "feature_store", "jobs", "recommend", "registry", "serving")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

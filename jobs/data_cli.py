@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Light modules only (no pyarrow): `grec --help` builds this parser.
-from feature_store.options import DEFAULT_OOV_BUCKETS, SPLITS, SourceOptions, SplitConfig, SyntheticOptions
+from feature_store.options import (DEFAULT_FRACTIONS, DEFAULT_OOV_BUCKETS, SPLIT_PROTOCOLS, SPLITS, SourceOptions,
+                                   SplitConfig, SyntheticOptions)
 from feature_store.sources import SOURCES
 
 if TYPE_CHECKING:
@@ -48,11 +49,22 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
                         f"(default {SourceOptions.sequence_length})")
     p.add_argument("--max-events", type=int, metavar="N",
                    help="use at most N events (the first N of the source; for quick runs)")
-    p.add_argument("--validation-fraction", type=float, default=SplitConfig.validation_fraction, metavar="F",
-                   help="fraction of events, the latest but the test ones, for validation "
-                        f"(default {SplitConfig.validation_fraction})")
-    p.add_argument("--test-fraction", type=float, default=SplitConfig.test_fraction, metavar="F",
-                   help=f"fraction of the latest events for test (default {SplitConfig.test_fraction})")
+    p.add_argument("--split", choices=SPLIT_PROTOCOLS, default=SplitConfig.protocol,
+                   help="how events become train / validation / test: global_time (two cut-offs in time over all "
+                        "events), user_time (each user's last events by time test, the ones before validation: "
+                        "every user evaluated; the protocol for top-N recommendation) or leave_one_out (each "
+                        f"user's last event test, the one before validation); default {SplitConfig.protocol}")
+    p.add_argument("--validation-fraction", type=float, metavar="F",
+                   help="global_time: fraction of events, the latest but the test ones; user_time: fraction of "
+                        "each user's events before its test ones (at least one) (default: "
+                        + ", ".join(f"{p} {f[0]}" for p, f in DEFAULT_FRACTIONS.items()) + ")")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="global_time: fraction of the latest events; user_time: fraction of each user's latest "
+                        "events (at least one) (default: "
+                        + ", ".join(f"{p} {f[1]}" for p, f in DEFAULT_FRACTIONS.items()) + ")")
+    p.add_argument("--tie-seed", type=int, metavar="N",
+                   help="order a user's events that share a timestamp at random with seed N (default: the order "
+                        "of the source's rows); decides which of them is 'last' for the per-user protocols")
     p.add_argument("--num-buckets", type=int, metavar="N",
                    help="offline-store partitions by user (default: one per 250k events); the training set is "
                         "built one bucket at a time, so more buckets means less memory")
@@ -105,7 +117,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     with output_dir(args.out, overwrite=args.overwrite) as out:
         prepared = prepare_dataset(
             args.dataset, out, options=options,
-            split=SplitConfig(args.validation_fraction, args.test_fraction),
+            split=SplitConfig(args.split, args.validation_fraction, args.test_fraction, args.tie_seed),
             num_buckets=args.num_buckets, oov_buckets=args.oov_buckets, min_count=args.min_count,
             overwrite=args.overwrite, progress=True,
         )
@@ -139,6 +151,19 @@ def _task_figure(entry: dict[str, Any]) -> str:
     return "-"
 
 
+def split_description(summary: dict[str, Any]) -> str:
+    """The split protocol of a prepared dataset's summary, in words."""
+    split = summary.get("split", {"protocol": "global_time"})
+    if split["protocol"] == "global_time":
+        times = summary["time_split"]
+        return f"global_time, validation from {times['validation_start']}, test from {times['test_start']}"
+    ties = "ingestion order" if split.get("tie_seed") is None else f"shuffled with seed {split['tie_seed']}"
+    if split["protocol"] == "leave_one_out":
+        return f"leave_one_out (each user's last event test, the one before validation; ties in time: {ties})"
+    return (f"user_time (each user's last {split['test_fraction']:.0%} of events test, the "
+            f"{split['validation_fraction']:.0%} before validation; ties in time: {ties})")
+
+
 def format_summary(prepared: PreparedDataset, location: str | Path | None = None) -> str:
     """A table of rows, users, items and per-task positive rates (regression: mean) per split;
     `location`: where the dataset is published, when not at `prepared.root`."""
@@ -147,8 +172,7 @@ def format_summary(prepared: PreparedDataset, location: str | Path | None = None
     lines = [f"prepared {summary['dataset']} in {location or prepared.root}",
              f"  ingested: {', '.join(f'{v} {n} rows' for v, n in summary['ingested_rows'].items())}",
              f"  duplicate events dropped: {summary['duplicates_dropped']}",
-             f"  time split: validation from {summary['time_split']['validation_start']}, "
-             f"test from {summary['time_split']['test_start']}"]
+             f"  split: {split_description(summary)}"]
     header = ["split", "rows", "users", "items", *tasks]
     table = [header]
     for split in SPLITS:

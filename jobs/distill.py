@@ -129,7 +129,9 @@ class Distillation:
         for task, kind in self.task_kinds.items():
             if task not in out.logits:  # not sampled this step, or a sampled-softmax head in training
                 continue
-            student, teacher = out.logits[task].float(), batch.labels[TEACHER_PREFIX + task].float()
+            teacher = batch.labels[TEACHER_PREFIX + task].float()
+            # The teacher scored the batch's own rows, which come before any sampled negatives.
+            student = out.logits[task].float()[:teacher.shape[0]]
             if kind == "binary":
                 loss = F.binary_cross_entropy_with_logits(student / temperature, torch.sigmoid(teacher / temperature))
                 loss = loss * temperature ** 2

@@ -1,5 +1,5 @@
-"""`grec evaluate`, `grec promote` and `grec predict`: offline evaluation, the promotion gate and
-batch prediction of registered models on a prepared dataset."""
+"""`grec evaluate`, `grec promote`, `grec predict` and `grec recommend`: offline evaluation, the
+promotion gate, batch prediction and batch top-k lists of registered models."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_evaluate(subparsers)
     _add_promote(subparsers)
     _add_predict(subparsers)
+    _add_recommend(subparsers)
 
 
 # ---- shared options ---------------------------------------------------------------------------------
@@ -102,15 +103,22 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                    help="users ranked leave-last-out per binary task; 0: no ranking (default 300)")
     p.add_argument("--negatives", type=int, default=99, metavar="N", help="sampled never-seen items per user (default 99)")
     p.add_argument("--k", type=int, nargs="+", default=[5, 10], metavar="K", help="HR/NDCG cutoffs (default 5 10)")
-    p.add_argument("--recommend-users", type=int, default=1000, metavar="N",
-                   help="replay /v1/recommend as of the split's start for at most N users with a positive of the "
-                        "main task in it: HR@k, NDCG@k, recall of retrieval, coverage and seen share of "
-                        "popularity, the version's retrieval index, both ranked, and implicit's ALS; 0: no "
-                        "replay (default 1000)")
-    p.add_argument("--recommend-k", type=int, default=10, metavar="K", help="items shown per user in the replay "
-                                                                              "(default 10)")
-    p.add_argument("--retrieval-size", type=int, default=200, metavar="N",
-                   help="candidates retrieved per user in the replay, as the endpoint's retrieval_size (default 200)")
+    top_n = p.add_argument_group(
+        "top-N evaluation", "the lists /v1/recommend shows (the version's recommendation stage, `grec build-index`) "
+        "judged on the dataset's split protocol against popularity, recent popularity, item-kNN, ALS, BPR and EASE "
+        "tuned on validation: HR@k, NDCG@k, MRR@k, recall@R, coverage, novelty, paired bootstrap intervals")
+    top_n.add_argument("--recommend-users", type=int, default=None, metavar="N",
+                       help="judge at most N users (a seeded sample; default: every user with a relevant item)")
+    top_n.add_argument("--no-recommend", action="store_true", help="skip the top-N evaluation")
+    top_n.add_argument("--recommend-task", metavar="TASK",
+                       help="the binary task whose positives are relevant (default: the dataset's implicit-feedback "
+                            "task, else its main one)")
+    top_n.add_argument("--recommend-k", type=int, default=10, metavar="K", help="list length judged (default 10)")
+    top_n.add_argument("--recall-at", type=int, default=50, metavar="R", help="recall cutoff (default 50)")
+    top_n.add_argument("--peers", nargs="*", default=None, metavar="PEER",
+                       help="peers to compare (default: popularity recent_popularity item_knn als bpr ease)")
+    top_n.add_argument("--peer-trials", type=int, default=12, metavar="N",
+                       help="settings each peer tries on validation (default 12)")
     p.add_argument("--seed", type=int, default=0, help="seed of bootstrap and sampling (default 0)")
     p.add_argument("--no-log", action="store_true", help="do not log metrics and report to MLflow")
     p.add_argument("--promote", action="store_true",
@@ -126,10 +134,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     def work() -> int:
         recommend = None
-        if args.recommend_users > 0 and args.split != "train":
-            recommend = RecommendEvalConfig(k=args.recommend_k, retrieval_size=args.retrieval_size,
-                                            recall_at=min(100, args.retrieval_size), max_users=args.recommend_users,
-                                            seed=args.seed)
+        if not args.no_recommend and args.split != "train":
+            peers = {} if args.peers is None else {"peers": tuple(args.peers)}
+            recommend = RecommendEvalConfig(task=args.recommend_task, k=args.recommend_k, recall_at=args.recall_at,
+                                            max_users=args.recommend_users, trials=args.peer_trials,
+                                            seed=args.seed, **peers)
         config = EvaluationConfig(split=args.split, resamples=args.resamples, confidence=args.confidence,
                                   ranking_users=args.ranking_users, negatives=args.negatives, ks=tuple(args.k),
                                   seed=args.seed, inference=_inference(args), recommend=recommend)
@@ -163,10 +172,11 @@ def format_evaluation(result: EvaluationResult) -> str:
             values = ", ".join(f"{k} {v.value:.4f}" for k, v in task.ranking.items() if not math.isnan(v.value))
             lines.append(f"  {task.name} ({task.ranking_users} users): {values}")
     if result.recommend:
-        replay = result.recommend
-        lines += ["", f"/v1/recommend replayed as of {replay['as_of']} for {replay['users']} users "
-                      f"({replay['warm_users']} with stored features), task {replay['task']}:"]
-        for system, metrics in replay["systems"].items():
+        top_n = result.recommend
+        protocol = top_n["protocol"].get("protocol", "global_time")
+        lines += ["", f"top-N lists on {top_n['split']} ({protocol}) for {top_n['users']} users, target "
+                      f"{top_n['task']}, full ranking over {top_n['catalogue']} items:"]
+        for system, metrics in top_n["systems"].items():
             lines.append(f"  {system:<18} " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return "\n".join(lines)
 
@@ -241,6 +251,52 @@ def _predict(args: argparse.Namespace) -> int:
                                      options=_inference(args))
         print(f"wrote {summary.rows} predictions of {summary.model_name} version {summary.model_version} "
               f"to {summary.path} (columns: {', '.join(summary.columns)})")
+        return 0
+
+    return _run(args, work)
+
+
+# ---- grec recommend -------------------------------------------------------------------------------------
+def _add_recommend(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "recommend", help="top-k lists for many users to Parquet, as /v1/recommend computes them (Ray Data)",
+        description="Compute the top-k list of each user with Ray Data, by the code /v1/recommend runs (the "
+                    "version's recommendation stage, the ranker and the task's blend; each user read from the "
+                    "online store as the endpoint reads it), and write one Parquet file of (user_id, rank, item_id, "
+                    "score, task), written under a temporary name and renamed when complete.",
+    )
+    p.add_argument("--model", required=True, metavar="URI", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--task", required=True, metavar="TASK", help="the task to rank for (GET /v1/model's recommend_tasks)")
+    p.add_argument("-k", type=int, default=10, metavar="K", help="items per user (default 10)")
+    users = p.add_mutually_exclusive_group(required=True)
+    users.add_argument("--users", nargs="+", metavar="ID", help="user ids (integers where the dataset's are)")
+    users.add_argument("--all-users", metavar="DIR_OR_URI", help="every user of this prepared dataset")
+    p.add_argument("--online-store", metavar="URL_OR_PATH",
+                   help="where users are read (default .grec/online.sqlite, where `grec data materialize` writes)")
+    p.add_argument("--allow-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.parquet", help="output Parquet file")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--actors", type=int, default=1, metavar="N", help="replicas in the Ray Data actor pool (default 1)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="users per call (default 64)")
+    p.set_defaults(func=_recommend)
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from feature_store.online import default_online_store
+    from jobs.recommend_batch import dataset_users, recommend_to_parquet
+
+    def work() -> int:
+        users = dataset_users(args.all_users) if args.all_users else [int(u) if u.lstrip("-").isdigit() else u
+                                                                      for u in args.users]
+        summary = recommend_to_parquet(args.model, users, str(args.online_store or default_online_store()), args.out,
+                                       task=args.task, k=args.k, exclude_seen=not args.allow_seen,
+                                       tracking_uri=args.resolved_tracking_uri, address=args.address,
+                                       options=_inference(args))
+        print(f"wrote {summary.rows} recommendations ({summary.users} users, top {args.k} for {summary.task!r}) of "
+              f"{summary.model_name} version {summary.model_version} to {summary.path} in {summary.seconds:.0f} s")
         return 0
 
     return _run(args, work)

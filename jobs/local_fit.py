@@ -60,7 +60,7 @@ def validate(model: MultiTaskModel, rows: pa.Table, batch_size: int) -> dict[str
     model.eval()
     with torch.no_grad():
         for first in range(0, rows.num_rows, batch_size):
-            batch = model.collate(rows.slice(first, batch_size))
+            batch = model.collate_labelled(rows.slice(first, batch_size))
             out = model(batch)
             loss, _ = model.loss(out, batch)
             predictions = {t: model.heads[t].predict(logits) for t, logits in out.logits.items()}
@@ -95,7 +95,7 @@ def fit(model: MultiTaskModel, train: pa.Table, validation: pa.Table, config: Tr
         total, batches = 0.0, 0
         order = rng.permutation(train.num_rows)
         for first in range(0, len(order), training.batch_size):
-            batch = model.collate(train.take(pa.array(order[first:first + training.batch_size])))
+            batch = model.collate_labelled(train.take(pa.array(order[first:first + training.batch_size])))
             tasks, scale = model.training_tasks(step)
             loss, _ = model.loss(model(batch, tasks), batch, scale)
             optimizer.zero_grad(set_to_none=True)

@@ -40,7 +40,7 @@ PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "T
                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                   "MLFLOW_S3_ENDPOINT_URL")
 # grec's packages: what a node needs to run grec's tasks and actors.
-GREC_PACKAGES = ("grec", "feature_store", "registry", "jobs", "serving")
+GREC_PACKAGES = ("grec", "feature_store", "recommend", "registry", "jobs", "serving")
 SHIP_CODE_ENV = "GREC_SHIP_CODE"
 SHIPPED_CODE_EXCLUDES = ["__pycache__", "*.pyc"]
 # Library lines that buried the job's own progress, set quieter in every worker process:

@@ -88,18 +88,17 @@ class ServingConfig(BaseModel):
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
     readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the deployments")
     reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
-    # Candidates the ranker scores when a request brings none: "index" retrieves them with the model
-    # version's retrieval index (`grec build-index`), popularity for users the store does not know
-    # and for versions without an index; "popularity" always uses popularity.
+    # Candidates of a request that brings none: "index" asks the model version's recommendation stage
+    # (`grec build-index`: co-visitation, the next-item model, recent popularity); "popularity" (and
+    # a version without a stage) takes the items seen most often in training, ranked by the task.
     retrieval: Literal["index", "popularity"] = "index"
-    retrieval_size: int = Field(200, ge=1, description="candidates retrieved for a request that brings none")
-    retrieval_weight: float = Field(
-        1.0, ge=0, description="weight of the retrieval logit when /v1/recommend ranks retrieved candidates by "
-                               "task + retrieval (its default); 0 ranks them by the task alone")
+    retrieval_size: int | None = Field(None, ge=1, description="candidates each of the stage's sources adds for a "
+                                                               "request that brings none (default: the stage's "
+                                                               "own); with popularity, the candidates ranked")
     blend: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description="per task, the default blend of /v1/recommend (name -> weight, names as in a request's "
-                    "`blend`, which replaces it), e.g. {like: {like: 1.0, rating: 0.5, retrieval: 1.0}}")
+        description="per task, a blend of /v1/recommend that replaces the one `grec build-index` fitted (name -> "
+                    "weight, names as in a request's `blend`), e.g. {like: {like: 1.0, covisitation: 1.0}}")
     ingress: ReplicaConfig = Field(
         ReplicaConfig(max_ongoing_requests=512, max_queued_requests=256),
         description="the HTTP ingress; default 1 replica, max_ongoing_requests 512, max_queued_requests 256")

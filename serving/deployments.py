@@ -29,7 +29,8 @@ from serving.errors import ModelNotReadyError, RequestTimeoutError, ServingError
 from serving.features import RequestRows, RowsQuery, StoreGuard, request_rows
 from serving.model_source import load_definition, load_servable, version_resolver
 from serving.ranking import RankRequest, RankResult, rank_batch
-from serving.retrieval import Candidates, UserState, read_seen_items, read_user_state
+from serving.retrieval import (Candidates, UserState, given_candidates, popular_items, read_seen_items,
+                               read_user_state, stage_candidates)
 from serving.servable import ServableModel
 
 log = logging.getLogger("ray.serve")
@@ -37,6 +38,8 @@ log = logging.getLogger("ray.serve")
 # A replica keeps the version being served and the one before it (requests pinned to the old
 # version finish on it while the alias moves).
 VERSIONS_PER_REPLICA = 2
+# Popular items ranked for a request without candidates when the version has no recommendation stage.
+POPULAR_CANDIDATES = 200
 
 
 def _expired(deadline: float) -> RequestTimeoutError | None:
@@ -174,10 +177,18 @@ class Ranker:
                 metrics.observe_rows(requests[index].rows.num_rows)
         return results  # type: ignore[return-value]  # every slot is filled above
 
-    async def candidates(self, state: UserState, n: int, exclude_seen: bool) -> Candidates:
-        """Catalog candidates for a request without any."""
+    async def candidates(self, state: UserState, exclude_seen: bool, per_source: int | None, k: int,
+                         given: list[Any] | None = None) -> Candidates:
+        """Candidates with the stage's terms: the request's own (`given`), else from the catalog: the
+        version's recommendation stage (each source's best `per_source`, default the stage's), or the
+        most popular items (at least k) for a version without one."""
         servable = await self._pinned_model()
-        return servable.retriever.candidates(state, n, exclude_seen)
+        if given is not None:
+            return given_candidates(servable.stage, state, given, exclude_seen)
+        if servable.stage is None:
+            n = max(per_source or POPULAR_CANDIDATES, k)
+            return Candidates(popular_items(servable.popular, n, state.seen if exclude_seen else None), "popularity")
+        return stage_candidates(servable.stage, state, exclude_seen, per_source)
 
     async def describe(self) -> dict[str, Any]:
         return (await self._pinned_model()).describe()

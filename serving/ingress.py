@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -41,10 +42,12 @@ from serving.health import DeploymentHealth
 from serving.http import RequestEnvelope, install_error_handlers, request_id_of
 from serving.model_source import version_resolver
 from serving.openapi import openapi_document
-from serving.ranking import RankRequest, RankResult, ranking_key, retrieved_blend
+from recommend.blend import blend_key
+from recommend.rows import as_logit
+from recommend.stage import SOURCES
+from serving.ranking import RankRequest, RankResult
 from serving.retrieval import Candidates, UserState
 from serving.schemas import (
-    RETRIEVAL_TERM,
     ErrorResponse,
     HealthResponse,
     ModelRef,
@@ -102,6 +105,17 @@ class ServedVersion:
     def tasks(self) -> list[str]:
         return self.info["tasks"]
 
+    @property
+    def recommend_tasks(self) -> list[str]:
+        return self.info.get("recommend_tasks", self.tasks)
+
+    @property
+    def sources(self) -> list[str]:
+        return self.info["retrieval"].get("sources") or []
+
+    def fitted_blend(self, task: str) -> dict[str, float] | None:
+        return (self.info["retrieval"].get("blends") or {}).get(task)
+
 
 @serve.deployment
 @serve.ingress(app)
@@ -146,7 +160,8 @@ class Ingress:
                 base = get_openapi(title=app.title, version=app.version, description=app.description,
                                    routes=app.routes)
                 app.openapi_schema = openapi_document(base, self._config, served.tasks,
-                                                      served.info["request_values"])
+                                                      served.info["request_values"], served.recommend_tasks,
+                                                      served.sources)
             return app.openapi_schema
 
         app.openapi_schema = None
@@ -156,8 +171,10 @@ class Ingress:
     @app.post("/v1/recommend", **_V1, response_model=RecommendResponse, summary="Top-k items for a user and a task")
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         served = self._served.current
+        if body.task not in served.recommend_tasks:
+            raise UnknownTaskError(body.task, served.recommend_tasks)
         blend = body.blend if body.blend is not None else self._config.blend.get(body.task)
-        self._check_tasks(served, [body.task, *(t for t in blend or {} if t != RETRIEVAL_TERM)])
+        self._check_tasks(served, [t for t in blend or {} if t not in SOURCES])
         if body.k > self._config.max_k:
             raise BadRequestError(f"k is {body.k}; this endpoint returns at most {self._config.max_k} items")
         if body.candidates is not None:
@@ -167,51 +184,82 @@ class Ingress:
 
     async def _recommend(self, served: ServedVersion, body: RecommendRequest, blend: dict[str, float] | None,
                          request_id: str, deadline: float) -> RecommendResponse:
-        degraded = False
-        if body.candidates is None:  # retrieval (the user's seen set left out unless repeats are allowed)
+        degraded, cold = False, False
+        given = None if body.candidates is None else list(dict.fromkeys(body.candidates))  # a repeat ranks once
+        if given is None or served.sources:
+            # the user's seen set and latest events: the stage's candidates, or its terms of the given ones
             state: UserState = self._raise_error(await self._call(
                 "feature lookup", served.lookup.user_state.remote(body.user_id, body.context, deadline)))
-            degraded = state.degraded
-            size = min(max(self._config.retrieval_size, body.k), self._config.max_candidates)
+            degraded, cold = state.degraded, state.cold_start
             picked: Candidates = await self._call(
-                "ranker", served.ranker.candidates.remote(state, size, body.exclude_seen))
+                "ranker", served.ranker.candidates.remote(state, body.exclude_seen, self._config.retrieval_size,
+                                                          max(body.k, 1), given))
         else:
-            items = list(dict.fromkeys(body.candidates))  # a repeated id is ranked once
+            items = given
             if body.exclude_seen:
                 seen, degraded = self._raise_error(await self._call(
                     "feature lookup", served.lookup.seen.remote(body.user_id, deadline)))
                 items = seen.without(items)
             picked = Candidates(items, "request")
         candidates = picked.items
-        found: RequestRows = self._raise_error(await self._call(
-            "feature lookup", served.lookup.rows.remote([RowsQuery(body.user_id, candidates, body.context)],
-                                                        deadline, stored_users=True)))[0]
-        # Retrieved candidates are ranked by the task and their retrieval logit unless a blend says otherwise.
-        if blend is None and picked.logits is not None:
-            blend = retrieved_blend(body.task, self._config.retrieval_weight)
-        tasks = list(dict.fromkeys([body.task, *(t for t in blend or {} if t != RETRIEVAL_TERM)]))
+        # The request's blend, the config's, the one fitted for the task, or the task's score alone;
+        # the stage's sources weigh candidates the stage has terms for.
+        weights = dict(blend or (served.fitted_blend(body.task) if picked.terms is not None else None)
+                       or {body.task: 1.0})
+        weights = {name: w for name, w in weights.items() if w and (name not in SOURCES or picked.terms is not None)}
+        ranked_tasks = [name for name in weights if name not in SOURCES]
+        shown_task = body.task if body.task in served.tasks else None
+        terms: dict[str, np.ndarray] = {name: np.asarray(values, dtype=np.float64)[None, :]
+                                        for name, values in (picked.terms or {}).items()}
+        valid = np.ones((1, len(candidates)), dtype=bool)
         scored: dict[str, RankResult] = {}
-        if candidates:
-            results = await asyncio.gather(*(self._rank(served, "recommend", task, found.rows, deadline,
-                                                        found.user_tokens) for task in tasks))
-            scored = dict(zip(tasks, results, strict=True))
-        model = scored[body.task].model if scored else {"name": served.info["name"], "version": served.version,
-                                                        "alias": served.info["alias"]}
-        main = scored.get(body.task)
-        key = main.scores if main else []
-        if blend and scored:
-            key = ranking_key(blend, {t: r.scores for t, r in scored.items()}, picked.logits)
+        found: RequestRows | None = None
+        if candidates and ranked_tasks:  # the blend needs the ranker's scores of every candidate
+            found = await self._rows(served, body, candidates, deadline)
+            scored = await self._rank_tasks(served, [*ranked_tasks, *([shown_task] if shown_task else [])],
+                                            found, deadline)
+            binary = {t["name"] for t in served.info["task_specs"] if t["kind"] == "binary"}
+            for task in ranked_tasks:
+                values = np.asarray(scored[task].scores, dtype=np.float64)
+                terms[task] = (as_logit(values) if task in binary else values)[None, :]
+        key = blend_key(terms, weights, valid)[0] if candidates else np.zeros(0)
         order = sorted(range(len(candidates)), key=lambda i: -key[i])[: body.k]
+        if candidates and shown_task and shown_task not in scored:  # the shown score of the k items only
+            candidates = [candidates[i] for i in order]
+            terms = {name: values[:, order] for name, values in terms.items()}
+            key, order = key[order], list(range(len(order)))
+            found = await self._rows(served, body, candidates, deadline)
+            scored.update(await self._rank_tasks(served, [shown_task], found, deadline))
+        main = scored.get(shown_task) if shown_task else None
+        model = main.model if main else {"name": served.info["name"], "version": served.version,
+                                         "alias": served.info["alias"]}
+        blended = weights != {body.task: 1.0}
         return RecommendResponse(
             request_id=request_id, model=ModelRef(**model), task=body.task, user_id=body.user_id,
-            cold_start=found.cold_start, features_degraded=degraded or found.degraded,
-            candidates_from=picked.source, user_encoding=found.user_encoding, blend=blend or None,
-            items=[ScoredItem(item_id=candidates[i], score=main.scores[i], known_item=main.known_items[i],
-                              rank_score=key[i] if blend else None,
-                              retrieval_logit=picked.logits[i] if picked.logits is not None else None,
-                              task_scores={t: r.scores[i] for t, r in scored.items()} if blend else None)
+            cold_start=found.cold_start if found else cold,
+            features_degraded=degraded or bool(found and found.degraded),
+            candidates_from=picked.source, user_encoding=found.user_encoding if found else "online",
+            blend=weights if blended else None,
+            items=[ScoredItem(item_id=candidates[i], score=main.scores[i] if main else float(key[i]),
+                              known_item=main.known_items[i] if main else True,
+                              rank_score=float(key[i]) if blended else None,
+                              source_scores={n: float(terms[n][0, i]) for n in picked.terms} if picked.terms else None,
+                              task_scores={t: r.scores[i] for t, r in scored.items()} if blended and scored else None)
                    for i in order],
         )
+
+    async def _rows(self, served: ServedVersion, body: RecommendRequest, items: list[Any],
+                    deadline: float) -> RequestRows:
+        return self._raise_error(await self._call(
+            "feature lookup", served.lookup.rows.remote([RowsQuery(body.user_id, items, body.context)], deadline,
+                                                        stored_users=True)))[0]
+
+    async def _rank_tasks(self, served: ServedVersion, tasks: list[str], found: RequestRows,
+                          deadline: float) -> dict[str, RankResult]:
+        tasks = list(dict.fromkeys(tasks))
+        results = await asyncio.gather(*(self._rank(served, "recommend", task, found.rows, deadline,
+                                                    found.user_tokens) for task in tasks))
+        return dict(zip(tasks, results, strict=True))
 
     @app.post("/v1/score", **_V1, response_model=ScoreResponse, summary="Scores of explicit (user, item, task) rows")
     async def score(self, body: ScoreRequest, request: Request) -> ScoreResponse:

@@ -15,7 +15,8 @@ from mlflow import MlflowClient
 from feature_store.definitions import DatasetDefinition
 from registry.models import RegisteredModel, load_registered, resolve_version
 from serving.config import ServingConfig
-from serving.retrieval import CandidateRetriever, load_version_retriever
+from recommend.stage import RecommendationStage
+from registry.retrieval_index import load_recommendation_stage
 from serving.servable import ServableModel
 
 # Where the pyfunc model keeps the dataset definition (registry.models.log_model's artifacts).
@@ -43,16 +44,16 @@ def load_servable(config: ServingConfig, version: str) -> ServableModel:
     return ServableModel(
         name=loaded.name, version=str(loaded.version), alias=config.model_alias, uri=config.model_uri,
         model=loaded.model, transforms=loaded.transforms, spec=loaded.spec, definition=loaded.definition,
-        retriever=load_retriever(config, loaded),
+        stage=load_stage(config, loaded),
     )
 
 
-def load_retriever(config: ServingConfig, loaded: RegisteredModel) -> CandidateRetriever:
-    """The version's retrieval index when it has one (`grec build-index`) and the config asks for
-    it; popularity only otherwise."""
+def load_stage(config: ServingConfig, loaded: RegisteredModel) -> RecommendationStage | None:
+    """The version's recommendation stage when it has one (`grec build-index`) and the config asks
+    for it; None (popularity candidates) otherwise."""
     if config.retrieval == "index":
-        return load_version_retriever(loaded)
-    return CandidateRetriever.load(loaded.model, loaded.transforms, loaded.spec, None)
+        return load_recommendation_stage(loaded.name, str(loaded.version))
+    return None
 
 
 def load_definition(config: ServingConfig, version: str) -> DatasetDefinition:

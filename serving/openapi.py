@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from feature_store.definitions import DatasetDefinition
 from serving.config import ServingConfig
-from serving.schemas import MAX_BLEND_WEIGHT, RETRIEVAL_TERM
+from serving.schemas import MAX_BLEND_WEIGHT
 
 INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
 
@@ -48,17 +48,20 @@ def _context_schema(values: dict[str, Any]) -> dict[str, Any]:
             "description": "request-time context features by name (the model's `context` features)"}
 
 
-def openapi_document(base: dict[str, Any], config: ServingConfig, tasks: list[str],
-                     values: dict[str, Any]) -> dict[str, Any]:
+def openapi_document(base: dict[str, Any], config: ServingConfig, tasks: list[str], values: dict[str, Any],
+                     recommend_tasks: list[str] | None = None, sources: list[str] = ()) -> dict[str, Any]:
     """`base` (FastAPI's document) with the limits of `config` and the tasks, id types and context
-    features (`values`, from `request_value_schemas`) of the served version."""
+    features (`values`, from `request_value_schemas`) of the served version; `recommend_tasks`: what
+    /v1/recommend ranks for (default `tasks`), `sources`: its recommendation stage's terms."""
     document = copy.deepcopy(base)
     schemas = document["components"]["schemas"]
     task = {"type": "string", "enum": list(tasks), "description": "one of GET /v1/tasks"}
+    recommend_task = {"type": "string", "enum": list(recommend_tasks or tasks),
+                      "description": "one of GET /v1/model's recommend_tasks"}
 
     recommend = schemas["RecommendRequest"]["properties"]
     recommend["user_id"] = {**values["user_id"], "description": recommend["user_id"].get("description", "")}
-    recommend["task"] = task
+    recommend["task"] = recommend_task
     recommend["k"] = {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 10,
                       "description": "how many items to return"}
     recommend["candidates"] = {
@@ -69,7 +72,7 @@ def openapi_document(base: dict[str, Any], config: ServingConfig, tasks: list[st
     }
     recommend["context"] = _context_schema(values)
     recommend["blend"] = {
-        "anyOf": [{"type": "object", "propertyNames": {"enum": [*tasks, RETRIEVAL_TERM]}, "minProperties": 1,
+        "anyOf": [{"type": "object", "propertyNames": {"enum": [*tasks, *sources]}, "minProperties": 1,
                    "additionalProperties": {"type": "number", "minimum": -MAX_BLEND_WEIGHT,
                                             "maximum": MAX_BLEND_WEIGHT}},
                   {"type": "null"}],

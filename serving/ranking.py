@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 
 from serving.errors import ServingError, UnknownTaskError
-from serving.schemas import RETRIEVAL_TERM
 from serving.servable import ServableModel, TaskScores
 
 
@@ -78,34 +77,3 @@ def _slice(model_ref: dict[str, str | None], scored: TaskScores, start: int, end
         probabilities = scored.class_probabilities[start:end].tolist()
     return RankResult(model_ref, scored.scores[start:end].tolist(), scored.known_items[start:end].tolist(),
                       probabilities, batch_size)
-
-
-
-def standardized(values: list[float]) -> np.ndarray:
-    """`values` minus their mean over their standard deviation (0 where all are alike)."""
-    array = np.asarray(values, dtype=np.float64)
-    spread = array.std()
-    return (array - array.mean()) / spread if spread > 0 else np.zeros_like(array)
-
-
-def retrieved_blend(task: str, retrieval_weight: float) -> dict[str, float] | None:
-    """How retrieved candidates are ranked without a blend of the request's or the config's: by the
-    task's score and the retrieval logit with `retrieval_weight`, or by the task alone when that is
-    0 (None). The ranker alone prefers what the user would like if they watched it; the retrieval
-    logit, what they will watch: on MovieLens both together lead (docs/benchmarks/recommend.md)."""
-    return {task: 1.0, RETRIEVAL_TERM: retrieval_weight} if retrieval_weight else None
-
-
-def ranking_key(weights: dict[str, float], scores: dict[str, list[float]],
-                retrieval_logits: list[float] | None) -> list[float]:
-    """Σ weight × term, each term standardized over the candidates (so a probability, a 1-5 rating
-    and a logit mix by their weights alone): a task's scores, or for `retrieval` the candidates'
-    retrieval logits (no term when the candidates did not come from the index)."""
-    total = np.zeros(len(next(iter(scores.values()))))
-    for name, weight in weights.items():
-        if name == RETRIEVAL_TERM:
-            if retrieval_logits is not None:
-                total += weight * standardized(retrieval_logits)
-        else:
-            total += weight * standardized(scores[name])
-    return total.tolist()

@@ -20,8 +20,6 @@ JsonInt = Annotated[StrictInt, BeforeValidator(_integral_float_as_int)]
 # coerced, so "12" and 12 stay different ids exactly as they are in the feature store.
 EntityId = JsonInt | StrictStr
 ContextValue = StrictStr | JsonInt | StrictFloat | StrictBool | list[StrictStr | JsonInt]
-# The blend's name for the candidates' retrieval logits (from the version's retrieval index).
-RETRIEVAL_TERM = "retrieval"
 # A blend weight: a JSON number (1 and 1.0 alike; never "1" or true) of at most MAX_BLEND_WEIGHT in size.
 MAX_BLEND_WEIGHT = 1000.0
 BlendWeight = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-MAX_BLEND_WEIGHT, le=MAX_BLEND_WEIGHT)]
@@ -33,7 +31,8 @@ class _Body(BaseModel):
 
 class RecommendRequest(_Body):
     user_id: EntityId = Field(description="the user to recommend for (unknown users get default features)")
-    task: StrictStr = Field(min_length=1, description="one of GET /v1/tasks")
+    task: StrictStr = Field(min_length=1, description="one of GET /v1/model's recommend_tasks: the model's "
+                                                      "tasks and those its recommendation stage ranks for")
     candidates: list[EntityId] | None = Field(
         None, description="item ids to rank; omitted = retrieve candidates from the catalog first"
     )
@@ -46,10 +45,11 @@ class RecommendRequest(_Body):
                           "request's own candidates included); false allows repeats (re-watch, re-purchase)")
     blend: dict[StrictStr, BlendWeight] | None = Field(
         None, min_length=1,
-        description="rank by a weighted sum (name -> weight) of scores standardized over the candidates: tasks' "
-                    "scores and `retrieval`, the retrieval logit of candidates from the index; `task` counts only "
-                    "if named. Omitted: the served config's blend for `task`, else retrieved candidates by `task` "
-                    "and `retrieval` (weights 1 and the config's retrieval_weight), others by `task`'s score")
+        description="rank by a weighted sum (name -> weight) of terms standardized over the candidates: tasks' "
+                    "scores (binary ones as logits) and the recommendation stage's sources (`covisitation`, "
+                    "`next_item`, `popularity`; for candidates the stage chose); `task` counts only if named. "
+                    "Omitted: the served config's blend for `task`, else the blend `grec build-index` fitted for "
+                    "it on the validation split, else `task`'s score alone")
 
 
 class ScoreRow(_Body):
@@ -74,12 +74,12 @@ class ModelRef(BaseModel):
 class ScoredItem(BaseModel):
     item_id: EntityId
     score: float = Field(description="the request task's probability (binary), value (regression), expected "
-                                     "class (multiclass)")
+                                     "class (multiclass); for a task only the stage ranks for, the rank score")
     known_item: bool = Field(description="false when the item was not in training data (out of vocabulary)")
     rank_score: float | None = Field(None, description="with a blend: the weighted sum the items are ranked by")
-    retrieval_logit: float | None = Field(
-        None, description="candidates from the retrieval index: the two-tower's logit (a log-probability up to a "
-                          "constant)")
+    source_scores: dict[str, float] | None = Field(
+        None, description="candidates from the recommendation stage: each source's raw term (co-visitation score, "
+                          "next-item logit, log recent interactions)")
     task_scores: dict[str, float] | None = Field(None, description="with a blend: each scored task's own score")
 
 
@@ -92,8 +92,8 @@ class RecommendResponse(BaseModel):
     features_degraded: bool = Field(
         description="true when the online store did not answer and every feature was a default")
     candidates_from: Literal["request", "retrieval", "popularity"] = Field(
-        description="which source chose the candidates: the request, the model version's retrieval index, or "
-                    "popularity (users the store does not know, versions without an index)")
+        description="which source chose the candidates: the request, the model version's recommendation stage "
+                    "(`grec build-index`), or popularity (versions without a stage)")
     user_encoding: Literal["stored", "online"] = Field(
         description="where the model's user side came from: `stored`, the user's representation that "
                     "`grec encode-users` wrote for this model version, fresh for the user's current features; "
@@ -135,12 +135,12 @@ class TasksResponse(BaseModel):
 
 
 class RetrievalInfo(BaseModel):
-    index: bool = Field(description="true when this version has a retrieval index (`grec build-index`) and the "
-                                    "endpoint uses it; popularity otherwise")
-    items: int | None = Field(None, description="items in the index")
-    kind: str | None = Field(None, description="the ANN index: hnsw (approximate) or flat (exact)")
+    index: bool = Field(description="true when this version has a recommendation stage (`grec build-index`) and "
+                                    "the endpoint uses it; popularity candidates otherwise")
+    items: int | None = Field(None, description="items in the stage's catalogue")
+    sources: list[str] | None = Field(None, description="the stage's candidate sources")
     built_at: str | None = None
-    positive_task: str | None = Field(None, description="the task whose positive rows trained the two-tower")
+    blends: dict[str, dict[str, float]] | None = Field(None, description="per task, the blend fitted on validation")
 
 
 class ModelResponse(BaseModel):
@@ -149,6 +149,8 @@ class ModelResponse(BaseModel):
     alias: str | None
     uri: str
     tasks: list[str]
+    recommend_tasks: list[str] = Field(description="tasks /v1/recommend ranks for: the model's and those its "
+                                                   "recommendation stage has a blend for")
     loaded_at: str = Field(description="when this version was loaded, ISO 8601 UTC")
     per_task_submodels: bool = Field(description="true when each task runs its own exported sub-model")
     precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(

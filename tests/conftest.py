@@ -3,6 +3,7 @@ and the servers (Redis, Ray, the Serve application) that run once per test sessi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -26,6 +27,15 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tests' models are tiny: with two OpenMP threads on a busy 2-core machine every small op waits
+    for the other thread (a 40-epoch next-item fit took 9.8 CPU s against 0.3 s on one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def free_loopback_port() -> int:
@@ -213,8 +223,12 @@ def serving_train_tiny_model(prepared, seed: int, steps: int = 4):
     from grec import GRecConfig, InputSpec, RouterConfig, TextEncoderConfig, build_model
     from jobs.train.in_process import train_steps
 
+    spec = InputSpec.from_json(prepared.spec_path)
+    # As configs/movielens_grec.yaml: the ranker leaves MovieLens's implicit `rated` to the recommendation
+    # stage (which fits a blend for it), so the served version has a task only the stage ranks for.
+    spec = dataclasses.replace(spec, tasks=tuple(t for t in spec.tasks if not t.implicit))
     config = GRecConfig(
-        input=InputSpec.from_json(prepared.spec_path), d_model=16, embedding_dim=8, num_heads=2, ffn_hidden=16,
+        input=spec, d_model=16, embedding_dim=8, num_heads=2, ffn_hidden=16,
         expert_hidden=16, tower_hidden=8, router=RouterConfig(num_experts=3, top_k=1), seed=seed,
         text=TextEncoderConfig(backbone="tiny_bert", tiny_hidden=16, tiny_layers=1, tiny_heads=2,
                                tiny_intermediate=16),
@@ -237,15 +251,27 @@ def serving_register(model, prepared, name: str, tracking_uri: str, alias: str |
     return str(version.version)
 
 
+def tiny_stage_config():
+    """A recommendation stage small enough for tests: two co-visitation settings, a one-block
+    next-item model of a few epochs."""
+    from grec.covisitation import CovisitationConfig
+    from grec.next_item import NextItemConfig
+    from jobs.retrieval.job import IndexBuildConfig
+
+    return IndexBuildConfig(
+        candidates_per_source=20, covisitation_grid=(CovisitationConfig(window=3), CovisitationConfig(window=10)),
+        next_item=NextItemConfig(d_model=16, num_layers=1, num_heads=2, ffn_hidden=32, max_length=8, max_epochs=4),
+        eval_every=2, patience=1, train_cpus=0.25)
+
+
 def serving_build_index(prepared, name: str, version: str, tracking_uri: str):
-    """The registered version's retrieval index, built by the job (a small two-tower, 2 epochs)."""
-    from grec.retrieval import TwoTowerConfig
-    from jobs.retrieval.job import IndexBuildConfig, build_retrieval_index
+    """The registered version's recommendation stage, built by the job (tiny_stage_config)."""
+    from jobs.retrieval.job import build_recommendation_stage
     from registry.tracking import use_tracking_uri
 
-    config = IndexBuildConfig(two_tower=TwoTowerConfig(dim=8, hidden=16, epochs=2, batch_size=64), train_cpus=0.25)
     with use_tracking_uri(tracking_uri):
-        return build_retrieval_index(f"models:/{name}/{version}", prepared.root, config, tracking_uri=tracking_uri)
+        return build_recommendation_stage(f"models:/{name}/{version}", prepared.root, tiny_stage_config(),
+                                          tracking_uri=tracking_uri)
 
 
 @dataclass

@@ -20,8 +20,9 @@ def test_prepare_then_materialize(tmp_path, capsys, monkeypatch):
                  "--sequence-length", "8"]) == 0
     printed = capsys.readouterr().out
     assert f"prepared movielens-100k in {out}" in printed
-    header = next(line for line in printed.splitlines() if line.strip().startswith("split"))
-    assert header.split() == ["split", "rows", "users", "items", "like", "love", "rating"]
+    assert "split: global_time, validation from" in printed
+    header = next(line for line in printed.splitlines() if line.strip().startswith("split "))
+    assert header.split() == ["split", "rows", "users", "items", "like", "love", "rating", "rated"]
     train = next(line for line in printed.splitlines() if line.strip().startswith("train")).split()
     assert int(train[1]) == 1600 and 0.0 < float(train[4]) < 1.0
     assert (out / "summary.json").exists()
@@ -32,6 +33,18 @@ def test_prepare_then_materialize(tmp_path, capsys, monkeypatch):
     assert "users:" in printed and f"{SEQUENCES_VIEW}:" in printed
     with open_online_store(tmp_path / ".grec" / "online.sqlite") as store:
         assert len(store.read(SEQUENCES_VIEW, [196]).rows[0]["hist_item_id"]) <= 8
+
+
+def test_prepare_with_a_per_user_split_says_which(tmp_path, capsys):
+    out = tmp_path / "ml"
+    assert main(["data", "prepare", "--dataset", "movielens-100k", "--out", str(out), "--max-events", "2000",
+                 "--split", "user_time", "--sequence-length", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert ("split: user_time (each user's last 20% of events test, the 10% before validation; ties in time: "
+            "ingestion order)") in printed
+    assert main(["data", "prepare", "--dataset", "movielens-100k", "--out", str(tmp_path / "loo"), "--max-events",
+                 "2000", "--split", "leave_one_out", "--test-fraction", "0.2"]) == 2
+    assert "leave_one_out takes each user's last event for test" in capsys.readouterr().err
 
 
 def test_bad_input_ends_with_a_message_not_a_traceback(tmp_path, capsys):

@@ -11,9 +11,9 @@ from conftest import feature_store_tiny_definition, feature_store_time
 from test_feature_store_training_set import events_table, items_table, users_table
 
 from feature_store.offline_store import OfflineStore
-from feature_store.online import (SEEN_VIEW, SEQUENCES_VIEW, OnlineStoreNotFoundError, OnlineStoreUnavailableError,
-                                  RedisOnlineStore, SQLiteOnlineStore, build_request_rows, materialize,
-                                  open_online_store, read_seen)
+from feature_store.online import (RECENT_VIEW, SEEN_VIEW, SEQUENCES_VIEW, OnlineStoreNotFoundError,
+                                  OnlineStoreUnavailableError, RedisOnlineStore, SQLiteOnlineStore, build_request_rows,
+                                  materialize, open_online_store, read_recent, read_seen)
 from feature_store.training_set import TimeSplit, build_training_set, read_training_set
 from feature_store.transforms import TransformSet
 
@@ -118,13 +118,19 @@ def prepared(tmp_path):
 def test_materialize_writes_latest_features_and_sequences(online, prepared):
     definition, offline, _, _ = prepared
     stats = materialize(offline, definition, online)
-    assert stats.entities == {"users": 2, "items": 4, SEQUENCES_VIEW: 2, SEEN_VIEW: 2}
+    assert stats.entities == {"users": 2, "items": 4, SEQUENCES_VIEW: 2, SEEN_VIEW: 2, RECENT_VIEW: 2}
     user = online.read("users", [1]).rows[0]
     assert (user["age"], user["country"]) == (21.0, "de")
     assert online.read(SEQUENCES_VIEW, [1, 2]).rows == [{"hist_item_id": ["b", "c", "d"]}, {"hist_item_id": ["a"]}]
     # the seen set holds every item of the user's history, beyond the sequence's window too
     assert (read_seen(online, 1).items, read_seen(online, 2).items, read_seen(online, 3).items) == (
         ("a", "b", "c", "d"), ("a",), ())
+    # the latest events in time order with their times (seconds), what the recommendation stage reads
+    day = 86_400
+    items, times = read_recent(online, 1)
+    start = feature_store_time(0).timestamp()
+    assert items == ["a", "b", "c", "d"] and [t - start for t in times] == [day, 2 * day, 3 * day, 4 * day]
+    assert read_recent(online, 3) == ([], [])
 
 
 def test_request_rows_equal_training_rows_at_the_same_moment(online, prepared, tmp_path):

@@ -11,8 +11,8 @@ from conftest import feature_store_tiny_definition, feature_store_time
 
 from feature_store.errors import FeatureStoreError
 from feature_store.offline_store import OfflineStore
-from feature_store.training_set import SPLITS, SplitConfig, TimeSplit, build_training_set, read_training_set, \
-    time_split_for
+from feature_store.training_set import SPLITS, SplitConfig, TimeSplit, UserSplit, build_training_set, \
+    read_training_set, time_split_for
 
 TS = pa.timestamp("us", tz="UTC")
 FAR_FUTURE = TimeSplit(feature_store_time(1000), feature_store_time(1000))  # everything in train
@@ -184,9 +184,53 @@ def test_time_split_puts_each_event_by_its_time(tmp_path):
     assert all(len(r["hist_item_id"]) == 3 for r in validation)
 
 
+def _split_of_each_event(tmp_path, events, config, num_buckets=3):
+    _, stats = build(tmp_path, events, [(1, 0, 20, "fr")], items=sorted({e[1] for e in events}),
+                     num_buckets=num_buckets, split=UserSplit(config))
+    return {name: sorted((r["user_id"], r["item_id"]) for r in read_training_set(tmp_path / "training_set", name)
+                         .to_pylist()) if stats.splits[name].rows else [] for name in SPLITS}, stats
+
+
+def test_user_time_split_tests_each_users_latest_events(tmp_path):
+    # User u has 10 * (u + 1) events on distinct days, items named by their order.
+    events = [(u, f"i{k:02d}", k, 1) for u in range(3) for k in range(10 * (u + 1))]
+    split, stats = _split_of_each_event(tmp_path, events, SplitConfig("user_time"))
+    for u in range(3):
+        n = 10 * (u + 1)
+        test = [item for user, item in split["test"] if user == u]
+        validation = [item for user, item in split["validation"] if user == u]
+        # the last 20% test, the 10% before validation (at least one each)
+        assert test == [f"i{k:02d}" for k in range(n - 2 * (u + 1), n)]
+        assert validation == [f"i{k:02d}" for k in range(n - 3 * (u + 1), n - 2 * (u + 1))]
+    assert stats.splits["test"].users == 3 and stats.splits["validation"].users == 3
+
+
+def test_leave_one_out_keeps_history_for_every_user(tmp_path):
+    events = [(0, "a", 1, 1), (1, "a", 1, 1), (1, "b", 2, 1), (2, "a", 1, 1), (2, "b", 2, 0), (2, "c", 3, 1)]
+    split, _ = _split_of_each_event(tmp_path, events, SplitConfig("leave_one_out"))
+    # one event: it only trains; two: the last is test; three: test, validation and one to train on
+    assert split == {"train": [(0, "a"), (1, "a"), (2, "a")], "validation": [(2, "b")], "test": [(1, "b"), (2, "c")]}
+
+
+def test_ties_in_time_follow_ingestion_order_or_a_seed(tmp_path):
+    # Ten events of one user in the same second, after one earlier event: which is "last" is a rule.
+    events = [(7, "early", 0, 1)] + [(7, f"t{k}", 5, 1) for k in range(10)]
+    ingested, _ = _split_of_each_event(tmp_path / "a", events, SplitConfig("leave_one_out"))
+    assert ingested["test"] == [(7, "t9")] and ingested["validation"] == [(7, "t8")]
+    seeded = [_split_of_each_event(tmp_path / f"s{seed}", events, SplitConfig("leave_one_out", tie_seed=seed))[0]
+              for seed in (0, 0, 1, 2)]
+    assert seeded[0] == seeded[1]  # the same seed, the same split
+    assert len({tuple(s["test"]) for s in seeded}) > 1  # other seeds pick other tied events
+    assert all(("early" not in {i for _, i in s["test"] + s["validation"]}) for s in seeded)
+
+
 def test_split_fractions_are_validated():
     with pytest.raises(ValueError, match="leave some events for training"):
-        SplitConfig(0.5, 0.5)
+        SplitConfig("global_time", 0.5, 0.5)
+    with pytest.raises(ValueError, match="unknown"):
+        SplitConfig("random")
+    with pytest.raises(ValueError, match="no fractions"):
+        SplitConfig("leave_one_out", test_fraction=0.2)
     with pytest.raises(ValueError, match="before validation_start"):
         TimeSplit(feature_store_time(2), feature_store_time(1))
 
@@ -212,3 +256,14 @@ def test_ttl_uses_event_time_not_wall_clock(tmp_path):
     definition = feature_store_tiny_definition(user_ttl_days=None)
     rows, _ = build(tmp_path, [(1, "a", 400, 1)], [(1, 0, 20, "fr")], definition=definition)
     assert rows[0]["age"] == 20.0  # no TTL: a year-old row still holds
+
+
+def test_a_per_user_protocol_is_refused_on_a_dataset_of_one_event_per_user(tmp_path):
+    from feature_store.prepare import prepare_dataset
+    from feature_store.sources import SourceOptions
+
+    target = tmp_path / "adult"
+    with pytest.raises(FeatureStoreError, match=r"adult: the leave_one_out split needs users with at least two "
+                                                r"events .* Use --split global_time"):
+        prepare_dataset("adult", target, options=SourceOptions(max_events=300), split=SplitConfig("leave_one_out"))
+    assert not target.exists()

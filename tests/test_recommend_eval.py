@@ -1,45 +1,52 @@
-"""The offline replay of /v1/recommend (jobs/evaluate/recommend.py): its metrics and its invariants."""
+"""The top-N evaluation (jobs/evaluate/recommend.py) on the session's tiny MovieLens: every system on
+the same users and seen sets, full ranking, paired intervals, and what it refuses."""
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pytest
 
-from jobs.evaluate.recommend import SYSTEMS, RecommendEvalConfig, evaluate_recommend, hit_rate_and_ndcg, recall
+from jobs.evaluate.recommend import GREC, RecommendEvalConfig, evaluate_recommend, target_task
+
+pytestmark = pytest.mark.slow
 
 
-def test_hit_rate_ndcg_and_recall_on_hand_computed_lists():
-    shown = [["a", "b", "c"], ["d", "e", "f"]]
-    truth = [{"b", "z"}, {"y"}]
-    hr, ndcg = hit_rate_and_ndcg(shown, truth, k=3)
-    assert hr == 0.5
-    # user 1: one hit at rank 2 of 2 relevant items; user 2: none.
-    expected = (1 / math.log2(3)) / (1 + 1 / math.log2(3)) / 2
-    assert ndcg == pytest.approx(expected)
-    assert recall([["a", "b"], ["y"]], truth, at=2) == pytest.approx((0.5 + 1.0) / 2)
-    assert recall([["a", "b"], ["x", "y"]], truth, at=1) == pytest.approx(0.0)
-
-
-@pytest.mark.slow
-def test_replay_compares_every_system_on_the_same_users_and_never_shows_a_seen_item(serving_app):
+@pytest.fixture(scope="module")
+def loaded_and_stage(serving_app):
     from registry.models import load_registered
+    from registry.retrieval_index import load_recommendation_stage
     from registry.tracking import use_tracking_uri
-    from serving.retrieval import load_version_retriever
 
     with use_tracking_uri(serving_app.tracking_uri):
-        loaded = load_registered(f"models:/{serving_app.model_name}/1")
-        retriever = load_version_retriever(loaded)
-    config = RecommendEvalConfig(k=5, retrieval_size=40, recall_at=20, als_factors=8, als_iterations=3)
-    result = evaluate_recommend(loaded, retriever, serving_app.prepared, "test", config)
-    assert result["retrieval_index"] is True and result["task"] == "like"
-    assert result["users"] > 0 and 0 <= result["warm_users"] <= result["users"]
-    assert set(result["systems"]) == set(SYSTEMS)
-    for metrics in result["systems"].values():
-        assert metrics["seen_share"] == 0.0
-        assert 0.0 <= metrics["hr@5"] <= 1.0 and 0.0 <= metrics["ndcg@5"] <= metrics["hr@5"]
-        assert 0.0 <= metrics["recall@20"] <= 1.0 and 0.0 < metrics["coverage"] <= 1.0
-    systems = result["systems"]
-    # A ranker only reorders its source's candidates: recall of the candidate stage is the source's.
-    assert systems["popularity+ranker"]["recall@20"] == systems["popularity"]["recall@20"]
-    assert systems["retrieval+ranker"]["recall@20"] == systems["retrieval"]["recall@20"]
+        return (load_registered(f"models:/{serving_app.model_name}/1"),
+                load_recommendation_stage(serving_app.model_name, "1"))
+
+
+def test_every_system_is_judged_on_the_same_users_with_intervals_against_grec(serving_app, loaded_and_stage):
+    loaded, stage = loaded_and_stage
+    config = RecommendEvalConfig(task="like", k=5, recall_at=10, peers=("popularity", "recent_popularity", "ease"),
+                                 trials=2, resamples=50)
+    result = evaluate_recommend(loaded, stage, serving_app.prepared, "test", config)
+    assert result["task"] == "like" and result["users"] > 0 and result["settings"]["full_ranking"]
+    assert set(result["systems"]) == {GREC, "popularity", "recent_popularity", "ease"}
+    for name, metrics in result["systems"].items():
+        assert 0.0 <= metrics["ndcg@5"] <= 1.0 and 0.0 <= metrics["hr@5"] <= 1.0
+        assert len(result["per_user"][name]["ndcg@5"]) == result["users"]
+    for peer, intervals in result["intervals_vs_grec"].items():
+        difference = np.mean(result["per_user"][peer]["ndcg@5"]) - np.mean(result["per_user"][GREC]["ndcg@5"])
+        assert intervals["ndcg@5"]["difference"] == pytest.approx(difference)
+        assert intervals["ndcg@5"]["low"] <= difference <= intervals["ndcg@5"]["high"]
+    assert result["details"]["ease"]["trials"] == 2 and "l2" in result["details"]["ease"]["params"]
+
+
+def test_the_stage_is_not_judged_on_a_split_it_was_fitted_on(serving_app, loaded_and_stage):
+    loaded, stage = loaded_and_stage
+    with pytest.raises(ValueError, match="fitted on the validation split"):
+        evaluate_recommend(loaded, stage, serving_app.prepared, "validation", RecommendEvalConfig(peers=()))
+
+
+def test_the_default_target_is_the_implicit_feedback_task(serving_app):
+    assert target_task(serving_app.prepared.definition(), None) == ("rated", None)
+    assert target_task(serving_app.prepared.definition(), "like") == ("like", "label_like")
+    with pytest.raises(ValueError, match="binary tasks"):
+        target_task(serving_app.prepared.definition(), "rating")

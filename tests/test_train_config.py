@@ -21,7 +21,7 @@ def _fails_before_ray(config, match: str) -> None:
 
 def test_unknown_task(train_tiny_config, tiny_movielens, tmp_path):
     config = train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db").model_copy(update={"tasks": ["buy"]})
-    _fails_before_ray(config, r"tasks: unknown task\(s\) \['buy'\]; the dataset has \['like', 'love', 'rating'\]")
+    _fails_before_ray(config, r"tasks: unknown task\(s\) \['buy'\]; the dataset has \['like', 'love', 'rating', 'rated'\]")
 
 
 def test_missing_dataset(train_tiny_config, tmp_path):

@@ -14,7 +14,7 @@ from feature_store.online.location import DEFAULT_ONLINE_STORE, default_online_s
 from feature_store.online.materialize import SEQUENCES_VIEW, MaterializeStats, materialize
 from feature_store.online.redis_store import RedisOnlineStore
 from feature_store.online.request import MissingFeatures, build_request_rows
-from feature_store.online.seen import SEEN_VIEW, SeenItems, read_seen
+from feature_store.online.seen import RECENT_VIEW, SEEN_VIEW, SeenItems, read_recent, read_seen
 from feature_store.online.sqlite_store import SQLiteOnlineStore
 
 
@@ -30,6 +30,7 @@ def open_online_store(url_or_path: str | Path, *, create: bool = False) -> Onlin
 
 __all__ = [
     "DEFAULT_ONLINE_STORE",
+    "RECENT_VIEW",
     "SEEN_VIEW",
     "SEQUENCES_VIEW",
     "BatchRead",
@@ -48,5 +49,6 @@ __all__ = [
     "materialize",
     "open_online_store",
     "parse_online_store",
+    "read_recent",
     "read_seen",
 ]

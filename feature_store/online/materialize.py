@@ -3,7 +3,8 @@
 Per feature view, each entity's most recent row (with its timestamp, so serving can apply the
 view's TTL exactly as the training set does). Per user, the last N values of every sequence over
 all events, computed by the same code as the training set's sequences (feature_store/history.py),
-and the seen set: every item the user interacted with (feature_store/online/seen.py).
+the seen set: every item the user interacted with, and the user's latest events with their times
+(feature_store/online/seen.py).
 
 `as_of` materializes the state at a past moment instead of the latest (feature rows at or before
 it, events strictly before it, as the training set's point-in-time rows see them): offline
@@ -23,7 +24,7 @@ from feature_store.definitions import DatasetDefinition
 from feature_store.history import latest_feature_rows, latest_history, order_events, timestamps_us
 from feature_store.offline_store import OfflineStore
 from feature_store.online.base import OnlineStore
-from feature_store.online.seen import SEEN_VIEW, seen_sets
+from feature_store.online.seen import RECENT_VIEW, SEEN_VIEW, recent_events, seen_sets
 
 # View name under which each user's behavior sequences are stored.
 SEQUENCES_VIEW = "behavior_sequences"
@@ -73,6 +74,7 @@ def materialize(offline: OfflineStore, definition: DatasetDefinition, online: On
             stats.entities[view.name] += latest.num_rows
     user_key, item_key = definition.user.join_key, definition.item.join_key
     stats.entities[SEEN_VIEW] = 0
+    stats.entities[RECENT_VIEW] = 0
     if definition.sequences:
         stats.entities[SEQUENCES_VIEW] = 0
     # A user's events all live in one bucket (the offline store buckets events by user).
@@ -86,9 +88,14 @@ def materialize(offline: OfflineStore, definition: DatasetDefinition, online: On
         keys, records = seen_sets(events.column(user_key), events.column(item_key))
         _write_in_batches(online, SEEN_VIEW, keys, records)
         stats.entities[SEEN_VIEW] += len(records)
+        ordered = order_events(events, user_key, item_key, definition.timestamp_field)
+        keys, records = recent_events(ordered.table.column(user_key).to_pylist(),
+                                      ordered.table.column(item_key).to_pylist(), ordered.timestamps,
+                                      ordered.user_start)
+        _write_in_batches(online, RECENT_VIEW, keys, records)
+        stats.entities[RECENT_VIEW] += len(records)
         if not definition.sequences:
             continue
-        ordered = order_events(events, user_key, item_key, definition.timestamp_field)
         columns: dict[str, pa.Array] = {}
         user_keys = None
         for seq in definition.sequences:

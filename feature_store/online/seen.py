@@ -1,4 +1,6 @@
-"""Per-user seen sets: every item a user interacted with up to the materialization time.
+"""Per-user seen sets: every item a user interacted with up to the materialization time; and each
+user's recent events (the latest items with their times, oldest first), which the recommendation
+path's history-based sources read (recommend/stage.py).
 
 Serving removes them from every candidate source, so a user is not offered what they already rated,
 watched or bought (unless a request allows repeats). A record holds the user's distinct item ids,
@@ -22,6 +24,11 @@ from feature_store.online.base import OnlineStore
 # View under which each user's seen set is stored; the record is {"items": [sorted ids]}.
 SEEN_VIEW = "seen_items"
 _ITEMS = "items"
+# View of each user's latest events: {"items": [ids, oldest first], "times_us": [µs since the epoch]}.
+RECENT_VIEW = "recent_events"
+_TIMES = "times_us"
+# Events kept per user: what the history-based sources read (at most 50 positions today) and more.
+RECENT_EVENTS = 200
 
 
 @dataclass(frozen=True)
@@ -69,3 +76,25 @@ def seen_sets(users: pa.Array | pa.ChunkedArray, items: pa.Array | pa.ChunkedArr
 def read_seen(store: OnlineStore, user_id: Any) -> SeenItems:
     """The user's seen set (empty for an unknown user)."""
     return SeenItems.from_record(store.read(SEEN_VIEW, [user_id]).rows[0])
+
+
+def recent_events(users: list[Any], items: list[Any], times_us: np.ndarray, user_start: np.ndarray,
+                  length: int = RECENT_EVENTS) -> tuple[list[Any], list[dict]]:
+    """(user keys, records) of each user's last `length` events, from events sorted by (user, time,
+    ingestion order) whose users begin at `user_start` (feature_store.history.OrderedEvents)."""
+    if len(users) == 0:
+        return [], []
+    ends = np.r_[np.flatnonzero(user_start[1:] != user_start[:-1]) + 1, len(users)]
+    starts = np.r_[0, ends[:-1]]
+    keys, records = [], []
+    for start, end in zip(starts, ends, strict=True):
+        first = max(int(start), int(end) - length)
+        keys.append(users[start])
+        records.append({_ITEMS: items[first:end], _TIMES: times_us[first:end].tolist()})
+    return keys, records
+
+
+def read_recent(store: OnlineStore, user_id: Any) -> tuple[list[Any], list[float]]:
+    """The user's latest items (oldest first) and their times in seconds (empty for an unknown user)."""
+    record = store.read(RECENT_VIEW, [user_id]).rows[0] or {}
+    return list(record.get(_ITEMS, ())), [t / 1_000_000 for t in record.get(_TIMES, ())]

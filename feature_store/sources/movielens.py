@@ -1,7 +1,8 @@
 """MovieLens-100K: 100,000 ratings (1-5) of 1,682 movies by 943 users, 1997-1998.
 
 Tasks: `like` (rating >= 4, main), `love` (rating = 5, auxiliary), `rating` (the rating itself,
-regression, auxiliary). Users: age, gender, occupation, zip code. Movies: title (text), genres
+regression, auxiliary) and `rated` (implicit feedback: every rating is an interaction; what top-N
+recommendation predicts). Users: age, gender, occupation, zip code. Movies: title (text), genres
 (multi-hot), release year. Sequence: the user's previously rated movies. User and movie
 attributes are static: they carry the time 1970-01-01 and no TTL.
 
@@ -65,6 +66,8 @@ class MovieLens100K(DataSource):
             Task("like", TaskKind.BINARY, role=TaskRole.MAIN, descriptors={"type": "engagement", **scenario}),
             Task("love", TaskKind.BINARY, role=TaskRole.AUXILIARY, descriptors={"type": "delight", **scenario}),
             Task("rating", TaskKind.REGRESSION, role=TaskRole.AUXILIARY, descriptors={"type": "rating", **scenario}),
+            Task("rated", TaskKind.BINARY, role=TaskRole.AUXILIARY, implicit=True,
+                 descriptors={"type": "interaction", **scenario}),
         )
 
     def definition(self) -> DatasetDefinition:
@@ -133,6 +136,7 @@ class MovieLens100K(DataSource):
             "label_like": pc.greater_equal(rating, 4).cast(pa.int64()),
             "label_love": pc.equal(rating, 5).cast(pa.int64()),
             "label_rating": rating.cast(pa.float64()),
+            "label_rated": pa.array(np.ones(ratings.num_rows, dtype=np.int64)),
         })
 
 

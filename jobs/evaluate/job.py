@@ -309,15 +309,20 @@ def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: Eval
 
 def replay_recommend(model: ResolvedModel, prepared: PreparedDataset, split: str,
                      config: RecommendEvalConfig) -> dict:
-    """The /v1/recommend replay's result, or {} (and why, logged) when the data cannot have one."""
+    """The top-N evaluation of the version's lists (jobs/evaluate/recommend.py), or {} (and why,
+    logged) when the data or the version cannot have one."""
     from registry.models import load_registered
-    from serving.retrieval import load_version_retriever
+    from registry.retrieval_index import load_recommendation_stage
 
     if split == "train" or not (model.spec.user_id and model.spec.item_id and model.spec.timestamp):
-        logger.info("/v1/recommend replay skipped: it needs users, items, timestamps and a split after training")
+        logger.info("top-N evaluation skipped: it needs users, items, timestamps and a split after training")
         return {}
-    loaded = load_registered(model.pinned_uri)
-    return evaluate_recommend(loaded, load_version_retriever(loaded), prepared, split, config)
+    stage = load_recommendation_stage(model.name, model.version)
+    if stage is None:
+        logger.info("top-N evaluation skipped: %s version %s has no recommendation stage; build it with "
+                    "`grec build-index --model %s --data DIR`", model.name, model.version, model.pinned_uri)
+        return {}
+    return evaluate_recommend(load_registered(model.pinned_uri), stage, prepared, split, config)
 
 
 def log_evaluation(result: EvaluationResult, report_dir: Path) -> str:

@@ -1,298 +1,318 @@
-"""The whole /v1/recommend path measured offline: what a user would have been shown when the split
-began, against what they went on to like in it.
+"""Top-N evaluation of /v1/recommend's lists, on the split protocol the dataset was prepared with
+(`grec data prepare --split`: user_time, leave_one_out or global_time), against the recommenders a
+team would run instead, on the same users, histories and seen sets.
 
-Replay: the online store is materialized as of the split's first moment (feature rows until then,
-events before it; feature_store/online/materialize.py) into a temporary SQLite file. For each user
-with a positive of the ranked task in the split, the endpoint's own code then runs as of that
-moment: the user's row and seen set (serving.retrieval.user_state), candidates from the version's
-retrieval index or popularity (serving.retrieval.CandidateRetriever), request rows for them and the
-ranker's scores (serving.servable.ServableModel), top k. The truth is the items the user liked in
-the split (a positive of the task).
+For every user with an event in the split and at least one relevant item in it (recommend/offline.py):
+the user's history is what came before (the seen set the lists leave out), the moment is the user's
+first event of the split, and the truth is the user's items in the split that are positives of the
+target task (every event for implicit-feedback tasks). Every list ranks the whole catalogue: no
+sampled negatives.
 
-Systems compared on the same users and seen sets:
-- `popularity`: the k most popular unseen items (no model);
-- `popularity+ranker`: popularity candidates ranked by the task (the endpoint without an index);
-- `retrieval`: the two-tower's k nearest unseen items (no ranker);
-- `retrieval+ranker`: /v1/recommend as served with the version's index (ranked by the task's
-  score and the retrieval logit, as the ingress ranks retrieved candidates);
-- `als`: the peer, implicit's alternating least squares on every interaction before the split.
-Users without stored features (new in the split) get popularity from every system (ALS has no
-factors for them either); the figures are reported for all users and for the warm ones.
-
-Metrics per system: HR@k (share of users with a liked item in the top k), NDCG@k (binary gains,
-log2 discount), recall@R of the candidate stage (share of a user's liked items among its R first
-candidates, averaged over users), coverage (distinct items recommended to anyone / catalogue) and
-the share of recommended items the user had already seen (0 by construction: it checks that).
+Systems:
+- `grec`: the version's recommendation stage and ranker through `recommend.recommender.rank_lists`,
+  the code the endpoint and the batch job run;
+- the peers of jobs/evaluate/peers.py, each fitted on the interactions before the split after
+  `trials` settings tried on the validation split (fitted on the training split).
+Metrics (recommend/metrics.py): HR@k, NDCG@k, MRR@k, recall@R, catalogue coverage, novelty (mean
+popularity rank of the items shown); paired bootstrap intervals of each peer's difference to grec
+over users; users with fewer than `cold_history` interactions reported apart.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.util
 import logging
-import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import scipy.sparse as sp
 
-from feature_store.online import SeenItems, build_request_rows, materialize, open_online_store
-from feature_store.prepare import PreparedDataset
-from serving.ranking import ranking_key, retrieved_blend
+from feature_store.options import SPLITS
+from jobs.evaluate.bootstrap import bootstrap_intervals
+from jobs.evaluate.peers import PEERS, PeerData, skip_reason, tune_and_score
+from recommend.metrics import coverage, ndcg, novelty, per_user_metrics
+from recommend.offline import Interactions, SplitUsers, read_interactions, split_users
+from recommend.popularity import ItemPopularity
+from recommend.ranker import Ranker
+from recommend.recommender import rank_lists
+from recommend.rows import ItemRows, row_task_scorer
+from recommend.stage import RecommendationStage
+from recommend.threads import torch_threads
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("popularity", "popularity+ranker", "retrieval", "retrieval+ranker", "als")
-# Users whose candidate rows are scored in one forward.
-USERS_PER_BATCH = 16
+GREC = "grec"
 
 
 @dataclass(frozen=True)
 class RecommendEvalConfig:
-    task: str | None = None  # the ranked task (binary); None: the model's main binary task
+    task: str | None = None  # the target: a binary task of the dataset; None: its implicit task, else its main one
     k: int = 10
-    retrieval_size: int = 200  # candidates per request, as the endpoint's default retrieval_size
-    recall_at: int = 100
-    retrieval_weight: float = 1.0  # as the endpoint's retrieval_weight
-    max_users: int = 1000  # users evaluated at most (a seeded sample beyond)
-    als_factors: int = 64
-    als_iterations: int = 15
-    als_regularization: float = 0.05
+    recall_at: int = 50
+    max_users: int | None = None  # None: every user (a seeded sample of at most this many otherwise)
+    peers: tuple[str, ...] = PEERS
+    trials: int = 12  # settings tried per peer on validation
+    resamples: int = 1000
+    confidence: float = 0.95
+    cold_history: int = 5  # users with fewer interactions before the split form the cold-start slice
+    block_users: int = 64  # users ranked per call of the recommendation path
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.recall_at < 1 or self.retrieval_size < max(self.k, self.recall_at):
-            raise ValueError(f"recommend evaluation: need k >= 1, recall_at >= 1 and retrieval_size >= both; got "
-                             f"k {self.k}, recall_at {self.recall_at}, retrieval_size {self.retrieval_size}")
-        if self.max_users < 1:
+        if self.k < 1 or self.recall_at < 1:
+            raise ValueError(f"k and recall_at must be >= 1, got {self.k} and {self.recall_at}")
+        if self.max_users is not None and self.max_users < 1:
             raise ValueError(f"max_users must be >= 1, got {self.max_users}")
+        unknown = sorted(set(self.peers) - set(PEERS))
+        if unknown:
+            raise ValueError(f"unknown peers {unknown}; peers: {list(PEERS)}")
+
+    @property
+    def depth(self) -> int:
+        return max(self.k, self.recall_at)
 
 
 @dataclass
 class SystemLists:
-    """Per user: the candidate list (for recall) and the top k shown."""
+    """Per system, each user's list as catalogue rows [users, depth] (0 pads), and what it cost."""
 
-    candidates: list[list[Any]] = field(default_factory=list)
-    shown: list[list[Any]] = field(default_factory=list)
-
-
-def split_start(prepared: PreparedDataset, split: str) -> dt.datetime:
-    """The first moment of `split` (validation or test) in the prepared dataset's time split."""
-    if split == "train":
-        raise ValueError("the /v1/recommend replay needs a split that starts after training data: validation or test")
-    return dt.datetime.fromisoformat(prepared.summary()["time_split"][f"{split}_start"])
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def hit_rate_and_ndcg(shown: list[list[Any]], truth: list[set[Any]], k: int) -> tuple[float, float]:
-    hits, gains = [], []
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    for items, liked in zip(shown, truth, strict=True):
-        relevant = np.array([item in liked for item in items[:k]], dtype=np.float64)
-        hits.append(float(relevant.any()))
-        ideal = discounts[:min(k, len(liked))].sum()
-        gains.append(float((relevant * discounts[:len(relevant)]).sum() / ideal))
-    return float(np.mean(hits)), float(np.mean(gains))
-
-
-def recall(candidates: list[list[Any]], truth: list[set[Any]], at: int) -> float:
-    return float(np.mean([len(liked & set(items[:at])) / len(liked) for items, liked in zip(candidates, truth,
-                                                                                            strict=True)]))
-
-
-def system_metrics(lists: SystemLists, truth: list[set[Any]], seen: list[SeenItems], catalogue: int,
-                   config: RecommendEvalConfig) -> dict[str, float]:
-    hr, ndcg = hit_rate_and_ndcg(lists.shown, truth, config.k)
-    shown = [item for items in lists.shown for item in items]
-    seen_shown = sum(1 for items, s in zip(lists.shown, seen, strict=True) for item in items if item in s)
-    return {f"hr@{config.k}": hr, f"ndcg@{config.k}": ndcg,
-            f"recall@{config.recall_at}": recall(lists.candidates, truth, config.recall_at),
-            "coverage": len(set(shown)) / catalogue, "seen_share": seen_shown / max(len(shown), 1)}
-
-
-def _liked_in_split(prepared: PreparedDataset, split: str, user_key: str, item_key: str,
-                    label: str) -> dict[Any, set[Any]]:
-    rows = prepared.read_split(split, columns=[user_key, item_key, label])
-    rows = rows.filter(pc.equal(pc.fill_null(rows.column(label), 0), 1))
-    liked: dict[Any, set[Any]] = {}
-    for user, item in zip(rows.column(user_key).to_pylist(), rows.column(item_key).to_pylist(), strict=True):
-        liked.setdefault(user, set()).add(item)
-    return liked
-
-
-def _als_lists(prepared: PreparedDataset, before: dt.datetime, users: list[Any], seen: list[SeenItems],
-               warm: list[bool], popular: list[list[Any]], config: RecommendEvalConfig) -> SystemLists:
-    """implicit's ALS on every (user, item) interaction before `before` (confidence 1 each); users
-    it has no factors for get popularity."""
-    from implicit.als import AlternatingLeastSquares
-    from scipy.sparse import csr_matrix
-    from threadpoolctl import threadpool_limits
-
-    definition = prepared.definition()
-    user_key, item_key = definition.user.join_key, definition.item.join_key
-    events = prepared.offline_store().read_view(definition.events_name,
-                                                columns=[user_key, item_key, definition.timestamp_field])
-    moment = pa.scalar(before, type=events.schema.field(definition.timestamp_field).type)
-    events = events.filter(pc.less(events.column(definition.timestamp_field), moment))
-    user_values = events.column(user_key).to_pylist()
-    item_values = events.column(item_key).to_pylist()
-    user_index = {u: i for i, u in enumerate(dict.fromkeys(user_values))}
-    item_list = list(dict.fromkeys(item_values))
-    item_index = {v: i for i, v in enumerate(item_list)}
-    pairs = {(user_index[u], item_index[v]) for u, v in zip(user_values, item_values, strict=True)}
-    rows, cols = (np.array(x, dtype=np.int64) for x in zip(*pairs))
-    matrix = csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
-                        shape=(len(user_index), len(item_list)))
-    with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, single-threaded BLAS
-        als = AlternatingLeastSquares(factors=config.als_factors, regularization=config.als_regularization,
-                                      iterations=config.als_iterations, random_state=config.seed)
-        als.fit(matrix, show_progress=False)
-    lists = SystemLists()
-    n = max(config.recall_at, config.k)
-    for user, user_seen, is_warm, fallback in zip(users, seen, warm, popular, strict=True):
-        if is_warm and user in user_index:
-            ids, _ = als.recommend(user_index[user], matrix[user_index[user]], N=n + len(user_seen),
-                                   filter_already_liked_items=True)
-            items = user_seen.without(item_list[i] for i in ids)[:n]
-        else:
-            items = fallback[:n]
-        lists.candidates.append(items)
-        lists.shown.append(items[:config.k])
-    return lists
-
-
-def evaluate_recommend(loaded: Any, retriever: Any, prepared: PreparedDataset, split: str,
-                       config: RecommendEvalConfig) -> dict[str, Any]:
-    """Replays /v1/recommend for the split's users (see the module's docstring). `loaded`: the
-    registered model (registry.models.RegisteredModel); `retriever`: its CandidateRetriever."""
-    from serving.retrieval import user_state
-    from serving.servable import ServableModel
-
-    started = time.perf_counter()
-    servable = ServableModel(name=loaded.name, version=str(loaded.version), alias=None, uri=loaded.uri,
-                             model=loaded.model, transforms=loaded.transforms, spec=loaded.spec,
-                             definition=loaded.definition, retriever=retriever)
-    spec, definition = loaded.spec, loaded.definition
-    task = config.task or next((t.name for t in spec.tasks if t.kind == "binary" and t.role == "main"), None)
-    if task is None or spec.task(task).kind != "binary":
-        raise ValueError(f"the /v1/recommend replay ranks by a binary task; the model has "
-                         f"{[(t.name, t.kind) for t in spec.tasks]}")
-    moment = split_start(prepared, split)
-    trained_on = retriever.index.metadata.get("splits", []) if retriever.has_index else []
-    if split in trained_on:
-        raise ValueError(f"the retrieval index of {loaded.name} version {loaded.version} was trained on the {split} "
-                         f"split ({trained_on}); replay /v1/recommend on a split it has not seen")
-    liked = _liked_in_split(prepared, split, definition.user.join_key, definition.item.join_key,
-                            spec.task(task).label)
-    users = sorted(liked)
-    if len(users) > config.max_users:
-        chosen = np.random.default_rng(config.seed).choice(len(users), config.max_users, replace=False)
-        users = [users[i] for i in sorted(chosen)]
-    if not users:
-        raise ValueError(f"split {split!r} has no positive of task {task!r}: nothing to recommend against")
-    truth = [liked[u] for u in users]
-    lists = {name: SystemLists() for name in SYSTEMS}
-    seen, warm, popular = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        store_path = Path(tmp) / "online.sqlite"
-        with open_online_store(store_path, create=True) as store:
-            materialize(prepared.offline_store(), definition, store, as_of=moment)
-            for start in range(0, len(users), USERS_PER_BATCH):
-                block = users[start:start + USERS_PER_BATCH]
-                states = [user_state(store, definition, user, None, now=moment) for user in block]
-                block_popular = [retriever.popular(config.retrieval_size, s.seen) for s in states]
-                retrieved, logits = _retrieved(retriever, states, block_popular, config.retrieval_size)
-                for name, candidates, block_logits in (("popularity", block_popular, [None] * len(block)),
-                                                       ("retrieval", retrieved, logits)):
-                    lists[name].candidates += candidates
-                    lists[name].shown += [c[:config.k] for c in candidates]
-                    ranked = _rank(servable, store, definition, task, block, candidates, block_logits, moment,
-                                   config)
-                    lists[f"{name}+ranker"].candidates += candidates
-                    lists[f"{name}+ranker"].shown += ranked
-                seen += [s.seen for s in states]
-                warm += [not s.cold_start for s in states]
-                popular += block_popular
-    if importlib.util.find_spec("implicit") is None:
-        logger.info("/v1/recommend replay: the ALS peer is skipped, implicit is not installed (pip install implicit)")
-        del lists["als"]
+def target_task(definition: Any, requested: str | None) -> tuple[str, str | None]:
+    """(task, label column of its relevant events, None for every event)."""
+    binary = [t for t in definition.tasks if str(t.kind) == "binary"]
+    if requested is not None:
+        task = next((t for t in binary if t.name == requested), None)
+        if task is None:
+            raise ValueError(f"--recommend-task {requested!r}: expected one of the dataset's binary tasks "
+                             f"{[t.name for t in binary]}")
     else:
-        lists["als"] = _als_lists(prepared, moment, users, seen, warm, popular, config)
-    catalogue = len(loaded.transforms.vocabularies[spec.item_id].values)
-    warm_index = [i for i, w in enumerate(warm) if w]
-
-    def subset(items: list, index: list[int]) -> list:
-        return [items[i] for i in index]
-
-    systems, warm_systems = {}, {}
-    for name, system in lists.items():
-        systems[name] = system_metrics(system, truth, seen, catalogue, config)
-        if warm_index:
-            warm_systems[name] = system_metrics(
-                SystemLists(subset(system.candidates, warm_index), subset(system.shown, warm_index)),
-                subset(truth, warm_index), subset(seen, warm_index), catalogue, config)
-    return {"split": split, "as_of": moment.isoformat(), "task": task, "users": len(users),
-            "warm_users": len(warm_index), "liked_items": sum(len(t) for t in truth),
-            "retrieval_index": retriever.has_index, "settings": {
-                "k": config.k, "retrieval_size": config.retrieval_size, "recall_at": config.recall_at,
-                "als": {"factors": config.als_factors, "iterations": config.als_iterations,
-                        "regularization": config.als_regularization}},
-            "systems": systems, "warm_systems": warm_systems, "seconds": round(time.perf_counter() - started, 1)}
+        task = next((t for t in binary if t.implicit), None) or next((t for t in binary if str(t.role) == "main"),
+                                                                     binary[0] if binary else None)
+        if task is None:
+            raise ValueError(f"dataset {definition.name!r} has no binary task to judge lists by")
+    return task.name, (None if task.implicit else task.label)
 
 
-def _retrieved(retriever: Any, states: list, popular: list[list[Any]],
-               n: int) -> tuple[list[list[Any]], list[list[float] | None]]:
-    """The endpoint's candidates for each user and their retrieval logits: the index for users with
-    stored features, popularity (no logits) for the others."""
-    out: list[list[Any]] = [list(p) for p in popular]
-    logits: list[list[float] | None] = [None] * len(states)
-    warm = [i for i, s in enumerate(states) if not s.cold_start]
-    if retriever.has_index and warm:
-        rows = pa.concat_tables([states[i].rows for i in warm])
-        ids, values = retriever.retrieve_many(rows, n, [states[i].seen for i in warm])
-        for i, items, user_logits in zip(warm, ids, values, strict=True):
-            out[i], logits[i] = items, user_logits
-    return out, logits
+def evaluate_recommend(loaded: Any, stage: RecommendationStage, prepared: Any, split: str,
+                       config: RecommendEvalConfig,
+                       external: Mapping[str, Mapping[Any, Sequence[Any]]] | None = None) -> dict[str, Any]:
+    """The evaluation of the module's docstring; `loaded` a registry.models.RegisteredModel whose
+    stage is `stage` (built on the splits before `split`). `external`: lists of systems run
+    elsewhere (name -> user id -> ranked item ids), judged the same way (a user without a list
+    counts as an empty list)."""
+    started = time.perf_counter()
+    if split == "train":
+        raise ValueError("lists are judged on a split after training data: validation or test")
+    built_on = stage.metadata.get("splits", [])
+    if split in built_on:
+        raise ValueError(f"the recommendation stage of {loaded.name} version {loaded.version} was fitted on the "
+                         f"{split} split ({built_on}); judge it on a split it has not seen")
+    definition = prepared.definition()
+    task, label = target_task(definition, config.task)
+    interactions = read_interactions(prepared, [label] if label else [])
+    users = _judged(split_users(prepared, split, {task: label}, interactions), task, config)
+    if not users.user_ids:
+        raise ValueError(f"split {split!r} has no user with a relevant item for {task!r}: nothing to judge")
+    lists = SystemLists()
+    lists.rows[GREC], lists.details[GREC] = _grec_lists(loaded, stage, prepared, split, users, task, config)
+    _peer_lists(lists, stage, prepared, split, users, interactions, task, label, config)
+    for name, by_user in (external or {}).items():
+        lists.rows[name] = _listed_rows(by_user, users, stage, config.depth)
+        lists.details[name] = {"external": True, "users_listed": sum(1 for u in users.user_ids if u in by_user)}
+    summary = summarize(lists, users, task, stage, interactions.before(split), config)
+    summary.update(split=split, protocol=prepared.summary().get("split", {"protocol": "global_time"}),
+                   seconds=round(time.perf_counter() - started, 1))
+    return summary
 
 
-def _rank(servable: Any, store: Any, definition: Any, task: str, users: list[Any], candidates: list[list[Any]],
-          logits: list[list[float] | None], moment: dt.datetime, config: RecommendEvalConfig) -> list[list[Any]]:
-    """Each user's candidates in the endpoint's order, top k: the request rows and the ranker's
-    scores it would compute (one forward for the block), ranked as the ingress ranks them (task +
-    retrieval logit for retrieved candidates, the task's score otherwise)."""
-    tables = [build_request_rows(store, definition, user, items, None, now=moment)[0]
-              for user, items in zip(users, candidates, strict=True)]
-    scores = servable.score(task, pa.concat_tables(tables)).scores
-    out, start = [], 0
-    for items, user_logits in zip(candidates, logits, strict=True):
-        block = scores[start:start + len(items)].tolist()
-        blend = retrieved_blend(task, config.retrieval_weight) if user_logits is not None else None
-        key = ranking_key(blend, {task: block}, user_logits) if blend and items else block
-        out.append([items[i] for i in np.argsort(-np.asarray(key), kind="stable")[:config.k]])
-        start += len(items)
-    return out
+def _judged(users: SplitUsers, task: str, config: RecommendEvalConfig) -> SplitUsers:
+    keep = [i for i, truth in enumerate(users.truth[task]) if truth]
+    if config.max_users is not None and len(keep) > config.max_users:
+        chosen = np.random.default_rng(config.seed).choice(len(keep), config.max_users, replace=False)
+        keep = [keep[i] for i in sorted(chosen)]
+    return users.subset(keep)
+
+
+def _before_rows(prepared: Any, split: str) -> pa.Table:
+    return pa.concat_tables([prepared.read_split(s) for s in SPLITS[:SPLITS.index(split)]])
+
+
+def _grec_lists(loaded: Any, stage: RecommendationStage, prepared: Any, split: str, users: SplitUsers, task: str,
+                config: RecommendEvalConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """The recommendation path's lists for every user, in blocks."""
+    started = time.process_time()
+    ranker = Ranker(loaded.model, loaded.transforms, loaded.spec)
+    item_rows = ItemRows(_before_rows(prepared, split), loaded.definition)
+    rows = np.zeros((len(users.user_ids), config.depth), dtype=np.int64)
+    with torch_threads(1):
+        _rank_blocks(stage, users, task, config, ranker, item_rows, rows)
+    weights = stage.blends.get(task, {task: 1.0})
+    return rows, {"blend": weights, "ranking_cpu_s": round(time.process_time() - started, 2),
+                  "sources": stage.sources, "stage_validation": stage.metadata.get("validation", {})}
+
+
+def _rank_blocks(stage: RecommendationStage, users: SplitUsers, task: str, config: RecommendEvalConfig,
+                 ranker: Ranker, item_rows: ItemRows, rows: np.ndarray) -> None:
+    """Fills `rows` with each user's list, a block of users per call of the recommendation path."""
+    for start in range(0, len(users.user_ids), config.block_users):
+        block = users.histories[start:start + config.block_users]
+        scorer = row_task_scorer(lambda name, raw: ranker.score(name, raw).scores, ranker.binary_tasks, users.rows,
+                                 item_rows, offset=start)
+        for index, ranked in enumerate(rank_lists(stage, block, task, config.depth, score_tasks=scorer)):
+            listed = [stage.row_of[item] for item in ranked.items]
+            rows[start + index, :len(listed)] = listed
+
+
+def _listed_rows(by_user: Mapping[Any, Sequence[Any]], users: SplitUsers, stage: RecommendationStage,
+                 depth: int) -> np.ndarray:
+    """[users, depth] catalogue rows of lists given as item ids (items outside the catalogue count as
+    misses: row 0 is never relevant)."""
+    rows = np.zeros((len(users.user_ids), depth), dtype=np.int64)
+    for index, user in enumerate(users.user_ids):
+        listed = [stage.row_of.get(item, 0) for item in list(by_user.get(user, ()))[:depth]]
+        rows[index, :len(listed)] = listed
+    return rows
+
+
+def _peer_data(interactions: Interactions, stage: RecommendationStage, users: SplitUsers) -> PeerData:
+    """The peers' view of `interactions` (the events they may fit on) and of the users to score."""
+    columns = np.fromiter((stage.row_of.get(i, 0) for i in interactions.items.tolist()), dtype=np.int64,
+                          count=len(interactions.items))
+    known = columns > 0
+    user_values = interactions.users[known]
+    user_ids = list(dict.fromkeys(user_values.tolist()))
+    user_row = {u: r for r, u in enumerate(user_ids)}
+    rows = np.fromiter((user_row[u] for u in user_values.tolist()), dtype=np.int64, count=len(user_values))
+    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, columns[known] - 1)),
+                           shape=(len(user_ids), stage.num_items))
+    matrix.data[:] = 1.0  # repeats count once
+    popularity = ItemPopularity.from_events(columns[known], interactions.times[known], stage.num_items)
+    return PeerData(matrix, user_row, popularity, users.user_ids, np.array([h.now for h in users.histories]))
+
+
+def _top_rows(scores: np.ndarray, users: SplitUsers, stage: RecommendationStage, depth: int) -> np.ndarray:
+    """[users, depth] catalogue rows (1..N) of each user's best unseen items."""
+    masked = scores.astype(np.float64).copy()
+    for index, history in enumerate(users.histories):
+        masked[index, [stage.row_of[i] - 1 for i in history.exclude if i in stage.row_of]] = -np.inf
+    top = np.argsort(-masked, axis=1, kind="stable")[:, :depth]
+    return np.where(np.isfinite(np.take_along_axis(masked, top, axis=1)), top + 1, 0)
+
+
+def _truth_matrix(users: SplitUsers, task: str, stage: RecommendationStage) -> tuple[np.ndarray, np.ndarray]:
+    """(relevant [users, N + 1] booleans by catalogue row, |truth| per user)."""
+    relevant = np.zeros((len(users.user_ids), stage.num_items + 1), dtype=bool)
+    for index, truth in enumerate(users.truth[task]):
+        relevant[index, [stage.row_of[i] for i in truth if i in stage.row_of]] = True
+    return relevant, np.array([len(t) for t in users.truth[task]], dtype=np.int64)
+
+
+def _peer_lists(lists: SystemLists, stage: RecommendationStage, prepared: Any, split: str, users: SplitUsers,
+                interactions: Interactions, task: str, label: str | None, config: RecommendEvalConfig) -> None:
+    peers = [p for p in config.peers if p in PEERS]
+    if not peers:
+        return
+    final = _peer_data(interactions.before(split), stage, users)
+    tuning_users = None
+    if split != "validation" and SPLITS.index(split) > 1:
+        tuning_users = _judged(split_users(prepared, "validation", {task: label}, interactions), task,
+                               RecommendEvalConfig(max_users=config.max_users, seed=config.seed))
+    for peer in peers:
+        reason = skip_reason(peer, stage.num_items)
+        if reason is not None:
+            lists.details[peer] = {"skipped": reason}
+            logger.info("top-N evaluation: %s skipped: %s", peer, reason)
+            continue
+        if tuning_users is None or not tuning_users.user_ids:
+            tuned = tune_and_score(peer, final, lambda scores: 0.0, final, 1, config.seed)
+        else:
+            tuning = _peer_data(interactions.before("validation"), stage, tuning_users)
+            relevant, counts = _truth_matrix(tuning_users, task, stage)
+
+            def judge(scores: np.ndarray) -> float:
+                top = _top_rows(scores, tuning_users, stage, config.k)
+                return float(ndcg(np.take_along_axis(relevant, top, axis=1) & (top > 0), counts, config.k).mean())
+
+            tuned = tune_and_score(peer, tuning, judge, final, config.trials, config.seed)
+        lists.rows[peer] = _top_rows(tuned.scores, users, stage, config.depth)
+        lists.details[peer] = {"params": tuned.params, "validation_ndcg": round(tuned.validation, 5),
+                               "trials": len(tuned.trials), "tuning_cpu_s": round(tuned.tuning_cpu_s, 2),
+                               "fit_cpu_s": round(tuned.fit_cpu_s, 2)}
+        logger.info("top-N evaluation: %s tuned (%d trials, validation NDCG@%d %.4f): %s", peer, len(tuned.trials),
+                    config.k, tuned.validation, tuned.params)
+
+
+def per_user(lists: np.ndarray, relevant: np.ndarray, counts: np.ndarray, config: RecommendEvalConfig
+             ) -> dict[str, np.ndarray]:
+    hits = np.take_along_axis(relevant, lists, axis=1) & (lists > 0)
+    return per_user_metrics(hits, counts, config.k, config.recall_at)
+
+
+def summarize(lists: SystemLists, users: SplitUsers, task: str, stage: RecommendationStage,
+              history: Interactions, config: RecommendEvalConfig) -> dict[str, Any]:
+    """Means, slices and paired intervals of every system's lists (see the module's docstring)."""
+    relevant, counts = _truth_matrix(users, task, stage)
+    item_counts = np.bincount(np.fromiter((stage.row_of.get(i, 0) for i in history.items.tolist()), dtype=np.int64,
+                                          count=len(history.items)), minlength=stage.num_items + 1)
+    rank = np.empty(stage.num_items + 1, dtype=np.float64)
+    rank[np.argsort(-item_counts, kind="stable")] = np.arange(1, stage.num_items + 2)
+    metrics = {name: per_user(rows, relevant, counts, config) for name, rows in lists.rows.items()}
+    sizes = users.history_sizes
+    cold = sizes < config.cold_history
+    systems, cold_systems, intervals = {}, {}, {}
+    for name, values in metrics.items():
+        systems[name] = {m: float(v.mean()) for m, v in values.items()}
+        systems[name]["coverage"] = coverage(lists.rows[name], stage.num_items, config.k)
+        systems[name]["novelty"] = novelty(lists.rows[name], rank, config.k)
+        if cold.any():
+            cold_systems[name] = {m: float(v[cold].mean()) for m, v in values.items()}
+    names = list(metrics[GREC])
+    for name, values in metrics.items():
+        if name == GREC:
+            continue
+        differences = np.stack([values[m] - metrics[GREC][m] for m in names])  # [metrics, users]
+        low, high = bootstrap_intervals(lambda idx, d=differences: d[:, idx].mean(axis=1), differences.shape[1],
+                                        resamples=config.resamples, confidence=config.confidence, seed=config.seed)
+        intervals[name] = {m: {"difference": float(differences[i].mean()), "low": float(low[i]),
+                               "high": float(high[i])} for i, m in enumerate(names)}
+    return {"task": task, "users": len(users.user_ids), "cold_users": int(cold.sum()),
+            "relevant_items": int(counts.sum()), "catalogue": stage.num_items,
+            "settings": {"k": config.k, "recall_at": config.recall_at, "trials": config.trials,
+                         "resamples": config.resamples, "confidence": config.confidence,
+                         "cold_history": config.cold_history, "full_ranking": True},
+            "systems": systems, "cold_systems": cold_systems, "intervals_vs_grec": intervals,
+            "details": lists.details, "per_user": {name: {m: v.tolist() for m, v in values.items()}
+                                                  for name, values in metrics.items()},
+            "user_ids": list(users.user_ids)}
 
 
 def recommend_markdown(data: dict[str, Any]) -> list[str]:
-    """The report's section for a replay's result (empty when there is none)."""
+    """The report's section for a top-N evaluation (empty when there is none)."""
     if not data:
         return []
+    protocol = data["protocol"].get("protocol", "global_time")
     names = list(next(iter(data["systems"].values())))
-    lines = ["## /v1/recommend replayed", "",
-             f"As of {data['as_of']} (the {data['split']} split's start), for {data['users']} users with a positive "
-             f"of `{data['task']}` in the split ({data['warm_users']} with stored features; the others are new and "
-             f"get popularity), {data['liked_items']} liked items in all. Retrieval index: "
-             f"{'yes' if data['retrieval_index'] else 'none (retrieval = popularity)'}.", ""]
-    for title, systems in (("all users", data["systems"]), ("users with stored features", data["warm_systems"])):
-        if systems:
-            lines += [f"### {title}", "", "| system | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-            lines += [f"| {name} | " + " | ".join(_number(m[n]) for n in names) + " |" for name, m in systems.items()]
-            lines.append("")
+    lines = ["## Top-N recommendations", "",
+             f"Split {data['split']} ({protocol}), target `{data['task']}`: {data['users']} users with a relevant "
+             f"item ({data['cold_users']} with fewer than {data['settings']['cold_history']} interactions before), "
+             f"{data['relevant_items']} relevant items; every list ranks the whole catalogue of "
+             f"{data['catalogue']} items minus the user's seen ones (no sampled negatives). Peers tuned with "
+             f"{data['settings']['trials']} settings each on the validation split.", "",
+             "| system | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {name} | " + " | ".join(f"{m[n]:.4f}" for n in names) + " |" for name, m in data["systems"].items()]
+    if data["intervals_vs_grec"]:
+        k = data["settings"]["k"]
+        lines += ["", f"Difference to grec (peer - grec), paired bootstrap {data['settings']['confidence']:.0%} "
+                      f"interval over users:", "", f"| peer | ndcg@{k} | hr@{k} |", "|---|---|---|"]
+        for name, values in data["intervals_vs_grec"].items():
+            cells = [f"{values[m]['difference']:+.4f} [{values[m]['low']:+.4f}, {values[m]['high']:+.4f}]"
+                     for m in (f"ndcg@{k}", f"hr@{k}")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
     return lines
-
-
-def _number(value: float) -> str:
-    return f"{value:.4f}"

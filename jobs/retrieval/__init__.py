@@ -1,1 +1,1 @@
-"""`grec build-index`: the retrieval index of a model version (two-tower vectors + an ANN index)."""
+"""`grec build-index`: a model version's recommendation stage (recommend/), fitted as a Ray job."""

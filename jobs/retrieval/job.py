@@ -1,199 +1,133 @@
-"""`build_retrieval_index`: the retrieval index of one registered model version, as a Ray batch job.
+"""`build_recommendation_stage`: a registered model version's recommendation stage (recommend/), as a
+Ray job: fitted on the training split, tuned on the validation split, refitted on both.
 
-1. Ray Data encodes, with the frozen model, the positive rows of the positive task in the prepared
-   dataset's train and validation splits (everything before its test period: the user side and the
-   item of each) and one row per catalogue item (its latest such row).
-2. A Ray task trains the two-tower head (grec.retrieval) on them, embeds every catalogue item, builds
-   the ANN index (jobs/retrieval/index.py) and measures its recall against exact search.
-3. The driver logs the files as the version's retrieval index (registry.retrieval_index): the
-   endpoint serving that version loads them; other versions are not touched.
+1. Fit on train, judge on validation (the users' validation items, the lists leaving out what they
+   took up in training; NDCG@k of every event): the co-visitation settings of a small grid, the
+   popularity window, and the next-item transformer epoch by epoch (early stopping).
+2. Every binary task gets a blend of the sources' terms and the ranker's task scores, fitted on the
+   same validation lists for that task's positives (recommend/blend.py).
+3. Refit on train + validation with the chosen settings (the next-item model for the chosen number
+   of epochs), keep the blends, and log the stage's files as the version's retrieval index
+   (registry.retrieval_index): the endpoint serving that version, the batch job and the evaluation
+   load them; other versions are not touched.
+The fit runs in one Ray task (CPUs `train_cpus`), which loads the model and reads the dataset itself.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from feature_store.options import SPLITS
-from feature_store.prepare import PreparedDataset
-from grec.retrieval import RetrievalInputs, TwoTowerConfig
-from jobs.evaluate.inference import InferenceOptions
-from jobs.evaluate.job import ResolvedModel, prepare_evaluation
-from jobs.retrieval.encode import encode_rows
-from jobs.retrieval.index import IndexKind
+from grec.covisitation import CovisitationConfig
+from grec.next_item import NextItemConfig
 from jobs.ray_runtime import ray_session
 
 logger = logging.getLogger(__name__)
 
-# Users sampled to measure the index's recall against exact search.
-RECALL_QUERIES = 500
-RECALL_K = 100
+# The co-visitation settings tried on validation (window, normalization, the user's items that vote).
+COVISITATION_GRID = tuple(
+    CovisitationConfig(window=window, target_exponent=exponent, last_items=last, recency_decay=decay)
+    for window in (3, 10) for exponent in (0.0, 0.5) for last in (5, 20, 50) for decay in (0.9, 1.0)
+)
+POPULARITY_WINDOWS = (1.0, 7.0, 28.0, 91.0, None)
 
 
-@dataclass(frozen=True)
-class IndexBuildConfig:
-    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
-    positive_task: str | None = None  # a binary task; None: the model's first main binary task
-    # The splits whose positives train the towers: all but the test split, which evaluation keeps.
-    splits: tuple[str, ...] = ("train", "validation")
-    index: IndexKind = "hnsw"
-    hnsw_m: int = 32
-    ef_construction: int = 200
-    ef_search: int = 128
-    train_cpus: float = 1.0  # CPUs of the Ray task that trains the towers
-    inference: InferenceOptions = field(default_factory=InferenceOptions)
+class IndexBuildConfig(BaseModel):
+    """What `grec build-index` fits and how it tunes it."""
 
-    def __post_init__(self) -> None:
-        if self.index not in ("hnsw", "flat"):
-            raise ValueError(f"index must be 'hnsw' or 'flat', got {self.index!r}")
-        if self.hnsw_m < 2 or self.ef_construction < 1 or self.ef_search < 1:
-            raise ValueError("hnsw_m must be >= 2, ef_construction and ef_search >= 1")
-        if not self.splits or set(self.splits) - set(SPLITS):
-            raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
-        if self.train_cpus <= 0:
-            raise ValueError(f"train_cpus must be > 0, got {self.train_cpus}")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(10, ge=1, description="list length the settings and blends are chosen for (NDCG@k)")
+    candidates_per_source: int = Field(100, ge=1, description="items each source adds to a user's candidates")
+    covisitation: bool = Field(True, description="use the co-visitation source")
+    covisitation_grid: tuple[CovisitationConfig, ...] = COVISITATION_GRID
+    popularity_windows: tuple[float | None, ...] = POPULARITY_WINDOWS
+    next_item: NextItemConfig | None = Field(default_factory=NextItemConfig,
+                                             description="the next-item transformer; None leaves it out")
+    item_features: bool = Field(True, description="the next-item model reads the ranker's item token of each item")
+    eval_every: int = Field(5, ge=1, description="next-item epochs between validation checks")
+    patience: int = Field(3, ge=1, description="checks without improvement before the next-item model stops")
+    ranker_terms: bool = Field(True, description="blends may use the ranker's task scores")
+    max_validation_users: int | None = Field(None, ge=1, description="validation users judged (a seeded sample)")
+    train_cpus: float = Field(1.0, gt=0, description="CPUs of the Ray task that fits the stage")
+    seed: int = 0
 
 
 @dataclass(frozen=True)
 class IndexBuildResult:
     model_name: str
     model_version: str
-    uri: str  # where the index's files are (the version's tag names it too)
-    positive_task: str
-    positives: int
+    uri: str
     items: int
-    losses: list[float]
-    ann_recall: float
-    seconds: dict[str, float]  # encode, train_and_index, log, total
+    validation: dict[str, Any]  # what was chosen and how it scored on validation
+    seconds: dict[str, float]
 
 
-def positive_task(model: ResolvedModel, requested: str | None) -> str:
-    """The binary task whose positive rows train the towers."""
-    tasks = {t.name: t for t in model.spec.tasks}
-    if requested is not None:
-        if requested not in tasks or tasks[requested].kind != "binary":
-            binary = [t for t, spec in tasks.items() if spec.kind == "binary"]
-            raise ValueError(f"--positive-task {requested!r}: expected one of the model's binary tasks {binary}")
-        return requested
-    main = [t.name for t in model.spec.tasks if t.kind == "binary" and t.role == "main"]
-    binary = [t.name for t in model.spec.tasks if t.kind == "binary"]
-    if not (main or binary):
-        raise ValueError(f"model {model.name} has no binary task whose positives could train retrieval "
-                         f"(tasks: {list(tasks)})")
-    return (main or binary)[0]
-
-
-def catalogue_rows(train: pa.Table, item_key: str, timestamp: str | None) -> pa.Table:
-    """Each item's latest training row (the item's features as the model was trained with them)."""
-    ordered = train.sort_by([(item_key, "ascending"), *([(timestamp, "ascending")] if timestamp else [])])
-    items = ordered.column(item_key).to_numpy(zero_copy_only=False)
-    last = np.r_[items[1:] != items[:-1], True] if len(items) else np.zeros(0, bool)
-    return ordered.filter(pa.array(last))
-
-
-def _train_and_index(model_uri: str, tracking_uri: str, positives: RetrievalInputs, catalogue: RetrievalInputs,
-                     config: IndexBuildConfig) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """On a Ray worker: trains the towers, indexes the catalogue; returns the index's files (name ->
-    bytes, so the driver can log them from any node) and what was measured."""
-    import mlflow
-
-    from grec.retrieval import item_embeddings, model_item_table, save_two_tower, train_two_tower
-    from jobs.retrieval.index import ann_recall, build_ann_index
-    from registry.models import load_registered
-    from registry.retrieval_index import ANN_FILE
-
-    import faiss
-
-    torch.set_num_threads(max(1, int(config.train_cpus)))
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    item_table = model_item_table(load_registered(model_uri).model)
-    catalog_tokens = torch.zeros(item_table.shape[0], catalogue.item_tokens.shape[1])
-    catalog_tokens[catalogue.items] = catalogue.item_tokens
-    tower, losses = train_two_tower(positives, catalog_tokens, item_table, config.two_tower)
-    vectors = item_embeddings(tower, catalog_tokens, catalogue.items)
-    index = build_ann_index(vectors, config.index, config.hnsw_m, config.ef_construction)
-    sample = torch.randperm(len(positives.items), generator=torch.Generator().manual_seed(0))[:RECALL_QUERIES]
-    with torch.no_grad():
-        history = None if positives.history is None else positives.history[sample]
-        queries = tower.user_embedding(positives.user_tokens[sample], history).numpy()
-    recall = ann_recall(index, vectors, queries, RECALL_K, config.ef_search)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_two_tower(tower, tmp)
-        faiss.write_index(index, str(Path(tmp) / ANN_FILE))
-        files = {path.name: path.read_bytes() for path in Path(tmp).iterdir()}
-    return files, {"losses": losses, "ann_recall": recall}
-
-
-def build_retrieval_index(model_uri: str, data_dir: str | Path, config: IndexBuildConfig | None = None, *,
-                          tracking_uri: str | None = None, address: str | None = None) -> IndexBuildResult:
-    """Builds and logs the retrieval index of the version `model_uri` names (see the module's
+def build_recommendation_stage(model_uri: str, data_dir: str | Path, config: IndexBuildConfig | None = None, *,
+                               tracking_uri: str | None = None, address: str | None = None) -> IndexBuildResult:
+    """Fits, tunes, refits and logs the stage of the version `model_uri` names (see the module's
     docstring). Model and data are checked before Ray starts."""
     import mlflow
     import ray
 
-    from registry.retrieval_index import log_retrieval_index, write_index_metadata
+    from feature_store.storage import location_of
+    from jobs.evaluate.job import prepare_evaluation
+    from registry.retrieval_index import log_retrieval_index
 
     config = config or IndexBuildConfig()
     started = time.perf_counter()
-    model, prepared = prepare_evaluation(model_uri, data_dir, "train")
-    task = positive_task(model, config.positive_task)
-    positives, catalogue = _training_rows(model, prepared, task, config.splits)
-    if positives.num_rows < 2:
-        raise ValueError(f"{prepared.root}: splits {list(config.splits)} hold {positives.num_rows} positive rows of "
-                         f"task {task!r}; the towers need at least 2")
-    seconds: dict[str, float] = {}
+    model, prepared = prepare_evaluation(model_uri, data_dir, "validation")
+    if not any(t.kind == "binary" for t in model.spec.tasks):
+        raise ValueError(f"model {model.name} has no binary task to recommend for (tasks: {model.spec.task_names})")
     tracking_uri = tracking_uri or mlflow.get_registry_uri()
     with ray_session(address):
-        mark = time.perf_counter()
-        encoded = encode_rows(positives, model.pinned_uri, tracking_uri, config.inference)
-        encoded_catalogue = encode_rows(catalogue, model.pinned_uri, tracking_uri, config.inference)
-        seconds["encode"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        remote = ray.remote(num_cpus=config.train_cpus)(_train_and_index)
-        files, measured = ray.get(remote.remote(model.pinned_uri, tracking_uri, encoded, encoded_catalogue, config))
-        seconds["train_and_index"] = time.perf_counter() - mark
+        remote = ray.remote(num_cpus=config.train_cpus)(fit_stage_files)
+        files, report = ray.get(remote.remote(model.pinned_uri, tracking_uri, location_of(prepared), config))
     mark = time.perf_counter()
-    item_key = model.spec.item_id
-    item_ids = catalogue.column(item_key).to_pylist()
     with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
         for name, content in files.items():
-            (directory / name).write_bytes(content)
-        write_index_metadata(directory, item_ids, {
-            "kind": config.index, "positive_task": task, "positives": positives.num_rows,
-            "splits": list(config.splits), "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "ann_recall_at_100": measured["ann_recall"], "final_loss": measured["losses"][-1],
-            "two_tower": config.two_tower.model_dump()})
-        uri = log_retrieval_index(model.name, model.version, directory)
-    seconds["log"] = time.perf_counter() - mark
-    seconds["total"] = time.perf_counter() - started
-    logger.info("retrieval index of %s version %s: %d items, %d positives of %r, ANN recall@%d %.3f, %.1f s",
-                model.name, model.version, len(item_ids), positives.num_rows, task, RECALL_K, measured["ann_recall"],
-                seconds["total"])
-    return IndexBuildResult(model.name, model.version, uri, task, positives.num_rows, len(item_ids),
-                            measured["losses"], measured["ann_recall"], {k: round(v, 2) for k, v in seconds.items()})
+            (Path(tmp) / name).write_bytes(content)
+        uri = log_retrieval_index(model.name, model.version, Path(tmp))
+    seconds = {**report.pop("seconds"), "log": round(time.perf_counter() - mark, 2),
+               "total": round(time.perf_counter() - started, 2)}
+    logger.info("recommendation stage of %s version %s: %d items, validation NDCG@%d %s, %.0f s", model.name,
+                model.version, report["items"], config.k,
+                ", ".join(f"{t} {v['ndcg']:.4f}" for t, v in report["blends"].items()), seconds["total"])
+    return IndexBuildResult(model.name, model.version, uri, report["items"], report, seconds)
 
 
-def _training_rows(model: ResolvedModel, prepared: PreparedDataset, task: str,
-                   splits: tuple[str, ...]) -> tuple[pa.Table, pa.Table]:
-    """(positive rows of `task` in `splits`, one row per catalogue item)."""
-    spec = model.spec
-    train = pa.concat_tables([prepared.read_split(split) for split in splits])
-    label = spec.task(task).label
-    positives = train.filter(pc.equal(pc.fill_null(train.column(label), 0), 1))
-    # The catalogue is what the item vocabulary knows: other items share out-of-vocabulary ids.
-    vocabulary = model.transforms.vocabularies[spec.item_id]
-    values = pa.array(vocabulary.values, vocabulary.value_type)
-    known = train.filter(pc.is_in(train.column(spec.item_id), value_set=values))
-    return positives, catalogue_rows(known, spec.item_id, spec.timestamp)
+def fit_stage_files(model_uri: str, tracking_uri: str, data_location: str,
+                    config: IndexBuildConfig) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """In a Ray task: the fitted stage's files (name -> bytes, so the driver logs them from any node)
+    and what the fit chose and measured."""
+    import mlflow
+    import torch
+
+    from feature_store.storage import open_dataset
+    from registry.models import load_registered
+
+    torch.set_num_threads(max(1, int(config.train_cpus)))
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    loaded = load_registered(model_uri)
+    prepared = open_dataset(data_location)
+    stage, report = fit_stage(loaded, prepared, config)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage.save(tmp)
+        files = {path.name: path.read_bytes() for path in Path(tmp).iterdir()}
+    return files, report
+
+
+def fit_stage(loaded: Any, prepared: Any, config: IndexBuildConfig) -> tuple[Any, dict[str, Any]]:
+    """The stage of the registered model `loaded` (registry.models.RegisteredModel) on `prepared`."""
+    from recommend.fit import StageFitter
+
+    return StageFitter(loaded, prepared, config).run()

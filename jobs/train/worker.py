@@ -151,7 +151,8 @@ def train_loop_per_worker(job: WorkerJob) -> None:
     if checkpoint is not None:
         mlflow_log = SkipLoggedSteps(mlflow_log)  # the replayed epoch's steps are logged already
     # The order of an epoch's batches is fixed per (epoch, rank): a rerun sees the same order.
-    collate = trainee.model.collate if job.extension is None else job.extension.collate(trainee.model.collate)
+    labelled = trainee.model.collate_labelled  # sampled negatives for implicit-feedback tasks
+    collate = labelled if job.extension is None else job.extension.collate(labelled)
     train_stream = EpochStream(ray.train.get_dataset_shard("train"), collate,
                                config.training.batch_size, shuffle_buffer=config.dataset.shuffle_buffer,
                                seed_of=lambda epoch: config.training.seed + 1000 * epoch + rank)
@@ -233,7 +234,7 @@ def _validate(trainee: Trainee, shard, resolved: ResolvedConfig) -> tuple[dict[s
     accumulator = ValidationAccumulator(tasks, resolved.model_config.router.num_experts)
     trainee.train(False)
     with torch.no_grad():
-        for batch in iter_model_batches(shard, model.collate, resolved.config.training.eval_batch_size):
+        for batch in iter_model_batches(shard, model.collate_labelled, resolved.config.training.eval_batch_size):
             batch, out = trainee.forward(batch)
             loss, _ = trainee.loss(out, batch)
             predictions = {t: model.heads[t].predict(logits.float()) for t, logits in out.logits.items()}

@@ -1,0 +1,173 @@
+"""The recommenders a team would run instead of grec, for the top-N evaluation: each fitted on the
+interactions before a split, tuned on the validation split with the same number of trials, and
+scoring the whole catalogue for each user.
+
+- `popularity`: interactions per item over all history;
+- `recent_popularity`: interactions in the last W days before each user's moment (W tuned);
+- `item_knn`: implicit's item-item cosine or BM25 neighbours (K tuned);
+- `als`: implicit's alternating least squares (factors, regularization, confidence scaling);
+- `bpr`: implicit's Bayesian personalized ranking (factors, learning rate, regularization);
+- `ease`: EASE (Steck 2019), the closed-form item-item model (L2 strength tuned); catalogues above
+  EASE_MAX_ITEMS are reported as skipped (a dense items x items inverse).
+Users a matrix model has no row for get popularity (they have no history to fold in).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recommend.popularity import ItemPopularity
+
+PEERS = ("popularity", "recent_popularity", "item_knn", "als", "bpr", "ease")
+EASE_MAX_ITEMS = 20_000
+# Each peer's search space; the first `trials` settings (a seeded shuffle of the grid) are tried.
+SPACES: dict[str, dict[str, Sequence[Any]]] = {
+    "popularity": {},
+    "recent_popularity": {"window_days": (1.0, 3.0, 7.0, 14.0, 28.0, 56.0, 91.0, 182.0, 365.0, None)},
+    "item_knn": {"kind": ("cosine", "bm25"), "neighbours": (10, 25, 50, 100, 200, 400)},
+    "als": {"factors": (32, 64, 128), "regularization": (0.01, 0.1, 1.0), "alpha": (1.0, 10.0), "iterations": (15,)},
+    "bpr": {"factors": (32, 64, 128), "learning_rate": (0.01, 0.05), "regularization": (0.001, 0.01),
+            "iterations": (100,)},
+    "ease": {"l2": (10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0, 10000.0)},
+}
+
+
+@dataclass(frozen=True)
+class PeerData:
+    """Interactions before a split and the users to score, in catalogue rows (0..N-1 here)."""
+
+    matrix: sp.csr_matrix  # [users seen before the split, N] binary
+    user_row: dict[Any, int]  # raw user id -> row of `matrix`
+    popularity: ItemPopularity  # rows 1..N, as recommend.popularity counts them
+    users: list[Any]
+    now: np.ndarray  # seconds, per user
+
+    @property
+    def num_items(self) -> int:
+        return self.matrix.shape[1]
+
+
+def settings(peer: str, trials: int, seed: int) -> list[dict[str, Any]]:
+    space = SPACES[peer]
+    grid = [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
+    np.random.default_rng(seed).shuffle(grid)
+    return grid[:trials] if grid else [{}]
+
+
+def _popularity_scores(data: PeerData) -> np.ndarray:
+    counts = np.asarray(data.matrix.sum(axis=0)).ravel().astype(np.float32)
+    return np.tile(np.log1p(counts), (len(data.users), 1))
+
+
+def _user_rows(data: PeerData) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of users with a matrix row, their rows)."""
+    known = [(i, data.user_row[u]) for i, u in enumerate(data.users) if u in data.user_row]
+    return np.array([i for i, _ in known], dtype=np.int64), np.array([r for _, r in known], dtype=np.int64)
+
+
+def _with_fallback(data: PeerData, fill: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Popularity for every user, replaced by `fill(rows)` where the user has a matrix row."""
+    scores = _popularity_scores(data)
+    positions, rows = _user_rows(data)
+    if len(rows):
+        # Far above any log count: a known user's own scores always rank first.
+        scores[positions] = fill(rows) + 1e6
+    return scores
+
+
+def _implicit_scores(model: Any, data: PeerData) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, single-threaded BLAS
+        model.fit(data.matrix, show_progress=False)
+
+    def fill(rows: np.ndarray) -> np.ndarray:
+        if hasattr(model, "user_factors"):
+            users, items = model.user_factors, model.item_factors
+            users = users.to_numpy() if hasattr(users, "to_numpy") else users
+            items = items.to_numpy() if hasattr(items, "to_numpy") else items
+            return (users[rows] @ items.T).astype(np.float32)
+        # item-item models: the user's items times the similarity matrix
+        return np.asarray((data.matrix[rows] @ model.similarity).todense(), dtype=np.float32)
+
+    return _with_fallback(data, fill)
+
+
+def peer_scores(peer: str, data: PeerData, params: dict[str, Any], seed: int = 0) -> np.ndarray:
+    """[users, N] scores of every catalogue item for `data.users` by `peer` with `params`."""
+    if peer == "popularity":
+        return _popularity_scores(data)
+    if peer == "recent_popularity":
+        return data.popularity.scores(data.now, params["window_days"])
+    if peer == "item_knn":
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        kind = BM25Recommender if params["kind"] == "bm25" else CosineRecommender
+        return _implicit_scores(kind(K=params["neighbours"], num_threads=1), data)
+    if peer == "als":
+        from implicit.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(factors=params["factors"], regularization=params["regularization"],
+                                        alpha=params["alpha"], iterations=params["iterations"], random_state=seed,
+                                        num_threads=1)
+        return _implicit_scores(model, data)
+    if peer == "bpr":
+        from implicit.bpr import BayesianPersonalizedRanking
+
+        model = BayesianPersonalizedRanking(factors=params["factors"], learning_rate=params["learning_rate"],
+                                            regularization=params["regularization"], iterations=params["iterations"],
+                                            random_state=seed, num_threads=1)
+        return _implicit_scores(model, data)
+    if peer == "ease":
+        gram = (data.matrix.T @ data.matrix).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += params["l2"]
+        inverse = np.linalg.inv(gram)
+        weights = inverse / -np.diag(inverse)
+        weights[np.diag_indices_from(weights)] = 0.0
+        return _with_fallback(data, lambda rows: np.asarray(data.matrix[rows] @ weights, dtype=np.float32))
+    raise ValueError(f"unknown peer {peer!r}; peers: {list(PEERS)}")
+
+
+def skip_reason(peer: str, num_items: int) -> str | None:
+    """Why a peer cannot run on this catalogue (None: it can)."""
+    if peer == "ease" and num_items > EASE_MAX_ITEMS:
+        return f"EASE inverts a dense items x items matrix; the catalogue has {num_items} items (> {EASE_MAX_ITEMS})"
+    if peer in ("item_knn", "als", "bpr"):
+        import importlib.util
+
+        if importlib.util.find_spec("implicit") is None:
+            return "the `implicit` package is not installed"
+    return None
+
+
+@dataclass(frozen=True)
+class TunedPeer:
+    name: str
+    params: dict[str, Any]
+    validation: float  # the tuning metric of the chosen settings
+    trials: list[tuple[dict[str, Any], float]]
+    tuning_cpu_s: float
+    fit_cpu_s: float  # the final fit (before the evaluated split)
+    scores: np.ndarray  # [users, N] of the evaluated split's users
+
+
+def tune_and_score(peer: str, tuning: PeerData, judge: Callable[[np.ndarray], float], final: PeerData, trials: int,
+                   seed: int = 0) -> TunedPeer:
+    """Tries `trials` settings fitted on `tuning` (judged by `judge` on its users' scores), refits the
+    best on `final` and scores its users."""
+    started = time.process_time()
+    tried = []
+    for params in settings(peer, trials, seed):
+        tried.append((params, judge(peer_scores(peer, tuning, params, seed))))
+    best = max(tried, key=lambda entry: entry[1])
+    tuning_cpu = time.process_time() - started
+    started = time.process_time()
+    scores = peer_scores(peer, final, best[0], seed)
+    return TunedPeer(peer, best[0], best[1], tried, tuning_cpu, time.process_time() - started, scores)

@@ -1,0 +1,252 @@
+"""Fitting a recommendation stage on a prepared dataset (the work of `grec build-index`, see
+jobs/retrieval/job.py for the steps): sources fitted on the training split and tuned on the
+validation split, blends fitted there per binary task, then everything refitted on both splits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from grec.covisitation import build_covisitation
+from grec.next_item import train_next_item
+from recommend.blend import fit_blend
+from recommend.metrics import ndcg
+from recommend.offline import Interactions, SplitUsers, read_interactions, split_users
+from recommend.popularity import ItemPopularity
+from recommend.recommender import add_task_terms
+from recommend.ranker import Ranker
+from recommend.rows import ItemRows, candidate_rows, row_task_scorer
+from recommend.stage import SOURCES, RecommendationStage
+
+logger = logging.getLogger(__name__)
+# The target that tunes the sources: every validation event is relevant.
+INTERACTIONS = "_interactions"
+ITEM_TOKEN = "item"
+ENCODE_BATCH = 512
+
+
+def targets_of(definition: Any) -> dict[str, str | None]:
+    """Each binary task of the dataset (feature_store.definitions) and its relevant events' label:
+    its positives, or every event (None) for implicit feedback."""
+    return {t.name: (None if t.implicit else t.label) for t in definition.tasks if str(t.kind) == "binary"}
+
+
+def full_ndcg(scores: np.ndarray, users: SplitUsers, stage_rows: dict[Any, int], target: str, k: int) -> float:
+    """NDCG@k of full-catalogue scores [users, N] (each user's history left out) for `target`."""
+    masked = scores.astype(np.float64).copy()
+    relevant = np.zeros(masked.shape, dtype=bool)
+    counts = np.zeros(len(users.user_ids), dtype=np.int64)
+    for index, (history, truth) in enumerate(zip(users.histories, users.truth[target], strict=True)):
+        masked[index, [stage_rows[i] - 1 for i in history.exclude if i in stage_rows]] = -np.inf
+        relevant[index, [stage_rows[i] - 1 for i in truth if i in stage_rows]] = True
+        counts[index] = len(truth)
+    top = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    return float(ndcg(np.take_along_axis(relevant, top, axis=1), counts, k)[counts > 0].mean())
+
+
+class StageFitter:
+    def __init__(self, loaded: Any, prepared: Any, config: Any) -> None:
+        self.loaded, self.prepared, self.config = loaded, prepared, config
+        self.ranker = Ranker(loaded.model, loaded.transforms, loaded.spec)
+        self._catalogue_rows: pa.Table | None = None
+        self.targets = {INTERACTIONS: None, **targets_of(loaded.definition)}
+        self.seconds: dict[str, float] = {}
+
+    def run(self) -> tuple[RecommendationStage, dict[str, Any]]:
+        config = self.config
+        mark = time.perf_counter()
+        interactions = read_interactions(self.prepared, sorted({c for c in self.targets.values() if c}))
+        fit_part, all_part = interactions.within(("train",)), interactions.within(("train", "validation"))
+        item_ids = _catalogue(all_part)
+        rows_of = {item: row + 1 for row, item in enumerate(item_ids)}
+        validation = split_users(self.prepared, "validation", self.targets, interactions)
+        validation = _sample(validation, config.max_validation_users, config.seed)
+        features = self._item_features(item_ids) if config.next_item is not None and config.item_features else None
+        self.seconds["read"] = time.perf_counter() - mark
+
+        fit_sequences, fit_times = _sequences(fit_part, rows_of)
+        stage = RecommendationStage(item_ids, ItemPopularity.from_events(_rows(fit_part.items, rows_of),
+                                                                         fit_part.times, len(item_ids)),
+                                    covisitation=None, next_item=None, popularity_window_days=None,
+                                    candidates_per_source=config.candidates_per_source, blends={})
+        judge = _Judge(stage, validation, rows_of, config.k)
+        report: dict[str, Any] = {"items": len(item_ids), "validation_users": len(validation.user_ids)}
+
+        mark = time.perf_counter()
+        window, report["popularity"] = judge.best_window(config.popularity_windows)
+        stage.popularity_window_days = window
+        if config.covisitation:
+            best, scores = None, []
+            for candidate in config.covisitation_grid:
+                covisitation = build_covisitation(fit_sequences, len(item_ids), candidate)
+                score = judge.source_ndcg(covisitation.scores(judge.history_rows))
+                scores.append(score)
+                if best is None or score > best[0]:
+                    best = (score, candidate, covisitation)
+            stage.covisitation = best[2]
+            report["covisitation"] = {"ndcg": best[0], "config": best[1].model_dump(), "tried": len(scores)}
+        self.seconds["covisitation_and_popularity"] = time.perf_counter() - mark
+
+        epochs = 0
+        if config.next_item is not None:
+            mark = time.perf_counter()
+            stage.next_item, epochs, report["next_item"] = self._fit_next_item(
+                fit_sequences, fit_times, len(item_ids), features, judge)
+            self.seconds["next_item"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        stage.blends, report["blends"] = self._fit_blends(stage, validation, item_ids)
+        self.seconds["blends"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        all_sequences, all_times = _sequences(all_part, rows_of)
+        final = RecommendationStage(
+            item_ids, ItemPopularity.from_events(_rows(all_part.items, rows_of), all_part.times, len(item_ids)),
+            covisitation=(build_covisitation(all_sequences, len(item_ids), stage.covisitation.config)
+                          if stage.covisitation is not None else None),
+            next_item=None, popularity_window_days=window, candidates_per_source=config.candidates_per_source,
+            blends=stage.blends, metadata={"splits": ["train", "validation"], "validation": report,
+                                           "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        if config.next_item is not None:
+            final.next_item, _ = train_next_item(all_sequences, all_times, len(item_ids), config.next_item, features,
+                                                 epochs=epochs)
+        self.seconds["refit"] = time.perf_counter() - mark
+        report["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
+        return final, report
+
+    @property
+    def catalogue_rows(self) -> pa.Table:
+        """The training and validation rows: every catalogue item's features (its latest row)."""
+        if self._catalogue_rows is None:
+            self._catalogue_rows = pa.concat_tables([self.prepared.read_split(s) for s in ("train", "validation")])
+        return self._catalogue_rows
+
+    # ---- parts -------------------------------------------------------------------------------------
+    def _item_features(self, item_ids: list[Any]) -> torch.Tensor | None:
+        """[N + 1, d_model]: the frozen ranker's item token of every catalogue item (row 0 zeros)."""
+        model = self.loaded.model
+        names = model.encoder.token_names
+        if ITEM_TOKEN not in names:
+            return None
+        rows = ItemRows(self.catalogue_rows, self.loaded.definition)
+        # The ranker reads a full raw row: any user's columns do (the item token ignores them).
+        template = self.catalogue_rows.slice(0, 1)
+        tokens = []
+        with torch.inference_mode():
+            for start in range(0, len(item_ids), ENCODE_BATCH):
+                raw = candidate_rows(template, item_ids[start:start + ENCODE_BATCH], rows)
+                batch = model.collate(self.loaded.transforms.transform(raw))
+                tokens.append(model.encode_examples(batch)[:, names.index(ITEM_TOKEN)].float())
+        out = torch.cat(tokens)
+        return torch.cat([torch.zeros(1, out.shape[1]), out])
+
+    def _fit_next_item(self, sequences: list[np.ndarray], times: list[np.ndarray], num_items: int,
+                       features: torch.Tensor | None, judge: _Judge) -> tuple[Any, int, dict[str, Any]]:
+        config = self.config
+        history: list[tuple[int, float]] = []
+        best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "state": None}
+
+        def on_epoch(epoch: int, model: Any) -> bool:
+            if epoch % config.eval_every and epoch != config.next_item.max_epochs:
+                return False
+            score = judge.source_ndcg(judge.next_item_scores(model))
+            history.append((epoch, round(score, 5)))
+            logger.info("next-item model: epoch %d, validation NDCG@%d %.4f", epoch, config.k, score)
+            if score > best["ndcg"]:
+                best.update(ndcg=score, epoch=epoch, state={k: v.clone() for k, v in model.state_dict().items()})
+            checks_since = (epoch - best["epoch"]) // config.eval_every
+            return checks_since >= config.patience
+
+        model, losses = train_next_item(sequences, times, num_items, config.next_item, features, on_epoch=on_epoch)
+        model.load_state_dict(best["state"])
+        return model.eval(), best["epoch"], {"ndcg": best["ndcg"], "epochs": best["epoch"], "checks": history,
+                                             "final_loss": losses[-1]}
+
+    def _fit_blends(self, stage: RecommendationStage, validation: SplitUsers,
+                    item_ids: list[Any]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+        candidates = stage.candidates(validation.histories)
+        ranker_tasks = [t.name for t in self.ranker.tasks if t.kind in ("binary", "regression")] \
+            if self.config.ranker_terms else []
+        if ranker_tasks:
+            item_rows = ItemRows(self.catalogue_rows, self.loaded.definition)
+            scorer = row_task_scorer(lambda task, rows: self.ranker.score(task, rows).scores,
+                                     self.ranker.binary_tasks, validation.rows, item_rows)
+            add_task_terms(candidates, stage, ranker_tasks, scorer)
+        blends, report = {}, {}
+        for task in self.targets:
+            if task == INTERACTIONS:
+                continue
+            relevant = np.zeros(candidates.rows.shape, dtype=bool)
+            counts = np.array([len(t) for t in validation.truth[task]], dtype=np.int64)
+            for user, truth in enumerate(validation.truth[task]):
+                relevant[user] = [stage.item_ids[r - 1] in truth if r else False for r in candidates.rows[user]]
+            keep = counts > 0
+            terms = {name: values[keep] for name, values in candidates.terms.items()}
+            start = {name: (1.0 if name in SOURCES else 0.0) for name in terms}
+            weights, score = fit_blend(terms, candidates.valid[keep], relevant[keep], counts[keep], self.config.k,
+                                       start)
+            blends[task] = {name: weight for name, weight in weights.items() if weight}
+            report[task] = {"ndcg": score, "weights": blends[task], "users": int(keep.sum())}
+        return blends, report
+
+
+class _Judge:
+    """Scores sources on the validation users: NDCG@k of every validation event, histories left out."""
+
+    def __init__(self, stage: RecommendationStage, users: SplitUsers, rows_of: dict[Any, int], k: int) -> None:
+        self.stage, self.users, self.rows_of, self.k = stage, users, rows_of, k
+        self.history_rows = [rows for rows, _ in stage.history_rows(users.histories)]
+        self.history_times = [times for _, times in stage.history_rows(users.histories)]
+        self.now = np.array([h.now for h in users.histories])
+
+    def source_ndcg(self, scores: np.ndarray) -> float:
+        return full_ndcg(scores, self.users, self.rows_of, INTERACTIONS, self.k)
+
+    def best_window(self, windows: tuple[float | None, ...]) -> tuple[float | None, dict[str, Any]]:
+        scores = {w: self.source_ndcg(self.stage.popularity.scores(self.now, w)) for w in windows}
+        best = max(windows, key=lambda w: (scores[w], w is None, w or 0))
+        return best, {"window_days": best, "ndcg": scores[best],
+                      "tried": {("all" if w is None else str(w)): round(s, 5) for w, s in scores.items()}}
+
+    def next_item_scores(self, model: Any) -> np.ndarray:
+        from grec.next_item import stack_histories
+
+        with torch.inference_mode():
+            windows = stack_histories(list(zip(self.history_rows, self.history_times, strict=True)),
+                                      model.config.max_length)
+            return model.scores(model.user_vectors(windows, torch.from_numpy(self.now))).numpy()
+
+
+def _catalogue(interactions: Interactions) -> list[Any]:
+    """The items of the events, most interacted with first (ties by id, so the order is stable)."""
+    items, counts = np.unique(interactions.items, return_counts=True)
+    order = sorted(range(len(items)), key=lambda i: (-counts[i], str(items[i])))
+    return [items[i].item() if hasattr(items[i], "item") else items[i] for i in order]
+
+
+def _rows(items: np.ndarray, rows_of: dict[Any, int]) -> np.ndarray:
+    return np.fromiter((rows_of.get(i, 0) for i in items.tolist()), dtype=np.int64, count=len(items))
+
+
+def _sequences(interactions: Interactions, rows_of: dict[Any, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's events as catalogue rows and times, oldest first."""
+    rows = _rows(interactions.items, rows_of)
+    return ([rows[s:e] for _, s, e in interactions.user_runs()],
+            [interactions.times[s:e] for _, s, e in interactions.user_runs()])
+
+
+def _sample(users: SplitUsers, limit: int | None, seed: int) -> SplitUsers:
+    if limit is None or len(users.user_ids) <= limit:
+        return users
+    chosen = sorted(np.random.default_rng(seed).choice(len(users.user_ids), limit, replace=False).tolist())
+    return users.subset(chosen)
+
+
+
