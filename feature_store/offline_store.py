@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from feature_store.atomic import write_json_atomically
 from feature_store.errors import FeatureStoreError, IngestionError, SchemaError
 from feature_store.hashing import bucket_of
+from feature_store.progress import with_progress
 from feature_store.validation import conform_table
 
 STORE_FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ class OfflineStore:
         rows = 0
         chunks = [data] if isinstance(data, pa.Table) else data
         try:
-            for chunk in tqdm(chunks, desc=f"ingest {view.name}", unit="chunk", disable=not progress):
+            for chunk in with_progress(chunks, f"ingest {view.name}", "chunk", enabled=progress):
                 table = conform_table(chunk, view)
                 self._write_buckets(table, view, staging, writers)
                 rows += table.num_rows

@@ -1,17 +1,24 @@
 """Prepared datasets at object-store URIs (`s3://BUCKET/PREFIX`) through pyarrow's filesystems.
 
-A dataset at a URI has the layout of a local one (docs/CONTRACTS.md section 3).
-- Writing: `publish_dir` uploads a finished local directory to a hidden staging prefix beside the
-  target, then copies it into place (server-side), the files that make a dataset complete
-  (definition, transforms, spec) last; an existing dataset is removed only once the new one is
-  fully uploaded, so a failed upload leaves it as it was.
-- Reading: the splits' Parquet files are read straight from the store, by Ray Data's tasks on any
-  node as by the driver (`split_files`, `parquet_source`: paths inside the store's pyarrow
-  filesystem, which each reader opens with its own node's credentials); the small JSON files are
-  copied to a local cache (`fetch_metadata`). `open_dataset` gives a `PreparedDataset` either way:
-  at a URI an `ObjectStoreDataset` whose splits stay in the store and whose offline store is copied
-  to the cache when first used. `fetch_dir` copies a whole dataset for jobs that read it from this
-  machine.
+A dataset at a URI is published in versions (docs/CONTRACTS.md section 3):
+
+    PREFIX/current.json                   {"version": "<id>", ...}: the one version readers use
+    PREFIX/versions/<id>/...              a whole dataset, in the layout of a local one
+
+- Writing: `publish_dir` uploads a finished local directory under a fresh `versions/<id>/` prefix
+  and switches `current.json` to it only once every object is written (one PUT, which S3 applies
+  whole). A failure at any point before the switch leaves `current.json`, and so the dataset
+  readers see, as it was; the half-written version is removed. After the switch the previous
+  version is kept (a job that opened it before the switch can finish) and older ones are removed.
+- Reading: every entry point follows the pointer once (`current_version`) and then reads that
+  version only, so a job never mixes two versions. A folder written without a pointer (by an older
+  grec) is read in place. The splits' Parquet files are read straight from the store, by Ray Data's
+  tasks on any node as by the driver (`split_files`, `parquet_source`: paths inside the store's
+  pyarrow filesystem, which each reader opens with its own node's credentials); the small JSON
+  files are copied to a local cache (`fetch_metadata`). `open_dataset` gives a `PreparedDataset`
+  either way: at a URI an `ObjectStoreDataset` whose splits stay in the store and whose offline
+  store is copied to the cache when first used. `fetch_dir` copies a whole dataset for jobs that
+  read it from this machine.
 
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
 a web identity token, an instance role), the endpoint of an S3-compatible store from
@@ -20,6 +27,8 @@ AWS_ENDPOINT_URL. Each entry point checks them first and names the URI when they
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import shutil
 import tempfile
@@ -43,9 +52,13 @@ from feature_store.training_set import split_dir
 logger = logging.getLogger(__name__)
 
 SUPPORTED_SCHEMES = ("s3",)
-# What `open_prepared` checks for: copied last when publishing, first when reading metadata.
+# What `open_prepared` checks for, copied first when reading metadata.
 METADATA_FILES = ("definition.json", "transforms.json", "dataset_spec.json", "summary.json")
 CACHE_DIR = Path(".grec") / "cache"
+# The published layout (module docstring).
+POINTER_FILE = "current.json"
+VERSIONS_DIR = "versions"
+POINTER_FORMAT = "grec.published-folder"
 
 
 class StorageError(FeatureStoreError):
@@ -111,13 +124,43 @@ def check_bucket(uri: str) -> None:
         raise StorageError(f"{uri}: bucket {bucket!r} does not exist (create it first)")
 
 
-def check_dataset(uri: str) -> None:
-    """`uri` holds a prepared dataset (its metadata files are there)."""
+def _read_pointer(fs: pafs.FileSystem, path: str, uri: str) -> str | None:
+    """The version id that `uri`'s pointer names, or None where there is no pointer."""
+    if _info(fs, f"{path}/{POINTER_FILE}", uri).type != pafs.FileType.File:
+        return None
+    try:
+        with fs.open_input_stream(f"{path}/{POINTER_FILE}") as stream:
+            pointer = json.loads(stream.read())
+        version = pointer["version"]
+    except OSError as err:
+        raise StorageError(f"cannot read {uri}/{POINTER_FILE}: {err}") from None
+    except (ValueError, KeyError, TypeError):
+        raise StorageError(f"{uri}/{POINTER_FILE} is not a version pointer (expected {{\"version\": ID}}); "
+                           "publish the folder again") from None
+    if not isinstance(version, str) or not version or "/" in version:
+        raise StorageError(f"{uri}/{POINTER_FILE} names no valid version: {version!r}")
+    return version
+
+
+def current_version(uri: str) -> str:
+    """The URI of the version that `uri`'s pointer names; `uri` itself for a folder without one."""
+    uri = uri.rstrip("/")
     fs, path = filesystem(uri)
-    missing = [name for name in METADATA_FILES[:3] if _info(fs, f"{path}/{name}", uri).type != pafs.FileType.File]
+    version = _read_pointer(fs, path, uri)
+    return uri if version is None else f"{uri}/{VERSIONS_DIR}/{version}"
+
+
+def check_dataset(uri: str) -> str:
+    """`uri` holds a prepared dataset (its current version's metadata files are there); returns the
+    URI of that version."""
+    version_uri = current_version(uri)
+    fs, path = filesystem(version_uri)
+    missing = [name for name in METADATA_FILES[:3]
+               if _info(fs, f"{path}/{name}", version_uri).type != pafs.FileType.File]
     if missing:
         raise StorageError(f"{uri} is not a prepared dataset (missing {missing}); run "
                            f"`grec data prepare --dataset NAME --out {uri}` first")
+    return version_uri
 
 
 def check_publish_target(uri: str, overwrite: bool) -> None:
@@ -172,17 +215,20 @@ def cache_dir(uri: str, workdir: str | Path | None = None) -> Path:
     return (Path(workdir or Path.cwd()) / CACHE_DIR / urlparse(uri).scheme / bucket / key).resolve()
 
 
-def fetch_metadata(uri: str) -> Path:
-    """Copies the dataset's small JSON files into its cache directory; returns that directory."""
-    check_dataset(uri)
-    fs, path = filesystem(uri)
+def fetch_metadata(uri: str) -> tuple[Path, str]:
+    """Copies the current version's small JSON files into the dataset's cache directory; returns
+    that directory and the version's URI (where the rest of the dataset is read)."""
+    version_uri = check_dataset(uri)
+    fs, path = filesystem(version_uri)
     local = cache_dir(uri)
     local.mkdir(parents=True, exist_ok=True)
     for name in METADATA_FILES:
-        if _info(fs, f"{path}/{name}", uri).type == pafs.FileType.File:
+        if _info(fs, f"{path}/{name}", version_uri).type == pafs.FileType.File:
             pafs.copy_files(f"{path}/{name}", str(local / name), source_filesystem=fs,
                             destination_filesystem=pafs.LocalFileSystem())
-    return local
+        else:
+            (local / name).unlink(missing_ok=True)  # a file of another version must not pass for this one's
+    return local, version_uri
 
 
 def _fetch_fresh(uri: str, target: Path) -> Path:
@@ -204,9 +250,8 @@ def _fetch_fresh(uri: str, target: Path) -> Path:
 
 
 def fetch_dir(uri: str) -> Path:
-    """A fresh local copy of the dataset at `uri` in its cache directory."""
-    check_dataset(uri)
-    return _fetch_fresh(uri, cache_dir(uri))
+    """A fresh local copy of the current version of the dataset at `uri`, in its cache directory."""
+    return _fetch_fresh(check_dataset(uri), cache_dir(uri))
 
 
 def local_dataset(location: str | Path) -> Path:
@@ -216,9 +261,10 @@ def local_dataset(location: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class ObjectStoreDataset(PreparedDataset):
-    """A prepared dataset at `uri`, read where it is: `root` is the local cache of its JSON files
-    (definition, transforms, spec, summary), the splits are read from the store, and the offline
-    store (the /v1/recommend replay's input) is copied into the cache when first used."""
+    """One version of a prepared dataset, read where it is: `uri` is the version's, `root` the local
+    cache of its JSON files (definition, transforms, spec, summary), the splits are read from the
+    store, and the offline store (the /v1/recommend replay's input) is copied into the cache when
+    first used."""
 
     uri: str
 
@@ -250,45 +296,71 @@ def open_dataset(location: str | Path) -> PreparedDataset:
     cached here, the rest read from the store: ObjectStoreDataset)."""
     if not is_uri(location):
         return open_prepared(location)
-    uri = str(location).rstrip("/")
-    return ObjectStoreDataset(fetch_metadata(uri), uri)
+    return ObjectStoreDataset(*fetch_metadata(str(location).rstrip("/")))
 
 
 def location_of(prepared: PreparedDataset) -> str:
-    """Where a prepared dataset lives: its URI, or its local directory."""
+    """Where a prepared dataset lives: its version's URI, or its local directory."""
     return prepared.uri if isinstance(prepared, ObjectStoreDataset) else str(prepared.root)
 
 
-def publish_dir(local: str | Path, uri: str, *, overwrite: bool = False) -> None:
-    """Uploads directory `local` to `uri` through a staging prefix (see the module docstring)."""
+def _new_version_id() -> str:
+    """Sortable by time, unique across concurrent publishers."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+
+
+def _write_pointer(fs: pafs.FileSystem, path: str, version: str) -> None:
+    pointer = {"format": POINTER_FORMAT, "version": version, "published_at": dt.datetime.now(dt.UTC).isoformat()}
+    with fs.open_output_stream(f"{path}/{POINTER_FILE}") as out:
+        out.write(json.dumps(pointer).encode())
+
+
+def _remove_superseded(fs: pafs.FileSystem, path: str, keep: set[str]) -> None:
+    """Removes what readers no longer reach: versions other than `keep` and, once a folder written
+    without a pointer is replaced, its files. A failure is logged: the new version is published."""
+    try:
+        for entry in fs.get_file_info(pafs.FileSelector(path)):
+            name = PurePosixPath(entry.path).name
+            if name == POINTER_FILE:
+                continue
+            if name == VERSIONS_DIR and entry.type == pafs.FileType.Directory:
+                for version in fs.get_file_info(pafs.FileSelector(entry.path)):
+                    if PurePosixPath(version.path).name not in keep:
+                        fs.delete_dir(version.path)
+            elif entry.type == pafs.FileType.Directory:
+                fs.delete_dir(entry.path)
+            else:
+                fs.delete_file(entry.path)
+    except OSError as err:
+        logger.warning("published, but could not remove superseded versions under %s: %s", path, err)
+
+
+def publish_dir(local: str | Path, uri: str, *, overwrite: bool = False) -> str:
+    """Uploads directory `local` to `uri` as a new version and switches the pointer to it (see the
+    module docstring); returns the new version's URI."""
     check_publish_target(uri, overwrite)
     fs, path = filesystem(uri)
-    parent, _, name = path.rpartition("/")
-    staging = f"{parent}/.{name}.staging-{uuid.uuid4().hex}" if parent else f".{name}.staging-{uuid.uuid4().hex}"
+    previous = _read_pointer(fs, path, uri)
+    version = _new_version_id()
+    prefix = f"{path}/{VERSIONS_DIR}/{version}"
     try:
-        pafs.copy_files(str(local), staging, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        files = [i.path for i in fs.get_file_info(pafs.FileSelector(staging, recursive=True))
-                 if i.type == pafs.FileType.File]
-        # The files that make the dataset complete go last: a reader never opens a partial one.
-        top = staging.count("/") + 1
-        files.sort(key=lambda p: (PurePosixPath(p).name in METADATA_FILES and p.count("/") == top, p))
-        if _info(fs, path, uri).type != pafs.FileType.NotFound:
-            fs.delete_dir_contents(path, missing_dir_ok=True)
-        for source in files:
-            fs.copy_file(source, path + source[len(staging):])
+        pafs.copy_files(str(local), prefix, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        _write_pointer(fs, path, version)  # the switch: readers see the new version from here on
     except OSError as err:
-        raise StorageError(f"cannot upload to {uri}: {err}") from None
-    finally:
         try:
-            fs.delete_dir(staging)
+            fs.delete_dir(prefix)
         except OSError:
-            pass
+            pass  # never reachable without the pointer; the next publish's clean-up removes it
+        raise StorageError(f"cannot upload to {uri}: {err} (the dataset there, if any, is unchanged)") from None
+    _remove_superseded(fs, path, keep={version} | ({previous} if previous else set()))
+    return f"{uri.rstrip('/')}/{VERSIONS_DIR}/{version}"
 
 
 @contextmanager
 def output_dir(location: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Where to write a dataset bound for `location`: the local path itself, or, for a URI (checked
-    first, before any work), a temporary directory published to it when the block succeeds."""
+    first, before any work), a temporary directory published to it as a new version when the block
+    succeeds."""
     if not is_uri(location):
         yield Path(location)
         return

@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from feature_store.atomic import replace_dir, sibling
 from feature_store.definitions import DatasetDefinition, FeatureView, TaskKind
@@ -36,6 +35,7 @@ from feature_store.errors import FeatureStoreError
 from feature_store.history import OrderedEvents, dedupe_feature_rows, history_before, order_events, timestamps_us
 from feature_store.offline_store import OfflineStore
 from feature_store.options import SPLITS, SplitConfig
+from feature_store.progress import with_progress
 
 __all__ = ["SPLITS", "SplitConfig", "TimeSplit", "UserSplit", "build_training_set", "iter_training_set",
            "read_training_set", "split_dir", "splitter_for", "time_split_for"]
@@ -260,7 +260,7 @@ def build_training_set(store: OfflineStore, definition: DatasetDefinition, out_d
     for name in SPLITS:
         (staging / f"split={name}").mkdir(parents=True)
     try:
-        for bucket in tqdm(range(store.num_buckets), desc="training set", unit="bucket", disable=not progress):
+        for bucket in with_progress(range(store.num_buckets), "training set", "bucket", enabled=progress):
             events = store.read_bucket(definition.events_name, bucket)
             if events.num_rows == 0:
                 continue

@@ -128,7 +128,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from feature_store.storage import is_uri, output_dir
+    from feature_store.storage import current_version, is_uri, output_dir
     from jobs.evaluate.job import EvaluationConfig, evaluate_model
     from jobs.evaluate.recommend import RecommendEvalConfig
 
@@ -149,7 +149,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             outcome = evaluate_model(args.model, args.data, config, tracking_uri=args.resolved_tracking_uri,
                                      address=args.address, report_dir=report_dir, log_to_mlflow=not args.no_log)
         print(format_evaluation(outcome.result))
-        print(f"\nreport: {f'{args.out}/{outcome.report.name}' if is_uri(args.out or '') else outcome.report}")
+        report = f"{current_version(args.out)}/{outcome.report.name}" if is_uri(args.out or "") else outcome.report
+        print(f"\nreport: {report}")
         if args.promote:
             name = args.model.removeprefix("models:/").rsplit("@", 1)[0]
             print(format_promotion(promote(name, args.data, policy, split=args.split,

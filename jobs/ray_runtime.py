@@ -12,6 +12,11 @@ packages travel to every node with the job's runtime environment (`py_modules`) 
 GREC_SHIP_CODE=0 says the cluster's image already has them.
 
 When Ray is already running in this process (a test session, a notebook), it is reused and left running.
+
+The terminal is grec's: a local Ray keeps its processes' output (workers, actors, Serve replicas, the
+raylet) in its session's log files, whose folder the job names when Ray starts, and library lines
+that no user can act on are set quieter where they come from (QUIET_LOGGERS and the rest below, each
+with its reason). `-v` (grec's loggers at DEBUG) brings every line back to the terminal.
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ QUIET_RAY_FILE_LOGGERS = {"train/v2/_internal/execution/context.py": logging.WAR
 # Warnings about library internals a user cannot act on: DeepSpeed's ZeRO calls a torch collective
 # that torch 2.13 marks deprecated, once per worker.
 QUIET_WARNINGS = (r".*all_gather_into_tensor.* is deprecated",)
+# In the job's own process only (in workers they would empty Serve's log files): Serve's driver-side
+# client announces that it started, connected and deployed, which `grec serve` says in its own line.
+QUIET_DRIVER_LOGGERS = {"ray.serve": logging.WARNING}
+# DeepSpeed warns in every process that it "set the accelerator to CPU" when it finds no GPU; naming
+# the accelerator (on a local Ray without GPUs: the machine is the cluster) says the same silently.
+DS_ACCELERATOR_ENV = "DS_ACCELERATOR"
 
 GREC_DIR = ".grec"
 TOKEN_FILE = "ray_auth_token"
@@ -77,6 +88,11 @@ def local_object_store_bytes() -> int:
     """The object-store cap of a local Ray: a share of physical memory within fixed bounds."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(min(LOCAL_OBJECT_STORE_MAX, max(LOCAL_OBJECT_STORE_MIN, total * LOCAL_OBJECT_STORE_FRACTION)))
+
+
+def verbose() -> bool:
+    """True when grec's loggers are at DEBUG (`-v`): the terminal then shows every library's lines."""
+    return logger.isEnabledFor(logging.DEBUG)
 
 
 def worker_env() -> dict[str, str]:
@@ -213,12 +229,17 @@ def setup_hook(levels: Mapping[str, int], ray_file_levels: Mapping[str, int] | N
     return set_logger_levels
 
 
+def quiet_hook() -> Callable[[], None]:
+    """The setup hook that quiets the libraries (QUIET_LOGGERS, ...); with `-v` one that changes nothing."""
+    if verbose():
+        return setup_hook({})
+    return setup_hook(QUIET_LOGGERS, QUIET_RAY_FILE_LOGGERS, QUIET_WARNINGS)
+
+
 def job_runtime_env(*, local: bool, ship: bool) -> dict[str, Any]:
     """The job's runtime environment: shared variables and the logging hook; on a cluster (unless its
     image has them, `ship` False) grec's packages."""
-    runtime_env: dict[str, Any] = {"env_vars": worker_env(),
-                                   "worker_process_setup_hook": setup_hook(QUIET_LOGGERS, QUIET_RAY_FILE_LOGGERS,
-                                                                                QUIET_WARNINGS)}
+    runtime_env: dict[str, Any] = {"env_vars": worker_env(), "worker_process_setup_hook": quiet_hook()}
     if ship and not local:
         runtime_env.update(code_runtime_env())
     return runtime_env
@@ -227,21 +248,33 @@ def job_runtime_env(*, local: bool, ship: bool) -> dict[str, Any]:
 # ---- starting and joining -------------------------------------------------------------------------
 def start_local_ray(*, num_cpus: int | None = None, object_store_memory: int | None = None,
                     runtime_env: dict[str, Any] | None = None, grec_dir: str | Path | None = None,
-                    log_to_driver: bool = True) -> None:
+                    log_to_driver: bool | None = None) -> None:
     """`ray.init` of a local Ray on loopback with token auth (see the module docstring).
-    `log_to_driver=False` leaves the workers' output in Ray's log files (a load generator that must
-    not print every replica's access line)."""
+    `log_to_driver` (default: only with `-v`) prints the output of Ray's processes here; otherwise
+    it stays in Ray's log files, whose folder is logged."""
     import ray
 
     use_local_token_auth(grec_dir)
     use_loopback()
     # Ray announces at WARNING that it turned token auth on: that is grec's default, not news.
     logging.getLogger(RAY_AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
+    if DS_ACCELERATOR_ENV not in os.environ and not _has_cuda():
+        os.environ[DS_ACCELERATOR_ENV] = "cpu"  # before Ray starts: its processes inherit it
     # address="local": a new Ray, never one that `ray start` left running on this machine
-    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
-             runtime_env=runtime_env if runtime_env is not None else job_runtime_env(local=True, ship=False),
-             log_to_driver=log_to_driver,
-             logging_level=logging.WARNING)  # grec says that it started Ray; Ray's own line repeats it
+    context = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+                       include_dashboard=False,
+                       runtime_env=runtime_env if runtime_env is not None else job_runtime_env(local=True, ship=False),
+                       log_to_driver=verbose() if log_to_driver is None else log_to_driver,
+                       logging_level=logging.WARNING)  # grec says that it started Ray; Ray's own line repeats it
+    if not (verbose() if log_to_driver is None else log_to_driver):
+        logger.info("Ray's processes log to %s (-v shows their output here)",
+                    Path(context.address_info["session_dir"]) / "logs")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def join_cluster(address: str, runtime_env: dict[str, Any] | None = None) -> None:
@@ -293,7 +326,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         start_local_ray(num_cpus=num_cpus, object_store_memory=store)
     # The driver runs Ray Data's executor too (evaluate, predict, build-index): without a terminal
     # it logs a progress summary every few seconds and each dataset's plan; quiet it as the workers.
-    setup_hook(QUIET_LOGGERS, QUIET_RAY_FILE_LOGGERS, QUIET_WARNINGS)()
+    quiet_hook()()
+    if not verbose():
+        setup_hook(QUIET_DRIVER_LOGGERS)()
     try:
         yield
     finally:

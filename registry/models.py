@@ -77,7 +77,12 @@ def model_signature(example_rows: pd.DataFrame, spec: Any):
 
     inputs = example_rows[feature_columns(spec)]
     output = pd.DataFrame({f"{SCORE_PREFIX}{t.name}": [0.0] * len(inputs) for t in spec.tasks})
-    return infer_signature(inputs, output, params={"tasks": [t.name for t in spec.tasks]})
+    with warnings.catch_warnings():
+        # MLflow hints at every integer column that a missing value would fail its schema check; the
+        # columns' types are the dataset's declared ones (an integer id or count is never missing),
+        # so the hint asks nothing of the user.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        return infer_signature(inputs, output, params={"tasks": [t.name for t in spec.tasks]})
 
 
 def log_model(model: Any, dataset_dir: str | Path, example_rows: pd.DataFrame | None, *,

@@ -1,4 +1,5 @@
-"""The main job's last step: wait for the endpoint, then show a user's top items for every task.
+"""The main job's last step: wait for the endpoint, then show a user's top items for every task,
+each item with its title and the score the endpoint ranked it by, in that order.
 
 Reads the item titles from the prepared dataset's offline store so the answer is readable (the
 endpoint itself returns item ids and scores), and the user's seen set from the online store to
@@ -61,13 +62,26 @@ def main() -> None:
             request["task"] = task["name"]
             answer = client.post("/v1/recommend", json=request).raise_for_status().json()
             print(f"\nPOST /v1/recommend {json.dumps(request)}")
-            repeats = sum(1 for item in answer["items"] if item["item_id"] in seen)
-            print(f"  model v{answer['model']['version']}, cold start: {answer['cold_start']}, "
-                  f"candidates from {answer['candidates_from']}, "
-                  f"{repeats} of {len(answer['items'])} already rated by user {args.user} ({len(seen)} rated)")
-            for rank, item in enumerate(answer["items"], start=1):
-                print(f"  {rank}. {titles.get(item['item_id'], '?')} (item {item['item_id']}, "
-                      f"score {item['score']:.4f})")
+            print("\n".join(describe(answer, titles, seen, args.user)))
+
+
+def describe(answer: dict, titles: dict[object, str], seen: set, user: object) -> list[str]:
+    """The answer as lines: how it was made, then its items with titles, in the order of the score
+    they were ranked by (the blend's `rank_score` when the answer has a blend, else the task's score),
+    which each line shows first."""
+    blend = answer.get("blend")
+    ranked_by = (" + ".join(f"{weight:g} x {name}" for name, weight in blend.items()) if blend
+                 else f"{answer['task']}'s score")
+    repeats = sum(1 for item in answer["items"] if item["item_id"] in seen)
+    lines = [f"  model v{answer['model']['version']}, cold start: {answer['cold_start']}, candidates from "
+             f"{answer['candidates_from']}, ranked by {ranked_by}; {repeats} of {len(answer['items'])} already "
+             f"rated by user {user} ({len(seen)} rated)"]
+    key = "rank_score" if blend else "score"
+    for rank, item in enumerate(sorted(answer["items"], key=lambda i: i[key], reverse=True), start=1):
+        shown = f"rank score {item['rank_score']:.4f}, {answer['task']} {item['score']:.4f}" if blend \
+            else f"{answer['task']} {item['score']:.4f}"
+        lines.append(f"  {rank}. {titles.get(item['item_id'], '?')} ({shown}; item {item['item_id']})")
+    return lines
 
 
 if __name__ == "__main__":

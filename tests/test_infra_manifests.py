@@ -1,7 +1,7 @@
 """infra/ offline: every Kubernetes manifest validates (KubeRay resources against KubeRay's CRD
 schemas, core objects with kubernetes-validate, the Serve config against Ray Serve's schema); a
-broken value is reported naming the file, the resource and the field; the images run the set-up
-script; the GPU training configs are what DeepSpeed gets."""
+broken value is reported naming the file, the resource and the field; the GPU training configs are
+what DeepSpeed gets. (The images: tests/test_infra_images.py.)"""
 
 from __future__ import annotations
 
@@ -105,18 +105,6 @@ def test_ray_clusters_use_token_auth_and_the_image_with_grec():
         groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
         images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
         assert images <= {"grec:cpu", "grec:cuda"}, path
-
-
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
-def test_images_install_what_setup_installs(dockerfile):
-    """The images run scripts/setup.sh (the pins of requirements/constraints.txt), install no
-    package of their own and say their code is in the image."""
-    text = (INFRA / "docker" / dockerfile).read_text()
-    assert "bash scripts/setup.sh" in text
-    assert "pip install" not in text
-    assert "GREC_SHIP_CODE=0" in text
-    copied = {line.split()[1].rstrip("/") for line in text.splitlines() if line.startswith("COPY ")}
-    assert {"grec", "feature_store", "registry", "jobs", "serving", "requirements", "pyproject.toml"} <= copied
 
 
 @pytest.mark.parametrize(("name", "stage"), [("movielens_gpu_zero2_bf16", 2), ("movielens_gpu_zero3_bf16", 3)])

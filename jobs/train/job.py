@@ -9,13 +9,21 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.train.checkpointing import TrainerState
-from jobs.train.config import ConfigError, ResolvedConfig, TrainConfig, cluster_address, load_config, resolve
+from jobs.train.config import (
+    ConfigError,
+    ResolvedConfig,
+    ScalingSection,
+    TrainConfig,
+    cluster_address,
+    load_config,
+    resolve,
+)
 from jobs.train.data import DATA_PIPELINE_CPUS, split_dataset
 from jobs.train.progress import ProgressSnapshot
 
@@ -59,11 +67,14 @@ def run_training(config: TrainConfig | str | Path, *, show_progress: bool = True
         except RayAddressError as err:
             raise ConfigError(f"scaling.address: {err}") from None
     resolved = resolve(config)  # every configuration error surfaces here, before any cluster starts
-    scaling = config.scaling
-    local_cpus = max(_machine_cpus(), math.ceil(scaling.num_workers * scaling.cpus_per_worker + DATA_PIPELINE_CPUS))
+    if not address and not _ray_running():
+        # a local Ray gets this machine's CPUs and GPUs: refuse what cannot fit before starting it
+        check_fits(config.scaling, {"CPU": _machine_cpus(), "GPU": _machine_gpus()}, "this machine")
     with use_tracking_uri(config.mlflow.tracking_uri) as tracking_uri, \
-            ray_session(scaling.address, num_cpus=local_cpus):
-        _check_cluster_fits(config)
+            ray_session(config.scaling.address, num_cpus=_machine_cpus()):
+        import ray
+
+        check_fits(config.scaling, ray.cluster_resources(), "the Ray cluster")
         return _train_and_register(resolved, tracking_uri, show_progress, listeners, extension)
 
 
@@ -288,23 +299,36 @@ def _steps_per_epoch(resolved: ResolvedConfig) -> int:
     return max(1, math.ceil(rows / scaling.num_workers / resolved.config.training.batch_size))
 
 
-def _machine_cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1
-
-
-def _check_cluster_fits(config: TrainConfig) -> None:
-    """The workers plus the data pipeline must fit, or the job would wait for resources forever."""
+def _ray_running() -> bool:
     import ray
 
-    scaling = config.scaling
-    available = ray.cluster_resources()
-    need = scaling.num_workers * scaling.cpus_per_worker + DATA_PIPELINE_CPUS
-    if available.get("CPU", 0) < need:
-        raise ConfigError(f"scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPU plus "
-                          f"{DATA_PIPELINE_CPUS} CPU for the data pipeline need {need} CPUs; the cluster has "
-                          f"{available.get('CPU', 0)} (lower scaling.cpus_per_worker or num_workers)")
-    if scaling.use_gpu and available.get("GPU", 0) < scaling.num_workers:
-        raise ConfigError(f"scaling.use_gpu: {scaling.num_workers} workers need a GPU each; the cluster has "
-                          f"{available.get('GPU', 0)}")
+    return ray.is_initialized()
+
+
+def _machine_cpus() -> int:
+    """The CPUs this process may use (its affinity: a container's limit, not the host's count)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _machine_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_fits(scaling: ScalingSection, resources: Mapping[str, float], where: str) -> None:
+    """Refuses a run that cannot be placed on `resources` (a Ray cluster's, or this machine's): the
+    workers' CPUs plus the data pipeline's beyond the CPUs there, or a GPU per worker where there are
+    fewer. Ray would otherwise wait for resources that never come."""
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    workers = scaling.num_workers * scaling.cpus_per_worker
+    need = workers + DATA_PIPELINE_CPUS
+    if need > cpus:
+        raise ConfigError(f"scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPUs per worker "
+                          f"= {workers:g} CPUs, plus {DATA_PIPELINE_CPUS:g} for the data pipeline, need {need:g} CPUs; "
+                          f"{where} has {cpus:g} (lower --num-workers or scaling.cpus_per_worker)")
+    if scaling.use_gpu and gpus < scaling.num_workers:
+        raise ConfigError(f"scaling.use_gpu: {scaling.num_workers} workers need a GPU each; {where} has {gpus:g} GPUs "
+                          "(lower --num-workers, or train without --use-gpu)")

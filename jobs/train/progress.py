@@ -3,6 +3,7 @@ and draws tqdm bars (epoch and step) and prints a summary line per epoch."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ def watch(board: Any, done: threading.Event, epochs: int, steps_per_epoch: int, 
     summary line once, and passes every snapshot to `listeners`."""
     from tqdm.auto import tqdm
 
+    show = show and sys.stderr.isatty()  # bars on a terminal only; elsewhere the epoch lines are the progress
     epoch_bar = tqdm(total=epochs, desc="epochs", unit="epoch", position=0, disable=not show)
     step_bar = tqdm(total=steps_per_epoch, desc="steps", unit="step", position=1, leave=False, disable=not show)
     printed, current_epoch = 0, None
