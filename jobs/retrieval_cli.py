@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 # Light at import (the standard library only): `grec --help` builds this parser.
+from jobs.cli import add_require_integrity
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--actors", type=int, default=1, metavar="N", help="model replicas encoding rows (default 1)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
     p.add_argument("--batch-size", type=int, default=512, metavar="N", help="rows per encoding batch (default 512)")
+    add_require_integrity(p)
     p.set_defaults(func=_build_index)
 
 

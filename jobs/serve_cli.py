@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.cli import add_require_integrity
+
 if TYPE_CHECKING:
     from serving.config import ServingConfig
 
@@ -47,12 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI or .grec/mlflow.db)")
     p.add_argument("--address", metavar="RAY_ADDRESS",
                    help="join this Ray cluster instead of starting a local one")
+    add_require_integrity(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from feature_store.online import open_online_store
-    from registry.models import resolve_version
+    from registry.models import resolve_version, version_files
     from registry.tracking import use_tracking_uri
     from serving.config import ServingConfig
 
@@ -61,12 +64,15 @@ def run(args: argparse.Namespace) -> int:
     config = ServingConfig.load(
         {"model_uri": args.model, "online_store": args.online_store, "host": args.host, "port": args.port,
          "max_candidates": args.max_candidates, "reload_interval_s": args.reload_interval,
-         "retrieval": args.retrieval, "tracking_uri": args.tracking_uri},
+         "retrieval": args.retrieval, "tracking_uri": args.tracking_uri,
+         "require_integrity": args.require_integrity or None},
         file=args.config, token_env=args.token_env,
     )
     with use_tracking_uri(config.tracking_uri) as tracking_uri:
-        # Fail here, with the registry's message, rather than in every replica's constructor.
+        # Fail here, with the registry's message, rather than in every replica's constructor (a
+        # version without a manifest is refused here too when integrity is required).
         name, version = resolve_version(config.model_uri)
+        version_files(name, version, require_integrity=config.require_integrity)
     # Likewise for the online store: missing, unreadable or unreachable stops the start.
     open_online_store(config.online_store).close()
     log.info("serving %s (now version %s of %s) from %s", config.model_uri, version, name, tracking_uri)

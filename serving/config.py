@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from feature_store.online.location import default_online_store, parse_online_store
+from registry.integrity import integrity_required
 
 # `models:/NAME@alias` or `models:/NAME/VERSION`, the forms registry.models.load_registered takes.
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))$")
@@ -88,6 +89,10 @@ class ServingConfig(BaseModel):
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
     readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the deployments")
     reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
+    require_integrity: bool = Field(
+        default_factory=integrity_required, description="refuse a version (or retrieval index) registered without a manifest of its files' "
+                           "sha256 instead of loading it unchecked with a warning; a version whose files do not "
+                           "match its manifest is refused either way; default: $GREC_REQUIRE_INTEGRITY, else false")
     # Candidates the ranker scores when a request brings none: "index" retrieves them with the model
     # version's retrieval index (`grec build-index`), popularity for users the store does not know
     # and for versions without an index; "popularity" always uses popularity.

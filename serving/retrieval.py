@@ -30,7 +30,7 @@ from feature_store.transforms import TransformSet
 from grec import InputSpec, MultiTaskModel
 from grec.retrieval import TwoTower, example_inputs, load_two_tower
 from registry.models import RegisteredModel
-from registry.retrieval_index import ANN_FILE, download_retrieval_index, read_index_metadata, retrieval_index_uri
+from registry.retrieval_index import ANN_FILE, fetch_retrieval_index, read_index_metadata
 from serving.errors import BadRequestError
 from serving.features import StoreGuard, check_context, check_entity_id
 
@@ -200,12 +200,9 @@ class CandidateRetriever:
         return ids, kept_scores
 
 
-def load_version_retriever(loaded: RegisteredModel) -> CandidateRetriever:
-    """A registered version's retriever: with its retrieval index when it has one (the version's
-    tag, see registry.retrieval_index), popularity only otherwise."""
-    uri = retrieval_index_uri(loaded.name, str(loaded.version))
-    if uri is None:
-        return CandidateRetriever.load(loaded.model, loaded.transforms, loaded.spec, None)
+def load_version_retriever(loaded: RegisteredModel, require_integrity: bool | None = None) -> CandidateRetriever:
+    """A registered version's retriever: with its retrieval index when it has one (its files checked
+    against their manifest, see registry.retrieval_index), popularity only otherwise."""
     with tempfile.TemporaryDirectory() as tmp:
-        return CandidateRetriever.load(loaded.model, loaded.transforms, loaded.spec,
-                                       download_retrieval_index(uri, tmp))
+        directory = fetch_retrieval_index(loaded.name, str(loaded.version), tmp, require_integrity=require_integrity)
+        return CandidateRetriever.load(loaded.model, loaded.transforms, loaded.spec, directory)
