@@ -64,11 +64,6 @@ def log_retrieval_index(name: str, version: str, directory: Path, client: Mlflow
     return uri
 
 
-def retrieval_index_uri(name: str, version: str, client: MlflowClient | None = None) -> str | None:
-    """The artifact URI of the version's retrieval index; None when it has none."""
-    return (client or MlflowClient()).get_model_version(name, version).tags.get(INDEX_TAG)
-
-
 def fetch_retrieval_index(name: str, version: str, destination: str | Path, *, require_integrity: bool | None = None,
                           client: MlflowClient | None = None) -> Path | None:
     """The version's index files in `destination`, each checked against the manifest logged with
