@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
         file=args.config, token_env=args.token_env,
     )
     with use_tracking_uri(config.tracking_uri) as tracking_uri:
-        # Fail here, with the registry's message, rather than in every replica's constructor (a
-        # version without a manifest is refused here too when integrity is required).
+        # Fail here, with the registry's message, rather than in every replica's constructor.
         name, version = resolve_version(config.model_uri)
+        # Likewise for the online store: missing, unreadable or unreachable stops the start.
+        open_online_store(config.online_store).close()
+        # And for a version that does not exist, or has no manifest when integrity is required.
         version_files(name, version, require_integrity=config.require_integrity)
-    # Likewise for the online store: missing, unreadable or unreachable stops the start.
-    open_online_store(config.online_store).close()
     log.info("serving %s (now version %s of %s) from %s", config.model_uri, version, name, tracking_uri)
     if config.api_token is None:
         log.warning("no bearer token in $%s: /v1 routes are open to anyone who can reach %s:%d",

@@ -162,10 +162,8 @@ def fetch_verified(uri: str, manifest: Manifest | None, destination: str | Path,
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     for name in wanted:
-        if name not in found:
-            expected = manifest.files[name] if manifest is not None and name in manifest.files else None
-            raise RefusedVersionError(f"{what}: file {name} is missing" + (
-                f" (expected sha256 {expected.sha256}, {expected.size} bytes)" if expected else ""), "missing_file")
+        if name not in found:  # with a manifest, the listing check has named it already
+            raise RefusedVersionError(f"{what}: file {name} is missing", "missing_file")
         local = Path(repository.download_artifacts(name, str(destination)))
         if manifest is not None:
             _check_file(local, name, manifest.files[name], what)
@@ -203,7 +201,8 @@ def _check_file(local: Path, name: str, expected: FileDigest, what: str) -> None
     size = local.stat().st_size
     if size != expected.size:
         raise RefusedVersionError(f"{what}: file {name} is {size} bytes, expected {expected.size} "
-                                  f"(sha256 {expected.sha256}): it was changed after it was registered", "size_mismatch")
+                                  f"(sha256 {expected.sha256}): it was changed after it was registered",
+                                  "size_mismatch")
     found = sha256_of(local)
     if found != expected.sha256:
         raise RefusedVersionError(f"{what}: file {name} has sha256 {found}, expected {expected.sha256}: "

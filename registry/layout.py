@@ -112,6 +112,7 @@ def read_data(directory: str | Path, model_dir: str = MODEL_DIR) -> VersionData:
     from grec import InputSpec, load_model
 
     directory = Path(directory)
-    return VersionData(model=load_model(directory / model_dir), transforms=TransformSet.load(directory / TRANSFORMS_FILE),
+    return VersionData(model=load_model(directory / model_dir),
+                       transforms=TransformSet.load(directory / TRANSFORMS_FILE),
                        spec=InputSpec.from_json(directory / SPEC_FILE),
                        definition=DatasetDefinition.load(directory / DEFINITION_FILE))

@@ -21,7 +21,7 @@ from contextlib import redirect_stderr
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -49,6 +49,9 @@ from registry.layout import (
     write_data,
 )
 from registry.tracking import ensure_experiment
+
+if TYPE_CHECKING:
+    from feature_store.definitions import DatasetDefinition
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -208,7 +211,10 @@ def version_files(name: str, version: str, *, require_integrity: bool | None = N
     grec reads, and a manifest (a version without one is refused when integrity is required, else
     loaded with a warning that says how to give it one)."""
     client = client or MlflowClient()
-    tags = client.get_model_version(name, version).tags
+    try:
+        tags = client.get_model_version(name, version).tags
+    except mlflow.exceptions.MlflowException as err:  # e.g. no such version: bad input, not a crash
+        raise ValueError(f"model {name} version {version}: {err.message}") from None
     what = f"model {name} version {version}"
     layout = version_layout(tags, what)
     manifest = Manifest.from_tag(tags[MANIFEST_TAG], what) if MANIFEST_TAG in tags else None
@@ -229,13 +235,14 @@ def load_registered(uri: str, *, require_integrity: bool | None = None) -> Regis
     files = version_files(name, version, require_integrity=require_integrity)
     with tempfile.TemporaryDirectory(prefix="grec-version-") as tmp:
         root = files.fetch(tmp)
-        data = _read(files, lambda: read_data(root / files.layout.data_dir, files.layout.model_dir))
-        signature = Model.load(str(root / MLMODEL_FILE)).signature
+        data, signature = _read(files, lambda: (read_data(root / files.layout.data_dir, files.layout.model_dir),
+                                                Model.load(str(root / MLMODEL_FILE)).signature))
     return RegisteredModel(name=name, version=version, uri=uri, model=data.model, transforms=data.transforms,
                            spec=data.spec, definition=data.definition, signature=signature)
 
 
-def load_registered_definition(name: str, version: str, *, require_integrity: bool | None = None) -> Any:
+def load_registered_definition(name: str, version: str, *,
+                               require_integrity: bool | None = None) -> DatasetDefinition:
     """Only the dataset definition of a version (the feature lookup needs no weights), checked as
     `load_registered` checks every file."""
     from feature_store.definitions import DatasetDefinition

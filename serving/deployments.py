@@ -144,7 +144,8 @@ class Ranker:
             refused = refusal_of(err)
             if refused is None:
                 raise
-            log.error("ranker: model version %s refused (%s); starting without it: %s", version, refused.reason, refused)
+            log.error("ranker: model version %s refused (%s); starting without it: %s", version, refused.reason,
+                      refused)
 
     @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
     async def model(self, version: str) -> ServableModel:

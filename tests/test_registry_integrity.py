@@ -132,7 +132,8 @@ def test_a_tampered_mlmodel_that_names_code_runs_nothing(version, tmp_path):
     marker = tmp_path / "marker"
     (files / "python_model.py").write_text(_marker_code(marker))
     mlmodel = files / "MLmodel"
-    mlmodel.write_text(mlmodel.read_text().replace("loader_module: registry.pyfunc_model", "python_model: python_model.py"))
+    mlmodel.write_text(mlmodel.read_text().replace("loader_module: registry.pyfunc_model",
+                                                   "python_model: python_model.py"))
     with pytest.raises(RefusedVersionError, match="MLmodel"):
         load_registered(f"models:/{NAME}/{version}")
     assert not marker.exists()

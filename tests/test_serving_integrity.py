@@ -129,3 +129,43 @@ def test_an_alias_moved_to_tampered_versions_keeps_the_served_one_until_a_good_o
             break
         time.sleep(0.5)
     assert all(line in text for line in expected), [line for line in expected if line not in text]
+
+
+def test_a_ranker_replaced_while_the_alias_names_a_refused_version_serves_the_held_one(serving_app):
+    import ray
+
+    app = serving_app
+    client = MlflowClient(tracking_uri=app.tracking_uri, registry_uri=app.tracking_uri)
+    before = str(client.get_model_version_by_alias(app.model_name, "champion").version)
+    version = serving_register(serving_train_tiny_model(app.prepared, seed=3, steps=1), app.prepared, app.model_name,
+                               app.tracking_uri, alias=None)
+    with use_tracking_uri(app.tracking_uri):
+        flip_last_byte(registry_local_path(client.get_model_version_download_uri(app.model_name, version))
+                       / "data/grec/model/model.safetensors")
+    headers = {"Authorization": f"Bearer {app.token}"}
+    payload = {"user_id": app.known_user, "task": "like", "candidates": app.known_items[:20], "k": 3}
+    client.set_registered_model_alias(app.model_name, "champion", version)
+    try:
+        with httpx.Client(base_url=app.base_url, headers=headers, timeout=30) as http:
+            deadline = time.monotonic() + 120
+            while (http.get("/v1/model").json()["refused"] or {}).get("version") != version:
+                assert time.monotonic() < deadline, "the tampered version was never refused"
+                time.sleep(0.25)
+            # Its replacement starts while the registry names the refused version: it must start anyway.
+            [replica] = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                         if a["name"].startswith("SERVE_REPLICA::grec-test#Ranker#")]
+            ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+            deadline = time.monotonic() + 120
+            while True:
+                response = http.post("/v1/recommend", json=payload)
+                if response.status_code == 200 and http.get("/readyz").status_code == 200:
+                    break
+                assert response.status_code == 503, response.text
+                assert time.monotonic() < deadline, "the replacement ranker never took over"
+                time.sleep(0.2)
+            assert response.json()["model"]["version"] == before
+    finally:
+        client.set_registered_model_alias(app.model_name, "champion", before)
+        deadline = time.monotonic() + 120
+        while _served(app) != before and time.monotonic() < deadline:
+            time.sleep(0.25)
