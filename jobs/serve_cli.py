@@ -54,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from feature_store.online import open_online_store
     from registry.models import resolve_version, version_files
     from registry.tracking import use_tracking_uri
@@ -74,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
         # Likewise for the online store: missing, unreadable or unreachable stops the start.
         open_online_store(config.online_store).close()
         # And for a version that does not exist, or has no manifest when integrity is required.
-        version_files(name, version, require_integrity=config.require_integrity)
+        try:
+            version_files(name, version, require_integrity=config.require_integrity)
+        except MlflowException as err:  # e.g. no such version: bad input, not a crash
+            raise ValueError(f"cannot load {config.model_uri} from the MLflow registry: {err.message}") from None
     log.info("serving %s (now version %s of %s) from %s", config.model_uri, version, name, tracking_uri)
     if config.api_token is None:
         log.warning("no bearer token in $%s: /v1 routes are open to anyone who can reach %s:%d",

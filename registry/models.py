@@ -211,10 +211,7 @@ def version_files(name: str, version: str, *, require_integrity: bool | None = N
     grec reads, and a manifest (a version without one is refused when integrity is required, else
     loaded with a warning that says how to give it one)."""
     client = client or MlflowClient()
-    try:
-        tags = client.get_model_version(name, version).tags
-    except mlflow.exceptions.MlflowException as err:  # e.g. no such version: bad input, not a crash
-        raise ValueError(f"model {name} version {version}: {err.message}") from None
+    tags = client.get_model_version(name, version).tags
     what = f"model {name} version {version}"
     layout = version_layout(tags, what)
     manifest = Manifest.from_tag(tags[MANIFEST_TAG], what) if MANIFEST_TAG in tags else None
