@@ -10,6 +10,10 @@ command's options. Libraries stay at WARNING: fbgemm_gpu (imported by torchrec) 
 
 `grec --help` is fast: command modules import torch, Ray, MLflow and pyarrow inside the functions
 that run a command, never at registration.
+
+Every command that loads a registered version takes `--require-integrity` (`add_require_integrity`):
+for the command's run, $GREC_REQUIRE_INTEGRITY is 1, so the driver and the Ray workers it starts
+refuse a version registered without a manifest of its files (registry/integrity.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from contextlib import contextmanager
 
 # Modules that expose `register(subparsers)`; each adds one command (or group) to `grec`.
 COMMAND_MODULES: tuple[str, ...] = ("jobs.data_cli", "jobs.train_cli", "jobs.tune_cli", "jobs.retrieval_cli",
-                                    "jobs.serve_cli", "jobs.eval_cli", "jobs.compact_cli", "jobs.config_cli")
+                                    "jobs.serve_cli", "jobs.eval_cli", "jobs.compact_cli", "jobs.registry_cli",
+                                    "jobs.config_cli")
 # The top-level packages whose loggers the command configures.
 GREC_LOGGERS: tuple[str, ...] = ("grec", "feature_store", "jobs", "recommend", "registry", "serving")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -51,6 +56,14 @@ class _Parser(argparse.ArgumentParser):
         if getattr(namespace, "command_name", None) is None:
             namespace.command_name = self.prog
         return namespace, extras
+
+
+def add_require_integrity(parser: argparse.ArgumentParser) -> None:
+    """`--require-integrity`, for a command that loads registered versions (see the module docstring)."""
+    parser.add_argument("--require-integrity", action="store_true",
+                        help="refuse a model version (or retrieval index) registered without a manifest of its files' "
+                             "sha256 instead of loading it unchecked with a warning (also $GREC_REQUIRE_INTEGRITY=1); "
+                             "files that do not match their manifest are refused either way")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with grec_logging(args.log_level):
         try:
+            if getattr(args, "require_integrity", False):
+                from registry.integrity import integrity_requirement
+
+                with integrity_requirement(True):
+                    return int(args.func(args) or 0)
             # Every command sets `func`; it returns a process exit code.
             return int(args.func(args) or 0)
         except (ValueError, OSError) as err:

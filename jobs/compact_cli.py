@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jobs.cli import add_require_integrity
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _add_encode_users(subparsers)
@@ -16,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
+    add_require_integrity(p)  # each command here loads a registered version
 
 
 # ---- grec encode-users ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 # Light at import (the standard library only): `grec --help` builds this parser. numpy, Ray, torch
 # and MLflow are imported by the commands that use them.
+from jobs.cli import add_require_integrity
 from jobs.promote import PromotionOutcome, PromotionPolicy, promote
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=int, default=1, metavar="N", help="model replicas in the Ray Data actor pool (default 1)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
     p.add_argument("--batch-size", type=int, default=512, metavar="N", help="rows per inference batch (default 512)")
+    add_require_integrity(p)
 
 
 def _add_policy(p: argparse.ArgumentParser) -> None:
@@ -282,6 +284,7 @@ def _add_recommend(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--actors", type=int, default=1, metavar="N", help="replicas in the Ray Data actor pool (default 1)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="users per call (default 64)")
+    add_require_integrity(p)
     p.set_defaults(func=_recommend)
 
 

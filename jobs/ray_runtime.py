@@ -39,11 +39,12 @@ LOCAL_OBJECT_STORE_FRACTION = 0.2
 LOCAL_OBJECT_STORE_MAX = 2 * 1024**3
 LOCAL_OBJECT_STORE_MIN = 256 * 1024**2
 # Environment the Ray workers must share with the driver (DeepSpeed's prebuilt ops, offline hubs,
-# where object storage is). Credentials are not among them: a cluster's nodes have their own
-# (instance role, pod identity or node environment), and a local Ray's workers inherit this process's.
+# where object storage is, whether registered versions need a manifest). Credentials are not among
+# them: a cluster's nodes have their own (instance role, pod identity or node environment), and a
+# local Ray's workers inherit this process's.
 PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                  "MLFLOW_S3_ENDPOINT_URL")
+                  "MLFLOW_S3_ENDPOINT_URL", "GREC_REQUIRE_INTEGRITY")
 # grec's packages: what a node needs to run grec's tasks and actors.
 GREC_PACKAGES = ("grec", "feature_store", "recommend", "registry", "jobs", "serving")
 SHIP_CODE_ENV = "GREC_SHIP_CODE"

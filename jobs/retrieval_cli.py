@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 # Light at import (the standard library only): `grec --help` builds this parser.
+from jobs.cli import add_require_integrity
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
+    add_require_integrity(p)
     p.set_defaults(func=_build_index)
 
 

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.cli import add_require_integrity
+
 if TYPE_CHECKING:
     from serving.config import ServingConfig
 
@@ -47,12 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI or .grec/mlflow.db)")
     p.add_argument("--address", metavar="RAY_ADDRESS",
                    help="join this Ray cluster instead of starting a local one")
+    add_require_integrity(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from feature_store.online import open_online_store
-    from registry.models import resolve_version
+    from registry.models import resolve_version, version_files
     from registry.tracking import use_tracking_uri
     from serving.config import ServingConfig
 
@@ -61,14 +66,20 @@ def run(args: argparse.Namespace) -> int:
     config = ServingConfig.load(
         {"model_uri": args.model, "online_store": args.online_store, "host": args.host, "port": args.port,
          "max_candidates": args.max_candidates, "reload_interval_s": args.reload_interval,
-         "retrieval": args.retrieval, "tracking_uri": args.tracking_uri},
+         "retrieval": args.retrieval, "tracking_uri": args.tracking_uri,
+         "require_integrity": args.require_integrity or None},
         file=args.config, token_env=args.token_env,
     )
     with use_tracking_uri(config.tracking_uri) as tracking_uri:
         # Fail here, with the registry's message, rather than in every replica's constructor.
         name, version = resolve_version(config.model_uri)
-    # Likewise for the online store: missing, unreadable or unreachable stops the start.
-    open_online_store(config.online_store).close()
+        # Likewise for the online store: missing, unreadable or unreachable stops the start.
+        open_online_store(config.online_store).close()
+        # And for a version that does not exist, or has no manifest when integrity is required.
+        try:
+            version_files(name, version, require_integrity=config.require_integrity)
+        except MlflowException as err:  # e.g. no such version: bad input, not a crash
+            raise ValueError(f"cannot load {config.model_uri} from the MLflow registry: {err.message}") from None
     log.info("serving %s (now version %s of %s) from %s", config.model_uri, version, name, tracking_uri)
     if config.api_token is None:
         log.warning("no bearer token in $%s: /v1 routes are open to anyone who can reach %s:%d",

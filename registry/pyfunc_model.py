@@ -1,38 +1,48 @@
-"""The MLflow pyfunc model of grec, logged as code ("models from code": no pickled object).
+"""The MLflow pyfunc flavour of a registered grec version, for MLflow's own tools (`mlflow models
+serve`, Spark UDFs, `mlflow.pyfunc.load_model`): a loader module.
 
-Loading rebuilds the network from the logged safetensors weights and JSON config with
-`grec.load_model`, and the feature transforms from their JSON; `predict` takes raw rows (the
-training set's columns, labels not needed) and returns one `score_<task>` column per task.
+MLflow imports this module from the environment it runs in (the installed grec: a version holds no
+code) and calls `_load_pyfunc` with the version's data directory (registry.layout); `predict` takes
+raw rows (the training set's columns, labels not needed) and returns one `score_<task>` column per
+task. grec's own commands and the endpoint do not go through MLflow's loader: they read the same
+files as data (registry.models.load_registered), after checking them against the version's manifest.
+Loading any pyfunc model runs code: this module, or whatever another version's MLmodel file names.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 import pyarrow as pa
 
 SCORE_PREFIX = "score_"
 
 
-class GRecPyfuncModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: Any) -> None:
-        from feature_store.definitions import DatasetDefinition
-        from feature_store.transforms import TransformSet
-        from grec import InputSpec, load_model
-
-        self.model = load_model(context.artifacts["model"])
-        self.transforms = TransformSet.load(context.artifacts["transforms"])
-        self.spec = InputSpec.from_json(context.artifacts["dataset_spec"])
-        self.definition = DatasetDefinition.load(context.artifacts["definition"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        tasks = list((params or {}).get("tasks") or self.model.task_names)
-        table = pa.Table.from_pandas(model_input, preserve_index=False)
-        scores = self.model.predict(self.model.collate(self.transforms.transform(table)), tasks)
-        return pd.DataFrame({f"{SCORE_PREFIX}{task}": list(values.numpy()) if values.ndim > 1 else values.numpy()
-                             for task, values in scores.items()})
+def score_rows(model: Any, transforms: Any, rows: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:
+    """Raw rows -> one `score_<task>` column per task of `tasks` (default: all the model's)."""
+    tasks = list(tasks or model.task_names)
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    scores = model.predict(model.collate(transforms.transform(table)), tasks)
+    return pd.DataFrame({f"{SCORE_PREFIX}{task}": list(values.numpy()) if values.ndim > 1 else values.numpy()
+                         for task, values in scores.items()})
 
 
-mlflow.models.set_model(GRecPyfuncModel())
+class GRecPyfuncModel:
+    """What MLflow's pyfunc wraps: the version's model and transforms."""
+
+    def __init__(self, model: Any, transforms: Any) -> None:
+        self.model = model
+        self.transforms = transforms
+
+    def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return score_rows(self.model, self.transforms, model_input, (params or {}).get("tasks"))
+
+
+def _load_pyfunc(data_path: str) -> GRecPyfuncModel:
+    """MLflow's entry point: the version's data directory (`data/grec` of its files) read as data."""
+    from registry.layout import read_data
+
+    data = read_data(Path(data_path))
+    return GRecPyfuncModel(data.model, data.transforms)

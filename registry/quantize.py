@@ -59,7 +59,7 @@ def quantize_registered(model_uri: str, precision: str, *, alias: str | None = C
         source.spec.to_json(dataset_dir / "dataset_spec.json")
         source.definition.save(dataset_dir / "definition.json")
         version = register_model(source.model, dataset_dir, source.name, None, alias=alias, client=client,
-                                 signature=source.pyfunc.metadata.signature)
+                                 signature=source.signature)
     client.set_model_version_tag(source.name, version.version, PRECISION_TAG, precision)
     client.set_model_version_tag(source.name, version.version, SOURCE_TAG, source_uri)
     log.info("registered %s version %s: %s stored as %s", source.name, version.version, source_uri, precision)

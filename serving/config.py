@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from feature_store.online.location import default_online_store, parse_online_store
+from registry.integrity import integrity_required
 
 # `models:/NAME@alias` or `models:/NAME/VERSION`, the forms registry.models.load_registered takes.
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))$")
@@ -88,6 +89,10 @@ class ServingConfig(BaseModel):
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
     readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the deployments")
     reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
+    require_integrity: bool = Field(
+        default_factory=integrity_required, description="refuse a version (or recommendation stage) registered "
+        "without a manifest of its files' sha256 instead of loading it unchecked with a warning; a version whose "
+        "files do not match its manifest is refused either way; default: $GREC_REQUIRE_INTEGRITY, else false")
     # Candidates of a request that brings none: "index" asks the model version's recommendation stage
     # (`grec build-index`: co-visitation, the next-item model, recent popularity); "popularity" (and
     # a version without a stage) takes the items seen most often in training, ranked by the task.

@@ -27,7 +27,7 @@ from serving import metrics
 from serving.config import ServingConfig
 from serving.errors import ModelNotReadyError, RequestTimeoutError, ServingError
 from serving.features import RequestRows, RowsQuery, StoreGuard, request_rows
-from serving.model_source import load_definition, load_servable, version_resolver
+from serving.model_source import load_definition, load_servable, refusal_of, version_resolver
 from serving.ranking import RankRequest, RankResult, rank_batch
 from serving.retrieval import (Candidates, UserState, given_candidates, popular_items, read_seen_items,
                                read_user_state, stage_candidates)
@@ -138,9 +138,17 @@ class Ranker:
         self.rank.set_max_batch_size(config.batching.max_batch_size)
         self.rank.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
         # A replica starts with the version the registry names now, so one that replaces a dead
-        # replica takes traffic only once it can score.
+        # replica takes traffic only once it can score; unless that version is refused (the ingress
+        # then keeps requests on the one before, which this replica loads on their first call).
         version = await asyncio.to_thread(version_resolver(config))
-        await self.model(version)
+        try:
+            await self.model(version)
+        except Exception as err:
+            refused = refusal_of(err)
+            if refused is None:
+                raise
+            log.error("ranker: model version %s refused (%s); starting without it: %s", version, refused.reason,
+                      refused)
 
     @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
     async def model(self, version: str) -> ServableModel:

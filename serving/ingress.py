@@ -40,7 +40,7 @@ from serving.errors import (
 from serving.features import RequestRows, RowsQuery
 from serving.health import DeploymentHealth
 from serving.http import RequestEnvelope, install_error_handlers, request_id_of
-from serving.model_source import version_resolver
+from serving.model_source import refusal_of, version_resolver
 from serving.openapi import openapi_document
 from recommend.blend import blend_key
 from recommend.rows import as_logit
@@ -54,6 +54,7 @@ from serving.schemas import (
     ModelResponse,
     RecommendRequest,
     RecommendResponse,
+    RefusedVersionInfo,
     RowScore,
     ScoredItem,
     ScoreRequest,
@@ -61,7 +62,7 @@ from serving.schemas import (
     TaskInfo,
     TasksResponse,
 )
-from serving.watcher import VersionWatcher
+from serving.watcher import RefusedVersion, VersionWatcher
 
 T = TypeVar("T")
 
@@ -117,6 +118,12 @@ class ServedVersion:
         return (self.info["retrieval"].get("blends") or {}).get(task)
 
 
+def _refusal(error: Exception) -> tuple[str, str] | None:
+    """(reason, message) when the lookup or the ranker refused a version's files; None otherwise."""
+    refused = refusal_of(error)
+    return None if refused is None else (refused.reason, str(refused))
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -131,7 +138,8 @@ class Ingress:
         app.state.in_flight = 0
         self._served = await asyncio.to_thread(
             VersionWatcher, "ingress", version_resolver(config), self._prepare, config.reload_interval_s,
-            follow=config.model_alias is not None, on_swap=self._on_swap,
+            follow=config.model_alias is not None, on_swap=self._on_swap, refusal=_refusal,
+            on_refuse=lambda refused: metrics.count_refused_version(refused.version, refused.reason),
         )
         self._on_swap(self._served.current)
         self._health = {
@@ -315,7 +323,11 @@ class Ingress:
     @app.get("/v1/model", **_V1, response_model=ModelResponse, summary="The loaded model version")
     async def model(self) -> ModelResponse:
         info = self._served.current.info
-        return ModelResponse(**{k: v for k, v in info.items() if k not in ("task_specs", "request_values")})
+        refused: RefusedVersion | None = self._served.refused
+        return ModelResponse(**{k: v for k, v in info.items() if k not in ("task_specs", "request_values")},
+                             refused=None if refused is None else RefusedVersionInfo(
+                                 version=refused.version, reason=refused.reason, message=refused.message,
+                                 at=refused.at.isoformat()))
 
     # ---- unversioned operations routes ---------------------------------------------------------------
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthResponse,

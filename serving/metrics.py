@@ -93,6 +93,13 @@ def count_user_encoding(source: str, reason: str) -> None:
             ("source", "reason")).inc(tags={"source": source, "reason": reason})
 
 
+def count_refused_version(version: str, reason: str) -> None:
+    _metric("counter", "grec_model_versions_refused_total",
+            "Model versions the alias named and the endpoint did not load, by version and reason (digest_mismatch, "
+            "size_mismatch, missing_file, unlisted_file, no_manifest, ...); the version before keeps answering.",
+            ("version", "reason")).inc(tags={"version": version, "reason": reason})
+
+
 def count_degraded(reason: str) -> None:
     _metric("counter", "grec_features_degraded_total",
             "Lookups served with default features because the online store did not answer.",

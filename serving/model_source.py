@@ -1,26 +1,26 @@
 """Where served models come from: the MLflow registry, through `registry.models`.
 
 A version is always loaded by number (`models:/NAME/VERSION`) after the alias was resolved, so
-what is loaded is exactly the version that is then reported.
+what is loaded is exactly the version that is then reported. Its files are checked against the
+manifest recorded at registration and read as data (safetensors + JSON, the ANN index) with the
+installed grec; a version that fails a check raises `RefusedVersionError`, in the replica and,
+wrapped by Ray, in the ingress that asked for it (`refusal_of`).
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 
 import mlflow
 from mlflow import MlflowClient
 
 from feature_store.definitions import DatasetDefinition
-from registry.models import RegisteredModel, load_registered, resolve_version
-from serving.config import ServingConfig
+from registry.integrity import RefusedVersionError
+from registry.models import RegisteredModel, load_registered, load_registered_definition, resolve_version
 from recommend.stage import RecommendationStage
 from registry.retrieval_index import load_recommendation_stage
+from serving.config import ServingConfig
 from serving.servable import ServableModel
-
-# Where the pyfunc model keeps the dataset definition (registry.models.log_model's artifacts).
-DEFINITION_ARTIFACT = "artifacts/definition.json"
 
 
 def _use_tracking_uri(config: ServingConfig) -> None:
@@ -38,9 +38,9 @@ def version_resolver(config: ServingConfig) -> Callable[[], str]:
 
 
 def load_servable(config: ServingConfig, version: str) -> ServableModel:
-    """Loads `version` of the configured model (no pickle: safetensors + JSON through the pyfunc)."""
+    """Loads `version` of the configured model, its files checked and read as data."""
     _use_tracking_uri(config)
-    loaded = load_registered(f"models:/{config.model_name}/{version}")
+    loaded = load_registered(f"models:/{config.model_name}/{version}", require_integrity=config.require_integrity)
     return ServableModel(
         name=loaded.name, version=str(loaded.version), alias=config.model_alias, uri=config.model_uri,
         model=loaded.model, transforms=loaded.transforms, spec=loaded.spec, definition=loaded.definition,
@@ -52,14 +52,27 @@ def load_stage(config: ServingConfig, loaded: RegisteredModel) -> Recommendation
     """The version's recommendation stage when it has one (`grec build-index`) and the config asks
     for it; None (popularity candidates) otherwise."""
     if config.retrieval == "index":
-        return load_recommendation_stage(loaded.name, str(loaded.version))
+        return load_recommendation_stage(loaded.name, str(loaded.version), require_integrity=config.require_integrity)
     return None
 
 
 def load_definition(config: ServingConfig, version: str) -> DatasetDefinition:
-    """Only the dataset definition of `version` (the feature lookup needs no weights)."""
+    """Only the dataset definition of `version` (the feature lookup needs no weights), checked."""
     _use_tracking_uri(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{config.model_name}/{version}/{DEFINITION_ARTIFACT}", dst_path=tmp)
-        return DatasetDefinition.load(path)
+    return load_registered_definition(config.model_name, version, require_integrity=config.require_integrity)
+
+
+def refusal_of(error: BaseException) -> RefusedVersionError | None:
+    """The registry's refusal of a version behind `error`: raised here, or in a replica (Ray then
+    raises an error whose `cause` is it); None for any other failure (the registry or the artifact
+    store not answering: worth retrying)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        cause = getattr(seen, "cause", None)  # Ray's RayTaskError: the exception the replica raised
+        if isinstance(cause, BaseException):
+            seen = cause
+        elif isinstance(seen, RefusedVersionError):
+            return seen
+        else:
+            seen = seen.__cause__
+    return None

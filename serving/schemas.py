@@ -143,6 +143,14 @@ class RetrievalInfo(BaseModel):
     blends: dict[str, dict[str, float]] | None = Field(None, description="per task, the blend fitted on validation")
 
 
+class RefusedVersionInfo(BaseModel):
+    version: str = Field(description="the version the alias names and that is not served")
+    reason: str = Field(description="why, a stable kind: digest_mismatch, size_mismatch, missing_file, unlisted_file, "
+                                    "no_manifest, bad_manifest, unreadable_layout, unreadable_files")
+    message: str = Field(description="the check that failed: the file, and the expected and found sha256 or size")
+    at: str = Field(description="when it was refused, ISO 8601 UTC")
+
+
 class ModelResponse(BaseModel):
     name: str
     version: str
@@ -157,6 +165,9 @@ class ModelResponse(BaseModel):
         description="how the version's weights are stored (`grec quantize`): fp32, bf16 / fp16 (computing in "
                     "float32), or int8")
     retrieval: RetrievalInfo
+    refused: RefusedVersionInfo | None = Field(
+        None, description="set while the alias names a version whose files failed their checks: this version "
+                          "keeps answering until the alias moves to one that passes")
 
 
 class ErrorDetail(BaseModel):

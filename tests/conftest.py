@@ -282,6 +282,47 @@ def serving_build_index(prepared, name: str, version: str, tracking_uri: str):
                                           tracking_uri=tracking_uri)
 
 
+async def serving_keep_requesting(app, stop) -> list[tuple[int, str | None]]:
+    """Keeps 4 /v1/recommend requests in flight against `app` (a ServingTestApp) until the asyncio
+    event `stop` is set; (status, model version) of every answer, in order."""
+    import asyncio
+
+    import httpx
+
+    answers: list[tuple[int, str | None]] = []
+    payload = {"user_id": app.known_user, "task": "like", "candidates": app.known_items[:50], "k": 3}
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=60,
+                                 headers={"Authorization": f"Bearer {app.token}"}) as client:
+        async def worker() -> None:
+            while not stop.is_set():
+                response = await client.post("/v1/recommend", json=payload)
+                version = response.json()["model"]["version"] if response.status_code == 200 else None
+                answers.append((response.status_code, version))
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+    return answers
+
+
+def registry_local_path(uri: str):
+    """The local directory of an artifact URI of a local store (file:// or runs:/ over one): where a
+    test edits files as someone with write access to the artifact store would."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    if RunsArtifactRepository.is_runs_uri(uri):
+        uri = RunsArtifactRepository.get_underlying_uri(uri)
+    return Path(url2pathname(urlparse(uri).path))
+
+
+def flip_last_byte(path) -> None:
+    """Changes a file without changing its size (only its sha256 tells)."""
+    data = bytearray(Path(path).read_bytes())
+    data[-1] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
 @dataclass
 class ServingTestApp:
     base_url: str

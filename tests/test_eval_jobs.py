@@ -133,7 +133,7 @@ def test_predict_writes_keys_and_one_score_column_per_task(env) -> None:
     assert table.column_names == ["user_id", "item_id", "score_like", "score_love", "score_rating"]
     assert [p.name for p in out.parent.iterdir()] == ["test.parquet"]  # nothing partial left behind
     # the same scores as the registered pyfunc model gives for those raw rows
-    expected = load_registered(f"models:/{NAME}/1").pyfunc.predict(rows.to_pandas())
+    expected = load_registered(f"models:/{NAME}/1").predict(rows.to_pandas())
     got = table.to_pandas().sort_values(["user_id", "item_id"]).reset_index(drop=True)
     want = pd.concat([rows.select(["user_id", "item_id"]).to_pandas(), expected], axis=1) \
         .sort_values(["user_id", "item_id"]).reset_index(drop=True)

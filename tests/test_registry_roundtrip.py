@@ -1,4 +1,4 @@
-"""A grec model logged as an MLflow pyfunc model, registered, aliased and loaded back (temp SQLite store)."""
+"""A grec model registered, aliased and loaded back as data, and as an MLflow pyfunc model (temp SQLite store)."""
 
 from __future__ import annotations
 
@@ -33,15 +33,18 @@ def test_register_load_predict_and_promote(tiny_movielens, tmp_path):
         loaded = load_registered(f"models:/roundtrip@{CHALLENGER}")
         assert (loaded.name, loaded.version) == ("roundtrip", str(version.version))
         expected = model.predict(model.collate(tiny_movielens.transforms().transform(rows)))
-        # The pyfunc takes raw rows, applies the saved transforms and returns one column per task.
-        scored = loaded.pyfunc.predict(rows.to_pandas()[feature_columns(loaded.spec)])
+        # Raw rows in, the saved transforms applied, one column per task out: as the version's pyfunc answers.
+        scored = loaded.predict(rows.to_pandas()[feature_columns(loaded.spec)])
         assert list(scored.columns) == [f"score_{t}" for t in model.task_names]
         for task, values in expected.items():
             np.testing.assert_allclose(scored[f"score_{task}"].to_numpy(), values.numpy(), rtol=1e-5, atol=1e-6)
-        only_like = loaded.pyfunc.predict(rows.to_pandas()[feature_columns(loaded.spec)], params={"tasks": ["like"]})
+        only_like = loaded.predict(rows.to_pandas()[feature_columns(loaded.spec)], tasks=["like"])
         assert list(only_like.columns) == ["score_like"]
+        pyfunc = mlflow.pyfunc.load_model(f"models:/roundtrip/{version.version}")  # MLflow's own loader
+        np.testing.assert_allclose(pyfunc.predict(rows.to_pandas()[feature_columns(loaded.spec)])["score_like"],
+                                   scored["score_like"], rtol=1e-6)
 
-        signature = loaded.pyfunc.metadata.signature
+        signature = loaded.signature
         assert signature.inputs.input_names() == feature_columns(loaded.spec)
         assert "label_like" not in signature.inputs.input_names()
 

@@ -9,25 +9,9 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from conftest import serving_register, serving_train_tiny_model
+from conftest import serving_keep_requesting, serving_register, serving_train_tiny_model
 
 pytestmark = pytest.mark.slow
-
-
-async def _hammer(app, stop: asyncio.Event) -> list[tuple[int, str | None]]:
-    """Keeps 4 requests in flight until `stop`; (status, model version) of every answer."""
-    answers: list[tuple[int, str | None]] = []
-    payload = {"user_id": app.known_user, "task": "like", "candidates": app.known_items[:50], "k": 3}
-    async with httpx.AsyncClient(base_url=app.base_url, timeout=60,
-                                 headers={"Authorization": f"Bearer {app.token}"}) as client:
-        async def worker() -> None:
-            while not stop.is_set():
-                response = await client.post("/v1/recommend", json=payload)
-                version = response.json()["model"]["version"] if response.status_code == 200 else None
-                answers.append((response.status_code, version))
-
-        await asyncio.gather(*(worker() for _ in range(4)))
-    return answers
 
 
 def test_moving_the_alias_swaps_the_version_with_requests_in_flight(serving_app):
@@ -38,7 +22,7 @@ def test_moving_the_alias_swaps_the_version_with_requests_in_flight(serving_app)
 
     async def scenario() -> list[tuple[int, str | None]]:
         stop = asyncio.Event()
-        load = asyncio.create_task(_hammer(serving_app, stop))
+        load = asyncio.create_task(serving_keep_requesting(serving_app, stop))
         await asyncio.sleep(1.0)  # requests on the old version are flowing
         client.set_registered_model_alias(serving_app.model_name, "champion", new_version)
         deadline = time.monotonic() + 90

@@ -76,7 +76,7 @@ def test_zero_3_trains_the_same_model_as_zero_1(train_tiny_config, engine_run, r
     with _tracking(tracking_uri):
         zero1, zero3 = (load_registered(f"models:/{name}@challenger") for name in ("grec-tiny", "grec-tiny-zero3"))
     columns = feature_columns(zero1.spec)
-    expected, scores = zero1.pyfunc.predict(rows[columns]), zero3.pyfunc.predict(rows[columns])
+    expected, scores = zero1.predict(rows[columns]), zero3.predict(rows[columns])
     assert list(scores.columns) == list(expected.columns)
     assert (scores - expected).abs().to_numpy().max() < REPLAY_TOLERANCE
 
@@ -100,7 +100,7 @@ def test_dmp_path_shards_tables_and_registers_a_loadable_model(train_tiny_config
     with _tracking(tracking_uri):
         loaded = load_registered("models:/grec-tiny-dmp@challenger")
     rows = tiny_movielens.read_split("validation").slice(0, 16).to_pandas()
-    scores = loaded.pyfunc.predict(rows[feature_columns(loaded.spec)])
+    scores = loaded.predict(rows[feature_columns(loaded.spec)])
     assert ((scores["score_like"] > 0) & (scores["score_like"] < 1)).all()
 
 
