@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -201,9 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sasrec = sasrec_cache.get(prepared.root.name, {"skipped": "not requested (--no-sasrec)"})
             external = {}
             if "lists" in sasrec and seed in sasrec["lists"]:
-                users = list(dict.fromkeys(loaded.definition and prepared.read_split("test", columns=[
-                    prepared.definition().user.join_key]).column(0).to_pylist()))
-                external["sasrec"] = _typed(sasrec["lists"][seed], users, stage.item_ids)
+                users = prepared.read_split("test", columns=[prepared.definition().user.join_key]).column(0)
+                external["sasrec"] = _typed(sasrec["lists"][seed], list(dict.fromkeys(users.to_pylist())),
+                                            stage.item_ids)
             for target in TARGETS[dataset]:
                 config = RecommendEvalConfig(task=target, trials=args.trials, seed=seed)
                 result = evaluate_recommend(loaded, stage, prepared, "test", config, external=external)
@@ -271,15 +270,10 @@ def latency(workdir: Path, requests: int) -> dict[str, Any]:
     return out
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def render(results: dict[str, Any]) -> str:
     """The results page (docs/benchmarks/recommend.md) from the results JSON."""
-    from benchmarks.recommend_page import render_page
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from recommend_page import render_page
 
     return render_page(results)
 
