@@ -131,7 +131,7 @@ def export_interactions(prepared: Any, path: Path) -> None:
 
 def run_sasrec(prepared: Any, workdir: Path, seeds: list[int], trials: int) -> dict[str, Any]:
     """SASRec's lists per seed (user id -> item ids), or why it did not run."""
-    venv_python = Path(os.environ.get("GREC_SASREC_VENV", REPO_ROOT / ".cache" / "sasrec-venv")) / "bin" / "python"
+    venv_python = Path(os.environ.get("SASREC_VENV", REPO_ROOT / ".cache" / "sasrec-venv")) / "bin" / "python"
     setup = subprocess.run(["bash", str(SASREC_DIR / "setup_venv.sh")], capture_output=True, text=True, check=False)
     if setup.returncode != 0 or not venv_python.exists():
         return {"skipped": f"the SASRec venv could not be set up: {setup.stderr.strip()[-500:]}"}

@@ -219,6 +219,8 @@ def paired_tasks(champion: ScoredSplit, challenger: ScoredSplit) -> tuple[list[P
     challenger_tasks = {t.name: t for t in challenger.model.spec.tasks}
     paired = []
     for task in champion.model.spec.tasks:
+        if task.implicit:  # every labelled row is a positive: no pointwise gain to measure (top-N judges it)
+            continue
         other = challenger_tasks.get(task.name)
         if other is None or other.kind != task.kind:
             raise ValueError(f"the challenger does not serve the champion's task {task.name!r} ({task.kind})")

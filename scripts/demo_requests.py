@@ -55,11 +55,11 @@ def main() -> None:
         seen = read_seen(store, args.user)
     with httpx.Client(base_url=args.url, headers=headers, timeout=60.0) as client:
         wait_until_ready(client, args.timeout)
-        tasks = client.get("/v1/tasks").raise_for_status().json()
-        print(f"GET /v1/model -> {json.dumps(client.get('/v1/model').raise_for_status().json())}")
+        model = client.get("/v1/model").raise_for_status().json()
+        print(f"GET /v1/model -> {json.dumps(model)}")
         request = {"user_id": args.user, "task": None, "k": args.k}
-        for task in tasks["tasks"]:
-            request["task"] = task["name"]
+        for task in model["recommend_tasks"]:  # the model's tasks and those only its stage ranks for
+            request["task"] = task
             answer = client.post("/v1/recommend", json=request).raise_for_status().json()
             print(f"\nPOST /v1/recommend {json.dumps(request)}")
             print("\n".join(describe(answer, titles, seen, args.user)))

@@ -20,8 +20,8 @@ PORT=${GREC_PORT:-8000}
 export GREC_API_TOKEN=${GREC_API_TOKEN:-demo-token}
 started=$(date +%s)
 
-echo "== 1/6 prepare MovieLens-100K: offline store, point-in-time training sets, transforms"
-grec data prepare --dataset movielens-100k --out "$DATA" --overwrite
+echo "== 1/6 prepare MovieLens-100K: offline store, point-in-time training sets (each user's last 20% of ratings test), transforms"
+grec data prepare --dataset movielens-100k --split user_time --out "$DATA" --overwrite
 
 echo "== 2/6 materialize the latest features, behavior sequences and seen sets into the online store"
 grec data materialize --data "$DATA" --online-store "$ONLINE"
@@ -29,10 +29,10 @@ grec data materialize --data "$DATA" --online-store "$ONLINE"
 echo "== 3/6 train GRec with DeepSpeed on 2 local Ray workers; register as $MODEL@challenger"
 grec train --config configs/movielens_grec.yaml --epochs 4 --no-progress
 
-echo "== 4/6 build the challenger's retrieval index: a two-tower head over its tokens, items in faiss HNSW"
+echo "== 4/6 fit the challenger's recommendation stage: co-visitation, the next-item transformer, recent popularity, blends per task"
 grec build-index --model "models:/$MODEL@challenger" --data "$DATA"
 
-echo "== 5/6 evaluate the challenger on the test split (/v1/recommend replayed too); promote it if it beats the champion"
+echo "== 5/6 evaluate the challenger on the test split (its top-N lists against tuned peers too); promote it if it beats the champion"
 grec evaluate --model "models:/$MODEL@challenger" --data "$DATA" --out "$REPORT" --promote
 
 echo "== 6/6 serve models:/$MODEL@champion on 127.0.0.1:$PORT and ask it for recommendations"

@@ -195,7 +195,7 @@ def test_training_runs_on_a_node_without_grec(trained, python_without_grec, s3_s
         assert any(str(python_without_grec) in arg for arg in raylet), raylet
     terminal = result.stdout + result.stderr
     assert not [line for line in terminal.splitlines() if any(noise in line for noise in NOISE)]
-    assert "shipping grec, feature_store, registry, jobs, serving to the cluster's nodes" in result.stderr
+    assert "shipping grec, feature_store, recommend, registry, jobs, serving to the cluster's nodes" in result.stderr
 
 
 def test_training_keeps_checkpoints_and_artifacts_in_the_bucket(trained, operator, s3_server):

@@ -92,7 +92,7 @@ def test_other_tasks_fail_with_a_message_naming_them(prepared, spec) -> None:
         check_compatible("models:/m@challenger", spec, prepared.transforms(), other_tasks, schema, "DATA")
     message = str(err.value)
     assert "models:/m@challenger cannot be evaluated on DATA" in message
-    assert "no task(s) ['like', 'love']" in message
+    assert "no task(s) ['like', 'love', 'rated']" in message
     assert "task 'rating': kind is 'regression' in the model but 'binary' in the dataset" in message
 
 

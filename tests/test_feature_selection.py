@@ -102,8 +102,8 @@ def test_the_training_config_selects_features_and_names_the_key_on_error(prepare
 def test_movielens_genres_has_a_like_task_per_genre_labelled_on_its_movies_only(prepared_small):
     prepared = prepared_small["movielens-100k-genres"]
     tasks = prepared.definition().tasks
-    assert len(tasks) == 3 + len(SCENARIO_GENRES) >= 20
-    assert {t.descriptors["scenario"] for t in tasks[3:]} == set(SCENARIO_GENRES)
+    assert len(tasks) == 4 + len(SCENARIO_GENRES) >= 20  # like, love, rating, rated and one per genre
+    assert {t.descriptors["scenario"] for t in tasks[4:]} == set(SCENARIO_GENRES)
     rows = prepared.read_split("train", columns=["item_id", "label_like", "label_like_action", "label_like_drama"])
     movies = prepared.offline_store().read_view("movies", ["item_id", "genres"]).to_pylist()
     genres = {m["item_id"]: set(m["genres"]) for m in movies}

@@ -58,3 +58,26 @@ def test_nothing_changes_without_an_implicit_task_or_its_label():
     assert add_sampled_negatives(table, explicit, 4).equals(table)
     unlabelled = table.drop(["label_clicked", "label_rating"])  # serving rows
     assert add_sampled_negatives(unlabelled, spec, 4).equals(unlabelled)
+
+
+def test_a_model_learns_an_implicit_task_from_sampled_negatives(grec_config):
+    """Users of two groups take up only their group's items: trained on positives alone plus sampled
+    negatives, the model scores a user's own group above the other."""
+    from grec import build_model
+    from jobs.train.in_process import train_steps
+
+    spec = InputSpec(name="groups", categorical=(CategoricalFeature("user_id", 21, source="user"),
+                                                 CategoricalFeature("item_id", 21, source="item")),
+                     tasks=(TaskSpec("clicked", "binary", "label_clicked", implicit=True),))
+    rng = np.random.default_rng(0)
+    users = rng.integers(1, 21, size=600)
+    items = np.array([rng.choice(np.arange(2 - u % 2, 21, 2)) for u in users])  # an item of the user's parity
+    table = pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int64()),
+                      "label_clicked": pa.array(np.ones(len(users)), pa.float32())})
+    model = train_steps(build_model(grec_config(input=spec)), table, steps=800, batch_size=64, lr=0.01, seed=0)
+    grid_users, grid_items = np.meshgrid(np.arange(1, 21), np.arange(1, 21), indexing="ij")
+    grid = pa.table({"user_id": pa.array(grid_users.ravel(), pa.int64()),
+                     "item_id": pa.array(grid_items.ravel(), pa.int64())})
+    scores = model.predict(model.collate(grid))["clicked"].numpy()
+    own = (grid_users.ravel() % 2) == (grid_items.ravel() % 2)
+    assert scores[own].mean() - scores[~own].mean() > 0.1

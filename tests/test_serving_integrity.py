@@ -44,7 +44,7 @@ def _tamper(kind: str, files: Path, index: Path | None, marker: Path) -> None:
         transforms = files / "data/grec/transforms.json"
         transforms.write_text(transforms.read_text() + "\n")
     else:
-        flip_last_byte(index / "items.faiss")
+        flip_last_byte(index / "next_item.safetensors")
 
 
 def _wait(probe: httpx.AsyncClient, done, what: str):

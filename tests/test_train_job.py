@@ -37,9 +37,11 @@ def test_engine_path_trains_tracks_and_registers(engine_run, tracking_uri):
 
     result = engine_run
     assert result.epochs_run == 2 and result.worker_restarts == 0
+    # `rated` (implicit feedback) trains and validates against sampled negatives (grec/negatives.py)
     assert set(result.metrics) == {"train/loss", "train/dropped_fraction", "val/loss", "val/like/auc",
                                    "val/like/log_loss", "val/love/auc", "val/love/log_loss", "val/rating/rmse",
-                                   "val/rating/mae", "val/auc_mean"}
+                                   "val/rating/mae", "val/rated/auc", "val/rated/log_loss", "val/auc_mean"}
+    assert 0.0 <= result.metrics["val/rated/auc"] <= 1.0
     assert 0.0 <= result.metrics["train/dropped_fraction"] < 1.0
     assert 0.0 <= result.metrics["val/like/auc"] <= 1.0
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 # Task kinds ranked leave-last-out: a binary task's positive rows are the interactions to recover.
 RANKED_KINDS = ("binary",)
+# Why an implicit-feedback task has no pointwise metrics in the report.
+IMPLICIT_TASK = ("implicit feedback: every labelled row is a positive, so pointwise metrics say nothing; the "
+                 "top-N evaluation judges the task's lists")
 # Where reports go without --out: .grec/reports/<name>-v<version>-<split> under the working directory.
 REPORTS_DIR = Path(GREC_DIR) / "reports"
 
@@ -230,6 +233,9 @@ def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, c
         if users is not None and train_users is not None else {}
     tasks, predictions = [], {}
     for index, task in enumerate(spec.tasks):
+        if task.implicit:
+            skipped[f"task {task.name}"] = IMPLICIT_TASK
+            continue
         labeled, labels, values = _task_arrays(scored, task)
         task_users = None if users is None else users[labeled]
         predictions[task.name] = TaskPredictions(labels, values)

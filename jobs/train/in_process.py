@@ -19,7 +19,7 @@ def train_steps(model: torch.nn.Module, columns: pa.Table, *, steps: int, batch_
     size = min(batch_size, columns.num_rows)
     model.train()
     for _ in range(steps):
-        batch = model.collate(columns.take(pa.array(rng.choice(columns.num_rows, size, replace=False))))
+        batch = model.collate_labelled(columns.take(pa.array(rng.choice(columns.num_rows, size, replace=False))))
         loss, _ = model.loss(model(batch), batch)
         optimizer.zero_grad()
         loss.backward()
