@@ -18,6 +18,9 @@ import json
 import logging
 import math
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,16 +119,18 @@ def _check_target(root: Path, overwrite: bool) -> None:
                                 "it: name a new or empty directory")
 
 
-def prepare_dataset(name: str, out_dir: str | Path, *, options: SourceOptions | None = None,
+def prepare_dataset(name: str | DataSource, out_dir: str | Path, *, options: SourceOptions | None = None,
                     split: SplitConfig | None = None, num_buckets: int | None = None,
                     oov_buckets: int = DEFAULT_OOV_BUCKETS, min_count: int = 1,
                     overwrite: bool = False, progress: bool = False) -> PreparedDataset:
-    """Ingests dataset `name` into `out_dir`, builds the training set, fits the transforms and
-    writes the spec and summary. `num_buckets` None: about one bucket per 250k events.
+    """Ingests dataset `name` (a built-in's name, or a source such as a declared dataset's,
+    feature_store.sources.declared.open_declared) into `out_dir`, builds the training set, fits the
+    transforms and writes the spec and summary. `num_buckets` None: about one bucket per 250k events.
 
     Everything is written into a hidden sibling of `out_dir` first; `out_dir` (with `overwrite`,
     the dataset already there) is replaced only once the new one is complete."""
-    source = get_source(name, options or SourceOptions())
+    source = name if isinstance(name, DataSource) else get_source(name, options or SourceOptions())
+    name = source.name
     root = Path(out_dir)
     _check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +149,15 @@ def prepare_dataset(name: str, out_dir: str | Path, *, options: SourceOptions | 
     return PreparedDataset(root)
 
 
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Logs how long a stage of the prepare took (benchmarks read the record's `stage` and `seconds`)."""
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    logger.debug("%s took %.1f s", name, seconds, extra={"stage": name, "seconds": seconds})
+
+
 def _write_dataset(source: DataSource, prepared: PreparedDataset, split: SplitConfig, num_buckets: int | None,
                    oov_buckets: int, min_count: int, progress: bool) -> None:
     definition = source.definition()
@@ -152,19 +166,25 @@ def _write_dataset(source: DataSource, prepared: PreparedDataset, split: SplitCo
     ingested = {}
     for view_name, chunks in source.tables():
         try:
-            ingested[view_name] = store.ingest(definition.view(view_name), chunks, progress=progress).rows
+            with _stage(f"ingest {view_name}"):
+                ingested[view_name] = store.ingest(definition.view(view_name), chunks, progress=progress).rows
         except FeatureStoreError as err:
             # Name the file the rows came from: the view alone does not tell the user what to fix.
             raise type(err)(f"{source.origin(view_name)}: {err}") from None
     definition.save(prepared.definition_path)
-    time_split = time_split_for(store, definition, split)
-    stats = build_training_set(store, definition, prepared.training_dir, time_split, progress=progress)
+    with _stage("training set"):
+        time_split = time_split_for(store, definition, split)
+        stats = build_training_set(store, definition, prepared.training_dir, time_split, progress=progress)
     if stats.splits["train"].rows == 0:
         raise FeatureStoreError(f"{source.name}: the train split is empty; lower the validation/test fractions")
-    transforms = TransformSet.fit(definition, iter_training_set(prepared.training_dir, "train"),
-                                  oov_buckets=oov_buckets, min_count=min_count)
+    split_stats = stats.to_dict()
+    source.check_splits(split_stats["splits"])
+    with _stage("transforms"):
+        transforms = TransformSet.fit(definition, iter_training_set(prepared.training_dir, "train"),
+                                      oov_buckets=oov_buckets, min_count=min_count)
     transforms.save(prepared.transforms_path)
     prepared.spec_path.write_text(json.dumps(definition.dataset_spec(transforms.vocab_sizes()), indent=2) + "\n")
     summary = {"dataset": source.name, "num_buckets": buckets, "ingested_rows": ingested,
-               "tasks": [t.to_spec() for t in definition.tasks], **stats.to_dict()}
+               **({"source": report} if (report := source.report()) else {}),
+               "tasks": [t.to_spec() for t in definition.tasks], **split_stats}
     prepared.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
