@@ -5,11 +5,13 @@ their favourite category more often, so a model has something to learn.
 
 `write_shop(folder)` writes the files and `shop.yaml`; `implicit=True` writes events without any
 outcome column and a declaration whose only task is implicit feedback (every event a positive).
+README.md's "Your own data" starts from these files: `.venv/bin/python tests/own_data.py FOLDER`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,7 @@ def write_shop(folder: Path, *, events: int = 3000, users: int = 120, items: int
     declaration = folder / ("shop-views.yaml" if implicit else "shop.yaml")
     declaration.write_text(IMPLICIT_DECLARATION if implicit else SHOP_DECLARATION)
     return declaration
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_shop(Path(sys.argv[1])).parent}")

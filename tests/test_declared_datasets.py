@@ -62,20 +62,39 @@ def test_the_published_schema_is_what_the_models_generate(capsys):
     assert capsys.readouterr().out == declaration_schema_text()
 
 
-def _docs_examples() -> list[tuple[str, dict]]:
+def _docs_examples() -> list[tuple[str, object]]:
     text = (REPO_ROOT / "docs" / "DATA.md").read_text()
-    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)]
-    return [(f"docs/DATA.md example {i}", b) for i, b in enumerate(blocks) if isinstance(b, dict) and "tasks" in b]
+    return [(f"docs/DATA.md example {i}", yaml.safe_load(block))
+            for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", text, re.DOTALL))]
 
 
 def test_shipped_declarations_and_the_docs_examples_are_valid():
+    """Whole declarations (configs/datasets, the docs' full example) against the published schema and
+    the models; the docs' lists of features, tables, sequences and tasks item by item."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from feature_store.declaration import Events, Feature, FeatureTable, Sequence, TaskDeclaration
+
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(declaration_schema_text())
-    examples = [(str(p), yaml.safe_load(p.read_text())) for p in sorted(DATASETS.glob("*.yaml"))] + _docs_examples()
-    assert len(examples) >= 4
-    for where, data in examples:
+    whole = [(str(p), yaml.safe_load(p.read_text())) for p in sorted(DATASETS.glob("*.yaml"))]
+    parts = _docs_examples()
+    whole += [(where, data) for where, data in parts if isinstance(data, dict)]
+    assert len(whole) == 3 and len(parts) >= 6
+    for where, data in whole:
         jsonschema.validate(data, schema)
         parse_declaration(data, where)
+    kinds = [TypeAdapter(model) for model in (Feature, FeatureTable, Events, Sequence, TaskDeclaration)]
+    for where, data in parts:
+        for item in data if isinstance(data, list) else []:
+            fits = 0
+            for kind in kinds:
+                try:
+                    kind.validate_python(item)
+                    fits += 1
+                except ValidationError:
+                    pass
+            assert fits == 1, f"{where}: {item} is not a feature, table, sequence or task of a declaration"
 
 
 # ---- the built-ins as declarations --------------------------------------------------------------------

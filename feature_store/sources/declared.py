@@ -46,6 +46,7 @@ from feature_store.definitions import (
     TaskKind,
     TextFeature,
     dtype_from_str,
+    is_id_type,
 )
 from feature_store.definitions import Feature as FeatureDefinition
 from feature_store.errors import FeatureStoreError, SourceFileError
@@ -80,10 +81,6 @@ def _canonical(dtype: pa.DataType) -> pa.DataType:
     if pa.types.is_integer(dtype):
         return pa.int64()
     return pa.float64() if pa.types.is_floating(dtype) else dtype
-
-
-def _is_id(dtype: pa.DataType) -> bool:
-    return pa.types.is_integer(dtype) or pa.types.is_string(dtype)
 
 
 def _is_number(dtype: pa.DataType) -> bool:
@@ -136,6 +133,7 @@ class _Table:
 
     def fail(self, column: str, message: str) -> SourceFileError:
         return SourceFileError(f"file {self.first_file}, column {column!r}: {message}")
+
 
 def _read_types(feature: Feature, csv: bool) -> list[tuple[str, pa.DataType | None]]:
     """The file columns a feature reads, with the type to read them as (None: the file's)."""
@@ -218,7 +216,7 @@ class DeclaredSource(DataSource):
         events = self.declaration.events
         key = events.user if role == "user" else events.item
         dtype = _canonical(self._events.type_of(key.column))
-        if not _is_id(dtype):
+        if not is_id_type(dtype):
             raise self._events.fail(key.column, f"expected {role} ids (integers or strings), found {dtype}")
         return Entity(name, key.output, dtype, key.feature)
 
@@ -246,12 +244,12 @@ class DeclaredSource(DataSource):
                 raise table.fail(column, f"expected a list column for multi_hot feature {name!r}, found {found}"
                                          f"{remedy}")
             values = declared or _canonical(found.value_type)
-            if not _is_id(values):
+            if not is_id_type(values):
                 raise table.fail(column, f"expected a list of integers or strings for multi_hot feature {name!r}, "
                                          f"found {found}")
             return FeatureDefinition(name, kind, pa.list_(values))
         dtype = declared or _canonical(found)
-        fits = _is_id(dtype) if kind is FeatureKind.CATEGORICAL else _is_number(dtype)
+        fits = is_id_type(dtype) if kind is FeatureKind.CATEGORICAL else _is_number(dtype)
         if not fits or (kind is FeatureKind.NUMERIC and not _is_number(found)):
             expected = "integers or strings" if kind is FeatureKind.CATEGORICAL else "numbers"
             raise table.fail(column, f"expected {expected} for {kind} feature {name!r}, found {found}")
