@@ -357,6 +357,11 @@ def _csv_events_with_bad_time(folder: Path) -> None:
     _replace("{column: ts, unit: ms}", "{column: ts, format: '%Y-%m-%d %H:%M:%S'}")(folder)
 
 
+def _unknown_format(folder: Path) -> None:
+    (folder / "items.parquet").rename(folder / "items.data")
+    _replace("path: items.parquet", "path: items.data")(folder)
+
+
 def _repeated_item(folder: Path) -> None:
     items = pq.read_table(folder / "items.parquet")
     pq.write_table(pa.concat_tables([items, items.slice(1, 1)]), folder / "items.parquet")
@@ -365,6 +370,9 @@ def _repeated_item(folder: Path) -> None:
 BAD_INPUT = {
     "missing file": (_replace("path: items.parquet", "path: item.parquet"),
                      r"shop\.yaml: items\.path: file \S+/item\.parquet does not exist"),
+    "file of no known format": (_unknown_format,
+                                r"items\.path: cannot tell the format of \S+items\.data from its files' names "
+                                r"\(items\.data\); declare format: parquet or format: csv"),
     "missing column": (_replace("{column: visitor, name: user_id}", "{column: visiter, name: user_id}"),
                        r"file \S+day=0/part-0\.parquet: no column 'visiter' \(the user id\); did you mean 'visitor'\?"),
     "column of the wrong type": (_replace("{column: country, kind: categorical}", "{column: country, kind: numeric}"),
