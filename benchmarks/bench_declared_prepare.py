@@ -1,16 +1,21 @@
 """A declared dataset at scale: `grec data prepare --definition` on 10M events, against the built-in
 synthetic source of the same size in the same run.
 
-Three fresh processes (each peak RSS is its own):
+Fresh processes (each peak RSS is its own):
   1. write: a shop's files as a team would hand them over: events as Parquet partitioned by day
      (string user and item ids, a device, a click flag, a dwell time), 1M users with a country and
      an age, 200k items with a text title, a list of tags and a price; and their declaration
      (two tasks from conditions, the items' text, a sequence of the last items);
-  2. declared: `prepare_dataset(open_declared(...))`, the path of `grec data prepare --definition`;
-  3. synthetic: `prepare_dataset("synthetic")` with as many events (the baseline: the built-in
-     source generates its events in memory, so it pays no reading or parsing).
+  2. write-synthetic: the built-in synthetic source's own tables written as Parquet files (events
+     partitioned by day), with a declaration that says what the source's code does;
+  3. declared: `prepare_dataset(open_declared(...))` of the shop, the path of `grec data prepare
+     --definition`;
+  4. declared-synthetic: the same path over the synthetic source's files (the same data as 5: what
+     reading and checking files costs over generating rows in memory);
+  5. synthetic: `prepare_dataset("synthetic")` with as many events, the baseline.
 Reported per prepare: total seconds, events per second, peak RSS, and the seconds of each stage
-(the prepare's own stage records: ingest per view, training set, transforms).
+(the prepare's own stage records: ingest per view, training set, transforms); and whether the
+declared synthetic files prepared the source's training set, row for row, and its spec.
 
     .venv/bin/python benchmarks/bench_declared_prepare.py --events 10000000 --users 1000000 --items 200000
 """
@@ -112,6 +117,68 @@ def step_write(workdir: Path, args: argparse.Namespace) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
 
 
+SYNTHETIC_DECLARATION = """\
+name: synthetic
+events:
+  path: events
+  user: user_id
+  item: item_id
+  time: event_timestamp
+  features:
+    - {{column: device, kind: categorical}}
+users:
+  path: users.parquet
+  key: user_id
+  time: feature_timestamp
+  features:
+{user_features}
+items:
+  path: items.parquet
+  key: item_id
+  time: feature_timestamp
+  features:
+{item_features}
+sequences:
+  - {{name: hist_item_id, column: item_id, length: {sequence_length}}}
+tasks:
+  - {{name: task_0, kind: binary, positive: label_task_0 == 1, descriptors: {{type: type_0, scenario: synthetic}}}}
+  - {{name: task_1, kind: binary, positive: label_task_1 == 1, role: auxiliary,
+     descriptors: {{type: type_1, scenario: synthetic}}}}
+"""
+
+
+def _synthetic_source(args: argparse.Namespace):
+    from feature_store.options import SourceOptions, SyntheticOptions
+    from feature_store.sources import get_source
+
+    return get_source("synthetic", SourceOptions(sequence_length=args.sequence_length,
+                                                 synthetic=SyntheticOptions(num_events=args.events)))
+
+
+def step_write_synthetic(workdir: Path, args: argparse.Namespace) -> dict:
+    """The synthetic source's tables as files, and their declaration (two tasks, as the default)."""
+    start = time.perf_counter()
+    folder = workdir / "synthetic_files"
+    folder.mkdir()
+    for view, chunks in _synthetic_source(args).tables():
+        for index, chunk in enumerate(chunks):
+            if view == "events":
+                (folder / "events" / f"part={index:03d}").mkdir(parents=True)
+                pq.write_table(chunk, folder / "events" / f"part={index:03d}" / "0.parquet")
+            else:
+                pq.write_table(chunk, folder / f"{view}.parquet")
+    views = {view: pq.read_schema(folder / f"{view}.parquet") for view in ("users", "items")}
+
+    def features(view: str) -> str:
+        names = [n for n in views[view].names if n not in ("user_id", "item_id", "feature_timestamp")]
+        return "\n".join(f"    - {{column: {n}, kind: {'categorical' if n.endswith('segment') else 'numeric'}}}"
+                         for n in names)
+
+    (folder / "synthetic.yaml").write_text(SYNTHETIC_DECLARATION.format(
+        user_features=features("users"), item_features=features("items"), sequence_length=args.sequence_length))
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
+
+
 class _Stages(logging.Handler):
     """Collects the prepare's stage records (feature_store.prepare logs each at DEBUG)."""
 
@@ -149,16 +216,31 @@ def step_declared(workdir: Path, args: argparse.Namespace) -> dict:
     return _prepare(source, workdir / "declared", args.events)
 
 
+def step_declared_synthetic(workdir: Path, args: argparse.Namespace) -> dict:
+    from feature_store.options import SourceOptions
+    from feature_store.sources.declared import open_declared
+
+    source = open_declared(workdir / "synthetic_files" / "synthetic.yaml",
+                           SourceOptions(sequence_length=args.sequence_length))
+    return _prepare(source, workdir / "declared_synthetic", args.events)
+
+
 def step_synthetic(workdir: Path, args: argparse.Namespace) -> dict:
-    from feature_store.options import SourceOptions, SyntheticOptions
-    from feature_store.sources import get_source
+    result = _prepare(_synthetic_source(args), workdir / "synthetic", args.events)
+    from feature_store.prepare import open_prepared
 
-    source = get_source("synthetic", SourceOptions(sequence_length=args.sequence_length,
-                                                   synthetic=SyntheticOptions(num_events=args.events)))
-    return _prepare(source, workdir / "synthetic", args.events)
+    declared, built_in = open_prepared(workdir / "declared_synthetic"), open_prepared(workdir / "synthetic")
+    same = declared.spec() == built_in.spec()
+    for split in ("train", "validation", "test"):  # file by file (one bucket's rows at a time)
+        mine, theirs = (sorted((p.training_dir / f"split={split}").glob("*.parquet")) for p in (declared, built_in))
+        same = same and [p.name for p in mine] == [p.name for p in theirs] and all(
+            pq.read_table(a).equals(pq.read_table(b)) for a, b in zip(mine, theirs, strict=True))
+    result["declared_synthetic_same_training_set"] = same
+    return result
 
 
-STEPS = {"write": step_write, "declared": step_declared, "synthetic": step_synthetic}
+STEPS = {"write": step_write, "write-synthetic": step_write_synthetic, "declared": step_declared,
+         "declared-synthetic": step_declared_synthetic, "synthetic": step_synthetic}
 
 
 def _run_step(step: str, workdir: Path, args: argparse.Namespace) -> dict:
@@ -192,13 +274,17 @@ def main() -> None:
         write = _run_step("write", workdir, args)
         files_mb = _folder_mb(workdir / "events")
         declared = _run_step("declared", workdir, args)
+        shutil.rmtree(workdir / "declared")
+        write_synthetic = _run_step("write-synthetic", workdir, args)
+        declared_synthetic = _run_step("declared-synthetic", workdir, args)
         synthetic = _run_step("synthetic", workdir, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
               "events": args.events, "users": args.users, "items": args.items,
               "sequence_length": args.sequence_length, "events_parquet_mb": round(files_mb, 1),
-              "write": write, "declared": declared, "synthetic": synthetic}
+              "write": write, "declared": declared, "write_synthetic": write_synthetic,
+              "declared_synthetic": declared_synthetic, "synthetic": synthetic}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -6,8 +6,10 @@ written), ready for `grec data prepare --definition`.
 
 Guesses: the user and item keys by name (user_id, customer, item, product, sku, movie...); the time
 by type or name, with the unit of numbers from their magnitude; outcomes (0/1 flags, ratings,
-columns named like clicks or purchases) become tasks, never features, since they are known only
-after the event; no outcome at all makes an implicit-feedback task. Item and user columns become
+columns named like clicks, purchases or dwell times) become tasks, never features, since they are
+known only after the event: a flag its own binary task, a rating a binary task (high ratings) and a
+regression, another number a binary task (above its median); no outcome at all makes an
+implicit-feedback task. Item and user columns become
 text (long strings), multi-hot (lists, or strings with a separator), categorical (few distinct
 values, ids) or numeric features.
 """
@@ -205,8 +207,13 @@ def _task_lines(sample: _Sample, used: set[str]) -> tuple[list[str], set[str]]:
                          f"    column: {_q(column)}\n    role: auxiliary\n    descriptors: {{type: {name}}}")
             taken.add(column)
         elif _numbers(dtype) and _OUTCOME.search(column):
-            tasks.append(f"  - name: {name}  # guessed: an outcome measured after the event\n    kind: regression\n"
-                         f"    column: {_q(column)}\n    role: {role}\n    descriptors: {{type: {name}}}")
+            values = _values(sample, column).to_numpy(zero_copy_only=False)
+            median = float(f"{np.median(values):.2g}") if len(values) else 0.0
+            threshold = int(median) if median.is_integer() else median
+            tasks.append(f"  - name: {name}_high  # guessed: an outcome measured after the event; positive above its "
+                         f"median (CHECK the threshold)\n    kind: binary\n"
+                         f"    positive: {_q(f'{_column_ref(column)} > {threshold}')}\n    role: {role}\n"
+                         f"    descriptors: {{type: {name}}}")
             taken.add(column)
     if not tasks:
         tasks.append("  - name: interaction  # guessed: no outcome column, so every event is a positive "

@@ -319,7 +319,8 @@ def test_init_drafts_a_commented_declaration_that_prepares(shop, tmp_path, capsy
     declaration = parse_declaration(yaml.safe_load(text), str(out))
     assert (declaration.events.user.column, declaration.events.item.column) == ("visitor", "sku")
     assert (declaration.events.time.column, declaration.events.time.unit) == ("ts", "ms")
-    assert [(t.name, t.kind) for t in declaration.tasks] == [("clicked", "binary"), ("dwell_s", "regression")]
+    assert [(t.name, t.kind) for t in declaration.tasks] == [("clicked", "binary"), ("dwell_s_high", "binary")]
+    assert declaration.tasks[1].positive.startswith("dwell_s > ")  # its median, to check
     assert declaration.tasks[0].positive == "clicked == 1" and declaration.tasks[0].role == "main"
     assert {f.column: f.kind for f in declaration.items.features} == {
         "title": "text", "tags": "multi_hot", "price": "numeric"}

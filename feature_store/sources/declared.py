@@ -164,8 +164,7 @@ class DeclaredSource(DataSource):
                         for role, table in (("users", declaration.users), ("items", declaration.items))
                         if table is not None}
         self._definition = self._build_definition()
-        self.missing_feature_rows = {role: 0 for role in self._tables}
-        self._keys: dict[str, pa.Array] = {}
+        self._unknown: dict[str, _UnknownKeys] = {}  # per feature table, filled as its rows are read
 
     # ---- opening: every check the files allow before a row is read ----------------------------------
     def _open_events(self, base_dir: Path) -> _Table:
@@ -325,13 +324,13 @@ class DeclaredSource(DataSource):
                 rows = self._feature_rows(table, view)
             except FeatureStoreError as err:
                 raise type(err)(f"{self.where}: {err}") from None
-            self._keys[role] = pc.unique(rows.column(view.key_field))
+            self._unknown[role] = _UnknownKeys(pc.unique(rows.column(view.key_field)))
             yield view.name, iter([rows])
         yield self._definition.events_name, self._event_chunks()
 
     def report(self) -> dict[str, Any]:
         """Events kept although their user or item has no feature row (their features are empty)."""
-        return {f"events_without_{role[:-1]}_features": count for role, count in self.missing_feature_rows.items()}
+        return {f"events_without_{role[:-1]}_features": counter.rows() for role, counter in self._unknown.items()}
 
     def check_splits(self, splits: dict[str, Any]) -> None:
         """A binary task whose condition gives no positive (or only positives) in a split cannot be
@@ -397,32 +396,77 @@ class DeclaredSource(DataSource):
         return conversions.labels(batch, values, column, f"the condition {declared.positive!r} of task "
                                   f"{declared.name!r}", declared.missing_labels, pa.int64())
 
-    def _event_chunks(self) -> Iterator[pa.Table]:
+    def _event_rows(self, batch: FileBatch) -> pa.Table:
+        """One file batch of events as the events view's rows."""
         events, definition = self.declaration.events, self._definition
+        columns: dict[str, Any] = {
+            definition.user.join_key: conversions.ids(batch, events.user.column, definition.user.dtype, "a user"),
+            definition.item.join_key: conversions.ids(batch, events.item.column, definition.item.dtype, "an item"),
+            definition.timestamp_field: conversions.timestamps(batch, events.time.column, events.time.unit,
+                                                               events.time.format),
+        }
+        for feature, context in zip(events.features, definition.context_features, strict=True):
+            columns[context.name] = self._feature_values(batch, feature, context.dtype)
+        for declared, task in zip(self.declaration.tasks, definition.tasks, strict=True):
+            columns[task.label] = self._label(batch, declared, task)
         view = definition.event_view
+        return pa.Table.from_arrays([columns[name] for name in view.schema.names], schema=view.schema)
+
+    def _event_chunks(self) -> Iterator[pa.Table]:
+        """The events in chunks of about EVENT_BATCH_ROWS rows (small files' batches joined: each
+        chunk costs the store a write per bucket), the first `max_events` if set."""
+        definition = self._definition
+        keys = {role: definition.user.join_key if role == "users" else definition.item.join_key
+                for role in self._tables}
         left = self.options.max_events
+        pending: list[pa.Table] = []
+
+        def chunk() -> pa.Table:
+            rows = pa.concat_tables(pending)
+            pending.clear()
+            for role, counter in self._unknown.items():
+                counter.add(rows.column(keys[role]))
+            return rows
+
         for batch in self._events.files.scan(self._events.schema, EVENT_BATCH_ROWS):
             if left is not None:
                 if left <= 0:
-                    return
+                    break
                 if batch.table.num_rows > left:
                     batch = FileBatch(batch.file, batch.first_row, batch.table.slice(0, left))
                 left -= batch.table.num_rows
-            columns: dict[str, Any] = {
-                definition.user.join_key: conversions.ids(batch, events.user.column, definition.user.dtype, "a user"),
-                definition.item.join_key: conversions.ids(batch, events.item.column, definition.item.dtype, "an item"),
-                definition.timestamp_field: conversions.timestamps(batch, events.time.column, events.time.unit,
-                                                                   events.time.format),
-            }
-            for feature, context in zip(events.features, definition.context_features, strict=True):
-                columns[context.name] = self._feature_values(batch, feature, context.dtype)
-            for declared, task in zip(self.declaration.tasks, definition.tasks, strict=True):
-                columns[task.label] = self._label(batch, declared, task)
-            for role, keys in self._keys.items():
-                key = definition.user.join_key if role == "users" else definition.item.join_key
-                known = pc.sum(pc.is_in(columns[key], value_set=keys).cast(pa.int64())).as_py() or 0
-                self.missing_feature_rows[role] += batch.table.num_rows - known
-            yield pa.Table.from_arrays([columns[name] for name in view.schema.names], schema=view.schema)
+            pending.append(self._event_rows(batch))
+            if sum(t.num_rows for t in pending) >= EVENT_BATCH_ROWS:
+                yield chunk()
+        if pending:
+            yield chunk()
+
+
+class _UnknownKeys:
+    """Counts rows whose key is not one of `known` (events without a feature row). Each chunk adds
+    its keys' counts; the known keys are looked up once at the end, since a lookup table of a
+    million keys costs more to build than a chunk's whole count."""
+
+    def __init__(self, known: pa.Array) -> None:
+        self.known = known
+        self.counts: list[pa.Table] = []
+
+    def add(self, keys: pa.ChunkedArray) -> None:
+        counts = pc.value_counts(keys.combine_chunks())
+        self.counts.append(pa.table({"key": counts.field("values"), "rows": counts.field("counts")}))
+        if len(self.counts) >= 16:  # merged now and then: memory follows the distinct keys, not the chunks
+            self.counts = [self._merged()]
+
+    def _merged(self) -> pa.Table:
+        return pa.concat_tables(self.counts).group_by("key").aggregate([("rows", "sum")]).rename_columns(
+            ["key", "rows"])
+
+    def rows(self) -> int:
+        if not self.counts:
+            return 0
+        merged = self._merged()
+        unknown = pc.invert(pc.is_in(merged.column("key"), value_set=self.known))
+        return int(pc.sum(merged.column("rows").filter(unknown)).as_py() or 0)
 
 
 def _null_input(table: pa.Table, expression: Expression, values) -> str:
