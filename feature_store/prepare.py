@@ -119,24 +119,23 @@ def _check_target(root: Path, overwrite: bool) -> None:
                                 "it: name a new or empty directory")
 
 
-def prepare_dataset(name: str | DataSource, out_dir: str | Path, *, options: SourceOptions | None = None,
+def prepare_dataset(dataset: str | DataSource, out_dir: str | Path, *, options: SourceOptions | None = None,
                     split: SplitConfig | None = None, num_buckets: int | None = None,
                     oov_buckets: int = DEFAULT_OOV_BUCKETS, min_count: int = 1,
                     overwrite: bool = False, progress: bool = False) -> PreparedDataset:
-    """Ingests dataset `name` (a built-in's name, or a source such as a declared dataset's,
+    """Ingests `dataset` (a built-in's name, or a source such as a declared dataset's,
     feature_store.sources.declared.open_declared) into `out_dir`, builds the training set, fits the
     transforms and writes the spec and summary. `num_buckets` None: about one bucket per 250k events.
 
     Everything is written into a hidden sibling of `out_dir` first; `out_dir` (with `overwrite`,
     the dataset already there) is replaced only once the new one is complete."""
-    source = name if isinstance(name, DataSource) else get_source(name, options or SourceOptions())
-    name = source.name
+    source = dataset if isinstance(dataset, DataSource) else get_source(dataset, options or SourceOptions())
     root = Path(out_dir)
     _check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = sibling(root, "staging")
     replacing = root.exists() and any(root.iterdir())
-    logger.debug("preparing %s in %s, to be renamed to %s when complete", name, staging, root)
+    logger.debug("preparing %s in %s, to be renamed to %s when complete", source.name, staging, root)
     try:
         _write_dataset(source, PreparedDataset(staging), split or SplitConfig(), num_buckets, oov_buckets,
                        min_count, progress)

@@ -186,7 +186,9 @@ class DeclaredSource(DataSource):
     def _open_feature_table(self, role: str, declared: FeatureTable, base_dir: Path) -> _Table:
         table = _Table(role, declared, base_dir)
         entity_key = self.declaration.events.user if role == "users" else self.declaration.events.item
-        table.want(declared.key, _declared(entity_key.type) or (pa.string() if table.is_csv else None), "the key")
+        # A CSV file's keys are read as the events' ids are (text holds either type).
+        events_type = _canonical(self._events.type_of(entity_key.column))
+        table.want(declared.key, _declared(entity_key.type) or (events_type if table.is_csv else None), "the key")
         if declared.time is not None:
             table.want(declared.time.column, pa.string() if declared.time.format else None, "the time")
         for feature in declared.features:
