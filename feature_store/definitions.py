@@ -46,7 +46,8 @@ class TaskRole(StrEnum):
     AUXILIARY = "auxiliary"
 
 
-def _is_id_type(dtype: pa.DataType) -> bool:
+def is_id_type(dtype: pa.DataType) -> bool:
+    """Integer or string: a type ids (keys, categorical values) may have."""
     return pa.types.is_integer(dtype) or pa.types.is_string(dtype)
 
 
@@ -64,7 +65,7 @@ class Entity:
     feature: bool = True
 
     def __post_init__(self) -> None:
-        if not _is_id_type(self.dtype):
+        if not is_id_type(self.dtype):
             raise ValueError(f"entity {self.name!r}: key type must be an integer or string, got {self.dtype}")
 
 
@@ -80,8 +81,8 @@ class Feature:
         kind = FeatureKind(self.kind)
         object.__setattr__(self, "kind", kind)
         valid = {
-            FeatureKind.CATEGORICAL: _is_id_type(self.dtype),
-            FeatureKind.MULTI_HOT: pa.types.is_list(self.dtype) and _is_id_type(self.dtype.value_type),
+            FeatureKind.CATEGORICAL: is_id_type(self.dtype),
+            FeatureKind.MULTI_HOT: pa.types.is_list(self.dtype) and is_id_type(self.dtype.value_type),
             FeatureKind.NUMERIC: pa.types.is_integer(self.dtype) or pa.types.is_floating(self.dtype),
             FeatureKind.TEXT: False,
         }[kind]

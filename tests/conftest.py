@@ -130,6 +130,23 @@ def feature_store_tiny_definition(sequence_length: int = 3, user_ttl_days: float
     )
 
 
+def movielens_original_files(folder: Path, ratings: int | None = 400) -> Path:
+    """The original MovieLens-100K files (u.data, u.item, u.user), written from the packaged copy:
+    the first `ratings` ratings (None: all)."""
+    from feature_store.sources import movielens
+    from feature_store.sources.base import read_widedeep_parquet
+
+    folder.mkdir(parents=True)
+    data = read_widedeep_parquet("MovieLens100k_data.parquet.brotli", "ml", movielens.RATINGS)
+    data = data if ratings is None else data.slice(0, ratings)
+    data.to_pandas().to_csv(folder / "u.data", sep="\t", header=False, index=False)
+    items = read_widedeep_parquet("MovieLens100k_items.parquet.brotli", "ml", movielens.ITEMS).to_pandas()
+    items.to_csv(folder / "u.item", sep="|", header=False, index=False, encoding="latin-1")
+    users = read_widedeep_parquet("MovieLens100k_users.parquet.brotli", "ml", movielens.USERS).to_pandas()
+    users.to_csv(folder / "u.user", sep="|", header=False, index=False)
+    return folder
+
+
 def feature_store_time(day: float):
     """2024-01-01 plus `day` days, UTC."""
     return dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=day)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+from conftest import movielens_original_files
 
 from feature_store.online import SEQUENCES_VIEW, open_online_store
 from jobs.cli import build_parser, main
@@ -72,21 +73,6 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _movielens_files(folder: Path, ratings: int = 400) -> Path:
-    """The original MovieLens-100K files (u.data, u.item, u.user), written from the packaged copy."""
-    from feature_store.sources import movielens
-    from feature_store.sources.base import read_widedeep_parquet
-
-    folder.mkdir(parents=True)
-    data = read_widedeep_parquet("MovieLens100k_data.parquet.brotli", "ml", movielens.RATINGS).slice(0, ratings)
-    data.to_pandas().to_csv(folder / "u.data", sep="\t", header=False, index=False)
-    items = read_widedeep_parquet("MovieLens100k_items.parquet.brotli", "ml", movielens.ITEMS).to_pandas()
-    items.to_csv(folder / "u.item", sep="|", header=False, index=False, encoding="latin-1")
-    users = read_widedeep_parquet("MovieLens100k_users.parquet.brotli", "ml", movielens.USERS).to_pandas()
-    users.to_csv(folder / "u.user", sep="|", header=False, index=False)
-    return folder
-
-
 def _edit_line(path: Path, number: int, new: str) -> None:
     lines = path.read_text(encoding="latin-1").splitlines()
     lines[number - 1] = new
@@ -97,13 +83,13 @@ def _edit_line(path: Path, number: int, new: str) -> None:
 def old_dataset(tmp_path):
     """A prepared dataset in OUT (from good original files) and its bytes."""
     out = tmp_path / "out"
-    good = _movielens_files(tmp_path / "good")
+    good = movielens_original_files(tmp_path / "good")
     assert main(["data", "prepare", "--dataset", "movielens-100k", "--data-dir", str(good), "--out", str(out)]) == 0
     return out, _snapshot(out)
 
 
 def _bad_u_data(tmp_path, line: int, text: str) -> Path:
-    folder = _movielens_files(tmp_path / "bad")
+    folder = movielens_original_files(tmp_path / "bad")
     _edit_line(folder / "u.data", line, text)
     return folder
 
@@ -127,7 +113,7 @@ def test_a_failed_overwrite_names_the_problem_and_keeps_the_old_dataset(tmp_path
     elif case == "missing column":
         data_dir = _bad_u_data(tmp_path, 4, "186\t302\t3")
     elif case == "empty file":
-        data_dir = _movielens_files(tmp_path / "bad")
+        data_dir = movielens_original_files(tmp_path / "bad")
         (data_dir / "u.data").write_text("")
     else:
         data_dir = tmp_path / "nonexistent"
@@ -166,7 +152,7 @@ def test_a_failed_prepare_leaves_nothing_so_a_retry_needs_no_overwrite(tmp_path,
     out = tmp_path / "out"
     assert main(["data", "prepare", "--dataset", "movielens-100k", "--data-dir", str(bad), "--out", str(out)]) == 2
     assert not out.exists() and list(tmp_path.glob(".out*")) == []
-    good = _movielens_files(tmp_path / "good")
+    good = movielens_original_files(tmp_path / "good")
     assert main(["data", "prepare", "--dataset", "movielens-100k", "--data-dir", str(good), "--out", str(out)]) == 0
     assert "prepared movielens-100k" in capsys.readouterr().out
 
@@ -197,7 +183,7 @@ def test_output_that_is_a_file_or_a_dataset_without_overwrite_is_refused(tmp_pat
 
 def test_a_successful_overwrite_replaces_the_dataset(tmp_path, capsys, old_dataset):
     out, before = old_dataset
-    fewer = _movielens_files(tmp_path / "fewer", ratings=300)
+    fewer = movielens_original_files(tmp_path / "fewer", ratings=300)
     assert main(["data", "prepare", "--dataset", "movielens-100k", "--data-dir", str(fewer), "--out", str(out),
                  "--overwrite"]) == 0
     assert _snapshot(out) != before and "'events': 300" in (out / "summary.json").read_text().replace('"', "'")

