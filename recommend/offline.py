@@ -55,7 +55,8 @@ class Interactions:
         change = np.flatnonzero(self.users[1:] != self.users[:-1]) + 1
         starts = np.r_[0, change]
         ends = np.r_[change, len(self.users)]
-        return [(self.users[s], int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+        keys = self.users[starts].tolist()  # Python ids (int or str), as JSON and the online store take them
+        return [(key, int(s), int(e)) for key, s, e in zip(keys, starts, ends, strict=True)]
 
 
 def read_interactions(prepared: Any, label_columns: list[str] = ()) -> Interactions:

@@ -3,6 +3,8 @@ the same users and seen sets, full ranking, paired intervals, and what it refuse
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,8 @@ def test_every_system_is_judged_on_the_same_users_with_intervals_against_grec(se
         assert intervals["ndcg@5"]["difference"] == pytest.approx(difference)
         assert intervals["ndcg@5"]["low"] <= difference <= intervals["ndcg@5"]["high"]
     assert result["details"]["ease"]["trials"] == 2 and "l2" in result["details"]["ease"]["params"]
+    # The report (grec evaluate's result.json) names the users as the dataset does: plain JSON values.
+    assert json.loads(json.dumps(result))["user_ids"] == result["user_ids"]
 
 
 def test_the_stage_is_not_judged_on_a_split_it_was_fitted_on(serving_app, loaded_and_stage):
