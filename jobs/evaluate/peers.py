@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,10 +83,16 @@ def _with_fallback(data: PeerData, fill: Callable[[np.ndarray], np.ndarray]) -> 
     return scores
 
 
-def _implicit_scores(model: Any, data: PeerData) -> np.ndarray:
+def _implicit_scores(make_model: Callable[[], Any], data: PeerData) -> np.ndarray:
+    from implicit.utils import ParameterWarning
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, single-threaded BLAS
+    # implicit's advice: its own threads, single-threaded BLAS (its constructors warn otherwise).
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        # The item-item models normalize our CSR matrix into a COO one and then warn about converting
+        # their own matrix back: nothing a caller can change.
+        warnings.simplefilter("ignore", ParameterWarning)
+        model = make_model()
         model.fit(data.matrix, show_progress=False)
 
     def fill(rows: np.ndarray) -> np.ndarray:
@@ -110,21 +117,19 @@ def peer_scores(peer: str, data: PeerData, params: dict[str, Any], seed: int = 0
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
         kind = BM25Recommender if params["kind"] == "bm25" else CosineRecommender
-        return _implicit_scores(kind(K=params["neighbours"], num_threads=1), data)
+        return _implicit_scores(lambda: kind(K=params["neighbours"], num_threads=1), data)
     if peer == "als":
         from implicit.als import AlternatingLeastSquares
 
-        model = AlternatingLeastSquares(factors=params["factors"], regularization=params["regularization"],
-                                        alpha=params["alpha"], iterations=params["iterations"], random_state=seed,
-                                        num_threads=1)
-        return _implicit_scores(model, data)
+        return _implicit_scores(lambda: AlternatingLeastSquares(
+            factors=params["factors"], regularization=params["regularization"], alpha=params["alpha"],
+            iterations=params["iterations"], random_state=seed, num_threads=1), data)
     if peer == "bpr":
         from implicit.bpr import BayesianPersonalizedRanking
 
-        model = BayesianPersonalizedRanking(factors=params["factors"], learning_rate=params["learning_rate"],
-                                            regularization=params["regularization"], iterations=params["iterations"],
-                                            random_state=seed, num_threads=1)
-        return _implicit_scores(model, data)
+        return _implicit_scores(lambda: BayesianPersonalizedRanking(
+            factors=params["factors"], learning_rate=params["learning_rate"], regularization=params["regularization"],
+            iterations=params["iterations"], random_state=seed, num_threads=1), data)
     if peer == "ease":
         gram = (data.matrix.T @ data.matrix).toarray().astype(np.float64)
         gram[np.diag_indices_from(gram)] += params["l2"]
