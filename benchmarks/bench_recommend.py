@@ -206,11 +206,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for target in TARGETS[dataset]:
                 config = RecommendEvalConfig(task=target, trials=args.trials, seed=seed)
                 result = evaluate_recommend(loaded, stage, prepared, "test", config, external=external)
-                result["details"].setdefault("sasrec", {k: v for k, v in sasrec.items() if k != "lists"})
+                result["details"]["sasrec"] = {**result["details"].get("sasrec", {}),
+                                               **{k: v for k, v in sasrec.items() if k != "lists"}}
                 result.pop("per_user", None)
                 result.pop("user_ids", None)
-                runs.append({"dataset": dataset, "protocol": protocol, "tie_seed": tie_seed, "seed": seed,
-                             "target": target, "ranker": ranker_cpu, "stage": stage_report, **result})
+                # The evaluation's own `protocol` (the split's settings, a dict) kept as `split`.
+                runs.append({**result, "split": result.pop("protocol"), "dataset": dataset, "protocol": protocol,
+                             "tie_seed": tie_seed, "seed": seed, "target": target, "ranker": ranker_cpu,
+                             "stage": stage_report})
                 grec, intervals = result["systems"]["grec"], result["intervals_vs_grec"]
                 print(f"  {target}: grec ndcg@10 {grec['ndcg@10']:.4f} hr@10 {grec['hr@10']:.4f}; " + ", ".join(
                     f"{p} {result['systems'][p]['ndcg@10']:.4f} [{v['ndcg@10']['low']:+.3f}, {v['ndcg@10']['high']:+.3f}]"

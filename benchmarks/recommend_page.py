@@ -28,11 +28,12 @@ def _cpu(run: dict[str, Any], system: str) -> float | None:
     details = run["details"].get(system, {})
     if system == "grec":
         return run["ranker"]["cpu_s_total"] + run["stage"]["cpu_s"]
-    if system == "sasrec":
+    if system == "sasrec":  # benchmarks/sasrec_peer/run_sasrec.py's result: tuning trials, then a fit per seed
         result = details.get("result") or {}
-        per_seed = result.get("fit_cpu_s") or {}
-        value = per_seed.get(str(run["seed"])) if isinstance(per_seed, dict) else None
-        return None if value is None else float(value)
+        final = [s["fit_cpu_s"] for s in result.get("final", {}).get("seeds", []) if s["seed"] == run["seed"]]
+        if not final:
+            return None
+        return final[0] + sum(t["fit_cpu_s"] for t in result.get("tuning", {}).get("trials", []))
     if "fit_cpu_s" in details:
         return details["fit_cpu_s"] + details.get("tuning_cpu_s", 0.0)
     return None
