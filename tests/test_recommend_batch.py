@@ -29,7 +29,9 @@ def test_the_batch_lists_are_the_endpoints(serving_app, client, tmp_path):
         mine = sorted((r for r in rows if r["user_id"] == user), key=lambda r: r["rank"])
         served = client.post("/v1/recommend", json={"user_id": user, "task": "like", "k": 5}).json()
         assert [r["item_id"] for r in mine] == [item["item_id"] for item in served["items"]]
-        assert [r["score"] for r in mine] == pytest.approx([item["rank_score"] for item in served["items"]], abs=1e-6)
+        # Same items in the same order; scores agree to float32 precision (the batch job scores users in
+        # other batch shapes than one request, so the last bits of a sum can differ).
+        assert [r["score"] for r in mine] == pytest.approx([item["rank_score"] for item in served["items"]], rel=1e-5)
 
 
 def test_bad_requests_are_refused_before_ray(serving_app, tmp_path, capsys):
