@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,30 @@ def write_json_atomically(path: Path, data: Any) -> None:
     tmp = sibling(path, "tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def write_parquet_atomically(path: Path, batches: Iterable[Any], empty: str) -> int:
+    """Streams `batches` (pyarrow tables or record batches, one schema) into Parquet at `path` through
+    a hidden partial file renamed into place at the end; returns the rows written. No batch: raises
+    ValueError(`empty`) and `path` is left as it was, as it is on any failure."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    writer, rows = None, 0
+    try:
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(partial, batch.schema)
+            writer.write_table(batch)
+            rows += batch.num_rows
+        if writer is None:
+            raise ValueError(empty)
+        writer.close()
+        writer = None
+        os.replace(partial, path)
+    finally:
+        if writer is not None:
+            writer.close()
+        partial.unlink(missing_ok=True)
+    return rows

@@ -32,12 +32,17 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
                    help="a prepared dataset directory (grec data prepare), or its s3:// URI (read there, by every node "
                         "of a cluster)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split to score (default test)")
+    _add_ray_inference(p, batch_size=512, batch_of="rows per inference batch")
+
+
+def _add_ray_inference(p: argparse.ArgumentParser, batch_size: int, batch_of: str) -> None:
+    """Where a Ray Data inference job runs and with how many model replicas."""
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--actors", type=int, default=1, metavar="N", help="model replicas in the Ray Data actor pool (default 1)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
-    p.add_argument("--batch-size", type=int, default=512, metavar="N", help="rows per inference batch (default 512)")
+    p.add_argument("--batch-size", type=int, default=batch_size, metavar="N", help=f"{batch_of} (default {batch_size})")
     add_require_integrity(p)
 
 
@@ -278,13 +283,7 @@ def _add_recommend(subparsers: argparse._SubParsersAction) -> None:
                    help="where users are read (default .grec/online.sqlite, where `grec data materialize` writes)")
     p.add_argument("--allow-seen", action="store_true", help="allow items the user already interacted with")
     p.add_argument("--out", required=True, type=Path, metavar="FILE.parquet", help="output Parquet file")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
-    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--actors", type=int, default=1, metavar="N", help="replicas in the Ray Data actor pool (default 1)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="users per call (default 64)")
-    add_require_integrity(p)
+    _add_ray_inference(p, batch_size=64, batch_of="users per call")
     p.set_defaults(func=_recommend)
 
 

@@ -12,9 +12,7 @@ The file is written beside its destination under a temporary name and renamed wh
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +20,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from feature_store.atomic import write_parquet_atomically
 from jobs.evaluate.inference import InferenceOptions, load_in_actor, map_with_model
+from jobs.predict import parquet_out
 from jobs.ray_runtime import ray_session
 
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "task")
@@ -121,11 +120,7 @@ def recommend_to_parquet(model_uri: str, users: Sequence[Any], online_store: str
     from registry.models import load_registered, resolve_version
     from registry.retrieval_index import load_recommendation_stage
 
-    out = Path(out_path)
-    if out.suffix != ".parquet":
-        raise ValueError(f"--out must name a .parquet file, got {out}")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; name a file such as {out / 'recommendations.parquet'}")
+    out = parquet_out(out_path, "recommendations.parquet")
     if k < 1:
         raise ValueError(f"-k must be >= 1, got {k}")
     if not users:
@@ -140,30 +135,14 @@ def recommend_to_parquet(model_uri: str, users: Sequence[Any], online_store: str
         raise ValueError(f"--task {task!r}: expected one of {tasks}")
     started = time.perf_counter()
     options = options or InferenceOptions(batch_size=64)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
-    writer, rows = None, 0
-    try:
-        with ray_session(address):
-            import ray.data
+    with ray_session(address):
+        import ray.data
 
-            user_type = pa.array(list(users)).type
-            ids = ray.data.from_arrow(pa.table({"user_id": pa.array(list(users), user_type)}))
-            ranked = map_with_model(ids, ListRanker, f"models:/{name}/{version}", tracking_uri or
-                                    mlflow.get_registry_uri(), options, online_store=str(online_store), task=task,
-                                    k=k, exclude_seen=exclude_seen)
-            for batch in ranked.iter_batches(batch_format="pyarrow", batch_size=None):
-                if writer is None:
-                    writer = pq.ParquetWriter(partial, batch.schema)
-                writer.write_table(batch)
-                rows += batch.num_rows
-        if writer is None:
-            raise ValueError("no list was produced")
-        writer.close()
-        writer = None
-        os.replace(partial, out)
-    finally:
-        if writer is not None:
-            writer.close()
-        partial.unlink(missing_ok=True)
+        user_type = pa.array(list(users)).type
+        ids = ray.data.from_arrow(pa.table({"user_id": pa.array(list(users), user_type)}))
+        ranked = map_with_model(ids, ListRanker, f"models:/{name}/{version}", tracking_uri or
+                                mlflow.get_registry_uri(), options, online_store=str(online_store), task=task,
+                                k=k, exclude_seen=exclude_seen)
+        rows = write_parquet_atomically(out, ranked.iter_batches(batch_format="pyarrow", batch_size=None),
+                                        empty="no list was produced")
     return RecommendSummary(out, len(users), rows, task, name, version, round(time.perf_counter() - started, 1))
