@@ -60,19 +60,23 @@ class RouterConfig(_Section):
     each task mixes their outputs with its own gate and its C-Poly skills; with `top_k` 0 a task has
     no routed expert of its own and an example runs exactly `shared_experts` experts.
 
-    Capacity applies in training only. With `task` routing every row of a task goes to the same
-    experts, so capacity counts tasks: an expert takes at most ceil(capacity_factor * T * top_k / E)
-    of the batch's tasks (balanced tasks never overflow). With per-row routing it counts sentences:
-    ceil(capacity_factor * N * top_k / E). An overflowing assignment skips that expert (its
-    residual path remains). At eval every sentence reaches its top-k experts."""
+    Training is dropless: every routed assignment runs, in training as at eval, so the model
+    trained is the model served. `capacity_factor` is an opt-in memory cap for per-sentence routing
+    only (it needs `allow_drops: true`): an expert then takes at most ceil(capacity_factor * N *
+    top_k / E) of the batch's N sentences' assignments, the overflow skips that expert (its
+    residual path remains), and the run reports the dropped share. Task routing runs each task's
+    experts as one group of rows, so a cap there would save no memory and is refused."""
 
     mode: Literal["task", "sentence", "task-sentence"] = Field(
         "task", description="what the router reads: the task token, the sentence, or both")
     num_experts: int = Field(4, ge=1, description="routed experts")
     top_k: int = Field(1, ge=0, description="routed experts per (example, task) sentence")
     shared_experts: int = Field(0, ge=0, description="experts every example runs once, shared by all its tasks")
-    capacity_factor: float = Field(1.25, gt=0, description="training only: an expert takes at most this times "
-                                                         "its even share of assignments")
+    capacity_factor: float | None = Field(None, gt=0, description="per-sentence routing, training only, opt-in "
+                                                                "memory cap: an expert takes at most this times its "
+                                                                "even share of assignments and the overflow is "
+                                                                "dropped (needs allow_drops: true); None: dropless")
+    allow_drops: bool = Field(False, description="accept that capacity_factor drops expert assignments in training")
     jitter: float = Field(0.01, ge=0, lt=1, description="multiplicative router-input noise, training only")
     load_balance_weight: float = Field(1e-2, ge=0, description="weight of the Switch load-balancing loss")
     z_loss_weight: float = Field(1e-3, ge=0, description="weight of the ST-MoE router z-loss")
@@ -84,6 +88,17 @@ class RouterConfig(_Section):
         if self.top_k == 0 and self.shared_experts == 0:
             raise ValueError("router.top_k is 0 and router.shared_experts is 0: no expert would run; "
                              "set top_k >= 1 or shared_experts >= 1")
+        if self.capacity_factor is not None:
+            if self.mode == "task":
+                raise ValueError(f"router.capacity_factor {self.capacity_factor} with router.mode 'task': task routing "
+                                 "runs each task's experts as one group, so a cap saves no memory and would only "
+                                 "drop work; delete router.capacity_factor")
+            if not self.allow_drops:
+                raise ValueError(f"router.capacity_factor {self.capacity_factor} drops the expert assignments over "
+                                 "capacity in training (the model trained would not be the model served); delete "
+                                 "it for dropless training, or add router.allow_drops: true to cap memory anyway")
+        elif self.allow_drops:
+            raise ValueError("router.allow_drops: true without router.capacity_factor has no effect; delete it")
         return self
 
 

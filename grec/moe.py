@@ -7,8 +7,8 @@ y[t, b] = s[t, b] + sum_k g[t, k] expert_k(s[t, b]; skills of t)                
 Work is grouped, never a loop over experts or tasks:
 - `task` routing: all rows of a task share its k experts, so each (task, expert) pair is one group of
   rows; the groups run as batched matmuls over the gathered expert weights.
-- per-sentence routing: assignments are sorted by expert into an [E, C, d] buffer (C: the capacity in
-  training, the largest load at eval) and run as one batched matmul per layer.
+- per-sentence routing: assignments are sorted by expert into blocks of rows of one expert each and
+  run as one batched matmul per layer, every assignment in training as at eval (dropless).
 - shared experts read the example's task-independent representation x[b] and run once per example,
   whatever the number of tasks; each task mixes their outputs with its own gate.
 With one skill bank shared by the experts (the default), a task's skill delta does not depend on the
@@ -27,6 +27,28 @@ from torch import nn
 from grec.config import RouterConfig, SkillConfig
 from grec.router import Routing, RouterStats, TaskSentenceRouter
 from grec.skills import SkillAdapter, SkillMix, make_adapter
+
+
+# Rows per block of the per-sentence expert compute. Each expert's assignments are padded to whole
+# blocks, so padding is under one block per expert whatever the routing: dropless training needs no
+# [experts, largest load] buffer, which an unbalanced router (every sentence to one expert) would
+# make E times the batch. Each block reads its expert's weights (a gather of blocks x weights).
+ROUTING_BLOCK = 32
+
+
+def expert_blocks(expert: torch.Tensor, num_experts: int, block: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+    """Assignments to experts `expert` [A] laid out in blocks of `block` rows, each block one
+    expert's: (block index [A], row in the block [A], each block's expert [blocks]). Assignments of
+    an expert keep their order."""
+    order = torch.argsort(expert, stable=True)
+    counts = torch.bincount(expert, minlength=num_experts)
+    position = torch.empty_like(expert)
+    position[order] = torch.arange(expert.numel(), device=expert.device) - (counts.cumsum(0) - counts)[expert[order]]
+    blocks_per_expert = (counts + block - 1) // block
+    first_block = blocks_per_expert.cumsum(0) - blocks_per_expert
+    block_expert = torch.repeat_interleave(torch.arange(num_experts, device=expert.device), blocks_per_expert)
+    return first_block[expert] + position // block, position % block, block_expert
 
 
 class ExpertBank(nn.Module):
@@ -173,9 +195,9 @@ class SparseMoE(nn.Module):
 
     def _routed_by_sentence(self, s: torch.Tensor, routing: Routing, mix_up: SkillMix | None,
                             mix_down: SkillMix | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-sentence routing: kept assignments sorted by expert into an [E, C, .] buffer. Returns
-        s + the experts' outputs, and the down-skill low-rank inputs of the gate-weighted hidden
-        states (one shared skill bank)."""
+        """Per-sentence routing: the assignments that run, in blocks of ROUTING_BLOCK rows of one
+        expert each (see expert_blocks). Returns s + the experts' outputs, and the down-skill low-rank
+        inputs of the gate-weighted hidden states (one shared skill bank)."""
         num_tasks, size, d = s.shape
         bank, hidden = self.routed, self.hidden
         rows_total = num_tasks * size
@@ -184,21 +206,19 @@ class SparseMoE(nn.Module):
         expert = routing.expert_index.reshape(-1)[kept]
         rows = kept // top_k
         gates = routing.gates.reshape(-1)[kept].to(s.dtype).unsqueeze(1)
-        order = torch.argsort(expert, stable=True)
-        counts = torch.bincount(expert, minlength=bank.count)
-        position = torch.empty_like(expert)
-        position[order] = torch.arange(expert.numel(), device=s.device) - (counts.cumsum(0) - counts)[expert[order]]
-        capacity = int(counts.max()) if expert.numel() else 0
+        block, offset, block_expert = expert_blocks(expert, bank.count, ROUTING_BLOCK)
         flat = s.reshape(rows_total, d)
-        buffer = flat.new_zeros(bank.count, capacity, d)
-        buffer[expert, position] = flat[rows]
-        pre = torch.baddbmm(bank.up_bias.unsqueeze(1), buffer, bank.up_weight.transpose(1, 2))[expert, position]
+        buffer = flat.new_zeros(block_expert.numel(), ROUTING_BLOCK, d)
+        buffer[block, offset] = flat[rows]
+        pre = torch.baddbmm(bank.up_bias[block_expert].unsqueeze(1), buffer,
+                            bank.up_weight[block_expert].transpose(1, 2))[block, offset]
         if self.skills.up is not None:
             pre = pre + self.skills.up.delta(s, mix_up).reshape(rows_total, hidden)[rows]
         h = F.gelu(pre)  # [assignments, hidden]
-        buffer = h.new_zeros(bank.count, capacity, hidden)
-        buffer[expert, position] = h
-        out = torch.baddbmm(bank.down_bias.unsqueeze(1), buffer, bank.down_weight.transpose(1, 2))[expert, position]
+        buffer = h.new_zeros(block_expert.numel(), ROUTING_BLOCK, hidden)
+        buffer[block, offset] = h
+        out = torch.baddbmm(bank.down_bias[block_expert].unsqueeze(1), buffer,
+                            bank.down_weight[block_expert].transpose(1, 2))[block, offset]
         combined = flat.index_add(0, rows, out * gates).view(num_tasks, size, d)
         if self.skills.down is None:
             return combined, None

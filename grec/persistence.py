@@ -52,6 +52,17 @@ def save_model(model: MultiTaskModel, path: str | Path) -> Path:
     return path
 
 
+def saved_config(config: dict) -> dict:
+    """A saved model config as this grec reads it. Models saved before training was dropless carry
+    `router.capacity_factor` (then 1.25 by default) without `router.allow_drops`: a training-only
+    setting that this grec accepts only with the opt-in, so it is left out (loading never trains)."""
+    router = config.get("router") or {}
+    if router.get("capacity_factor") is not None and "allow_drops" not in router:
+        router = {key: value for key, value in router.items() if key != "capacity_factor"}
+        return {**config, "router": router}
+    return config
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> MultiTaskModel:
     """Rebuilds the model from config.json and loads model.safetensors (strict); returns it in eval mode."""
     path = Path(path)
@@ -61,6 +72,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> MultiTas
     if document.get("version") != FORMAT["version"]:
         raise ValueError(f"{path / CONFIG_FILE}: saved with model layout version {document.get('version')!r}; this grec "
                          f"reads version {FORMAT['version']} (retrain the model, or use the grec release that saved it)")
-    model = build_model(GRecConfig.from_dict(document["config"]), pretrained_text=False)
+    model = build_model(GRecConfig.from_dict(saved_config(document["config"])), pretrained_text=False)
     model.load_state_dict(decode_state(load_file(str(path / WEIGHTS_FILE))), strict=True)
     return apply_precision(model.to(device), document.get("precision", "fp32")).eval()

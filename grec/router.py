@@ -1,4 +1,4 @@
-"""The task-sentence router: top-k of E routed experts with capacity, jitter, auxiliary losses and
+"""The task-sentence router: top-k of E routed experts (dropless unless capped), jitter, auxiliary losses and
 per-task expert load statistics, plus the gates of the shared experts.
 
 Layouts are task-major. With `task` routing a decision is made per task ([T, k]): every row of a task
@@ -22,8 +22,8 @@ class Routing(NamedTuple):
     hooks) see the tensors."""
 
     expert_index: torch.Tensor  # [T, k] (task routing) or [T, B, k]: routed experts, best first
-    gates: torch.Tensor  # like expert_index: combine weights, 0 where the assignment overflowed capacity
-    kept: torch.Tensor  # like expert_index, bool: the assignment fits in its expert's capacity
+    gates: torch.Tensor  # like expert_index: combine weights, 0 where the assignment overflowed an opt-in capacity
+    kept: torch.Tensor  # like expert_index, bool: the assignment runs (all, unless a capacity is set)
     probs: torch.Tensor  # [T, E] or [T, B, E]: softmax over the routed experts
     shared_gates: torch.Tensor  # [T, m] or [T, B, m]: softmax over the shared experts
     load_balance: torch.Tensor  # scalar auxiliary loss (Switch)
@@ -95,15 +95,18 @@ class TaskSentenceRouter(nn.Module):
             x = x * torch.empty_like(x).uniform_(1.0 - eps, 1.0 + eps)
         return self.project(x).float()
 
-    def capacity(self, assignments: int) -> int:
-        """Most assignments an expert takes, for `assignments` = units (tasks or sentences) x top_k."""
+    def capacity(self, assignments: int) -> int | None:
+        """Most assignments an expert takes in training, for `assignments` = sentences x top_k (None:
+        dropless, the default)."""
         c = self.config
+        if c.capacity_factor is None:
+            return None
         return max(1, math.ceil(c.capacity_factor * assignments / c.num_experts))
 
     def _decide(self, logits: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(expert_index, gates, kept, probs, shared_gates) of logits [N, m + E]; capacity (training
-        only) over all N rows' assignments."""
+        """(expert_index, gates, kept, probs, shared_gates) of logits [N, m + E]; an opt-in capacity
+        (training only) over all N rows' assignments."""
         m, k = self.num_shared, self.config.top_k
         shared_gates = torch.softmax(logits[:, :m], dim=-1)
         probs = torch.softmax(logits[:, m:], dim=-1)
@@ -111,15 +114,15 @@ class TaskSentenceRouter(nn.Module):
         # top-1 keeps the raw probability (the router learns through it); top-k>1 renormalizes.
         gates = top_probs if k <= 1 else top_probs / top_probs.sum(-1, keepdim=True)
         kept = torch.ones_like(expert_index, dtype=torch.bool)
-        if self.training and k:
-            kept = within_capacity(expert_index, self.num_routed, self.capacity(expert_index.numel()))
+        capacity = self.capacity(expert_index.numel()) if self.training and k else None
+        if capacity is not None:
+            kept = within_capacity(expert_index, self.num_routed, capacity)
         return expert_index, gates * kept, kept, probs, shared_gates
 
     def route_tasks(self, all_task_tokens: torch.Tensor, requested: torch.Tensor) -> Routing:
         """`task` routing. The decision is made for every task of the model (all_task_tokens [T_all, d])
-        and read for the requested ones (indices `requested` [T]): capacity counts the model's tasks,
-        so whether a task keeps an expert never depends on which other tasks are in the batch, and the
-        load-balancing loss is global over all tasks (SMES)."""
+        and read for the requested ones (indices `requested` [T]): a task's experts never depend on
+        which other tasks are in the batch, and the load-balancing loss is global over all tasks (SMES)."""
         logits = self._logits(all_task_tokens)
         expert_index, gates, kept, probs, shared_gates = self._decide(logits)
         return Routing(expert_index[requested], gates[requested], kept[requested], probs[requested],

@@ -30,6 +30,7 @@ class EpochRecord:
     train_loss: float
     metrics: dict[str, float]  # validation metrics, `val/...`
     cpu_seconds: float  # training CPU seconds of this epoch
+    dropped_fraction: float  # share of expert assignments an opt-in capacity dropped (mean over steps)
     best: bool  # the early-stopping metric improved
 
 
@@ -92,18 +93,20 @@ def fit(model: MultiTaskModel, train: pa.Table, validation: pa.Table, config: Tr
     for epoch in range(training.epochs):
         model.train()
         started = time.process_time()
-        total, batches = 0.0, 0
+        total, batches, dropped = 0.0, 0, 0.0
         order = rng.permutation(train.num_rows)
         for first in range(0, len(order), training.batch_size):
             batch = model.collate_labelled(train.take(pa.array(order[first:first + training.batch_size])))
             tasks, scale = model.training_tasks(step)
-            loss, _ = model.loss(model(batch, tasks), batch, scale)
+            out = model(batch, tasks)
+            loss, _ = model.loss(out, batch, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clipping > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clipping)
             optimizer.step()
             total, batches, step = total + float(loss.detach()), batches + 1, step + 1
+            dropped += 0.0 if out.router_stats is None else float(out.router_stats.dropped_fraction)
         cpu = time.process_time() - started
         metrics = validate(model, validation, training.eval_batch_size)
         value = metrics[stopping.metric]
@@ -113,7 +116,7 @@ def fit(model: MultiTaskModel, train: pa.Table, validation: pa.Table, config: Tr
             best_state = copy.deepcopy(model.state_dict())
         else:
             waited += 1
-        record = EpochRecord(epoch, total / max(batches, 1), metrics, cpu, improved)
+        record = EpochRecord(epoch, total / max(batches, 1), metrics, cpu, dropped / max(batches, 1), improved)
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)

@@ -108,3 +108,20 @@ def test_load_refuses_other_files(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ValueError, match="not a grec model config"):
         load_model(tmp_path)
+
+
+def test_a_model_saved_before_dropless_training_still_loads(grec_config, tmp_path):
+    """Versions registered before training was dropless saved `router.capacity_factor` (1.25) without
+    the opt-in this grec asks for: they load (capacity is training-only) with the same outputs."""
+    model = build_model(grec_config()).eval()
+    path = save_model(model, tmp_path / "m")
+    document = json.loads((path / "config.json").read_text())
+    router = document["config"]["router"]
+    del router["allow_drops"]  # the key did not exist then
+    router["capacity_factor"] = 1.25
+    (path / "config.json").write_text(json.dumps(document))
+    batch = model.collate(random_columns(model.config.input, 4))
+    reloaded = load_model(path)
+    assert reloaded.config.router.capacity_factor is None
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch).logits["like"], model(batch).logits["like"])

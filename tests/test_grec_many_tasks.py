@@ -1,5 +1,5 @@
-"""GRec at many tasks: shared-prefix sentences, grouped per-task compute, capacity that matches task
-routing, bounded expert work per example, task sampling."""
+"""GRec at many tasks: shared-prefix sentences, grouped per-task compute, dropless routing in training,
+bounded expert work per example, task sampling."""
 
 from __future__ import annotations
 
@@ -127,14 +127,66 @@ def test_balanced_tasks_drop_nothing_in_training_at_64_tasks():
     assert float(sampled.router_stats.dropped_fraction) == 0.0
 
 
-def test_unbalanced_tasks_overflow_and_the_drop_is_reported():
+def test_unbalanced_tasks_drop_nothing_in_training():
     model = _many_task_model(64, lambda t: (0, 1))  # every task wants experts 0 and 1
-    out = model(model.collate(random_columns(model.config.input, 4)))
-    capacity = model.moe.router.capacity(64 * 2)  # ceil(1.25 * 128 / 64) = 3 tasks per expert
-    assert capacity == 3
-    assert float(out.router_stats.dropped_fraction) == pytest.approx(1 - 2 * 3 / 128)
-    model.eval()  # at eval every task reaches its experts
-    assert float(model(model.collate(random_columns(model.config.input, 4))).router_stats.dropped_fraction) == 0.0
+    batch = model.collate(random_columns(model.config.input, 4))
+    out = model(batch)
+    assert float(out.router_stats.dropped_fraction) == 0.0
+    assert out.router_stats.expert_load.sum(0)[:2].tolist() == [64 * 4, 64 * 4]
+
+
+@pytest.mark.parametrize("mode", ["task", "sentence", "task-sentence"])
+def test_training_runs_the_model_that_eval_runs(mode):
+    """With the training-only noise off (router jitter, dropout; CGC-LoRA skills have no sampled
+    allocation) a training-mode forward equals the eval-mode forward: no expert work is dropped."""
+    config = GRecConfig(input=synthetic_spec(64, vocab_size=50, sequence_length=4), d_model=16, num_heads=2,
+                        ffn_hidden=16, expert_hidden=16, tower_hidden=8, embedding_dim=8,
+                        router=RouterConfig(mode=mode, num_experts=64, top_k=2, jitter=0.0),
+                        skills=SkillConfig(kind="cgc_lora", num_common=3, num_exclusive=1, rank=2))
+    model = build_model(config)
+    _randomize_skills(model)
+    batch = model.collate(random_columns(config.input, 16))
+    with torch.no_grad():
+        trained = model.train()(batch)
+        evaluated = model.eval()(batch)
+    assert float(trained.router_stats.dropped_fraction) == 0.0
+    for task in model.task_names:
+        torch.testing.assert_close(trained.logits[task], evaluated.logits[task], atol=1e-5, rtol=0)
+
+
+def test_the_t64_model_drops_nothing_at_initialisation_or_after_training():
+    """The task-scaling benchmark's model at T=64 (E=64, top-2, C-Poly A=3 B=1 r=2): no assignment is
+    dropped at initialisation nor after 200 optimizer steps, whose router is no longer balanced."""
+    config = GRecConfig(input=synthetic_spec(64, vocab_size=50, sequence_length=4), d_model=16, num_heads=2,
+                        ffn_hidden=16, expert_hidden=16, tower_hidden=8, embedding_dim=8,
+                        router=RouterConfig(mode="task", num_experts=64, top_k=2),
+                        skills=SkillConfig(kind="cpoly", num_common=3, num_exclusive=1, rank=2))
+    model = build_model(config).train()
+    batches = [model.collate(random_columns(config.input, 16, seed=seed)) for seed in range(8)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    dropped, loads = [], []
+    for step in range(200):
+        batch = batches[step % len(batches)]
+        out = model(batch)
+        dropped.append(float(out.router_stats.dropped_fraction))
+        loads.append(out.router_stats.expert_load.sum(0))
+        loss, _ = model.loss(out, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert dropped == [0.0] * 200
+    assert int(loads[-1].max()) > 2 * 16  # the trained router sends more than an even share to some expert
+
+
+def test_a_capacity_is_opt_in_and_never_with_task_routing():
+    with pytest.raises(ValueError, match=r"drops the expert assignments .* add router.allow_drops: true"):
+        RouterConfig(mode="sentence", capacity_factor=1.25)
+    with pytest.raises(ValueError, match=r"router.mode 'task'.*saves no memory.*delete router.capacity_factor"):
+        RouterConfig(mode="task", capacity_factor=1.25, allow_drops=True)
+    with pytest.raises(ValueError, match="allow_drops: true without router.capacity_factor"):
+        RouterConfig(mode="sentence", allow_drops=True)
+    assert RouterConfig(mode="sentence", capacity_factor=1.25, allow_drops=True).capacity_factor == 1.25
+    assert RouterConfig().capacity_factor is None
 
 
 def _marginal_flops_per_task(config_for, size: int = 32) -> float:

@@ -35,8 +35,9 @@ def test_grec_shapes_in_every_mode(grec_config, mode, top_k, skills):
         _check_outputs(out, TASKS)
         stats = out.router_stats
         assert stats.tasks == TASKS and stats.expert_load.shape == (3, 3)
-        if not training:  # no capacity at eval: every sentence reaches its k experts
-            assert stats.expert_load.sum(1).tolist() == [ROWS * top_k] * 3
+        # dropless in training as at eval: every sentence reaches its k experts
+        assert stats.expert_load.sum(1).tolist() == [ROWS * top_k] * 3
+        assert float(stats.dropped_fraction) == 0.0
         assert set(out.aux_losses) == {"load_balance", "router_z"}
     single = model(batch, tasks=["rating"])
     _check_outputs(single, ["rating"])
@@ -56,7 +57,7 @@ def test_baselines_shapes(grec_config, architecture):
 @pytest.mark.parametrize("architecture", ["grec", "shared_bottom", "mmoe", "ple"])
 def test_gradients_reach_every_trainable_parameter(grec_config, architecture):
     config = grec_config(with_text=True, freeze_text=False, architecture=architecture,
-                         router=RouterConfig(mode="task-sentence", num_experts=2, top_k=2, capacity_factor=2.0),
+                         router=RouterConfig(mode="task-sentence", num_experts=2, top_k=2),
                          losses=LossConfig(weighting="uncertainty", sampled_softmax={"next_item": 6}))
     model = build_model(config).train()
     batch = model.collate(random_columns(config.input, 8))
@@ -111,13 +112,39 @@ def test_task_routing_depends_on_the_task_only(grec_config):
     assert ((stats.expert_load == ROWS).sum(1) == 1).all()
 
 
-def test_overflowing_sentences_skip_the_expert_and_keep_the_residual():
+def _one_expert_moe(**router) -> SparseMoE:
+    """Per-sentence routing where every sentence prefers expert 0 of 2."""
     torch.manual_seed(0)
-    moe = SparseMoE(8, 16, ["a"], RouterConfig(mode="sentence", num_experts=2, top_k=1, capacity_factor=0.5,
-                                               jitter=0.0), SkillConfig(kind="none"))
-    with torch.no_grad():  # every sentence prefers expert 0
+    moe = SparseMoE(8, 16, ["a"], RouterConfig(mode="sentence", num_experts=2, top_k=1, jitter=0.0, **router),
+                    SkillConfig(kind="none"))
+    with torch.no_grad():
         moe.router.project.weight.zero_()
         moe.router.project.weight[0] = 1.0
+    return moe
+
+
+def test_an_unbalanced_router_drops_nothing_in_training_by_default():
+    moe = _one_expert_moe()
+    x = torch.rand(1, 70, 8) + 0.1  # one task, 70 sentences: three blocks of one expert
+    tokens, requested = torch.zeros(1, 8), torch.tensor([0])
+    moe.train()
+    y, routing, stats = moe(x, tokens, requested, ["a"], None)
+    assert routing.kept.all() and float(stats.dropped_fraction) == 0.0
+    assert stats.expert_load.tolist() == [[70.0, 0.0]]
+    moe.eval()
+    torch.testing.assert_close(moe(x, tokens, requested, ["a"], None)[0], y, atol=1e-6, rtol=0)
+    reference = x + routing.gates[..., :1] * _expert(moe, 0, x)
+    torch.testing.assert_close(y, reference, atol=1e-5, rtol=0)
+
+
+def _expert(moe: SparseMoE, e: int, x: torch.Tensor) -> torch.Tensor:
+    bank = moe.routed
+    h = torch.nn.functional.gelu(x @ bank.up_weight[e].T + bank.up_bias[e])
+    return h @ bank.down_weight[e].T + bank.down_bias[e]
+
+
+def test_overflowing_sentences_skip_the_expert_and_keep_the_residual_when_capacity_is_opted_in():
+    moe = _one_expert_moe(capacity_factor=0.5, allow_drops=True)
     x = torch.rand(1, 8, 8) + 0.1  # one task, 8 sentences
     tokens, requested = torch.zeros(1, 8), torch.tensor([0])
     moe.train()

@@ -62,6 +62,7 @@ def test_each_dataset_config_trains_on_a_slice(slices, config_name, tmp_path):
     result = fit(build_model(resolved.model_config), train, validation, config)
     metric = config.training.early_stopping.metric
     assert math.isfinite(result.history[0].train_loss) and math.isfinite(result.best_metrics[metric])
+    assert [record.dropped_fraction for record in result.history] == [0.0]  # dropless: trained = served
     predictions = result.model.predict(result.model.collate(validation.slice(0, 8)))
     assert set(predictions) == set(resolved.task_names)
     assert "user_id" not in [f.name for f in resolved.model_config.input.categorical] or dataset in (

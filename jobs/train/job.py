@@ -225,6 +225,7 @@ def _register(resolved: ResolvedConfig, client, run_id: str, result, restarts: i
         model = model_from_checkpoint(directory, resolved)
     best_epoch = int(best_metrics["epoch"])
     best_record = next(h for h in state.history if h["epoch"] == best_epoch)
+    _warn_if_dropped(state.history, resolved.model_config.router.capacity_factor)
     sample = _validation_sample(resolved)
     _log_plots(client, run_id, resolved, model, state.history, best_record)
     version = register_model(model, resolved.dataset_dir, config.mlflow.registered_model, sample.to_pandas(),
@@ -235,6 +236,17 @@ def _register(resolved: ResolvedConfig, client, run_id: str, result, restarts: i
                           metrics=dict(best_record["metrics"]), best_epoch=best_epoch,
                           epochs_run=state.epoch + 1, checkpoint_path=best_checkpoint.path,
                           worker_restarts=restarts, history=state.history)
+
+
+def _warn_if_dropped(history: list[dict[str, Any]], capacity_factor: float | None) -> None:
+    """Says at the end of the run how much expert work an opt-in capacity dropped in training (the
+    served model runs every assignment)."""
+    dropped = [h["metrics"].get("train/dropped_fraction", 0.0) for h in history]
+    if max(dropped, default=0.0) > 0:
+        logger.warning("router.capacity_factor %s dropped %.1f%% of the expert assignments in training (mean over "
+                       "%d epochs; worst epoch %.1f%%): the model trained skipped expert work the served model "
+                       "runs; delete router.capacity_factor for dropless training", capacity_factor,
+                       100 * sum(dropped) / len(dropped), len(dropped), 100 * max(dropped))
 
 
 def _best(checkpoints: list, metric: str, mode: str):
