@@ -24,7 +24,7 @@ from jobs.train.config import (
     load_config,
     resolve,
 )
-from jobs.train.data import DATA_PIPELINE_CPUS, split_dataset
+from jobs.train.data import DATA_PIPELINE_CPUS, ReadPlan, split_dataset
 from jobs.train.progress import ProgressSnapshot
 
 if TYPE_CHECKING:
@@ -153,11 +153,11 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
          listeners: tuple[Callable[[ProgressSnapshot], None], ...], extension: TrainingExtension | None = None):
     """Runs the TorchTrainer in a thread while the main thread shows progress; returns Ray's Result."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from feature_store.transforms import TransformSet
-    from jobs.train.data import transformed_split
+    from jobs.train.data import ingest_options, read_plan, transformed_split
     from jobs.train.progress import watch
     from jobs.train.worker import WorkerJob, train_loop_per_worker
 
@@ -168,9 +168,18 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
     context.execution_options.preserve_order = True  # same shards, same order: resumable epochs
     storage = scaling.storage_path or str((Path.cwd() / ".grec" / RAY_RESULTS_DIR).resolve())
     transforms = TransformSet.load(resolved.dataset_dir / "transforms.json")
-    train = transformed_split(resolved.dataset_location, config.dataset.train_split, transforms)
+    location, splits = resolved.dataset_location, (config.dataset.train_split, config.dataset.validation_split)
+    plans = dict(zip(("train", "validation"), (read_plan(location, split) for split in splits)))
+    check_data_tasks_fit(plans, max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]),
+                                    default=0), "the Ray cluster")
+    train = transformed_split(location, config.dataset.train_split, transforms, plans["train"])
     if extension is not None:
         train = extension.train_dataset(train)
+    # What the trainers hold bounds what the pipeline reads ahead (jobs/train/data.py: ingest_options).
+    ingest = {"train": ingest_options(scaling.num_workers, config.training.batch_size, config.dataset.shuffle_buffer,
+                                      plans["train"]),
+              "validation": ingest_options(scaling.num_workers, config.training.eval_batch_size, 0,
+                                           plans["validation"])}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=WorkerJob(resolved, tracking_uri, run_id, board, extension),
@@ -187,8 +196,9 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": train,
-                  "validation": transformed_split(resolved.dataset_location, config.dataset.validation_split,
-                                                  transforms)},
+                  "validation": transformed_split(location, config.dataset.validation_split, transforms,
+                                                  plans["validation"])},
+        dataset_config=DataConfig(execution_options=ingest),
     )
     done = threading.Event()
     outcome: dict[str, Any] = {}
@@ -319,6 +329,18 @@ def _machine_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_data_tasks_fit(plans: Mapping[str, ReadPlan], node_memory: float, where: str) -> None:
+    """Refuses a split whose read or transform tasks ask for more memory (jobs/train/data.py: ReadPlan)
+    than the largest node of `where` has: Ray would wait for that node forever."""
+    for split, plan in plans.items():
+        need = max(plan.read_task_memory, plan.transform_task_memory)
+        if need > node_memory:
+            raise ConfigError(f"dataset: the {split} split's read tasks need {need / 2**20:,.0f} MiB each (row groups "
+                              f"of up to {plan.row_group_bytes / 2**20:,.0f} MiB decoded, {plan.row_bytes:,.0f} bytes "
+                              f"a row); the largest node of {where} has {node_memory / 2**20:,.0f} MiB for tasks "
+                              "(write the training set with smaller row groups, or add memory to the nodes)")
 
 
 def check_fits(scaling: ScalingSection, resources: Mapping[str, float], where: str) -> None:
