@@ -45,6 +45,10 @@ LOCAL_OBJECT_STORE_MIN = 256 * 1024**2
 PROPAGATED_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                   "MLFLOW_S3_ENDPOINT_URL", "GREC_REQUIRE_INTEGRITY")
+# Of those, paths on the driver's machine: a local Ray's workers share its prebuilt DeepSpeed ops, but
+# a cluster's node must keep its own (the ops prebuilt in its image, or its own cache). Given the
+# driver's path, a node rebuilt every op there (minutes of compiling) or failed where it did not exist.
+DRIVER_LOCAL_ENV = ("TORCH_EXTENSIONS_DIR",)
 # grec's packages: what a node needs to run grec's tasks and actors.
 GREC_PACKAGES = ("grec", "feature_store", "recommend", "registry", "jobs", "serving")
 SHIP_CODE_ENV = "GREC_SHIP_CODE"
@@ -96,9 +100,11 @@ def verbose() -> bool:
     return logger.isEnabledFor(logging.DEBUG)
 
 
-def worker_env() -> dict[str, str]:
-    """The variables of PROPAGATED_ENV that are set here, for a Ray runtime_env."""
-    return {name: os.environ[name] for name in PROPAGATED_ENV if name in os.environ}
+def worker_env(*, local: bool) -> dict[str, str]:
+    """The variables of PROPAGATED_ENV that are set here, for a Ray runtime_env; for a cluster
+    (`local` False) without DRIVER_LOCAL_ENV, the driver's own paths."""
+    names = PROPAGATED_ENV if local else tuple(n for n in PROPAGATED_ENV if n not in DRIVER_LOCAL_ENV)
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 # ---- authentication and binding -------------------------------------------------------------------
@@ -238,9 +244,9 @@ def quiet_hook() -> Callable[[], None]:
 
 
 def job_runtime_env(*, local: bool, ship: bool) -> dict[str, Any]:
-    """The job's runtime environment: shared variables and the logging hook; on a cluster (unless its
-    image has them, `ship` False) grec's packages."""
-    runtime_env: dict[str, Any] = {"env_vars": worker_env(), "worker_process_setup_hook": quiet_hook()}
+    """The job's runtime environment: shared variables (the driver's local paths only to a local Ray)
+    and the logging hook; on a cluster (unless its image has them, `ship` False) grec's packages."""
+    runtime_env: dict[str, Any] = {"env_vars": worker_env(local=local), "worker_process_setup_hook": quiet_hook()}
     if ship and not local:
         runtime_env.update(code_runtime_env())
     return runtime_env

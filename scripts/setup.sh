@@ -18,7 +18,8 @@
 #     never imports it. Kept out of site-packages, pip never weighs its requirements (numpy<2,
 #     torchmetrics>=1.3.1) against grec's.
 #  5. DeepSpeed's C++ ops are JIT-built once here (scripts/prebuild_deepspeed_ops.py) into
-#     .cache/torch_extensions, so tests and jobs never pay for the build.
+#     .cache/torch_extensions, so tests and jobs never pay for the build. With GREC_DEVICE=cuda its
+#     CUDA ops are compiled ahead of time into DeepSpeed's install (DS_BUILD_*, TORCH_CUDA_ARCH_LIST).
 #  6. `pip check`: the one requirement it reports on purpose (torchrec's `fbgemm-gpu`, provided by
 #     fbgemm-gpu-cpu) is left out; anything else stops the set-up. pip's own conflict notes are off
 #     for the same reason (--no-warn-conflicts): this check says it once, and only when it matters.
@@ -69,6 +70,15 @@ if ! up_to_date "$DEPS_STAMP" "$want_deps"; then
   "${PIP[@]}" install "${C[@]}" torch==2.13.0
   "${PIP[@]}" install "${C[@]}" "$FBGEMM==1.8.0"
   "${PIP[@]}" install "${C[@]}" --no-deps torchrec==1.8.0
+  if [[ ${GREC_DEVICE:-cpu} == cuda ]]; then
+    # No GPU is visible while an image builds, and DeepSpeed's JIT build (step 5) would then make CPU
+    # versions of its CUDA ops: compile them into DeepSpeed's own install instead (its ahead-of-time
+    # path), for the GPU architectures in TORCH_CUDA_ARCH_LIST, so GPU nodes build nothing.
+    echo "setup: installing DeepSpeed with its CUDA ops compiled for ${TORCH_CUDA_ARCH_LIST:-the visible GPUs}"
+    "${PIP[@]}" install "${C[@]}" setuptools wheel
+    DS_ACCELERATOR=cuda DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 \
+      "${PIP[@]}" install "${C[@]}" --no-build-isolation deepspeed
+  fi
 
   echo "setup: installing grec's pinned dependencies"
   REQS=(-r requirements/runtime.in)

@@ -28,6 +28,9 @@ def _instructions(dockerfile: str) -> list[tuple[str, str]]:
 
 
 def _copy_sources(arguments: str) -> list[str]:
+    """The build context's files a COPY takes (none for `--from`: those come from another image)."""
+    if "--from=" in arguments:
+        return []
     parts = [p for p in arguments.split() if not p.startswith("--")]
     return [p.rstrip("/") for p in parts[:-1]]
 
@@ -97,3 +100,27 @@ def test_hadolint_finds_nothing():
     result = subprocess.run([str(hadolint), "--no-color", *(f"infra/docker/{d}" for d in DOCKERFILES)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _arg_defaults(dockerfile: str) -> dict[str, str]:
+    return {name: value.strip('"') for op, args in _instructions(dockerfile) if op == "ARG" and "=" in args
+            for name, value in [args.split("=", 1)]}
+
+
+def test_both_images_run_one_python_build():
+    """Ray refuses a node whose Python differs from the head's, patch version included, and the GPU
+    RayJob puts CUDA workers beside a CPU head: both images install the same pinned interpreter
+    with the same pinned uv, create grec's environment with it, and take no Python from elsewhere."""
+    pins = []
+    for dockerfile in DOCKERFILES:
+        args, steps = _arg_defaults(dockerfile), _instructions(dockerfile)
+        assert re.fullmatch(r"3\.\d+\.\d+", args["PYTHON_VERSION"]), "a patch version, not a moving 3.x"
+        assert re.fullmatch(r"ghcr\.io/astral-sh/uv:\d+\.\d+\.\d+", args["UV_IMAGE"])
+        pins.append((args["PYTHON_VERSION"], args["UV_IMAGE"]))
+        bases = [a.split()[0] for op, a in steps if op == "FROM"]
+        assert not any(args.get(b.strip("${}"), b).startswith("python:") for b in bases), "a Python of its own"
+        assert any(op == "RUN" and 'uv python install "${PYTHON_VERSION}"' in a for op, a in steps)
+        assert not any(op == "RUN" and re.search(r"apt-get install[^&]*\bpython3", a) for op, a in steps)
+        major_minor = args["PYTHON_VERSION"].rsplit(".", 1)[0]
+        assert any(op == "ENV" and f"PYTHON=python{major_minor}" in a for op, a in steps)  # setup.sh's venv
+    assert len(set(pins)) == 1, pins

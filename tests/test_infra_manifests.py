@@ -125,3 +125,26 @@ def test_cluster_pipeline_config_names_shared_storage():
     assert config.dataset.path.startswith("s3://") and config.scaling.storage_path.startswith("s3://")
     job = _docs(INFRA / "k8s" / "rayjob-pipeline.yaml")[0]
     assert "infra/configs/movielens_cluster.yaml" in job["spec"]["entrypoint"]
+
+
+def _grec_steps(script: str) -> list[tuple[str, list[str]]]:
+    """(subcommand, its --options) of each `grec` command line of a shell script, in order."""
+    steps = []
+    for line in script.splitlines():
+        words = line.split()
+        if words[:1] == ["grec"]:
+            sub = " ".join(words[1:3]) if words[1] == "data" else words[1]
+            steps.append((sub, sorted(w.strip("'\"") for w in words if w.startswith("--"))))
+    return steps
+
+
+def test_the_pipeline_rayjob_runs_the_main_jobs_steps():
+    """The RayJob runs what scripts/main_job.sh runs, in its order, serving aside (the RayService
+    serves): a champion promoted without `build-index` would be served without its retrieval index,
+    and a dataset prepared with another split would be evaluated on another protocol."""
+    main_job = _grec_steps((REPO / "scripts" / "main_job.sh").read_text())
+    pipeline = _grec_steps(_docs(INFRA / "k8s" / "rayjob-pipeline.yaml")[0]["spec"]["entrypoint"])
+    assert [sub for sub, _ in pipeline] == [sub for sub, _ in main_job if sub != "serve"]
+    prepare = dict(main_job)["data prepare"]
+    assert dict(pipeline)["data prepare"] == prepare and "--split" in prepare
+    assert "--promote" in dict(pipeline)["evaluate"]

@@ -160,3 +160,16 @@ def test_code_is_shipped_unless_the_image_has_it(monkeypatch):
     monkeypatch.setenv("GREC_SHIP_CODE", "0")
     assert "py_modules" not in job_runtime_env(local=False, ship=ship_code())
     assert "py_modules" not in job_runtime_env(local=True, ship=True)  # local workers share this environment
+
+
+def test_a_cluster_gets_none_of_the_drivers_local_paths(monkeypatch):
+    """TORCH_EXTENSIONS_DIR names this machine's prebuilt DeepSpeed ops: a local Ray's workers use
+    them, a cluster's nodes keep their own (their image's prebuilt ops or their own cache)."""
+    from jobs.ray_runtime import job_runtime_env
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "driver-cache/torch_extensions")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    local = job_runtime_env(local=True, ship=False)["env_vars"]
+    assert local["TORCH_EXTENSIONS_DIR"] == "driver-cache/torch_extensions"
+    joined = job_runtime_env(local=False, ship=False)["env_vars"]
+    assert "TORCH_EXTENSIONS_DIR" not in joined and joined["HF_HUB_OFFLINE"] == "1"

@@ -122,7 +122,7 @@ def test_killed_worker_recovers_and_matches_uninterrupted_run(train_tiny_config,
                                mlflow={"registered_model": "grec-tiny-recovered"})
     result = run_training(config, show_progress=False, listeners=(kill_rank_1_after_first_epoch,))
     assert killed, "the worker was never killed"
-    assert result.worker_restarts >= 1
+    assert result.worker_restarts == 1  # one killed worker of two: one group failure, not two restarts
     assert result.epochs_run == engine_run.epochs_run
     for name, value in engine_run.metrics.items():
         assert result.metrics[name] == pytest.approx(value, abs=REPLAY_TOLERANCE), name

@@ -95,7 +95,8 @@ class ScalingSection(_Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    max_failures: int = Field(2, ge=-1, description="worker failures to recover from (-1: unlimited)")
+    max_failures: int = Field(2, ge=-1, description="worker-group failures to recover from (one dead worker "
+                              "restarts the whole group: one failure; -1: unlimited)")
     checkpoints_to_keep: int = Field(2, ge=1)
     address: str | None = Field(None, description="Ray cluster address; None: $RAY_ADDRESS or a local Ray")
     storage_path: str | None = Field(None, description="checkpoint storage every node sees: s3://BUCKET/PREFIX or a "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,26 @@ DATA_PIPELINE_CPUS = 1.0
 # Rows each transform call handles. Each result is a block the trainers can take at once, so the first
 # batches of an epoch arrive after one chunk is read and transformed, not after a whole file.
 TRANSFORM_BATCH_ROWS = 4096
+# Bounded reads. Ray Data reads a Parquet file per task, in batches sized to its target block (128 MiB)
+# with 8 read ahead: on 200k-row files each read task held ~750 MiB while asking Ray for none, and the
+# reads outran the trainers into spilling. Here a read batch is BLOCK_BYTES of rows, READ_AHEAD_BATCHES
+# are read ahead, and every task asks for the memory that takes (ReadPlan).
+BLOCK_BYTES = 16 * 2**20
+READ_AHEAD_BATCHES = 2
+# A Ray Data worker's own memory before it holds any data (Python, pyarrow, grec's transforms), which
+# Ray's memory check counts as the task's.
+DATA_WORKER_BASE_BYTES = 384 * 2**20
+# A transform's peak over its input batch: the input, the output and one intermediate column set.
+TRANSFORM_PEAK_FACTOR = 3
+# Files whose footers size the reads: a split's files come from one writer, with one row-group size.
+FOOTERS_SAMPLED = 4
+SAMPLE_ROWS = 1024
+# Batches each trainer's iterator fetches ahead of the step (Ray Data's default is 1): the next batch
+# is ready when a step ends, and no more than that waits in the object store.
+PREFETCH_BATCHES = 2
+# Blocks the pipeline may hold per trainer beyond the trainer's own buffers (one being transformed,
+# one in transfer): the object-store budget of the ingest (ingest_options).
+BLOCKS_IN_FLIGHT_PER_TRAINER = 4
 
 
 def split_dataset(location: str | Path, split: str) -> pads.Dataset:
@@ -35,20 +56,75 @@ def split_dataset(location: str | Path, split: str) -> pads.Dataset:
     return parquet_dataset(split_files(location, split))
 
 
+@dataclass(frozen=True)
+class ReadPlan:
+    """How a split is read in bounded pieces, from its Parquet footers: rows of `row_bytes` each
+    (decoded), row groups of at most `row_group_bytes`."""
+
+    row_bytes: float
+    row_group_bytes: int
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows per read batch (one block of BLOCK_BYTES)."""
+        return max(TRANSFORM_BATCH_ROWS, int(BLOCK_BYTES / max(self.row_bytes, 1.0)))
+
+    @property
+    def read_task_memory(self) -> int:
+        """A read task holds the row group being decoded and the batches read ahead of the one it yields."""
+        return DATA_WORKER_BASE_BYTES + self.row_group_bytes + (READ_AHEAD_BATCHES + 1) * BLOCK_BYTES
+
+    @property
+    def transform_task_memory(self) -> int:
+        return DATA_WORKER_BASE_BYTES + int(TRANSFORM_PEAK_FACTOR * TRANSFORM_BATCH_ROWS * self.row_bytes)
+
+
+def read_plan(location: str | Path, split: str) -> ReadPlan:
+    """The ReadPlan of a split: bytes per row from the first SAMPLE_ROWS rows decoded (Parquet's own
+    sizes are encoded: dictionaries and runs shrink them many times), row-group sizes from the footers
+    of its first FOOTERS_SAMPLED files."""
+    fragments = list(split_dataset(location, split).get_fragments())[:FOOTERS_SAMPLED]
+    if not fragments:
+        return ReadPlan(row_bytes=1.0, row_group_bytes=0)
+    sample = next(iter(fragments[0].to_batches(batch_size=SAMPLE_ROWS)), None)
+    row_bytes = sample.nbytes / sample.num_rows if sample is not None and sample.num_rows else 1.0
+    group_rows = max(fragment.metadata.row_group(i).num_rows
+                     for fragment in fragments for i in range(fragment.metadata.num_row_groups))
+    return ReadPlan(row_bytes=row_bytes, row_group_bytes=int(group_rows * row_bytes))
+
+
+def ingest_options(num_trainers: int, batch_size: int, shuffle_buffer: int, plan: ReadPlan):
+    """Ray Data's execution options for feeding `num_trainers` trainers: an object-store budget of what
+    they hold (shuffle buffer, prefetched batches) plus a few blocks in flight each, so reads wait for
+    the trainers instead of filling the object store and spilling; the order kept (resumable epochs)."""
+    from ray.data import ExecutionOptions, ExecutionResources
+
+    held_rows = shuffle_buffer + (PREFETCH_BATCHES + 1) * batch_size
+    budget = num_trainers * (int(held_rows * plan.row_bytes) + BLOCKS_IN_FLIGHT_PER_TRAINER * BLOCK_BYTES)
+    return ExecutionOptions(resource_limits=ExecutionResources(object_store_memory=budget), preserve_order=True)
+
+
 def _apply_transforms(table: pa.Table, transforms: TransformSet) -> pa.Table:
     return transforms.transform(table)
 
 
-def transformed_split(location: str | Path, split: str, transforms: TransformSet):
-    """A lazy Ray Dataset of the split's transformed columns (CONTRACTS.md section 2)."""
+def transformed_split(location: str | Path, split: str, transforms: TransformSet, plan: ReadPlan | None = None):
+    """A lazy Ray Dataset of the split's transformed columns (CONTRACTS.md section 2), read in bounded
+    blocks by tasks that declare their memory (`plan`, default: from the split's footers)."""
     import ray.data
 
+    plan = plan or read_plan(location, split)
     # partitioning=None: the `split=` folder is not a column the transforms should see.
-    raw = ray.data.read_parquet(split_files(location, split), partitioning=None, num_cpus=DATA_TASK_CPUS)
+    # batch_size / batch_readahead go to pyarrow's scanner: each read yields BLOCK_BYTES blocks.
+    raw = ray.data.read_parquet(split_files(location, split), partitioning=None, num_cpus=DATA_TASK_CPUS,
+                                memory=plan.read_task_memory, batch_size=plan.batch_rows,
+                                batch_readahead=READ_AHEAD_BATCHES)
     dataset = raw.map_batches(_apply_transforms, fn_kwargs={"transforms": transforms}, batch_format="pyarrow",
-                              batch_size=TRANSFORM_BATCH_ROWS, num_cpus=DATA_TASK_CPUS)
-    # Ray Data's plan lines at the start of every epoch's stream buried the job's progress lines
-    # (this dataset's context is its own copy: nothing else changes).
+                              batch_size=TRANSFORM_BATCH_ROWS, num_cpus=DATA_TASK_CPUS,
+                              memory=plan.transform_task_memory)
+    # Blocks of BLOCK_BYTES at most wherever Ray Data makes them (this dataset's context is its own copy).
+    dataset.context.target_max_block_size = BLOCK_BYTES
+    # Ray Data's plan lines at the start of every epoch's stream buried the job's progress lines.
     dataset.context.print_on_execution_start = False
     return dataset
 
@@ -68,7 +144,7 @@ def iter_model_batches(shard: Any, collate: Callable[[pa.Table], Any], batch_siz
     """Model batches from a worker's dataset shard; `shuffle_buffer` rows are shuffled locally with
     `seed` (the same seed gives the same order: a resumed epoch sees the batches it saw before)."""
     return shard.iter_torch_batches(
-        batch_size=batch_size, collate_fn=ModelCollate(collate), drop_last=False,
+        batch_size=batch_size, collate_fn=ModelCollate(collate), drop_last=False, prefetch_batches=PREFETCH_BATCHES,
         local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=seed if shuffle_buffer else None,
     )
 

@@ -1,7 +1,7 @@
 """`run_training`: the driver of a training run. Validates the config (and, on a cluster, that the
 address answers and checkpoints have shared storage) before Ray starts, opens the MLflow run, runs
-the Ray Train TorchTrainer with progress on the console (worker restarts included: printed, and
-`train/restarts` in MLflow), then turns the best checkpoint into a plain model, logs the plots and
+the Ray Train TorchTrainer with progress on the console (worker-group failures included: printed
+with what is left of `scaling.max_failures`, and `train/restarts` in MLflow), then turns the best checkpoint into a plain model, logs the plots and
 registers the model with alias `challenger`."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from jobs.train.config import (
     load_config,
     resolve,
 )
-from jobs.train.data import DATA_PIPELINE_CPUS, split_dataset
+from jobs.train.data import DATA_PIPELINE_CPUS, ReadPlan, split_dataset
 from jobs.train.progress import ProgressSnapshot
 
 if TYPE_CHECKING:
@@ -97,11 +97,11 @@ def _train_and_register(resolved: ResolvedConfig, tracking_uri: str, show_progre
         _log_inputs(client, run_id, resolved)
         board = _progress_board()
         result = _fit(resolved, tracking_uri, run_id, board, show_progress, listeners, extension)
-        restarts = _log_restarts(client, run_id, board, config.scaling.num_workers)
+        restarts = _log_restarts(client, run_id, board)
         outcome = _register(resolved, client, run_id, result, restarts)
     except BaseException:
         if board is not None:
-            _log_restarts(client, run_id, board, config.scaling.num_workers)
+            _log_restarts(client, run_id, board)
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id)
@@ -114,47 +114,50 @@ def _progress_board():
     return ProgressBoard.remote()
 
 
-def _log_restarts(client, run_id: str, board: Any, num_workers: int) -> int:
-    """Worker processes started beyond the first `num_workers`, logged as `train/restarts`."""
+def _log_restarts(client, run_id: str, board: Any) -> int:
+    """Worker-group failures recovered (ProgressSnapshot.group_failures), logged as `train/restarts`."""
     import ray
 
-    restarts = max(0, ray.get(board.get.remote()).worker_starts - num_workers)
+    restarts = ray.get(board.get.remote()).group_failures
     client.log_metric(run_id, "train/restarts", restarts)
     return restarts
 
 
-class RestartReporter:
-    """A progress listener that says, once each, when training workers restart after a failure
-    (Ray Train restarts the worker group, which resumes from the last checkpoint)."""
+def failure_budget_note(failures: int, max_failures: int) -> str:
+    """How much of `scaling.max_failures` (a budget of worker-group failures) `failures` used."""
+    if max_failures < 0:
+        return f"failure {failures}; scaling.max_failures -1: unlimited"
+    left = max(0, max_failures - failures)
+    then = f"{left} more can be recovered" if left else "the next one ends the run"
+    return f"failure {failures} of scaling.max_failures {max_failures}; {then}"
 
-    def __init__(self, num_workers: int, max_failures: int) -> None:
-        self.num_workers, self.max_failures = num_workers, max_failures
-        self.pids: dict[int, int] = {}
+
+class RestartReporter:
+    """A progress listener that says, once each, when the training worker group restarts after a
+    failure (Ray Train restarts every worker of the group, which resumes from the last checkpoint)."""
+
+    def __init__(self, max_failures: int) -> None:
+        self.max_failures = max_failures
         self.reported = 0
 
     def __call__(self, snapshot: ProgressSnapshot) -> None:
-        restarted = sorted(rank for rank, pid in snapshot.worker_pids.items() if self.pids.get(rank, pid) != pid)
-        self.pids.update(snapshot.worker_pids)
-        restarts = max(0, snapshot.worker_starts - self.num_workers)
-        if restarts > self.reported and restarted:
-            self.reported = restarts
-            budget = "unlimited" if self.max_failures < 0 else str(self.max_failures)
+        failures = snapshot.group_failures
+        if failures > self.reported:
+            self.reported = failures
             resumed = f"after epoch {snapshot.epochs[-1]['epoch'] + 1}" if snapshot.epochs else "from the start"
-            logger.warning("training worker%s %s restarted after a failure (%d worker restart%s so far; "
-                           "scaling.max_failures %s); resuming %s", "s" if len(restarted) > 1 else "",
-                           ", ".join(f"rank {r}" for r in restarted), restarts, "" if restarts == 1 else "s",
-                           budget, resumed)
+            logger.warning("the training workers restarted after a failure (%s); resuming %s",
+                           failure_budget_note(failures, self.max_failures), resumed)
 
 
 def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, show_progress: bool,
          listeners: tuple[Callable[[ProgressSnapshot], None], ...], extension: TrainingExtension | None = None):
     """Runs the TorchTrainer in a thread while the main thread shows progress; returns Ray's Result."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from feature_store.transforms import TransformSet
-    from jobs.train.data import transformed_split
+    from jobs.train.data import ingest_options, read_plan, transformed_split
     from jobs.train.progress import watch
     from jobs.train.worker import WorkerJob, train_loop_per_worker
 
@@ -165,9 +168,18 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
     context.execution_options.preserve_order = True  # same shards, same order: resumable epochs
     storage = scaling.storage_path or str((Path.cwd() / ".grec" / RAY_RESULTS_DIR).resolve())
     transforms = TransformSet.load(resolved.dataset_dir / "transforms.json")
-    train = transformed_split(resolved.dataset_location, config.dataset.train_split, transforms)
+    location, splits = resolved.dataset_location, (config.dataset.train_split, config.dataset.validation_split)
+    plans = dict(zip(("train", "validation"), (read_plan(location, split) for split in splits)))
+    check_data_tasks_fit(plans, max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]),
+                                    default=0), "the Ray cluster")
+    train = transformed_split(location, config.dataset.train_split, transforms, plans["train"])
     if extension is not None:
         train = extension.train_dataset(train)
+    # What the trainers hold bounds what the pipeline reads ahead (jobs/train/data.py: ingest_options).
+    ingest = {"train": ingest_options(scaling.num_workers, config.training.batch_size, config.dataset.shuffle_buffer,
+                                      plans["train"]),
+              "validation": ingest_options(scaling.num_workers, config.training.eval_batch_size, 0,
+                                           plans["validation"])}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=WorkerJob(resolved, tracking_uri, run_id, board, extension),
@@ -184,8 +196,9 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": train,
-                  "validation": transformed_split(resolved.dataset_location, config.dataset.validation_split,
-                                                  transforms)},
+                  "validation": transformed_split(location, config.dataset.validation_split, transforms,
+                                                  plans["validation"])},
+        dataset_config=DataConfig(execution_options=ingest),
     )
     done = threading.Event()
     outcome: dict[str, Any] = {}
@@ -200,7 +213,7 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
 
     thread = threading.Thread(target=fit, name="grec-train-fit", daemon=True)
     thread.start()
-    restarts = RestartReporter(scaling.num_workers, scaling.max_failures)
+    restarts = RestartReporter(scaling.max_failures)
     watch(board, done, config.training.epochs, _steps_per_epoch(resolved), show=show_progress,
           listeners=(restarts, *listeners))
     thread.join()
@@ -328,6 +341,18 @@ def _machine_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_data_tasks_fit(plans: Mapping[str, ReadPlan], node_memory: float, where: str) -> None:
+    """Refuses a split whose read or transform tasks ask for more memory (jobs/train/data.py: ReadPlan)
+    than the largest node of `where` has: Ray would wait for that node forever."""
+    for split, plan in plans.items():
+        need = max(plan.read_task_memory, plan.transform_task_memory)
+        if need > node_memory:
+            raise ConfigError(f"dataset: the {split} split's read tasks need {need / 2**20:,.0f} MiB each (row groups "
+                              f"of up to {plan.row_group_bytes / 2**20:,.0f} MiB decoded, {plan.row_bytes:,.0f} bytes "
+                              f"a row); the largest node of {where} has {node_memory / 2**20:,.0f} MiB for tasks "
+                              "(write the training set with smaller row groups, or add memory to the nodes)")
 
 
 def check_fits(scaling: ScalingSection, resources: Mapping[str, float], where: str) -> None:

@@ -21,7 +21,13 @@ class ProgressSnapshot:
     loss: float | None = None
     epochs: list[dict[str, Any]] = field(default_factory=list)  # completed epochs' summaries, in order
     worker_pids: dict[int, int] = field(default_factory=dict)  # rank -> pid of its latest process
-    worker_starts: int = 0  # worker processes started (restarts show up as more than world size)
+    starts_by_rank: dict[int, int] = field(default_factory=dict)  # rank -> processes started for it
+
+    @property
+    def group_failures(self) -> int:
+        """Worker-group failures recovered so far: Ray Train restarts the whole group after one failure,
+        so every rank starts once per group; one killed worker among N is one failure, not N restarts."""
+        return max(self.starts_by_rank.values(), default=1) - 1
 
 
 @ray.remote(num_cpus=0)
@@ -33,7 +39,7 @@ class ProgressBoard:
 
     def worker_started(self, rank: int, pid: int) -> None:
         self.snapshot.worker_pids[rank] = pid
-        self.snapshot.worker_starts += 1
+        self.snapshot.starts_by_rank[rank] = self.snapshot.starts_by_rank.get(rank, 0) + 1
 
     def step(self, epoch: int, step: int, loss: float) -> None:
         self.snapshot.epoch, self.snapshot.step, self.snapshot.loss = epoch, step, loss
