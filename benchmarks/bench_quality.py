@@ -50,7 +50,8 @@ from jobs.local_fit import fit  # noqa: E402
 GREC_MODELS = ("grec", "grec_sentence", "grec_task_sentence", "grec_shared", "shared_bottom", "mmoe", "ple",
                "single_task")
 ABLATIONS = ("ablation_no_skills", "ablation_one_expert", "ablation_raw_numerics", "ablation_history_mean",
-             "ablation_history_transformer", "ablation_no_history", "ablation_no_text", "ablation_no_ngrams")
+             "ablation_history_transformer", "ablation_history_last", "ablation_no_history", "ablation_no_text",
+             "ablation_no_ngrams")
 MODELS = GREC_MODELS + PEERS + ABLATIONS
 RESAMPLES = 200
 
@@ -81,11 +82,17 @@ def variant(data: BenchData, model: str) -> GRecConfig | None:
     if model == "ablation_raw_numerics":
         periodic = config.numerics.encoding == "periodic" and config.input.numeric
         return config.replace(numerics=config.numerics.model_copy(update={"encoding": "raw"})) if periodic else None
-    # One of the two history ablations applies: the one that changes the config's history encoder.
+    # The history ablations that change the config's history encoder apply: mean-pooled, one block read
+    # as the mean over positions, one block read at the most recent position.
+    history = config.input.sequences
     if model == "ablation_history_mean":
-        return config.replace(sequence_layers=0) if config.input.sequences and config.sequence_layers else None
+        return config.replace(sequence_layers=0, sequence_readout="mean") if history and config.sequence_layers else None
     if model == "ablation_history_transformer":
-        return config.replace(sequence_layers=1) if config.input.sequences and not config.sequence_layers else None
+        same = config.sequence_layers == 1 and config.sequence_readout == "mean"
+        return None if not history or same else config.replace(sequence_layers=1, sequence_readout="mean")
+    if model == "ablation_history_last":
+        same = config.sequence_layers == 1 and config.sequence_readout == "last"
+        return None if not history or same else config.replace(sequence_layers=1, sequence_readout="last")
     if model == "ablation_no_history":
         return _without(config, [s.name for s in config.input.sequences]) if config.input.sequences else None
     if model == "ablation_no_ngrams":  # the text encoder's vectors without the n-gram bags
@@ -218,6 +225,7 @@ LABELS = {"grec": "GRec (task routing)", "grec_sentence": "GRec (sentence routin
           "ablation_raw_numerics": "ablation: raw numerics (no periodic embeddings)",
           "ablation_history_mean": "ablation: history mean-pooled (no transformer)",
           "ablation_history_transformer": "ablation: history through one transformer block",
+          "ablation_history_last": "ablation: history through one block read at the most recent position",
           "ablation_no_history": "ablation: no history", "ablation_no_text": "ablation: no text",
           "ablation_no_ngrams": "ablation: no n-gram bags (text encoder only)"}
 

@@ -1,6 +1,6 @@
 """How the compute cost of GRec and of the dense baselines grows with the number of tasks.
 
-At each T in --tasks, capacity grows with the tasks: GRec routes each task to top-2 of E = T experts
+At each T in --tasks, the model grows with the tasks: GRec routes each task to top-2 of E = T experts
 (`grec`), MMoE has E = T dense experts (at most 64: beyond, its T gates over T experts alone exceed
 the budget), PLE one specific expert per task per level plus one shared,
 and MMoE and PLE get GRec's parameter count at the same T (their expert width is matched with
@@ -17,7 +17,8 @@ time other processes hold the core and overstates growth. Figures are medians.
   - all-tasks scoring at batch 1 and 256,
   - one training step (forward, loss, backward, Adam) at batch 256 with every task labelled, on
     all tasks and (GRec) on K=8 tasks sampled per step (`losses.tasks_per_step`),
-  - parameters, and GRec's parameters added per task relative to its shared model.
+  - parameters, and GRec's parameters added per task relative to its shared model,
+  - the largest share of expert assignments any timed training step dropped (0: dropless).
 
     .venv/bin/python benchmarks/bench_task_scaling.py --json docs/benchmarks/task_scaling.json \
         --plot docs/benchmarks/task_scaling.png                          # T = 2 8 32 64 256
@@ -134,8 +135,9 @@ def inference(fn: Callable, batch) -> Callable[[], object]:
     return run
 
 
-def train_step(model: nn.Module, batch, sampled: int | None) -> Callable[[], None]:
-    """One optimizer step on all tasks, or on `sampled` tasks drawn per step (loss scaled by T / K)."""
+def train_step(model: nn.Module, batch, sampled: int | None, dropped: list[float]) -> Callable[[], None]:
+    """One optimizer step on all tasks, or on `sampled` tasks drawn per step (loss scaled by T / K);
+    each step's share of dropped expert assignments is appended to `dropped`."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     names = model.task_names
     steps = iter(range(10**9))
@@ -145,7 +147,10 @@ def train_step(model: nn.Module, batch, sampled: int | None) -> Callable[[], Non
         if sampled is not None:
             tasks, scale = model.training_tasks(next(steps))
         optimizer.zero_grad()
-        loss, _ = model.loss(model(batch, tasks), batch, task_scale=scale)
+        out = model(batch, tasks)
+        if out.router_stats is not None:
+            dropped.append(float(out.router_stats.dropped_fraction))
+        loss, _ = model.loss(out, batch, task_scale=scale)
         loss.backward()
         optimizer.step()
     return run
@@ -194,11 +199,13 @@ def prepare(num_tasks: int, args: argparse.Namespace) -> tuple[list[dict], list[
         for size, batch, calls in ((1, one, args.calls), (256, many, 1)):
             cases.append(Case(name, num_tasks, f"single_b{size}_ms", inference(single, batch), calls, False, [model]))
             cases.append(Case(name, num_tasks, f"all_tasks_b{size}_ms", inference(model, batch), calls, False, [model]))
-        cases.append(Case(name, num_tasks, "train_step_ms", train_step(trained, many, None), 1, True, [trained]))
+        dropped = row.setdefault("train_dropped", [])  # every timed training step's dropped share
+        cases.append(Case(name, num_tasks, "train_step_ms", train_step(trained, many, None, dropped), 1, True,
+                          [trained]))
         if name.startswith("grec") and num_tasks > SAMPLED_TASKS:
             sampler = build_model(config.replace(losses=LossConfig(tasks_per_step=SAMPLED_TASKS)), pretrained_text=False)
-            cases.append(Case(name, num_tasks, "train_k8_ms", train_step(sampler, many, SAMPLED_TASKS), 1, True,
-                              [sampler]))
+            cases.append(Case(name, num_tasks, "train_k8_ms", train_step(sampler, many, SAMPLED_TASKS, dropped), 1,
+                              True, [sampler]))
         if name == "grec":
             floor_row, more = floor_cases(model, num_tasks, args, one, many)
             rows.append(floor_row)
@@ -217,6 +224,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
     by_key = {(r["model"], r["tasks"]): r for r in rows}
     for case in cases:
         by_key[(case.model, case.tasks)][case.metric] = 1e3 * statistics.median(case.samples)
+    for row in rows:  # the largest share any training step dropped (routed models only)
+        dropped = row.pop("train_dropped", [])
+        if dropped:
+            row["train_dropped_fraction"] = max(dropped)
     return rows
 
 
@@ -228,12 +239,13 @@ def _cell(row: dict, key: str, fmt: str = "{:.2f}") -> str:
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| model | T | params | expert width | " + " | ".join(METRICS) + " | per task % shared |",
-             "|" + "---|" * (5 + len(METRICS))]
+    lines = ["| model | T | params | expert width | " + " | ".join(METRICS)
+             + " | per task % shared | dropped in training |", "|" + "---|" * (6 + len(METRICS))]
     for r in rows:
         lines.append(f"| {r['model']} | {r['tasks']} | {r['params']:,} | {r['expert_hidden']} | "
                      + " | ".join(_cell(r, m, "{:.1f}" if "train" in m else "{:.2f}") for m in METRICS)
-                     + f" | {_cell(r, 'per_task_pct_of_shared', '{:.3f}')} |")
+                     + f" | {_cell(r, 'per_task_pct_of_shared', '{:.3f}')}"
+                     + f" | {_cell(r, 'train_dropped_fraction', '{:.1%}')} |")
     smallest = min(r["tasks"] for r in rows)
     base = {r["model"]: r for r in rows if r["tasks"] == smallest}
     lines += ["", f"Growth: cost at T / the same model's cost at T={smallest} (train_k8: / its all-tasks step at "

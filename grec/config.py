@@ -179,6 +179,10 @@ class ModelSettings(_Section):
     num_heads: int = Field(4, ge=1, description="attention heads of every transformer block")
     ffn_hidden: int = Field(128, ge=1, description="SwiGLU width of every transformer block")
     sequence_layers: int = Field(1, ge=0, description="parallel-transformer blocks per behavior sequence")
+    sequence_readout: Literal["mean", "last"] = Field(
+        "mean", description="a behavior sequence's token: the mean over its positions' outputs, or the output at "
+                            "its most recent position (the last block then runs that position's query only: "
+                            "about a tenth of a block's cost at 50 positions)")
     sentence_layers: int = Field(1, ge=0, description="parallel-transformer blocks of the task-sentence encoder")
     expert_hidden: int = Field(128, ge=1, description="hidden width of each expert")
     tower_hidden: int = Field(64, ge=1, description="width of the task towers (the heads' input)")
@@ -196,6 +200,10 @@ class ModelSettings(_Section):
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
             raise ValueError(f"d_model {self.d_model} must split into num_heads {self.num_heads} heads of even "
                              "size (rotary positions rotate pairs)")
+        if self.sequence_readout == "last" and not self.sequence_layers:
+            raise ValueError("sequence_readout 'last' reads the last transformer block at the most recent position; "
+                             "with sequence_layers 0 there is no block: set sequence_layers >= 1 or "
+                             "sequence_readout 'mean'")
         if self.skills.kind != "none" and not self.skills.share_across_experts:
             if self.router.mode != "task" or self.router.shared_experts:
                 raise ValueError("skills.share_across_experts: false (a skill bank per expert) needs router.mode "

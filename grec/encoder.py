@@ -113,7 +113,7 @@ class ExampleEncoder(nn.Module):
                                            config.numerics)
         self.sequence_encoders = nn.ModuleDict({
             s.name: SequenceEncoder(config.embedding_dim, config.sequence_layers, d, config.num_heads,
-                                    config.ffn_hidden, config.dropout)
+                                    config.ffn_hidden, config.dropout, config.sequence_readout)
             for s in spec.sequences
         })
         self.text_encoder = text_encoder

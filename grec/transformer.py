@@ -83,6 +83,25 @@ class ParallelTransformerBlock(nn.Module):
         fed = self.ffn_out(F.silu(gate) * up)
         return x + self.dropout(attended + fed)
 
+    def read_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The block's output at the last position only, [B, D]: what `forward(x, mask)[:, -1]`
+        gives, with keys and values for every position but the query, attention and feed-forward of
+        that one position (the other positions' outputs are never computed)."""
+        batch, length, d_model = x.shape
+        h = self.norm(x)
+        last = h[:, -1]
+        q = self.query(last).view(batch, self.num_heads, 1, self.head_dim)
+        k, v = self.key_value(h).unsqueeze(1).split(self.head_dim, dim=-1)  # [B, 1, L, Dh] each
+        cos, sin = rotary_tables(length, self.head_dim, x.device, x.dtype)
+        q, k = apply_rotary(q, cos[-1:], sin[-1:]), apply_rotary(k, cos, sin)
+        keys = mask | ~mask.any(dim=1, keepdim=True)  # as in forward: a row without history attends everywhere
+        attended = F.scaled_dot_product_attention(q, k.expand(-1, self.num_heads, -1, -1),
+                                                  v.expand(-1, self.num_heads, -1, -1), attn_mask=keys[:, None, None, :])
+        attended = self.attn_out(attended.reshape(batch, d_model))
+        gate, up = self.ffn_in(last).chunk(2, dim=-1)
+        fed = self.ffn_out(F.silu(gate) * up)
+        return x[:, -1] + self.dropout(attended + fed)
+
 
 class TransformerStack(nn.Module):
     def __init__(self, num_layers: int, d_model: int, num_heads: int, ffn_hidden: int, dropout: float = 0.0) -> None:
@@ -99,13 +118,22 @@ class TransformerStack(nn.Module):
 
 
 class SequenceEncoder(nn.Module):
-    """One behavior sequence: embeddings [B, L, E] -> its own transformer stack -> masked mean -> [B, D]."""
+    """One behavior sequence: embeddings [B, L, E] -> its own transformer stack -> [B, D], read as
+    the masked mean over positions (`readout` mean) or at the most recent position (`last`: histories
+    are left-padded, so that is position L-1; a row without history gives 0, as the mean does)."""
 
     def __init__(self, embedding_dim: int, num_layers: int, d_model: int, num_heads: int, ffn_hidden: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, readout: str = "mean") -> None:
         super().__init__()
         self.project = nn.Linear(embedding_dim, d_model)
         self.stack = TransformerStack(num_layers, d_model, num_heads, ffn_hidden, dropout)
+        self.readout = readout
 
     def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mean(self.stack(self.project(embeddings), mask), mask)
+        x = self.project(embeddings)
+        if self.readout == "mean":
+            return masked_mean(self.stack(x, mask), mask)
+        *inner, last = self.stack.blocks
+        for block in inner:
+            x = block(x, mask)
+        return self.stack.norm(last.read_last(x, mask)) * mask.any(dim=1, keepdim=True).to(x.dtype)

