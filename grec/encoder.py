@@ -161,7 +161,8 @@ class ExampleEncoder(nn.Module):
             ids = batch.sequences[name].values().view(size, length)
             first, inverse = distinct_rows(ids)
             embeddings = per_position[name].view(size, length, -1).index_select(0, first)
-            tokens.append(encoder(embeddings, ids.index_select(0, first) != 0).index_select(0, inverse))
+            distinct = ids.index_select(0, first)
+            tokens.append(encoder(embeddings, distinct != 0, distinct).index_select(0, inverse))
         # Every text feature goes through the encoder's cache: item titles and per-row text (reviews,
         # queries) alike are encoded once per distinct text while the encoder cannot change.
         for name, max_length in self.context_texts:

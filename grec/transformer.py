@@ -129,7 +129,10 @@ class SequenceEncoder(nn.Module):
         self.stack = TransformerStack(num_layers, d_model, num_heads, ffn_hidden, dropout)
         self.readout = readout
 
-    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """embeddings [B, L, E] of the items `ids` [B, L] (when given), mask [B, L] -> [B, D]."""
+        if not self.stack.blocks and ids is not None:
+            return self._mean_by_item(embeddings, mask, ids)
         x = self.project(embeddings)
         if self.readout == "mean":
             return masked_mean(self.stack(x, mask), mask)
@@ -137,3 +140,19 @@ class SequenceEncoder(nn.Module):
         for block in inner:
             x = block(x, mask)
         return self.stack.norm(last.read_last(x, mask)) * mask.any(dim=1, keepdim=True).to(x.dtype)
+
+    def _mean_by_item(self, embeddings: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Without a block a position's vector, norm(project(e)), depends on its item only: it is
+        computed once per distinct item of the batch and each row averages its items' vectors in one
+        embedding bag (the masked mean, exactly). On MovieLens' 50-item histories at batch 2048 the
+        per-position projection and norm cost ~55 ms a training step; the distinct items ~4."""
+        size, length, width = embeddings.shape
+        flat = ids.reshape(-1)
+        items, inverse = torch.unique(flat, sorted=False, return_inverse=True)
+        positions = torch.arange(flat.numel(), device=flat.device)
+        first = torch.full((items.numel(),), flat.numel(), dtype=torch.long, device=flat.device)
+        first = first.scatter_reduce(0, inverse, positions, reduce="amin")  # an occurrence of each item
+        vectors = self.stack.norm(self.project(embeddings.reshape(-1, width).index_select(0, first)))
+        weights = mask.to(vectors.dtype)
+        weights = weights / weights.sum(1, keepdim=True).clamp_min(1.0)
+        return F.embedding_bag(inverse.view(size, length), vectors, per_sample_weights=weights, mode="sum")

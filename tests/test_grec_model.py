@@ -223,7 +223,8 @@ def test_rows_sharing_a_history_run_the_sequence_stack_once(grec_config, monkeyp
     rows_encoded = []
     original = SequenceEncoder.forward
     monkeypatch.setattr(SequenceEncoder, "forward",
-                        lambda self, embeddings, mask: rows_encoded.append(len(embeddings)) or original(self, embeddings, mask))
+                        lambda self, embeddings, mask, ids=None: rows_encoded.append(len(embeddings))
+                        or original(self, embeddings, mask, ids))
     batch = model.collate(columns)
     with torch.no_grad():
         together = model(batch).logits
@@ -258,3 +259,22 @@ def test_a_last_position_readout_needs_a_block(grec_config):
         grec_config(sequence_layers=0, sequence_readout="last")
     model = build_model(grec_config(sequence_layers=1, sequence_readout="last"))
     _check_outputs(model(model.collate(random_columns(model.config.input, ROWS))), TASKS)
+
+
+def test_a_mean_pooled_history_is_computed_once_per_item_with_the_same_result():
+    """Without a block the history token is the masked mean of norm(project(embedding)) per position;
+    computing it once per distinct item gives the same token and the same embedding gradients."""
+    from grec.transformer import SequenceEncoder
+
+    torch.manual_seed(0)
+    encoder = SequenceEncoder(8, 0, 16, 4, 32)
+    ids = torch.randint(1, 6, (7, 9))
+    ids[0, :4] = 0  # left padding
+    ids[1] = 0  # no history
+    table = torch.randn(6, 8, requires_grad=True)
+    by_position = encoder(table[ids], ids != 0)  # the reference: every position projected
+    by_item = encoder(table[ids], ids != 0, ids)
+    torch.testing.assert_close(by_item, by_position, atol=1e-6, rtol=0)
+    grad_position = torch.autograd.grad(by_position.square().sum(), table)[0]
+    grad_item = torch.autograd.grad(by_item.square().sum(), table)[0]
+    torch.testing.assert_close(grad_item, grad_position, atol=1e-5, rtol=0)
