@@ -1,5 +1,6 @@
-"""Evaluation's driver-side folds give what one pass over the whole split gives, whatever the batches:
-the bounded user sample, each user's latest positive, each item's latest item side, train activity."""
+"""The folds of evaluate and build-index give what one pass over the whole split gives, whatever the
+batches: the bounded user sample, each user's latest positive, each item's latest item side, train
+activity, the index's item rows."""
 
 from __future__ import annotations
 
@@ -82,3 +83,20 @@ def test_train_activity_merges_batches_into_counts_per_user() -> None:
     assert activity.users.tolist() == [1, 2, 3] and activity.counts.tolist() == [2, 1, 3]
     named = UserActivity.of(np.zeros(0)).merged(np.array(["b", "a", "b"], dtype=object))
     assert named.users.tolist() == ["a", "b"] and named.counts.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("size", [1, 13, 400])
+def test_build_index_item_rows_fold_to_the_whole_table_result(size: int) -> None:
+    from types import SimpleNamespace
+
+    from recommend.rows import ItemRows, latest_item_rows
+
+    rng = np.random.default_rng(0)
+    rows = pa.table({"item_id": rng.integers(0, 30, 400), "user_id": rng.integers(0, 9, 400),
+                     "ts": rng.integers(0, 10, 400), "f": rng.integers(0, 1000, 400)})
+    definition = SimpleNamespace(item=SimpleNamespace(join_key="item_id"), timestamp_field="ts",
+                                 views_of=lambda entity: [SimpleNamespace(features=[SimpleNamespace(name="f")])])
+    whole = ItemRows(rows, definition)
+    folded = ItemRows(latest_item_rows((b for _, b in _batches(rows, size)), definition), definition)
+    items = list(whole.position)
+    assert folded.table.num_rows == len(items) and folded.take(items).equals(whole.take(items))
