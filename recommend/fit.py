@@ -22,7 +22,7 @@ from recommend.offline import Interactions, SplitUsers, read_interactions, split
 from recommend.popularity import ItemPopularity
 from recommend.recommender import add_task_terms
 from recommend.ranker import Ranker
-from recommend.rows import ItemRows, candidate_rows, row_task_scorer
+from recommend.rows import ItemRows, candidate_rows, latest_item_rows, row_task_scorer
 from recommend.stage import SOURCES, RecommendationStage
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,10 @@ class StageFitter:
 
     @property
     def catalogue_rows(self) -> pa.Table:
-        """The training and validation rows: every catalogue item's features (its latest row)."""
+        """Every catalogue item's latest training or validation row (its features), read batch by batch."""
         if self._catalogue_rows is None:
-            self._catalogue_rows = pa.concat_tables([self.prepared.read_split(s) for s in ("train", "validation")])
+            batches = (batch for split in ("train", "validation") for batch in self.prepared.iter_split(split))
+            self._catalogue_rows = latest_item_rows(batches, self.loaded.definition)
         return self._catalogue_rows
 
     # ---- parts -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ the item columns (item key and item features) of each candidate from an item tab
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,24 @@ LOGIT_EPSILON = 1e-6
 def item_columns(definition: DatasetDefinition) -> list[str]:
     """The columns of a raw row that describe the candidate item."""
     return [definition.item.join_key, *(f.name for view in definition.views_of(definition.item) for f in view.features)]
+
+
+def latest_item_rows(batches: Iterable[pa.Table], definition: DatasetDefinition) -> pa.Table:
+    """Each item's latest row (every column), the row ItemRows keeps of it, folded over `batches` given
+    in row order: it holds one row per item, never a whole split. Of two rows at one time the later
+    wins, as in ItemRows's stable sort."""
+    key, time_field = definition.item.join_key, definition.timestamp_field
+    latest: pa.Table | None = None
+    for batch in batches:
+        rows = batch if latest is None else pa.concat_tables([latest, batch])
+        if time_field in rows.column_names:
+            rows = rows.sort_by([(time_field, "ascending")])  # stable: earlier rows stay first among ties
+        ids = rows.column(key).to_numpy(zero_copy_only=False)[::-1]
+        _, first_from_end = np.unique(ids, return_index=True)
+        latest = rows.take(pa.array(np.sort(len(ids) - 1 - first_from_end)))
+    if latest is None:
+        raise ValueError("no rows to take item features from")
+    return latest
 
 
 class ItemRows:

@@ -112,6 +112,7 @@ def test_schema_mismatch_fails_naming_columns_and_types(prepared, spec) -> None:
 
 def test_metrics_leave_out_rows_without_a_label_and_slice_by_train_history(prepared, spec) -> None:
     from jobs.evaluate.job import EvaluationConfig, ResolvedModel, evaluate_scores
+    from jobs.evaluate.slices import UserActivity
 
     rng = np.random.default_rng(0)
     n = 60
@@ -127,7 +128,7 @@ def test_metrics_leave_out_rows_without_a_label_and_slice_by_train_history(prepa
     })
     model = ResolvedModel("models:/m/1", "m", "1", spec, prepared.transforms())
     config = EvaluationConfig(resamples=10, ranking_users=0)
-    result, predictions = evaluate_scores(model, "movielens-100k", scored, config, train_users=np.array([1, 1, 2, 3]))
+    result, predictions = evaluate_scores(model, "movielens-100k", scored, config, train_activity=UserActivity.of(np.array([1, 1, 2, 3])))
     assert result.task("like").rows == n - 1 and result.task("rating").rows == n - 1 and result.task("love").rows == n
     assert not np.isnan(result.task("like").metrics["auc"].value)
     assert len(predictions["like"].labels) == n - 1

@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from jobs.evaluate import metrics
 from jobs.evaluate.bootstrap import bootstrap_interval, bootstrap_intervals
 from jobs.evaluate.compute import metrics_with_intervals, point_metrics, ranking_metrics, slice_metrics
-from jobs.evaluate.slices import NEW_USERS, RETURNING_USERS, user_slices
+from jobs.evaluate.slices import NEW_USERS, RETURNING_USERS, UserActivity, user_slices
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_point_metrics_reject_unknown_kind() -> None:
 def test_user_slices_split_new_returning_and_activity() -> None:
     train_users = np.array([1] * 10 + [2] * 3 + [3] * 1 + [4] * 6)
     eval_users = np.array([1, 1, 2, 3, 4, 5, 6])
-    slices = user_slices(eval_users, train_users, activity_buckets=2)
+    slices = user_slices(eval_users, UserActivity.of(train_users), activity_buckets=2)
     assert slices[NEW_USERS].tolist() == [False, False, False, False, False, True, True]
     assert slices[RETURNING_USERS].tolist() == [True, True, True, True, True, False, False]
     activity = {k: v for k, v in slices.items() if k.startswith("activity")}
@@ -166,7 +166,7 @@ def test_user_slices_split_new_returning_and_activity() -> None:
 
 
 def test_user_slices_without_train_history_are_all_new() -> None:
-    slices = user_slices(np.array([1, 2]), np.array([], dtype=np.int64))
+    slices = user_slices(np.array([1, 2]), UserActivity.of(np.array([], dtype=np.int64)))
     assert list(slices) == [NEW_USERS]
 
 

@@ -136,6 +136,7 @@ def test_evaluation_says_it_skips_per_user_metrics_when_each_user_has_one_row(tm
     from grec import InputSpec
     from jobs.evaluate.inference import score_column
     from jobs.evaluate.job import EvaluationConfig, ResolvedModel, evaluate_scores
+    from jobs.evaluate.slices import UserActivity
     from jobs.evaluate.report import render_markdown
 
     spec = InputSpec.from_dict({"name": "people", "numeric": [{"name": "age"}], "timestamp": "t",
@@ -148,7 +149,7 @@ def test_evaluation_says_it_skips_per_user_metrics_when_each_user_has_one_row(tm
         scored = pa.table({"user_id": users, "label_income": labels.astype(float),
                            score_column("income"): labels * 0.5 + rng.random(200) * 0.5})
         result, _ = evaluate_scores(model, "people", scored, EvaluationConfig(resamples=0),
-                                    train_users=np.array(["x"]))
+                                    train_activity=UserActivity.of(np.array(["x"])))
         return result
 
     single = evaluate([f"p{i}" for i in range(200)])

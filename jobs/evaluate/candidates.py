@@ -18,6 +18,7 @@ from grec import InputSpec
 GROUP = "_rank_group"  # index of the held-out row within its task's candidates
 POSITION = "_rank_position"  # 0: the held-out positive, 1..negatives: sampled items
 TASK = "_rank_task"
+_ROW = "_row"  # a row's number in the order rows were folded
 
 
 def item_side_columns(spec: InputSpec) -> list[str]:
@@ -30,27 +31,75 @@ def item_side_columns(spec: InputSpec) -> list[str]:
 
 def item_catalogue(rows: pa.Table, spec: InputSpec) -> pa.Table:
     """One row per item: its item-side columns from its latest row in `rows`."""
-    columns = item_side_columns(spec)
-    table = rows.select(columns + [spec.timestamp]).sort_by([(spec.timestamp, "descending")])
-    _, first = np.unique(table.column(spec.item_id).to_numpy(), return_index=True)
-    return table.take(pa.array(np.sort(first))).select(columns)
+    catalogue = LatestItems(spec)
+    catalogue.add(rows, 0)
+    return catalogue.table()
+
+
+class LatestItems:
+    """`item_catalogue` folded over batches given in row order (`offset`: the batch's first row in
+    that order): each item's latest row so far, ties kept by the earlier row, as one sort of every
+    row would keep them."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.columns = item_side_columns(spec)
+        self._latest: pa.Table | None = None
+
+    def add(self, batch: pa.Table, offset: int) -> None:
+        rows = batch.select(self.columns + [self.spec.timestamp])
+        rows = rows.append_column(_ROW, pa.array(np.arange(offset, offset + rows.num_rows, dtype=np.int64)))
+        if self._latest is not None:
+            rows = pa.concat_tables([self._latest, rows])
+        rows = rows.sort_by([(self.spec.timestamp, "descending"), (_ROW, "ascending")])
+        _, first = np.unique(rows.column(self.spec.item_id).to_numpy(zero_copy_only=False), return_index=True)
+        self._latest = rows.take(pa.array(np.sort(first)))
+
+    def table(self) -> pa.Table:
+        """One row per item, latest first."""
+        if self._latest is None:
+            raise ValueError("no rows were added")
+        return self._latest.select(self.columns)
 
 
 def latest_positive_rows(rows: pa.Table, spec: InputSpec, label: str, max_users: int, seed: int) -> np.ndarray:
     """Indices into `rows` of each user's latest row with a positive `label`, for at most `max_users`
     users drawn at random (seeded)."""
-    labels = rows.column(label).to_numpy(zero_copy_only=False)
-    positive = np.flatnonzero(labels > 0.5)
-    if len(positive) == 0:
-        return positive
-    users = rows.column(spec.user_id).take(pa.array(positive)).to_numpy(zero_copy_only=False)
-    times = pc.cast(rows.column(spec.timestamp), pa.int64()).take(pa.array(positive)).to_numpy()
-    order = np.lexsort((times, users))  # by user, then time: each user's last entry is the latest
-    last_of_user = np.r_[users[order][1:] != users[order][:-1], True]
-    chosen = positive[order][last_of_user]
-    if len(chosen) > max_users:
-        chosen = np.sort(np.random.default_rng(seed).choice(chosen, max_users, replace=False))
-    return chosen
+    latest = LatestPositives(spec, label)
+    latest.add(rows, 0)
+    return latest.chosen(max_users, seed)
+
+
+class LatestPositives:
+    """`latest_positive_rows` folded over batches given in row order (`offset`: the batch's first
+    row in that order): holds one row number per user, so it grows with users, not events."""
+
+    def __init__(self, spec: InputSpec, label: str) -> None:
+        self.spec, self.label = spec, label
+        self._users: np.ndarray | None = None
+        self._times = np.zeros(0, dtype=np.int64)
+        self._rows = np.zeros(0, dtype=np.int64)
+
+    def add(self, batch: pa.Table, offset: int) -> None:
+        positive = np.flatnonzero(batch.column(self.label).to_numpy(zero_copy_only=False) > 0.5)
+        if len(positive) == 0:
+            return
+        taken = pa.array(positive)
+        users = batch.column(self.spec.user_id).take(taken).to_numpy(zero_copy_only=False)
+        times = pc.cast(batch.column(self.spec.timestamp), pa.int64()).take(taken).to_numpy()
+        if self._users is not None:
+            users = np.concatenate([self._users, users])
+        times, rows = np.concatenate([self._times, times]), np.concatenate([self._rows, positive + offset])
+        order = np.lexsort((times, users))  # by user, then time, then row: each user's last entry is the latest
+        last_of_user = order[np.r_[users[order][1:] != users[order][:-1], True]]
+        self._users, self._times, self._rows = users[last_of_user], times[last_of_user], rows[last_of_user]
+
+    def chosen(self, max_users: int, seed: int) -> np.ndarray:
+        """Row numbers of the latest positives of at most `max_users` users drawn at random (seeded)."""
+        chosen = self._rows  # ordered by user
+        if len(chosen) > max_users:
+            chosen = np.sort(np.random.default_rng(seed).choice(chosen, max_users, replace=False))
+        return chosen
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,13 @@
 """`evaluate_model`: score a registered model on a split of a prepared dataset with Ray Data, compute
 per-task metrics with intervals, slices and leave-last-out ranking, write the report (by default
-under .grec/reports/) and log it to the model version's MLflow run."""
+under .grec/reports/) and log it to the model version's MLflow run.
+
+Nothing the driver holds grows with the number of events: Ray Data reads and scores the split in
+bounded blocks and the driver keeps the scored rows of at most HELD_ROWS rows' worth of users
+(jobs/evaluate/sample.py); the train split's user activity and the ranking inputs (each user's latest
+positive, each item's latest item side, the seen items of the ranked users) are folded batch by
+batch, growing with users and items only.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from jobs.evaluate.metrics import positive_rank
 from jobs.evaluate.recommend import RecommendEvalConfig, evaluate_recommend
 from jobs.evaluate.report import TaskPredictions, write_report
 from jobs.evaluate.results import EvaluationResult, TaskEvaluation
-from jobs.evaluate.slices import user_slices
+from jobs.evaluate.sample import UserSample
+from jobs.evaluate.slices import UserActivity, user_slices
 from jobs.ray_runtime import ray_session
 from registry.tracking import GREC_DIR
 
@@ -39,6 +47,12 @@ IMPLICIT_TASK = ("implicit feedback: every labelled row is a positive, so pointw
                  "top-N evaluation judges the task's lists")
 # Where reports go without --out: .grec/reports/<name>-v<version>-<split> under the working directory.
 REPORTS_DIR = Path(GREC_DIR) / "reports"
+# Scored rows the driver holds for metrics, intervals, slices, plots and the promotion gate: every row
+# of a split up to this size, else the rows of a hashed sample of users (about 60 bytes a row for three
+# tasks, so ~120 MB, plus the bootstrap's copies of one task's arrays).
+HELD_ROWS = 2_000_000
+# Rows per batch of the driver's ordered scans of a split (a few columns each).
+SCAN_BATCH_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,7 @@ class ScoredSplit:
     model: ResolvedModel
     split: str
     rows: pa.Table
+    rows_scored: int  # every row of the split; `rows` holds them all up to HELD_ROWS
 
     def task_arrays(self, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indices of the rows labeled for `task`, their labels, their scores)."""
@@ -132,23 +147,43 @@ def row_keys(spec: InputSpec) -> list[str]:
 def read_split_rows(prepared: PreparedDataset, split: str):
     """A lazy Ray Dataset of the split's raw rows, read where the dataset is: a dataset at a URI
     through its store's filesystem, so the read tasks run on any node of a cluster (a local
-    directory must be one every node sees)."""
+    directory must be one every node sees). Read in bounded blocks by tasks that declare their
+    memory, as training reads (jobs/train/data.py)."""
     import ray.data
 
-    paths, fs = parquet_source(split_files(location_of(prepared), split))
+    from jobs.train.data import READ_AHEAD_BATCHES, read_plan
+
+    location = location_of(prepared)
+    plan = read_plan(location, split)
+    paths, fs = parquet_source(split_files(location, split))
     # partitioning=None: the `split=` folder is no column of the rows.
-    return ray.data.read_parquet(paths, filesystem=fs, partitioning=None)
+    return ray.data.read_parquet(paths, filesystem=fs, partitioning=None, memory=plan.read_task_memory,
+                                 batch_size=plan.batch_rows, batch_readahead=READ_AHEAD_BATCHES)
 
 
 def score_split(model: ResolvedModel, prepared: PreparedDataset, split: str, tracking_uri: str | None,
                 options: InferenceOptions) -> ScoredSplit:
-    """Every row of the split scored by Ray Data, in key order (Ray Data's output order is not the
-    input's)."""
+    """Every row of the split scored by Ray Data; the driver keeps the rows of HELD_ROWS' worth of
+    users (all of a smaller split), in key order (Ray Data's output order is not the input's)."""
     spec = model.spec
     keys = row_keys(spec)
     keep = [*keys, *(t.label for t in spec.tasks)]
-    scored = _collect(score_dataset(read_split_rows(prepared, split), model.pinned_uri, tracking_uri, keep, options))
-    return ScoredSplit(model, split, scored.sort_by([(k, "ascending") for k in keys]))
+    sample = UserSample(spec.user_id or spec.item_id, HELD_ROWS)
+    scored = score_dataset(read_split_rows(prepared, split), model.pinned_uri, tracking_uri, keep, options)
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        sample.add(batch)
+    if sample.sampled:
+        logger.info("%s: %d of the %d scored rows held for metrics (the rows of a hashed sample of users)",
+                    split, sample.table().num_rows, sample.rows_seen)
+    return ScoredSplit(model, split, sample.table().sort_by([(k, "ascending") for k in keys]), sample.rows_seen)
+
+
+def train_activity(prepared: PreparedDataset, user_key: str) -> UserActivity:
+    """Each user's number of train rows, folded over the train split's user column."""
+    activity = UserActivity.of(np.zeros(0))
+    for batch in prepared.iter_split("train", columns=[user_key], batch_size=SCAN_BATCH_ROWS):
+        activity = activity.merged(batch.column(0).to_numpy(zero_copy_only=False))
+    return activity
 
 
 # What evaluation records, in the result's settings, when per-user metrics are skipped.
@@ -169,22 +204,61 @@ def _collect(dataset) -> pa.Table:
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
+def _ordered_batches(prepared: PreparedDataset, splits: tuple[str, ...], columns: list[str] | None):
+    """(row number of the batch's first row, batch) over `splits` in order. The ranking inputs' tie
+    rules (the later of two rows at one time) follow this order, so it is a driver-side scan in file
+    order rather than Ray Data's, whose blocks carry no row numbers."""
+    offset = 0
+    for split in splits:
+        for batch in prepared.iter_split(split, columns=columns, batch_size=SCAN_BATCH_ROWS):
+            yield offset, batch
+            offset += batch.num_rows
+
+
+def _rows_numbered(prepared: PreparedDataset, split: str, numbers: np.ndarray) -> pa.Table:
+    """The rows of `split` at the (sorted) row `numbers`, every column."""
+    taken = []
+    for offset, batch in _ordered_batches(prepared, (split,), None):
+        inside = numbers[(numbers >= offset) & (numbers < offset + batch.num_rows)]
+        if len(inside):
+            taken.append(batch.take(pa.array(inside - offset)))
+    return pa.concat_tables(taken)
+
+
 def _ranking_candidates(model: ResolvedModel, prepared: PreparedDataset, config: EvaluationConfig) -> tuple[pa.Table | None, dict[str, int]]:
-    """Candidate rows of every binary task, and the users ranked per task."""
+    """Candidate rows of every binary task, and the users ranked per task. Three scans: the split's
+    latest positives per user, the chosen rows whole, and every split for the catalogue and the
+    chosen users' seen items."""
     spec = model.spec
     tasks = [t for t in spec.tasks if t.kind in RANKED_KINDS]
     if config.ranking_users == 0 or not tasks or not spec.user_id or not spec.item_id or not spec.timestamp:
         return None, {}
-    rows = prepared.read_split(config.split)
-    every_split = [prepared.read_split(s, columns=cand.item_side_columns(spec) + [spec.user_id, spec.timestamp])
-                   for s in SPLITS]
-    history = pa.concat_tables(every_split)
-    catalogue = cand.item_catalogue(history, spec)
+    latest = {t.name: cand.LatestPositives(spec, t.label) for t in tasks}
+    for offset, batch in _ordered_batches(prepared, (config.split,), [spec.user_id, spec.timestamp,
+                                                                       *(t.label for t in tasks)]):
+        for fold in latest.values():
+            fold.add(batch, offset)
+    held = {}
+    for index, task in enumerate(tasks):
+        numbers = latest[task.name].chosen(config.ranking_users, config.seed + index)
+        if len(numbers):
+            held[task.name] = _rows_numbered(prepared, config.split, numbers)
+    if not held:
+        return None, {}
+    ranked_users = pa.concat_tables([rows.select([spec.user_id]) for rows in held.values()]).column(0).unique()
+    catalogue, seen = cand.LatestItems(spec), []
+    for offset, batch in _ordered_batches(prepared, SPLITS, cand.item_side_columns(spec) + [spec.user_id,
+                                                                                          spec.timestamp]):
+        catalogue.add(batch, offset)
+        seen.append(batch.select([spec.user_id, spec.item_id]).filter(pc.is_in(batch.column(spec.user_id),
+                                                                               ranked_users)))
+    interactions = pa.concat_tables(seen)
     tables, users = [], {}
     for index, task in enumerate(tasks):
-        held = rows.take(pa.array(cand.latest_positive_rows(rows, spec, task.label, config.ranking_users,
-                                                            config.seed + index)))
-        built = cand.build_candidates(task.name, held, catalogue, history.select([spec.user_id, spec.item_id]),
+        if task.name not in held:  # no positive row: no user to rank
+            users[task.name] = 0
+            continue
+        built = cand.build_candidates(task.name, held[task.name], catalogue.table(), interactions,
                                       spec, config.negatives, config.seed + index)
         if built.skipped_users:
             logger.info("ranking %s: %d users skipped (fewer than %d never-seen items)", task.name,
@@ -220,17 +294,18 @@ def _task_arrays(scored: pa.Table, task: TaskSpec) -> tuple[np.ndarray, np.ndarr
 
 
 def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, config: EvaluationConfig, *,
-                    train_users: np.ndarray | None = None, ranking_scored: pa.Table | None = None,
-                    ranking_users: dict[str, int] | None = None) -> tuple[EvaluationResult, dict[str, TaskPredictions]]:
-    """Metrics of scored rows: per task with intervals; slices when `train_users` is given; ranking
-    when candidates were scored."""
+                    train_activity: UserActivity | None = None, ranking_scored: pa.Table | None = None,
+                    ranking_users: dict[str, int] | None = None,
+                    rows_scored: int | None = None) -> tuple[EvaluationResult, dict[str, TaskPredictions]]:
+    """Metrics of scored rows: per task with intervals; slices when `train_activity` is given; ranking
+    when candidates were scored. `rows_scored`: the split's rows when `scored` holds a sample of them."""
     spec = model.spec
     users = scored.column(spec.user_id).to_numpy(zero_copy_only=False) if spec.user_id else None
     skipped = {}
-    if users is not None and one_row_per_user(users, train_users):
-        users, train_users, skipped = None, None, {"per_user_metrics": ONE_ROW_PER_USER}
-    slices = user_slices(users, train_users, activity_buckets=config.activity_buckets) \
-        if users is not None and train_users is not None else {}
+    if users is not None and one_row_per_user(users, None if train_activity is None else train_activity.users):
+        users, train_activity, skipped = None, None, {"per_user_metrics": ONE_ROW_PER_USER}
+    slices = user_slices(users, train_activity, activity_buckets=config.activity_buckets) \
+        if users is not None and train_activity is not None else {}
     tasks, predictions = [], {}
     for index, task in enumerate(spec.tasks):
         if task.implicit:
@@ -255,9 +330,17 @@ def evaluate_scores(model: ResolvedModel, dataset_name: str, scored: pa.Table, c
     settings = {"resamples": config.resamples, "confidence": config.confidence, "negatives": config.negatives,
                 "ks": list(config.ks), "ranking_users": config.ranking_users, "seed": config.seed,
                 **({"skipped": skipped} if skipped else {})}
-    result = EvaluationResult(model.uri, model.name, model.version, dataset_name, config.split, scored.num_rows,
-                              tasks, settings)
+    if rows_scored is not None and rows_scored > scored.num_rows:
+        settings["held_rows"] = held_rows_note(scored.num_rows, rows_scored)
+    result = EvaluationResult(model.uri, model.name, model.version, dataset_name, config.split,
+                              scored.num_rows if rows_scored is None else rows_scored, tasks, settings)
     return result, predictions
+
+
+def held_rows_note(held: int, scored: int) -> str:
+    """What the report says when the metrics come from a sample of the scored rows."""
+    return (f"metrics, intervals and slices over the {held} rows of a hashed sample of users ({held / scored:.1%} "
+            f"of the {scored} rows scored): evaluation holds at most {HELD_ROWS} rows")
 
 
 @dataclass(frozen=True)
@@ -286,12 +369,10 @@ def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: Eval
     (default .grec/reports/<name>-v<version>-<split>) and logs it."""
     dataset_name = prepared.spec()["name"]
     scored = score_split(model, prepared, config.split, tracking_uri, config.inference)
-    train_users = None
-    if model.spec.user_id:
-        train_users = prepared.read_split("train", columns=[model.spec.user_id]).column(0).to_numpy(zero_copy_only=False)
+    activity = train_activity(prepared, model.spec.user_id) if model.spec.user_id else None
     ranking_rows, ranked_users = None, {}
     per_user = not (model.spec.user_id and one_row_per_user(
-        scored.rows.column(model.spec.user_id).to_numpy(zero_copy_only=False), train_users))
+        scored.rows.column(model.spec.user_id).to_numpy(zero_copy_only=False), activity.users))
     if not per_user:
         logger.info("per-user metrics skipped: %s", ONE_ROW_PER_USER)
     else:
@@ -302,8 +383,9 @@ def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: Eval
 
         ranking_scored = _collect(score_dataset(ray.data.from_arrow(ranking_rows), model.pinned_uri, tracking_uri,
                                                 [cand.GROUP, cand.POSITION, cand.TASK], config.inference))
-    result, predictions = evaluate_scores(model, dataset_name, scored.rows, config, train_users=train_users,
-                                          ranking_scored=ranking_scored, ranking_users=ranked_users)
+    result, predictions = evaluate_scores(model, dataset_name, scored.rows, config, train_activity=activity,
+                                          ranking_scored=ranking_scored, ranking_users=ranked_users,
+                                          rows_scored=scored.rows_scored)
     if config.recommend is not None and per_user:
         result.recommend = replay_recommend(model, prepared, config.split, config.recommend)
     out = Path(report_dir) if report_dir else REPORTS_DIR / f"{model.name}-v{model.version}-{config.split}"

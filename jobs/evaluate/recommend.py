@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import scipy.sparse as sp
 
 from feature_store.options import SPLITS
@@ -38,7 +37,7 @@ from recommend.offline import Interactions, SplitUsers, read_interactions, split
 from recommend.popularity import ItemPopularity
 from recommend.ranker import Ranker
 from recommend.recommender import rank_lists
-from recommend.rows import ItemRows, row_task_scorer
+from recommend.rows import ItemRows, latest_item_rows, row_task_scorer
 from recommend.stage import RecommendationStage
 from recommend.threads import torch_threads
 
@@ -139,8 +138,10 @@ def _judged(users: SplitUsers, task: str, config: RecommendEvalConfig) -> SplitU
     return users.subset(keep)
 
 
-def _before_rows(prepared: Any, split: str) -> pa.Table:
-    return pa.concat_tables([prepared.read_split(s) for s in SPLITS[:SPLITS.index(split)]])
+def _item_rows_before(prepared: Any, split: str, definition: Any) -> ItemRows:
+    """Each item's latest features in the splits before `split`, folded batch by batch."""
+    batches = (batch for before in SPLITS[:SPLITS.index(split)] for batch in prepared.iter_split(before))
+    return ItemRows(latest_item_rows(batches, definition), definition)
 
 
 def _grec_lists(loaded: Any, stage: RecommendationStage, prepared: Any, split: str, users: SplitUsers, task: str,
@@ -148,7 +149,7 @@ def _grec_lists(loaded: Any, stage: RecommendationStage, prepared: Any, split: s
     """The recommendation path's lists for every user, in blocks."""
     started = time.process_time()
     ranker = Ranker(loaded.model, loaded.transforms, loaded.spec)
-    item_rows = ItemRows(_before_rows(prepared, split), loaded.definition)
+    item_rows = _item_rows_before(prepared, split, loaded.definition)
     rows = np.zeros((len(users.user_ids), config.depth), dtype=np.int64)
     with torch_threads(1):
         _rank_blocks(stage, users, task, config, ranker, item_rows, rows)

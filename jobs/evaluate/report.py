@@ -95,6 +95,7 @@ def render_markdown(result: EvaluationResult, plot_files: list[Path], out_dir: P
         f"Intervals: {settings.get('confidence', 0.95):.0%} percentile bootstrap, "
         f"{settings.get('resamples', 0)} resamples (rows; users for GAUC and ranking).",
         *(f"Skipped: {reason}." for reason in (settings.get("skipped") or {}).values()),
+        *([f"Sampled: {settings['held_rows']}."] if settings.get("held_rows") else []),
         "",
         "## Metrics per task",
         "",

@@ -7,18 +7,44 @@ buckets without hand-set edges.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 NEW_USERS = "new users"
 RETURNING_USERS = "returning users"
 
 
-def user_slices(eval_users: np.ndarray, train_users: np.ndarray, *, activity_buckets: int = 3) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class UserActivity:
+    """Each user's number of train rows: `users` sorted and distinct, `counts` aligned. It grows with
+    the number of users, not of events: the train split is folded into it batch by batch."""
+
+    users: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, train_users: np.ndarray) -> UserActivity:
+        users, counts = np.unique(np.asarray(train_users), return_counts=True)
+        return cls(users, counts)
+
+    def merged(self, train_users: np.ndarray) -> UserActivity:
+        """This activity plus the rows of `train_users` (one entry per row)."""
+        more = UserActivity.of(train_users)
+        if len(self.users) == 0:  # an empty start has no dtype of the users' own
+            return more
+        users, inverse = np.unique(np.concatenate([self.users, more.users]), return_inverse=True)
+        counts = np.bincount(inverse.reshape(-1), weights=np.concatenate([self.counts, more.counts]),
+                             minlength=len(users)).astype(np.int64)
+        return UserActivity(users, counts)
+
+
+def user_slices(eval_users: np.ndarray, train_activity: UserActivity, *, activity_buckets: int = 3) -> dict[str, np.ndarray]:
     """Boolean row masks over `eval_users`, by slice name, in display order. Empty slices are left out."""
     if activity_buckets < 1:
         raise ValueError(f"activity_buckets must be >= 1, got {activity_buckets}")
     eval_users = np.asarray(eval_users)
-    known, counts = np.unique(np.asarray(train_users), return_counts=True)
+    known, counts = train_activity.users, train_activity.counts
     position = np.searchsorted(known, eval_users)
     position = np.clip(position, 0, max(len(known) - 1, 0))
     returning = (known[position] == eval_users) if len(known) else np.zeros(len(eval_users), dtype=bool)
