@@ -73,7 +73,10 @@ class Case:
 
     def time_round(self) -> None:
         for module in self.modules:
-            module.train(self.training)
+            # Only on a change: a model scored in eval mode stays in it, as a served model does (a
+            # mode switch drops the merged expert weights GRec keeps at inference).
+            if module.training != self.training:
+                module.train(self.training)
         for _ in range(self.calls):
             start = time.process_time()
             self.run()

@@ -19,6 +19,7 @@ on the gate-weighted mix of the experts' hidden states (exact, by linearity).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,11 @@ def expert_blocks(expert: torch.Tensor, num_experts: int, block: int) -> tuple[t
     first_block = blocks_per_expert.cumsum(0) - blocks_per_expert
     block_expert = torch.repeat_interleave(torch.arange(num_experts, device=expert.device), blocks_per_expert)
     return first_block[expert] + position // block, position % block, block_expert
+
+
+# Requested task sets whose merged expert weights inference keeps (task routing): serving asks for
+# the same few sets (all tasks, one task) again and again.
+MERGED_TASK_SETS = 4
 
 
 class ExpertBank(nn.Module):
@@ -126,9 +132,18 @@ class SparseMoE(nn.Module):
         self.skills = ExpertSkills(d_model, hidden, tasks, skills, banks, routed=self.routed is not None)
         self.banks = banks
         self.d_model, self.hidden = d_model, hidden
+        # Task routing at inference: each requested task set's merged expert weights (see
+        # _task_expert_weights), keyed by the routing and the state of every weight they depend on.
+        self._merged_by_tasks: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def add_task(self, task: str) -> list[nn.Parameter]:
         return self.skills.add_task(task)
+
+    def train(self, mode: bool = True) -> SparseMoE:
+        # Weights change between modes (optimizer steps, DeepSpeed copying updated partitions through
+        # `.data`, which no version counter sees): merged weights kept at inference start afresh.
+        self._merged_by_tasks.clear()
+        return super().train(mode)
 
     def adapters(self) -> dict[str, SkillAdapter]:
         """Every skill adapter of the layer by a readable name (for allocation heatmaps)."""
@@ -150,7 +165,7 @@ class SparseMoE(nn.Module):
         low_rank = None  # [T, B, R]: the down-skill inputs still to be projected up (shared bank)
         if self.routed is not None:
             if self.mode == "task":
-                out = self._routed_by_task(s, routing, mix_up, mix_down)
+                out = self._routed_by_task(s, routing, tasks, mix_up, mix_down)
             else:
                 out, low_rank = self._routed_by_sentence(s, routing, mix_up, mix_down)
         if self.shared is not None:
@@ -172,26 +187,53 @@ class SparseMoE(nn.Module):
         down, up = adapter.group_weights(mix, group_task, bank)
         return torch.baddbmm(weight, up.transpose(1, 2), down)
 
-    def _routed_by_task(self, s: torch.Tensor, routing: Routing, mix_up: SkillMix | None,
+    def _routed_by_task(self, s: torch.Tensor, routing: Routing, tasks: list[str], mix_up: SkillMix | None,
                         mix_down: SkillMix | None) -> torch.Tensor:
         """Task routing: s + sum_j g_j expert_j(s) with every task's k experts (skills merged) as one
         batched matmul per layer; group (t, j) holds all rows of task t for its j-th expert."""
-        num_tasks, size, d = s.shape
-        bank, hidden = self.routed, self.hidden
+        up, down, bias = self._task_expert_weights(routing, tasks, mix_up, mix_down)
+        h = F.gelu(torch.bmm(F.pad(s, (0, 1), value=1.0), up))  # [T, B, k * hidden]
+        return torch.baddbmm(s + bias, h, down)
+
+    def _task_expert_weights(self, routing: Routing, tasks: list[str], mix_up: SkillMix | None,
+                             mix_down: SkillMix | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The requested tasks' merged expert weights. At inference they depend on the weights only,
+        so they are kept per (tasks, routing, weights' state) until the mode changes: building them
+        copies every routed (task, expert) pair's weights, which was most of an all-tasks forward at
+        batch 1 (T=64). The state is each weight's storage and version counter (an in-place update such
+        as load_state_dict's moves it); a change through `.data` in eval mode needs `eval()` again."""
+        if self.training or torch.is_grad_enabled():
+            return self._merge_task_expert_weights(routing, mix_up, mix_down)
+        key = (tuple(tasks), routing.expert_index.cpu().numpy().tobytes(), routing.gates.cpu().numpy().tobytes(),
+               tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        merged = self._merged_by_tasks.get(key)
+        if merged is None:
+            merged = self._merge_task_expert_weights(routing, mix_up, mix_down)
+            self._merged_by_tasks[key] = merged
+            while len(self._merged_by_tasks) > MERGED_TASK_SETS:
+                self._merged_by_tasks.popitem(last=False)
+        else:
+            self._merged_by_tasks.move_to_end(key)
+        return merged
+
+    def _merge_task_expert_weights(self, routing: Routing, mix_up: SkillMix | None,
+                                   mix_down: SkillMix | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(up [T, d + 1, k * hidden] with the bias as its last input row, down [T, k * hidden, d] with
+        the gates folded in, the gate-weighted down bias [T, 1, d])."""
+        bank, hidden, d = self.routed, self.hidden, self.d_model
+        num_tasks, top_k = routing.expert_index.shape
         flat = routing.expert_index.reshape(-1)  # [T * k]
-        top_k = flat.numel() // num_tasks
-        gates = routing.gates.to(s.dtype)  # [T, k]
-        group_task = torch.arange(num_tasks, device=s.device).repeat_interleave(top_k)
+        gates = routing.gates.to(bank.up_weight.dtype)  # [T, k]
+        group_task = torch.arange(num_tasks, device=flat.device).repeat_interleave(top_k)
         up = self._merged_weights(self.skills.up, mix_up, bank.up_weight, flat, group_task)
         # The bias rides in the matmul as a weight column against a column of ones: adding it to the
         # [T, B, k * hidden] product would cost a pass as large as the gelu.
         up = torch.cat([up, bank.up_bias[flat].unsqueeze(-1)], dim=-1).view(num_tasks, top_k * hidden, d + 1)
-        h = F.gelu(torch.bmm(F.pad(s, (0, 1), value=1.0), up.transpose(1, 2)))  # [T, B, k * hidden]
         # sum_j g_j (W_j h_j + b_j) as one matmul per task over the concatenated hidden states.
         down = self._merged_weights(self.skills.down, mix_down, bank.down_weight, flat, group_task)
         down = (down.view(num_tasks, top_k, d, hidden) * gates[:, :, None, None]).transpose(1, 2)
         bias = (bank.down_bias[flat].view(num_tasks, top_k, d) * gates.unsqueeze(-1)).sum(1, keepdim=True)
-        return torch.baddbmm(s + bias, h, down.reshape(num_tasks, d, top_k * hidden).transpose(1, 2))
+        return up.transpose(1, 2), down.reshape(num_tasks, d, top_k * hidden).transpose(1, 2), bias
 
     def _routed_by_sentence(self, s: torch.Tensor, routing: Routing, mix_up: SkillMix | None,
                             mix_down: SkillMix | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -267,3 +267,42 @@ def test_scoring_tasks_together_equals_scoring_each_alone(grec_config):
         together = model(batch).logits
         for task in TASKS:
             torch.testing.assert_close(model(batch, tasks=[task]).logits[task], together[task], atol=1e-6, rtol=0)
+
+
+def test_inference_keeps_merged_expert_weights_until_a_weight_changes():
+    """Task routing at inference keeps each task set's merged expert weights: outputs equal the
+    uncached computation, and after an optimizer step (or loading other weights) they follow the
+    new weights."""
+    model = build_model(GRecConfig(input=synthetic_spec(8, vocab_size=50, sequence_length=4), d_model=16,
+                                   num_heads=2, ffn_hidden=16, expert_hidden=16, tower_hidden=8, embedding_dim=8,
+                                   router=RouterConfig(mode="task", num_experts=4, top_k=2)))
+    _randomize_skills(model)
+    batch = model.collate(random_columns(model.config.input, 6))
+
+    def uncached():
+        with torch.enable_grad():
+            return {t: v.detach() for t, v in model(batch).logits.items()}
+
+    def cached():
+        with torch.no_grad():
+            return model(batch).logits
+
+    model.eval()
+    first = cached()
+    assert len(model.moe._merged_by_tasks) == 1  # noqa: SLF001
+    for task, logits in cached().items():
+        torch.testing.assert_close(logits, uncached()[task], atol=1e-6, rtol=0)
+        assert torch.equal(logits, first[task])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    loss, _ = model.loss(model.train()(batch), batch)
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    moved = cached()
+    for task, logits in moved.items():
+        torch.testing.assert_close(logits, uncached()[task], atol=1e-6, rtol=0)
+        assert not torch.equal(logits, first[task])
+    other = build_model(model.config)
+    model.load_state_dict(other.state_dict())  # in eval mode: the version counters tell
+    for task, logits in cached().items():
+        torch.testing.assert_close(logits, uncached()[task], atol=1e-6, rtol=0)
