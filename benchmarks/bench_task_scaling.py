@@ -15,7 +15,7 @@ time other processes hold the core and overstates growth. Figures are medians.
   - single-task request at batch 1 and 256 (GRec: the exported per-task sub-model `-sub`, and the
     full model asked for one task; baselines: the model asked for one task),
   - all-tasks scoring at batch 1 and 256,
-  - one training step (forward, loss, backward, Adam) at batch 256 with every task labelled, on
+  - one training step (forward, loss, backward, fused Adam) at batch 256 with every task labelled, on
     all tasks and (GRec) on K=8 tasks sampled per step (`losses.tasks_per_step`),
   - parameters, and GRec's parameters added per task relative to its shared model,
   - the largest share of expert assignments any timed training step dropped (0: dropless).
@@ -141,7 +141,9 @@ def inference(fn: Callable, batch) -> Callable[[], object]:
 def train_step(model: nn.Module, batch, sampled: int | None, dropped: list[float]) -> Callable[[], None]:
     """One optimizer step on all tasks, or on `sampled` tasks drawn per step (loss scaled by T / K);
     each step's share of dropped expert assignments is appended to `dropped`."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # The fused update, as grec's in-process training runs it (DeepSpeed updates flat partitions):
+    # torch's per-tensor loop on CPU would time Python over the per-task skill tensors instead.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     names = model.task_names
     steps = iter(range(10**9))
 
@@ -162,7 +164,7 @@ def train_step(model: nn.Module, batch, sampled: int | None, dropped: list[float
 def floor_cases(model: nn.Module, num_tasks: int, args: argparse.Namespace, one, many) -> tuple[dict, list[Case]]:
     floor = HeadsOnly(model, num_tasks, args.d_model)
     labels = torch.stack([many.labels[t] for t in model.task_names])
-    optimizer = torch.optim.Adam(floor.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(floor.parameters(), lr=1e-3, fused=True)
 
     def step() -> None:
         optimizer.zero_grad()
