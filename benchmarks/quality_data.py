@@ -58,6 +58,7 @@ class BenchData:
     tables: dict[str, pa.Table]  # split -> transformed rows
     arrays: dict[str, PeerArrays]  # split -> the same rows for the peers
     text_cache: dict  # (max_length, text) -> pooled MiniLM vector, shared by GRec-family models
+    token_cache: dict  # (max_length, text) -> its token ids, shared by GRec-family models' collators
 
     @property
     def model_config(self) -> GRecConfig:
@@ -69,6 +70,8 @@ class BenchData:
         if model.encoder.text_encoder is not None:
             # A copy: loading the best epoch's weights clears the model's own cache.
             model.encoder.text_encoder._cache.update(self.text_cache)  # noqa: SLF001 (exact: frozen encoder)
+            # The token ids (the n-gram bags read them) come from the same one-time pass over the texts.
+            model.collator.tokens._ids.update(self.token_cache)  # noqa: SLF001
         return model
 
 
@@ -89,13 +92,14 @@ def load(name: str, root: Path, repo: Path, epochs: int | None = None) -> BenchD
     raw = {split: prepared.read_split(split) for split in SPLITS}
     tables = {split: transforms.transform(rows) for split, rows in raw.items()}
     spec = resolved.model_config.input
-    vectors, cache = {}, {}
+    vectors, cache, tokens = {}, {}, {}
     if spec.text:
         text_model = build_model(resolved.model_config)
         vectors = text_vectors(text_model, list(tables.values()), prepared.root)
         cache = dict(text_model.encoder.text_encoder._cache)  # noqa: SLF001
+        tokens = dict(text_model.collator.tokens._ids)  # noqa: SLF001
     arrays = {split: _arrays(tables[split], resolved.model_config, vectors) for split in SPLITS}
-    return BenchData(name, config, resolved, tables, arrays, cache)
+    return BenchData(name, config, resolved, tables, arrays, cache, tokens)
 
 
 def _arrays(table: pa.Table, config: GRecConfig, vectors: dict[str, dict[str, np.ndarray]]) -> PeerArrays:
@@ -129,7 +133,7 @@ def _padded(rows: list[list[int] | None]) -> np.ndarray:
 def text_vectors(model: MultiTaskModel, tables: list[pa.Table], folder: Path) -> dict[str, dict[str, np.ndarray]]:
     """feature -> text -> pooled MiniLM vector for every distinct text of the tables, encoded once
     (sorted by length, so batches pad little) into the model's cache and kept in `folder` for the
-    next run (texts in JSON, vectors in .npy)."""
+    next run (texts in JSON, vectors in .npy); every text's token ids go into the model's collator."""
     encoder = model.encoder.text_encoder
     out = {}
     model.eval()
@@ -139,6 +143,8 @@ def text_vectors(model: MultiTaskModel, tables: list[pa.Table], folder: Path) ->
         texts = sorted({t for table in tables for t in table.column(feature.name).to_pylist()},
                        key=lambda text: (len(text), text))
         kept = json.loads(texts_file.read_text()) if texts_file.exists() else []
+        for first in range(0, len(texts), TEXT_BATCH):  # token ids of every text, into the collator's cache
+            model.collator.tokens(texts[first:first + TEXT_BATCH], feature.max_length)
         if set(kept) >= set(texts):
             texts, vectors = kept, np.load(vectors_file)
         else:
