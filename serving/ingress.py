@@ -73,7 +73,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description, **({"headers": _RETRY_AFTER} if status == 503 else {})}
     for status, description in (
-        (400, "malformed JSON"), (401, "missing or wrong bearer token"), (413, "payload too large"),
+        (400, "malformed JSON"), (401, "missing or wrong bearer token"),
+        (408, "the request body did not arrive within body_timeout_s"), (413, "payload too large"),
         (415, "the body is not application/json"),
         (422, "invalid request: wrong types, unknown task, too many candidates, rows or users, "
               "unknown context feature"),
@@ -133,6 +134,7 @@ class Ingress:
         self._ranker = ranker
         app.state.api_token = config.api_token.get_secret_value() if config.api_token else None
         app.state.max_body_bytes = config.max_body_bytes
+        app.state.body_timeout_s = config.body_timeout_s
         app.state.retry_after_s = config.retry_after_s
         app.state.max_in_flight = config.max_in_flight
         app.state.in_flight = 0

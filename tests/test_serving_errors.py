@@ -89,3 +89,73 @@ def test_a_down_deployment_fails_calls_at_once_and_an_answer_brings_it_back():
         health.stop()
 
     asyncio.run(scenario())
+
+
+class _Connection:
+    """One HTTP request as the ingress's ASGI middleware sees it: its body arrives in `chunks`
+    (a None chunk: the client stops sending), and what the middleware sends back."""
+
+    def __init__(self, app, path: str, chunks: list[bytes | None], token: str = "t") -> None:
+        self.chunks = list(chunks)
+        self.sent: list[dict] = []
+        declared = sum(len(c) for c in chunks if c) + (100 if None in chunks else 0)
+        self.scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "app": app,
+                      "headers": [(b"authorization", f"Bearer {token}".encode()),
+                                  (b"content-type", b"application/json"),
+                                  (b"content-length", str(declared).encode())]}
+
+    async def receive(self) -> dict:
+        chunk = self.chunks.pop(0)
+        if chunk is None:
+            await asyncio.sleep(3600)  # a client that stopped sending
+        return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int | None:
+        return next((m["status"] for m in self.sent if m["type"] == "http.response.start"), None)
+
+
+def test_slow_bodies_are_408_and_hold_no_admission_slot():
+    """Admission counts requests whose body has arrived: clients that stall mid-body hold no slot of
+    max_in_flight, and are answered 408 past body_timeout_s; a too large body is a 413."""
+    from starlette.applications import Starlette
+
+    from serving.http import RequestEnvelope
+
+    app = Starlette()
+    app.state.api_token, app.state.max_body_bytes, app.state.retry_after_s = "t", 1024, 1
+    app.state.max_in_flight, app.state.in_flight, app.state.body_timeout_s = 2, 0, 0.3
+    release = asyncio.Event()
+
+    async def ranking(scope, receive, send) -> None:  # the routes behind the door: held until released
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    envelope = RequestEnvelope(ranking)
+
+    async def scenario() -> None:
+        stalled = [_Connection(app, "/v1/score", [b"{", None]) for _ in range(10)]
+        stalled_tasks = [asyncio.ensure_future(envelope(c.scope, c.receive, c.send)) for c in stalled]
+        await asyncio.sleep(0.05)
+        assert app.state.in_flight == 0  # ten stalled bodies hold nothing
+        working = [_Connection(app, "/v1/score", [b"{}"]) for _ in range(3)]
+        working_tasks = [asyncio.ensure_future(envelope(c.scope, c.receive, c.send)) for c in working]
+        await asyncio.sleep(0.05)
+        assert app.state.in_flight == 2  # two admitted with their body; the third refused at once
+        assert sorted(c.status or 0 for c in working) == [0, 0, 503]
+        release.set()
+        await asyncio.gather(*working_tasks)
+        assert sorted(c.status for c in working) == [200, 200, 503]
+        await asyncio.wait_for(asyncio.gather(*stalled_tasks), 5)
+        assert {c.status for c in stalled} == {408}
+        assert b"body_timeout" in stalled[0].sent[-1]["body"]
+        too_large = _Connection(app, "/v1/score", [b"x" * 2000])
+        await envelope(too_large.scope, too_large.receive, too_large.send)
+        assert too_large.status == 413
+        assert app.state.in_flight == 0
+
+    asyncio.run(scenario())
