@@ -91,7 +91,9 @@ class ServingConfig(BaseModel):
     # queues hold, so those rarely have to refuse).
     max_in_flight: int = Field(48, ge=1, description="ranking requests one ingress replica admits at once")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
-    readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the deployments")
+    # Whether a deployment is up is Serve's health checks' (health_check_timeout_s), never this.
+    readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the feature lookup's "
+                                                              "check of the online store (past it: its last answer)")
     reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
     require_integrity: bool = Field(
         default_factory=integrity_required, description="refuse a version (or recommendation stage) registered "

@@ -38,22 +38,19 @@ def test_a_request_over_its_time_limit_is_a_504_saying_so():
 
 
 def test_a_down_deployment_fails_calls_at_once_and_an_answer_brings_it_back():
-    """DeploymentHealth: a call waiting on a deployment found down ends with 503 at once; after a
-    replica died under a call, new calls fail until a probe answers; a full queue is 'overloaded'
-    and a slow probe while calls keep answering is not death."""
+    """DeploymentHealth: a deployment is down when Serve reports no running replica, and a call
+    waiting on it then ends with 503 at once; after a replica died under a call, new calls fail until
+    Serve reports a running replica; a full queue is 'overloaded'; a slow call is never death."""
     from ray.exceptions import ActorDiedError
     from ray.serve.exceptions import BackPressureError
 
     from serving.errors import OverloadedError, UnavailableError
     from serving.health import DeploymentHealth
 
-    answers = {"probe": "fail"}
+    serve_reports = {"running": 0}
 
-    async def probe() -> None:
-        if answers["probe"] == "fail":
-            raise ConnectionError("no replica")
-        if answers["probe"] == "slow":
-            await asyncio.sleep(30)
+    async def running() -> int | None:
+        return serve_reports["running"]
 
     async def died() -> None:
         raise ActorDiedError()
@@ -62,29 +59,31 @@ def test_a_down_deployment_fails_calls_at_once_and_an_answer_brings_it_back():
         raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
 
     async def scenario() -> None:
-        health = DeploymentHealth("ranker", probe, period_s=0.01, timeout_s=0.2, retry_after_s=1, down_period_s=0.01)
+        health = DeploymentHealth("ranker", running, period_s=0.01, retry_after_s=1, down_period_s=0.01)
         waiting = asyncio.ensure_future(health.call(asyncio.sleep(30)))
         await asyncio.sleep(0)
-        health.mark_down("probe failed")
+        health.start()  # Serve reports no running replica: the waiting call is abandoned
         with pytest.raises(UnavailableError, match="ranker is not answering"):
             await asyncio.wait_for(waiting, 5)
         with pytest.raises(UnavailableError):
             await health.call(asyncio.sleep(0))
-        health.start()
-        answers["probe"] = "ok"
+        serve_reports["running"] = 1
         while not health.up:
             await asyncio.sleep(0.01)
         assert await health.call(asyncio.sleep(0, result="scored")) == "scored"
+        serve_reports["running"] = None  # the controller does not answer: nothing changes
         with pytest.raises(UnavailableError):
             await health.call(died())  # the replica died under this call
         assert not health.up
-        while not health.up:  # the probe answers: another replica (or the replacement) is there
+        await asyncio.sleep(0.1)
+        assert not health.up
+        serve_reports["running"] = 1  # another replica (or the replacement) runs
+        while not health.up:
             await asyncio.sleep(0.01)
         with pytest.raises(OverloadedError):
             await health.call(full())
-        answers["probe"] = "slow"  # probes time out, but calls keep answering: busy, not down
-        for _ in range(40):
-            assert await health.call(asyncio.sleep(0.01, result="ok")) == "ok"
+        # A busy deployment: a call that takes far longer than the watcher's period is answered.
+        assert await health.call(asyncio.sleep(0.5, result="late")) == "late"
         assert health.up
         health.stop()
 
