@@ -140,6 +140,7 @@ class Ingress:
         app.state.retry_after_s = config.retry_after_s
         app.state.max_in_flight = config.max_in_flight
         app.state.in_flight = 0
+        self._loop = asyncio.get_running_loop()
         self._served = await asyncio.to_thread(
             VersionWatcher, "ingress", version_resolver(config), self._prepare, config.reload_interval_s,
             follow=config.model_alias is not None, on_swap=self._on_swap, refusal=_refusal,
@@ -160,11 +161,16 @@ class Ingress:
             health.start()
 
     def _prepare(self, version: str) -> ServedVersion:
-        """Loads `version` in the lookup and the ranker (blocking; runs on the watcher's thread)."""
+        """Loads `version` in the lookup and the ranker (blocking; runs on the watcher's thread). The
+        calls run on the replica's event loop: Serve's handles belong to it (in Serve's
+        throughput-optimized mode a handle cannot be used from another thread at all)."""
+        return asyncio.run_coroutine_threadsafe(self._warm(version), self._loop).result()
+
+    async def _warm(self, version: str) -> ServedVersion:
         lookup = self._lookup.options(multiplexed_model_id=version)
         ranker = self._ranker.options(multiplexed_model_id=version)
-        lookup.ping.remote().result(timeout_s=PREPARE_TIMEOUT_S)
-        info = ranker.describe.remote().result(timeout_s=PREPARE_TIMEOUT_S)
+        await asyncio.wait_for(lookup.ping.remote(), PREPARE_TIMEOUT_S)
+        info = await asyncio.wait_for(ranker.describe.remote(), PREPARE_TIMEOUT_S)
         return ServedVersion(version, info, lookup, ranker)
 
     def _on_swap(self, served: ServedVersion) -> None:
