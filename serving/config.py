@@ -81,13 +81,19 @@ class ServingConfig(BaseModel):
     max_score_groups: int = Field(
         64, ge=1, description="most distinct (user, context) pairs in one /v1/score request (one lookup each)")
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    # A client that sends its body slowly (or stops) is answered 408 past this, so it cannot hold a
+    # connection and a replica's request slot for longer.
+    body_timeout_s: float = Field(5.0, gt=0, description="how long a request's body may take to arrive (408 past it)")
     request_timeout_s: float = Field(10.0, gt=0, description="each request's deadline, passed to every deployment")
     # Admission at the door: an ingress replica works on at most this many /v1/recommend and
-    # /v1/score requests at once and answers the rest with 503 before reading their body (less
-    # than the lookup and ranker replicas and their queues hold, so those rarely have to refuse).
+    # /v1/score requests at once (counted once their body has arrived: a slow client holds no
+    # slot) and answers the rest with 503 (less than the lookup and ranker replicas and their
+    # queues hold, so those rarely have to refuse).
     max_in_flight: int = Field(48, ge=1, description="ranking requests one ingress replica admits at once")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
-    readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the deployments")
+    # Whether a deployment is up is Serve's health checks' (health_check_timeout_s), never this.
+    readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the feature lookup's "
+                                                              "check of the online store (past it: its last answer)")
     reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
     require_integrity: bool = Field(
         default_factory=integrity_required, description="refuse a version (or recommendation stage) registered "

@@ -112,7 +112,7 @@ class FeatureLookup:
         return self._representations[version]
 
     async def ping(self) -> str:
-        """Answers once the pinned version's definition is loaded (readiness, warm-up)."""
+        """Answers once the pinned version's definition is loaded (warm-up of a new version)."""
         await self._pinned_definition()
         return serve.get_multiplexed_model_id()
 
@@ -200,8 +200,3 @@ class Ranker:
 
     async def describe(self) -> dict[str, Any]:
         return (await self._pinned_model()).describe()
-
-    async def ping(self) -> str:
-        """Answers once the pinned version is loaded (health probe, warm-up)."""
-        await self._pinned_model()
-        return serve.get_multiplexed_model_id()

@@ -66,6 +66,13 @@ class UnsupportedMediaTypeError(ServingError):
     kind = "unsupported_media_type"
 
 
+class BodyTimeoutError(ServingError):
+    """The request's body did not arrive within its deadline (a slow or stalled client)."""
+
+    status_code = 408
+    kind = "body_timeout"
+
+
 class RequestTimeoutError(ServingError):
     status_code = 504
     kind = "timeout"

@@ -1,13 +1,16 @@
-"""Whether a downstream deployment answers, as one ingress replica sees it: fail fast while it does not.
+"""Whether a downstream deployment can answer, as one ingress replica sees it: fail fast while it cannot.
 
-Three signals, cheapest first. A call that fails because its replica died makes the deployment
-suspect: new calls get 503 at once, and a probe (a cheap call through the same handle) runs at once.
-Any call or probe that answers clears it. A deployment is down when a probe fails, or gets no answer
-within its timeout while no other call has answered either (a busy deployment answers its calls
-even when a probe waits in its queue: that is overload, which Serve's queue limit sheds, not
-death); then the calls already waiting for a replica are abandoned with 503 too. So a dead ranker
-costs clients fast 503s and a failing /readyz, not a queue of requests that each wait for their
-deadline, while Serve's controller replaces the replica (its own health check).
+Busy is not dead. A deployment is down only when Serve's controller has no running replica of it: a
+replica stops running when its actor is gone or when it failed Serve's own health check three
+times in a row (every `health_check_period_s`, each allowed `health_check_timeout_s`; answered on
+the replica's Serve loop, apart from the loop its requests run on, Serve's default outside its
+throughput-optimized mode). So a ranker whose batch holds its event loop for seconds is never
+declared dead by the ingress; overload is Serve's queue limit's to shed. A call that fails because its replica
+died makes the deployment suspect: new calls get 503 at once, and Serve's view is read at once. Any
+call that answers, or a view with a running replica, clears it. When the deployment is down the
+calls already waiting for a replica are abandoned with 503 too. So a dead ranker costs clients fast
+503s and a failing /readyz, not a queue of requests that each wait for their deadline, while Serve's
+controller replaces the replica.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -28,22 +32,60 @@ T = TypeVar("T")
 log = logging.getLogger("ray.serve")
 
 
+class ServeReplicas:
+    """How many replicas of each deployment of one application Serve's controller reports running.
+
+    One status read (`serve.status()`, off the event loop) answers every deployment's question for
+    `max_age_s`, so the ingress's watchers cost the controller one read per period, not one each."""
+
+    def __init__(self, app_name: str, max_age_s: float) -> None:
+        self._app_name = app_name
+        self._max_age_s = max_age_s
+        self._read_at = -float("inf")
+        self._running: dict[str, int] | None = None
+        self._lock = asyncio.Lock()
+        self._failing = False
+
+    async def running(self, deployment: str) -> int | None:
+        """Running replicas of `deployment`; None when the controller did not answer (nothing learnt)."""
+        async with self._lock:
+            if time.monotonic() - self._read_at >= self._max_age_s:
+                self._running = await self._read()
+                self._read_at = time.monotonic()
+        return None if self._running is None else self._running.get(deployment, 0)
+
+    async def _read(self) -> dict[str, int] | None:
+        try:
+            status = await asyncio.to_thread(serve.status)
+        except Exception as err:  # noqa: BLE001 - the controller restarting: keep what is known
+            if not self._failing:
+                log.warning("Serve's controller did not report the replicas' state: %s", err)
+            self._failing = True
+            return None
+        self._failing = False
+        application = status.applications.get(self._app_name)
+        if application is None:
+            return None
+        return {name: deployment.replica_states.get("RUNNING", 0)
+                for name, deployment in application.deployments.items()}
+
+
 class DeploymentHealth:
     """Tracks one deployment. `start()` inside the event loop that makes the calls."""
 
-    def __init__(self, name: str, probe: Callable[[], Awaitable[Any]], period_s: float, timeout_s: float,
+    def __init__(self, name: str, running: Callable[[], Awaitable[int | None]], period_s: float,
                  retry_after_s: int, down_period_s: float = 0.25) -> None:
+        """`running`: how many replicas Serve reports running (None: unknown), read every `period_s`
+        (every `down_period_s` while refusing)."""
         self.name = name
-        self._probe = probe
+        self._running = running
         self._period_s = period_s
-        self._timeout_s = timeout_s
         self._down_period_s = down_period_s
         self._retry_after_s = retry_after_s
         self.reason: str | None = None
         self._refusing = False  # new calls fail at once
         self._down = asyncio.Event()  # set: calls already waiting are abandoned as well
         self._wake = asyncio.Event()
-        self._last_answer = time.monotonic()
         self._task: asyncio.Task | None = None
 
     @property
@@ -77,7 +119,6 @@ class DeploymentHealth:
         self._wake.set()
 
     def _answered(self) -> None:
-        self._last_answer = time.monotonic()
         if self._refusing:
             log.info("%s answers again", self.name)
             self.reason = None
@@ -86,16 +127,11 @@ class DeploymentHealth:
 
     async def _watch(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._probe(), self._timeout_s)
+            running = await self._running()
+            if running == 0:
+                self.mark_down("Serve reports no running replica")
+            elif running is not None:
                 self._answered()
-            except BackPressureError:  # alive, only busy
-                self._answered()
-            except TimeoutError:
-                if time.monotonic() - self._last_answer > self._timeout_s:
-                    self.mark_down(f"no answer within {self._timeout_s} s")
-            except Exception as err:  # noqa: BLE001 - any failure of the probe means "not answering"
-                self.mark_down(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'probe failed'}")
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._down_period_s if self._refusing else self._period_s)

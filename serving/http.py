@@ -4,11 +4,14 @@ Every failure leaves as `{"error": {"kind", "message", "request_id"}}` with a 4x
 request was at fault (never a 500), a 503 with Retry-After when the endpoint cannot answer now,
 and is counted by kind in the metrics. Client errors are logged as one line, never a traceback.
 The checks that need no body (token, content type, size) run before the body is read or parsed,
-so an unauthenticated request is a 401 whatever its body.
+so an unauthenticated request is a 401 whatever its body. A body must arrive within its own
+deadline (408 past it), and admission counts requests whose body has arrived: clients that send
+slowly hold neither a slot of `max_in_flight` nor a replica for longer than that deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
 from serving.errors import (
+    BodyTimeoutError,
     OverloadedError,
     PayloadTooLargeError,
     ServingError,
@@ -89,10 +93,11 @@ def _content_type_error(path: str, method: str, headers: dict[str, str]) -> Unsu
 
 class RequestEnvelope:
     """Pure ASGI middleware: records the request id; for /v1 routes checks the bearer token
-    (`app.state.api_token`) and the content type, and admits at most `app.state.max_in_flight`
-    ranking requests at once (503 with Retry-After beyond), all before anything reads the body;
-    rejects bodies over `app.state.max_body_bytes` before anything parses them; times the request
-    and turns any unexpected exception into a JSON 500."""
+    (`app.state.api_token`) and the content type before anything reads the body; reads the body
+    within `app.state.body_timeout_s` (408 past it) and at most `app.state.max_body_bytes` of it
+    (413 beyond); admits at most `app.state.max_in_flight` ranking requests with their body at once
+    (503 with Retry-After beyond: at once when full before the body is read, else once it has
+    arrived); times the request and turns any unexpected exception into a JSON 500."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -130,18 +135,32 @@ class RequestEnvelope:
                 if error := _content_type_error(path, scope["method"], headers):
                     await refuse(error)
                     return
-            if path in JSON_ROUTES:
-                if state.in_flight >= state.max_in_flight:
-                    await refuse(OverloadedError(f"the endpoint is at capacity; retry in {state.retry_after_s} s"),
-                                 {"Retry-After": str(state.retry_after_s)})
-                    return
-                state.in_flight += 1
-                admitted = True
-            body = await _read_limited_body(headers, receive, state.max_body_bytes)
+            ranking = path in JSON_ROUTES
+
+            async def refuse_at_capacity() -> None:
+                await refuse(OverloadedError(f"the endpoint is at capacity; retry in {state.retry_after_s} s"),
+                             {"Retry-After": str(state.retry_after_s)})
+
+            if ranking and state.in_flight >= state.max_in_flight:  # full: refuse before reading a body
+                await refuse_at_capacity()
+                return
+            try:
+                body = await asyncio.wait_for(_read_limited_body(headers, receive, state.max_body_bytes),
+                                              state.body_timeout_s)
+            except TimeoutError:
+                await refuse(BodyTimeoutError(f"the request body did not arrive within {state.body_timeout_s} s"),
+                             {"Connection": "close"})
+                return
             if body is None:
                 await refuse(PayloadTooLargeError(
                     f"request body is larger than the limit of {state.max_body_bytes} bytes"))
                 return
+            if ranking:  # a slot is taken only now: a request is being worked on once its body is here
+                if state.in_flight >= state.max_in_flight:
+                    await refuse_at_capacity()
+                    return
+                state.in_flight += 1
+                admitted = True
             await self.app(scope, _replay(body, receive), send_tracked)
         except Exception:
             log.exception("request %s failed with an unexpected error", request_id)

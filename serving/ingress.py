@@ -30,7 +30,7 @@ from serving.config import ServingConfig
 from serving.errors import (
     BadRequestError,
     FeaturesUnavailableError,
-    ModelNotReadyError,
+    OverloadedError,
     RequestTimeoutError,
     ServingError,
     TooManyCandidatesError,
@@ -38,7 +38,7 @@ from serving.errors import (
     UnknownTaskError,
 )
 from serving.features import RequestRows, RowsQuery
-from serving.health import DeploymentHealth
+from serving.health import DeploymentHealth, ServeReplicas
 from serving.http import RequestEnvelope, install_error_handlers, request_id_of
 from serving.model_source import refusal_of, version_resolver
 from serving.openapi import openapi_document
@@ -68,12 +68,15 @@ T = TypeVar("T")
 
 # How long warming a new version in the lookup and the ranker may take (a model load).
 PREPARE_TIMEOUT_S = 600.0
+# The deployments' watchers share one read of Serve's replica states this fresh (see ServeReplicas).
+STATUS_MAX_AGE_S = 0.2
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description, **({"headers": _RETRY_AFTER} if status == 503 else {})}
     for status, description in (
-        (400, "malformed JSON"), (401, "missing or wrong bearer token"), (413, "payload too large"),
+        (400, "malformed JSON"), (401, "missing or wrong bearer token"),
+        (408, "the request body did not arrive within body_timeout_s"), (413, "payload too large"),
         (415, "the body is not application/json"),
         (422, "invalid request: wrong types, unknown task, too many candidates, rows or users, "
               "unknown context feature"),
@@ -133,32 +136,41 @@ class Ingress:
         self._ranker = ranker
         app.state.api_token = config.api_token.get_secret_value() if config.api_token else None
         app.state.max_body_bytes = config.max_body_bytes
+        app.state.body_timeout_s = config.body_timeout_s
         app.state.retry_after_s = config.retry_after_s
         app.state.max_in_flight = config.max_in_flight
         app.state.in_flight = 0
+        self._loop = asyncio.get_running_loop()
         self._served = await asyncio.to_thread(
             VersionWatcher, "ingress", version_resolver(config), self._prepare, config.reload_interval_s,
             follow=config.model_alias is not None, on_swap=self._on_swap, refusal=_refusal,
             on_refuse=lambda refused: metrics.count_refused_version(refused.version, refused.reason),
         )
         self._on_swap(self._served.current)
+        # Down means Serve has no running replica (its own health checks decide), never "slow to
+        # answer": a ranker busy with a long batch is alive (serving/health.py).
+        replicas = ServeReplicas(ranker.app_name, max_age_s=STATUS_MAX_AGE_S)
         self._health = {
-            name: DeploymentHealth(name, probe, replicas.health_check_period_s, config.readiness_timeout_s,
-                                   config.retry_after_s)
-            for name, probe, replicas in (
-                ("feature lookup", lambda: self._served.current.lookup.ping.remote(), config.features),
-                ("ranker", lambda: self._served.current.ranker.ping.remote(), config.ranker),
-            )
+            name: DeploymentHealth(name, lambda deployment=handle.deployment_name: replicas.running(deployment),
+                                   options.health_check_period_s, config.retry_after_s)
+            for name, handle, options in (("feature lookup", lookup, config.features),
+                                          ("ranker", ranker, config.ranker))
         }
+        self._store_available = True  # the online store's state as the lookup last reported it
         for health in self._health.values():
             health.start()
 
     def _prepare(self, version: str) -> ServedVersion:
-        """Loads `version` in the lookup and the ranker (blocking; runs on the watcher's thread)."""
+        """Loads `version` in the lookup and the ranker (blocking; runs on the watcher's thread). The
+        calls run on the replica's event loop: Serve's handles belong to it (in Serve's
+        throughput-optimized mode a handle cannot be used from another thread at all)."""
+        return asyncio.run_coroutine_threadsafe(self._warm(version), self._loop).result()
+
+    async def _warm(self, version: str) -> ServedVersion:
         lookup = self._lookup.options(multiplexed_model_id=version)
         ranker = self._ranker.options(multiplexed_model_id=version)
-        lookup.ping.remote().result(timeout_s=PREPARE_TIMEOUT_S)
-        info = ranker.describe.remote().result(timeout_s=PREPARE_TIMEOUT_S)
+        await asyncio.wait_for(lookup.ping.remote(), PREPARE_TIMEOUT_S)
+        info = await asyncio.wait_for(ranker.describe.remote(), PREPARE_TIMEOUT_S)
         return ServedVersion(version, info, lookup, ranker)
 
     def _on_swap(self, served: ServedVersion) -> None:
@@ -339,17 +351,13 @@ class Ingress:
                    responses={503: _ERRORS[503]},
                    summary="Readiness: the feature lookup and the ranker answer with the served version")
     async def readyz(self) -> HealthResponse:
+        # Ready: Serve runs a replica of each deployment (its health checks, not a call that waits
+        # behind a busy replica's work) and they have loaded the served version (before it was served).
         served = self._served.current
         for health in self._health.values():
             if not health.up:
                 raise health.unavailable()
-        try:
-            store_ok, _ = await asyncio.wait_for(asyncio.gather(
-                self._call("feature lookup", served.lookup.store_available.remote()),
-                self._call("ranker", served.ranker.ping.remote())), self._config.readiness_timeout_s)
-        except TimeoutError:
-            raise ModelNotReadyError(f"the deployments did not answer within {self._config.readiness_timeout_s} s") \
-                from None
+        store_ok = await self._online_store_available(served)
         if not store_ok and self._config.on_store_unavailable == "reject":
             raise FeaturesUnavailableError("the online store is not answering")
         return HealthResponse(status="ok", model_version=served.version, features_degraded=not store_ok)
@@ -361,6 +369,16 @@ class Ingress:
         return Response(content=body, media_type=content_type)
 
     # ---- helpers --------------------------------------------------------------------------------------
+    async def _online_store_available(self, served: ServedVersion) -> bool:
+        """Whether the online store answers, as the lookup finds it now or, when the lookup is too
+        busy to tell within `readiness_timeout_s` (its queue full or its calls waiting), as it last found it."""
+        try:
+            self._store_available = await asyncio.wait_for(
+                self._call("feature lookup", served.lookup.store_available.remote()), self._config.readiness_timeout_s)
+        except (TimeoutError, OverloadedError):
+            pass
+        return self._store_available
+
     def _check_tasks(self, served: ServedVersion, tasks: list[str]) -> None:
         for task in dict.fromkeys(tasks):
             if task not in served.tasks:

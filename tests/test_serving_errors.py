@@ -38,22 +38,19 @@ def test_a_request_over_its_time_limit_is_a_504_saying_so():
 
 
 def test_a_down_deployment_fails_calls_at_once_and_an_answer_brings_it_back():
-    """DeploymentHealth: a call waiting on a deployment found down ends with 503 at once; after a
-    replica died under a call, new calls fail until a probe answers; a full queue is 'overloaded'
-    and a slow probe while calls keep answering is not death."""
+    """DeploymentHealth: a deployment is down when Serve reports no running replica, and a call
+    waiting on it then ends with 503 at once; after a replica died under a call, new calls fail until
+    Serve reports a running replica; a full queue is 'overloaded'; a slow call is never death."""
     from ray.exceptions import ActorDiedError
     from ray.serve.exceptions import BackPressureError
 
     from serving.errors import OverloadedError, UnavailableError
     from serving.health import DeploymentHealth
 
-    answers = {"probe": "fail"}
+    serve_reports = {"running": 0}
 
-    async def probe() -> None:
-        if answers["probe"] == "fail":
-            raise ConnectionError("no replica")
-        if answers["probe"] == "slow":
-            await asyncio.sleep(30)
+    async def running() -> int | None:
+        return serve_reports["running"]
 
     async def died() -> None:
         raise ActorDiedError()
@@ -62,30 +59,102 @@ def test_a_down_deployment_fails_calls_at_once_and_an_answer_brings_it_back():
         raise BackPressureError(num_queued_requests=8, max_queued_requests=8)
 
     async def scenario() -> None:
-        health = DeploymentHealth("ranker", probe, period_s=0.01, timeout_s=0.2, retry_after_s=1, down_period_s=0.01)
+        health = DeploymentHealth("ranker", running, period_s=0.01, retry_after_s=1, down_period_s=0.01)
         waiting = asyncio.ensure_future(health.call(asyncio.sleep(30)))
         await asyncio.sleep(0)
-        health.mark_down("probe failed")
+        health.start()  # Serve reports no running replica: the waiting call is abandoned
         with pytest.raises(UnavailableError, match="ranker is not answering"):
             await asyncio.wait_for(waiting, 5)
         with pytest.raises(UnavailableError):
             await health.call(asyncio.sleep(0))
-        health.start()
-        answers["probe"] = "ok"
+        serve_reports["running"] = 1
         while not health.up:
             await asyncio.sleep(0.01)
         assert await health.call(asyncio.sleep(0, result="scored")) == "scored"
+        serve_reports["running"] = None  # the controller does not answer: nothing changes
         with pytest.raises(UnavailableError):
             await health.call(died())  # the replica died under this call
         assert not health.up
-        while not health.up:  # the probe answers: another replica (or the replacement) is there
+        await asyncio.sleep(0.1)
+        assert not health.up
+        serve_reports["running"] = 1  # another replica (or the replacement) runs
+        while not health.up:
             await asyncio.sleep(0.01)
         with pytest.raises(OverloadedError):
             await health.call(full())
-        answers["probe"] = "slow"  # probes time out, but calls keep answering: busy, not down
-        for _ in range(40):
-            assert await health.call(asyncio.sleep(0.01, result="ok")) == "ok"
+        # A busy deployment: a call that takes far longer than the watcher's period is answered.
+        assert await health.call(asyncio.sleep(0.5, result="late")) == "late"
         assert health.up
         health.stop()
+
+    asyncio.run(scenario())
+
+
+class _Connection:
+    """One HTTP request as the ingress's ASGI middleware sees it: its body arrives in `chunks`
+    (a None chunk: the client stops sending), and what the middleware sends back."""
+
+    def __init__(self, app, path: str, chunks: list[bytes | None], token: str = "t") -> None:
+        self.chunks = list(chunks)
+        self.sent: list[dict] = []
+        declared = sum(len(c) for c in chunks if c) + (100 if None in chunks else 0)
+        self.scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "app": app,
+                      "headers": [(b"authorization", f"Bearer {token}".encode()),
+                                  (b"content-type", b"application/json"),
+                                  (b"content-length", str(declared).encode())]}
+
+    async def receive(self) -> dict:
+        chunk = self.chunks.pop(0)
+        if chunk is None:
+            await asyncio.sleep(3600)  # a client that stopped sending
+        return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int | None:
+        return next((m["status"] for m in self.sent if m["type"] == "http.response.start"), None)
+
+
+def test_slow_bodies_are_408_and_hold_no_admission_slot():
+    """Admission counts requests whose body has arrived: clients that stall mid-body hold no slot of
+    max_in_flight, and are answered 408 past body_timeout_s; a too large body is a 413."""
+    from starlette.applications import Starlette
+
+    from serving.http import RequestEnvelope
+
+    app = Starlette()
+    app.state.api_token, app.state.max_body_bytes, app.state.retry_after_s = "t", 1024, 1
+    app.state.max_in_flight, app.state.in_flight, app.state.body_timeout_s = 2, 0, 0.3
+    release = asyncio.Event()
+
+    async def ranking(scope, receive, send) -> None:  # the routes behind the door: held until released
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    envelope = RequestEnvelope(ranking)
+
+    async def scenario() -> None:
+        stalled = [_Connection(app, "/v1/score", [b"{", None]) for _ in range(10)]
+        stalled_tasks = [asyncio.ensure_future(envelope(c.scope, c.receive, c.send)) for c in stalled]
+        await asyncio.sleep(0.05)
+        assert app.state.in_flight == 0  # ten stalled bodies hold nothing
+        working = [_Connection(app, "/v1/score", [b"{}"]) for _ in range(3)]
+        working_tasks = [asyncio.ensure_future(envelope(c.scope, c.receive, c.send)) for c in working]
+        await asyncio.sleep(0.05)
+        assert app.state.in_flight == 2  # two admitted with their body; the third refused at once
+        assert sorted(c.status or 0 for c in working) == [0, 0, 503]
+        release.set()
+        await asyncio.gather(*working_tasks)
+        assert sorted(c.status for c in working) == [200, 200, 503]
+        await asyncio.wait_for(asyncio.gather(*stalled_tasks), 5)
+        assert {c.status for c in stalled} == {408}
+        assert b"body_timeout" in stalled[0].sent[-1]["body"]
+        too_large = _Connection(app, "/v1/score", [b"x" * 2000])
+        await envelope(too_large.scope, too_large.receive, too_large.send)
+        assert too_large.status == 413
+        assert app.state.in_flight == 0
 
     asyncio.run(scenario())

@@ -6,6 +6,7 @@ deadline."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import httpx
@@ -94,3 +95,42 @@ def test_deadlines_reach_the_lookup_and_the_ranker(serving_app):
     in_time = ranker.rank.remote(RankRequest("like", found.rows, time.time() + 60)).result(timeout_s=60)
     assert in_time.error is None and len(in_time.scores) == 3
     assert in_time.model["version"] == version  # the version the call was pinned to
+
+
+def _read_response(connection: socket.socket) -> bytes:
+    """One HTTP response, head and body (by its Content-Length), from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(4096) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := connection.recv(4096)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_slow_bodies_do_not_lock_other_clients_out(serving_app):
+    """60 connections with the token, `Content-Length: 100` and one byte of body: other clients'
+    requests are answered meanwhile (admission counts requests whose body has arrived), and each
+    stalled request is answered 408 once its body deadline passes."""
+    host, port = "127.0.0.1", int(serving_app.base_url.rsplit(":", 1)[1])
+    head = (f"POST /v1/score HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {serving_app.token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{").encode()
+    payload = {"rows": [{"user_id": serving_app.known_user, "item_id": item, "task": "like"}
+                        for item in serving_app.known_items[:5]]}
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(60):
+            connection = socket.create_connection((host, port), timeout=60)
+            connection.sendall(head)
+            stalled.append(connection)
+        time.sleep(0.5)  # they reach the ingress and wait for the rest of their body
+        with httpx.Client(base_url=serving_app.base_url, headers=_headers(serving_app), timeout=30) as client:
+            statuses = [client.post("/v1/score", json=payload).status_code for _ in range(10)]
+        assert statuses == [200] * 10
+        answers = [_read_response(connection) for connection in stalled]
+    finally:
+        for connection in stalled:
+            connection.close()
+    assert all(answer.startswith(b"HTTP/1.1 408") and b"body_timeout" in answer for answer in answers), answers[:3]

