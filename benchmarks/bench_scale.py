@@ -186,6 +186,7 @@ def spilled_bytes(address: str, env: dict[str, str]) -> int:
 @dataclass
 class StageResult:
     name: str
+    started_at: float  # time.time() when the command started
     seconds: float
     rows: int
     peak_rss: PeakRss
@@ -206,7 +207,7 @@ def run_stage(name: str, args: list[str], rows: int, *, cluster: Cluster, env: d
     """Runs `grec ARGS` as a shell would, sampled; its terminal output goes to WORK/NAME.log."""
     spilled_before = spilled_bytes(cluster.address, env)
     log = work / f"{name}.log"
-    started = time.monotonic()
+    started_at, started = time.time(), time.monotonic()
     with log.open("w") as out:
         command = subprocess.Popen([str(VENV_BIN / "grec"), *args], env=env, cwd=work, stdout=out,
                                    stderr=subprocess.STDOUT)
@@ -220,7 +221,7 @@ def run_stage(name: str, args: list[str], rows: int, *, cluster: Cluster, env: d
     spilled = spilled_bytes(cluster.address, env) - spilled_before
     print(f"{name}: {seconds:.1f} s, {rows / seconds:,.0f} rows/s, spilled {spilled / MIB:.0f} MiB, "
           f"{len(warnings)} memory warnings", flush=True)
-    return StageResult(name, seconds, rows, sampler.peak, spilled, warnings)
+    return StageResult(name, started_at, seconds, rows, sampler.peak, spilled, warnings)
 
 
 # ---- the stages ------------------------------------------------------------------------------------
@@ -275,10 +276,9 @@ def run_benchmark(events: int, work: Path) -> dict:
                                         "--sequence-length", str(SEQUENCE_LENGTH), "--out", str(data)], events, **stage)
         rows = split_rows(data)
         (work / "train.yaml").write_text(yaml.safe_dump(train_config(data, work / "ray_results")))
-        train_started_at = time.time()
         train = run_stage("train", ["train", "--config", str(work / "train.yaml"), "--address", cluster.address,
                                     "--no-progress"], rows["train"], **stage)
-        train.extra = training_figures(tracking_uri, train_started_at)
+        train.extra = training_figures(tracking_uri, train.started_at)
         model = f"models:/{MODEL_NAME}@challenger"
         index = run_stage("build-index", ["build-index", "--model", model, "--data", str(data), "--address",
                                           cluster.address, "--max-epochs", "1", "--validation-users", "1000"],
