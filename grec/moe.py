@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grec.config import RouterConfig, SkillConfig
-from grec.router import Routing, RouterStats, TaskSentenceRouter
+from grec.router import Routing, RouterStats, TaskSentenceRouter, positions_in_expert
 from grec.skills import SkillAdapter, SkillMix, make_adapter
 
 
@@ -42,10 +42,7 @@ def expert_blocks(expert: torch.Tensor, num_experts: int, block: int) -> tuple[t
     """Assignments to experts `expert` [A] laid out in blocks of `block` rows, each block one
     expert's: (block index [A], row in the block [A], each block's expert [blocks]). Assignments of
     an expert keep their order."""
-    order = torch.argsort(expert, stable=True)
-    counts = torch.bincount(expert, minlength=num_experts)
-    position = torch.empty_like(expert)
-    position[order] = torch.arange(expert.numel(), device=expert.device) - (counts.cumsum(0) - counts)[expert[order]]
+    position, counts = positions_in_expert(expert, num_experts)
     blocks_per_expert = (counts + block - 1) // block
     first_block = blocks_per_expert.cumsum(0) - blocks_per_expert
     block_expert = torch.repeat_interleave(torch.arange(num_experts, device=expert.device), blocks_per_expert)

@@ -62,16 +62,22 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1).pow(2).mean()
 
 
+def positions_in_expert(expert: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position of each assignment among its expert's assignments, in their order [A]; assignments
+    per expert [num_experts]) of `expert` [A]. One stable sort, no [A, E] one-hot."""
+    order = torch.argsort(expert, stable=True)
+    counts = torch.bincount(expert, minlength=num_experts)
+    position = torch.empty_like(expert)
+    position[order] = torch.arange(expert.numel(), device=expert.device) - (counts.cumsum(0) - counts)[expert[order]]
+    return position, counts
+
+
 def within_capacity(expert_index: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
     """kept [N, k]: assignments within their expert's capacity. First choices fill the experts before
-    second choices; within a choice rank, earlier rows first. One stable sort, no [N, k, E] one-hot."""
+    second choices; within a choice rank, earlier rows first."""
     num_rows, top_k = expert_index.shape
-    flat = expert_index.t().reshape(-1)  # rank-major: every first choice, then every second ...
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=num_experts)
-    starts = counts.cumsum(0) - counts
-    position = torch.empty_like(flat)
-    position[order] = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]
+    # rank-major: every first choice, then every second ...
+    position, _ = positions_in_expert(expert_index.t().reshape(-1), num_experts)
     return (position < capacity).view(top_k, num_rows).t()
 
 
