@@ -13,7 +13,6 @@ only."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -22,7 +21,7 @@ from grec.config import GRecConfig, NumericConfig
 from grec.ngrams import HashedNgramBag
 from grec.numeric import numeric_input
 from grec.text import TextEncoder
-from grec.transformer import SequenceEncoder
+from grec.transformer import SequenceEncoder, distinct_rows
 
 # Standardized numerics beyond this many standard deviations are outliers; clamping keeps one bad
 # value from dominating the wide part.
@@ -71,21 +70,6 @@ class ItemToken(nn.Module):
         if numeric is not None:
             parts.append(self.numeric_embedding(numeric))
         return self.norm(self.project(torch.cat(parts + texts, dim=-1)))
-
-
-def distinct_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first row of each distinct row of ids [B, L], inverse [B]: the distinct row of each row)."""
-    if ids.device.type == "cpu":
-        # numpy sorts whole rows as byte strings; torch.unique(dim=0) on the CPU slices row by row
-        # and costs several times more than the sequence stack it would save on a small batch.
-        rows = np.ascontiguousarray(ids.numpy())
-        keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        return torch.from_numpy(first), torch.from_numpy(inverse.reshape(-1))
-    _, inverse = torch.unique(ids, dim=0, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), ids.shape[0], dtype=torch.long, device=ids.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(ids.shape[0], device=ids.device), reduce="amin")
-    return first, inverse
 
 
 class ExampleEncoder(nn.Module):
