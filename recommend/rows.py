@@ -23,19 +23,34 @@ def item_columns(definition: DatasetDefinition) -> list[str]:
     return [definition.item.join_key, *(f.name for view in definition.views_of(definition.item) for f in view.features)]
 
 
+def fold_latest_rows(latest: pa.Table | None, batch: pa.Table, key: str, time_field: str | None, *,
+                     ties: str) -> pa.Table:
+    """Each `key`'s latest row among `latest` (this fold's result over the rows before `batch`) and
+    `batch`: the row with the greatest `time_field` (None or absent: the last row); of rows at one
+    time the earlier in row order wins (`ties` "earlier", rows returned latest first) or the later
+    ("later", rows returned earliest first). Arrow's sort is stable and a key's held row precedes
+    its rows in `batch`, so row order needs no column of its own."""
+    if ties not in ("earlier", "later"):
+        raise ValueError(f"ties must be 'earlier' or 'later', got {ties!r}")
+    rows = batch if latest is None else pa.concat_tables([latest, batch])
+    if time_field in rows.column_names:
+        rows = rows.sort_by([(time_field, "descending" if ties == "earlier" else "ascending")])
+    ids = rows.column(key).to_numpy(zero_copy_only=False)
+    if ties == "earlier":
+        _, chosen = np.unique(ids, return_index=True)
+    else:
+        _, first_from_end = np.unique(ids[::-1], return_index=True)
+        chosen = len(ids) - 1 - first_from_end
+    return rows.take(pa.array(np.sort(chosen)))
+
+
 def latest_item_rows(batches: Iterable[pa.Table], definition: DatasetDefinition) -> pa.Table:
     """Each item's latest row (every column), the row ItemRows keeps of it, folded over `batches` given
     in row order: it holds one row per item, never a whole split. Of two rows at one time the later
     wins, as in ItemRows's stable sort."""
-    key, time_field = definition.item.join_key, definition.timestamp_field
     latest: pa.Table | None = None
     for batch in batches:
-        rows = batch if latest is None else pa.concat_tables([latest, batch])
-        if time_field in rows.column_names:
-            rows = rows.sort_by([(time_field, "ascending")])  # stable: earlier rows stay first among ties
-        ids = rows.column(key).to_numpy(zero_copy_only=False)[::-1]
-        _, first_from_end = np.unique(ids, return_index=True)
-        latest = rows.take(pa.array(np.sort(len(ids) - 1 - first_from_end)))
+        latest = fold_latest_rows(latest, batch, definition.item.join_key, definition.timestamp_field, ties="later")
     if latest is None:
         raise ValueError("no rows to take item features from")
     return latest

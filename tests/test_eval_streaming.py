@@ -39,7 +39,7 @@ def test_latest_positives_and_items_fold_to_the_whole_table_result(size: int) ->
     latest, items = cand.LatestPositives(SPEC, "label_like"), cand.LatestItems(SPEC)
     for offset, batch in _batches(rows, size):
         latest.add(batch, offset)
-        items.add(batch, offset)
+        items.add(batch)
     for max_users in (5, 1000):
         assert latest.chosen(max_users, 3).tolist() == \
             cand.latest_positive_rows(rows, SPEC, "label_like", max_users, 3).tolist()

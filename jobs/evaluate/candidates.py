@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from grec import InputSpec
+from recommend.rows import fold_latest_rows
 
 GROUP = "_rank_group"  # index of the held-out row within its task's candidates
 POSITION = "_rank_position"  # 0: the held-out positive, 1..negatives: sampled items
 TASK = "_rank_task"
-_ROW = "_row"  # a row's number in the order rows were folded
 
 
 def item_side_columns(spec: InputSpec) -> list[str]:
@@ -32,28 +32,22 @@ def item_side_columns(spec: InputSpec) -> list[str]:
 def item_catalogue(rows: pa.Table, spec: InputSpec) -> pa.Table:
     """One row per item: its item-side columns from its latest row in `rows`."""
     catalogue = LatestItems(spec)
-    catalogue.add(rows, 0)
+    catalogue.add(rows)
     return catalogue.table()
 
 
 class LatestItems:
-    """`item_catalogue` folded over batches given in row order (`offset`: the batch's first row in
-    that order): each item's latest row so far, ties kept by the earlier row, as one sort of every
-    row would keep them."""
+    """`item_catalogue` folded over batches given in row order: each item's latest row so far, ties
+    kept by the earlier row, as one sort of every row would keep them."""
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self.columns = item_side_columns(spec)
         self._latest: pa.Table | None = None
 
-    def add(self, batch: pa.Table, offset: int) -> None:
+    def add(self, batch: pa.Table) -> None:
         rows = batch.select(self.columns + [self.spec.timestamp])
-        rows = rows.append_column(_ROW, pa.array(np.arange(offset, offset + rows.num_rows, dtype=np.int64)))
-        if self._latest is not None:
-            rows = pa.concat_tables([self._latest, rows])
-        rows = rows.sort_by([(self.spec.timestamp, "descending"), (_ROW, "ascending")])
-        _, first = np.unique(rows.column(self.spec.item_id).to_numpy(zero_copy_only=False), return_index=True)
-        self._latest = rows.take(pa.array(np.sort(first)))
+        self._latest = fold_latest_rows(self._latest, rows, self.spec.item_id, self.spec.timestamp, ties="earlier")
 
     def table(self) -> pa.Table:
         """One row per item, latest first."""

@@ -249,7 +249,7 @@ def _ranking_candidates(model: ResolvedModel, prepared: PreparedDataset, config:
     catalogue, seen = cand.LatestItems(spec), []
     for offset, batch in _ordered_batches(prepared, SPLITS, cand.item_side_columns(spec) + [spec.user_id,
                                                                                           spec.timestamp]):
-        catalogue.add(batch, offset)
+        catalogue.add(batch)
         seen.append(batch.select([spec.user_id, spec.item_id]).filter(pc.is_in(batch.column(spec.user_id),
                                                                                ranked_users)))
     interactions = pa.concat_tables(seen)
