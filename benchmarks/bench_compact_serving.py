@@ -71,10 +71,10 @@ def _set_up(workdir: Path, epochs: int, student_epochs: int, events: int | None)
     from feature_store.online import materialize
     from feature_store.prepare import open_prepared, prepare_dataset
     from feature_store.sources import SourceOptions
-    from jobs.distill import load_student_config, run_distillation
+    from jobs.compact.distill import load_student_config, run_distillation
     from jobs.train import load_config, run_training
     from registry.models import set_alias
-    from registry.quantize import quantize_registered
+    from jobs.compact.quantize import quantize_registered
     from registry.tracking import use_tracking_uri
 
     state_path = workdir / "state.json"
@@ -385,7 +385,7 @@ def main() -> None:
     from feature_store.online.representations import LowRankProjection, dequantize_int8, quantize_int8
     from feature_store.prepare import open_prepared
     from grec import InputSpec, save_model
-    from jobs.encode_users import encode_users
+    from jobs.compact.encode_users import encode_users
     from jobs.ray_runtime import ray_session
     from registry.models import load_registered
     from registry.tracking import use_tracking_uri
@@ -554,7 +554,7 @@ def _stored_users(state: dict, payloads: list[dict], tracking_uri: str):
     import shutil
 
     from feature_store.online.representations import RepresentationsMeta, RepresentationStore, now_iso
-    from jobs.encode_users import UserEncoder
+    from jobs.compact.encode_users import UserEncoder
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "online.sqlite"

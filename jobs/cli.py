@@ -1,4 +1,5 @@
-"""The `grec` command. Each command group lives in its own module and registers itself here.
+"""The `grec` command, assembled: each command family is a package of jobs/ whose `cli.py` holds its
+commands' options beside the job they run and registers them here (`register(subparsers)`).
 
 One error path: bad input (a ValueError, which every grec input error is, or an OSError such as a
 missing file or a refused connection) ends every command with `grec CMD: error: MESSAGE` on stderr
@@ -11,9 +12,9 @@ command's options. Libraries stay at WARNING: fbgemm_gpu (imported by torchrec) 
 `grec --help` is fast: command modules import torch, Ray, MLflow and pyarrow inside the functions
 that run a command, never at registration.
 
-Every command that loads a registered version takes `--require-integrity` (`add_require_integrity`):
-for the command's run, $GREC_REQUIRE_INTEGRITY is 1, so the driver and the Ray workers it starts
-refuse a version registered without a manifest of its files (registry/integrity.py).
+Every command that loads a registered version takes `--require-integrity` (jobs/options.py): for the
+command's run, $GREC_REQUIRE_INTEGRITY is 1, so the driver and the Ray workers it starts refuse a
+version registered without a manifest of its files (registry/integrity.py).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-# Modules that expose `register(subparsers)`; each adds one command (or group) to `grec`.
-COMMAND_MODULES: tuple[str, ...] = ("jobs.data_cli", "jobs.train_cli", "jobs.tune_cli", "jobs.retrieval_cli",
-                                    "jobs.serve_cli", "jobs.eval_cli", "jobs.compact_cli", "jobs.registry_cli",
-                                    "jobs.config_cli")
+# Modules that expose `register(subparsers)`; each adds its family's commands to `grec`, in this order
+# in `grec --help`.
+COMMAND_MODULES: tuple[str, ...] = ("jobs.data.cli", "jobs.train.cli", "jobs.tune.cli", "jobs.retrieval.cli",
+                                    "jobs.serve.cli", "jobs.evaluate.cli", "jobs.registry.cli", "jobs.predict.cli",
+                                    "jobs.compact.cli", "jobs.config.cli")
 # The top-level packages whose loggers the command configures.
 GREC_LOGGERS: tuple[str, ...] = ("grec", "feature_store", "jobs", "recommend", "registry", "serving")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -56,14 +58,6 @@ class _Parser(argparse.ArgumentParser):
         if getattr(namespace, "command_name", None) is None:
             namespace.command_name = self.prog
         return namespace, extras
-
-
-def add_require_integrity(parser: argparse.ArgumentParser) -> None:
-    """`--require-integrity`, for a command that loads registered versions (see the module docstring)."""
-    parser.add_argument("--require-integrity", action="store_true",
-                        help="refuse a model version (or retrieval index) registered without a manifest of its files' "
-                             "sha256 instead of loading it unchecked with a warning (also $GREC_REQUIRE_INTEGRITY=1); "
-                             "files that do not match their manifest are refused either way")
 
 
 def build_parser() -> argparse.ArgumentParser:

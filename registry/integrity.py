@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 log = logging.getLogger(__name__)
 
 REQUIRE_INTEGRITY_ENV = "GREC_REQUIRE_INTEGRITY"
-# How a version registered before manifests gets one (jobs/registry_cli.py; README: Registry integrity).
+# How a version registered before manifests gets one (jobs/registry/cli.py; README: Registry integrity).
 SEAL_COMMAND = "grec seal --model models:/{name}/{version}"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 

@@ -7,7 +7,7 @@ from conftest import REPO_ROOT
 from pydantic import BaseModel, Field
 
 from jobs.cli import main
-from jobs.config_reference import _Schema, _tables, reference_markdown
+from jobs.config.reference import _Schema, _tables, reference_markdown
 
 PAGE = REPO_ROOT / "docs" / "CONFIG.md"
 

@@ -9,7 +9,7 @@ import torch
 from conftest import REPO_ROOT, serving_register, serving_train_tiny_model
 
 from grec import ModelOutput
-from jobs.distill import TEACHER_PREFIX, Distillation, DistillationSection, load_student_config
+from jobs.compact.distill import TEACHER_PREFIX, Distillation, DistillationSection, load_student_config
 from jobs.train.config import ConfigError
 
 STUDENT_CONFIG = REPO_ROOT / "configs" / "student_tiny_test.yaml"
@@ -93,7 +93,7 @@ def _student(train_tiny_config, tiny_movielens, tracking_uri):
 def test_a_teacher_from_another_dataset_is_refused(teacher, train_tiny_config, tiny_movielens, tmp_path):
     from feature_store.prepare import prepare_dataset
     from feature_store.sources import SourceOptions
-    from jobs.distill import plan_distillation
+    from jobs.compact.distill import plan_distillation
     from registry.tracking import use_tracking_uri
 
     tracking_uri, teacher_uri = teacher
@@ -112,7 +112,7 @@ def test_distill_trains_and_registers_the_student(teacher, train_tiny_config, ra
     from mlflow import MlflowClient
 
     from grec import count_parameters
-    from jobs.distill import run_distillation
+    from jobs.compact.distill import run_distillation
     from registry.models import load_registered, resolve_version
     from registry.tracking import use_tracking_uri
 

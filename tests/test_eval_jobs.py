@@ -17,8 +17,8 @@ from feature_store.sources import SourceOptions
 from jobs.cli import main as grec_main
 from jobs.evaluate.compatibility import IncompatibleDataError
 from jobs.evaluate.job import EvaluationConfig, evaluate_model
-from jobs.predict import predict_to_parquet
-from jobs.promote import PromotionError, PromotionPolicy, promote
+from jobs.predict.predict import predict_to_parquet
+from jobs.registry.promote import PromotionError, PromotionPolicy, promote
 from registry.models import load_registered, set_alias
 from registry.tracking import use_tracking_uri
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.promote import PairedTask, PromotionPolicy, compare, paired_tasks, relative_gain
+from jobs.registry.promote import PairedTask, PromotionPolicy, compare, paired_tasks, relative_gain
 
 ROWS = 2000
 POLICY = PromotionPolicy(resamples=200)

@@ -37,7 +37,7 @@ def bucket(s3, request):
 
 
 def _prepare(argv: list[str]) -> int:
-    from jobs import data_cli
+    from jobs.data import cli as data_cli
 
     parser = argparse.ArgumentParser()
     data_cli.register(parser.add_subparsers(dest="command"))

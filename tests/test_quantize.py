@@ -110,7 +110,7 @@ def test_quantize_registers_a_new_version_that_serving_loads(registered, tiny_mo
     from mlflow import MlflowClient
 
     from registry.models import load_registered, resolve_version
-    from registry.quantize import PRECISION_TAG, SOURCE_TAG, quantize_registered
+    from jobs.compact.quantize import PRECISION_TAG, SOURCE_TAG, quantize_registered
     from registry.tracking import use_tracking_uri
     from serving.config import ServingConfig
     from serving.model_source import load_servable

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_batch_lists_are_the_endpoints(serving_app, client, tmp_path):
-    from jobs.recommend_batch import recommend_to_parquet
+    from jobs.predict.recommend import recommend_to_parquet
     from registry.tracking import use_tracking_uri
 
     users = [serving_app.known_user, *serving_app.prepared.read_split("train", columns=["user_id"])

@@ -181,7 +181,7 @@ def _served_version(app) -> str:
 def test_int8_representations_score_within_the_bound_of_online(serving_app, tmp_path):
     """The job's encoder (the same class its Ray actors run) writes int8 representations into a copy
     of the store; the ranker's scoring function gives stored and online scores within the bound."""
-    from jobs.encode_users import UserEncoder, dataset_users
+    from jobs.compact.encode_users import UserEncoder, dataset_users
     from feature_store.online.representations import now_iso
     from serving.model_source import load_servable
     from serving.ranking import RankRequest, rank_batch
@@ -225,7 +225,7 @@ def test_endpoint_serves_stored_users_after_encode_users(serving_app):
     import httpx
 
     from feature_store.online import open_online_store as _open
-    from jobs.encode_users import dataset_users, encode_users
+    from jobs.compact.encode_users import dataset_users, encode_users
 
     app = serving_app
     headers = {"Authorization": f"Bearer {app.token}"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.cli import add_require_integrity
+from jobs.options import add_require_integrity, add_tracking_uri
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tracking(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
+    add_tracking_uri(p)
     add_require_integrity(p)  # each command here loads a registered version
 
 
@@ -52,7 +51,7 @@ def _add_encode_users(subparsers: argparse._SubParsersAction) -> None:
 
 def _encode_users(args: argparse.Namespace) -> int:
     from feature_store.online import default_online_store
-    from jobs.encode_users import encode_users
+    from jobs.compact.encode_users import encode_users
     from registry.tracking import use_tracking_uri
 
     with use_tracking_uri(args.tracking_uri) as tracking_uri:
@@ -90,7 +89,7 @@ def _add_distill(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from jobs.distill import load_student_config, run_distillation
+    from jobs.compact.distill import load_student_config, run_distillation
 
     config, section = load_student_config(args.config)
     config = config.with_overrides(scaling={"address": args.address, "num_workers": args.num_workers},
@@ -124,7 +123,7 @@ def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from registry.quantize import quantize_registered
+    from jobs.compact.quantize import quantize_registered
     from registry.tracking import use_tracking_uri
 
     with use_tracking_uri(args.tracking_uri):

@@ -1,4 +1,5 @@
-"""Post-training quantization of a registered model version into a new version of the same model.
+"""`grec quantize`: post-training quantization of a registered model version into a new version of
+the same model.
 
 The full-precision version is loaded, stored at the chosen precision (grec.quantization: bf16 or
 fp16 weights, or int8 weights with torch's dynamically quantized linear layers where they are

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jobs.config_reference import reference_markdown
+    from jobs.config.reference import reference_markdown
 
     page = reference_markdown()
     if args.out is None:

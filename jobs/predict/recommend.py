@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from feature_store.atomic import write_parquet_atomically
 from jobs.evaluate.inference import InferenceOptions, load_in_actor, map_with_model
-from jobs.predict import parquet_out
+from jobs.predict.predict import parquet_out
 from jobs.ray_runtime import ray_session
 
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "task")

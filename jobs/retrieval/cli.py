@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 # Light at import (the standard library only): `grec --help` builds this parser.
-from jobs.cli import add_require_integrity
+from jobs.options import add_require_integrity, add_tracking_uri
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="judge settings on at most N validation users (a seeded sample; default: all)")
     p.add_argument("--cpus", type=float, default=1.0, metavar="C", help="CPUs of the fitting task (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the next-item training and sampling (default 0)")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
+    add_tracking_uri(p)
     p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local Ray)")
     add_require_integrity(p)
     p.set_defaults(func=_build_index)

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.cli import add_require_integrity
+from jobs.options import add_require_integrity, add_tracking_uri
 
 if TYPE_CHECKING:
     from serving.config import ServingConfig
@@ -45,8 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default, or always popularity")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="serving config (JSON or YAML) with any ServingConfig field; flags override it")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI or .grec/mlflow.db)")
+    add_tracking_uri(p)
     p.add_argument("--address", metavar="RAY_ADDRESS",
                    help="join this Ray cluster instead of starting a local one")
     add_require_integrity(p)

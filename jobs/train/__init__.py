@@ -1,5 +1,5 @@
 """The training job: DeepSpeed inside Ray Train workers, data streamed through Ray Data, tracked
-and registered in MLflow. Entry points: `run_training(config)` and `grec train --config FILE`.
+and registered in MLflow. Entry points: `run_training(config)` and `grec train --config FILE` (cli.py).
 
 Names are imported on first use: Ray worker processes that only need a light submodule (the
 progress actor, the data transform) do not pay for importing torch, DeepSpeed and the model.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jobs.options import add_tracking_uri
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", metavar="ADDR", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-workers", type=int, metavar="N", help="Ray Train workers (overrides scaling.num_workers)")
     p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else .grec/mlflow.db here)")
+    add_tracking_uri(p)
     p.add_argument("--epochs", type=int, metavar="N", help="overrides training.epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines are still printed)")
     p.set_defaults(func=_train)

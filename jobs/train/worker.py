@@ -43,7 +43,7 @@ class EpochStats:
 
 
 class TrainingExtension(Protocol):
-    """Adds to a training run's objective (e.g. distillation, jobs/distill.py): the driver passes the
+    """Adds to a training run's objective (e.g. distillation, jobs/compact/distill.py): the driver passes the
     training split through `train_dataset`; workers collate its batches with `collate(model_collate)`
     and add `extra_loss` to each step's loss."""
 
