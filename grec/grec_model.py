@@ -18,6 +18,7 @@ from grec.router import RouterStats
 from grec.sentence import TaskSentenceEncoder
 from grec.skills import SkillAdapter, SkilledLinear, adapter_parameters_per_task, make_adapter
 from grec.spec import TaskSpec
+from grec.tasks import train_only
 
 
 def descriptor_pairs(tasks: list[TaskSpec]) -> list[tuple[str, str]]:
@@ -147,9 +148,7 @@ class GRec(MultiTaskModel):
             new += self.tower.adapter.add_task(task.name)
         new += self._add_head(task)
         self.to(device)
-        new_ids = {id(p) for p in new}
-        for parameter in self.parameters():
-            parameter.requires_grad_(id(parameter) in new_ids)
+        train_only(self, new)
         return new
 
 
