@@ -1,8 +1,11 @@
 """The pieces MultiTaskModel delegates to, on their own: task heads as a group (grec.tasks), the
-multi-task loss (grec.losses), task sampling (grec.task_sampling) and labelled collation
-(grec.collation)."""
+multi-task loss (grec.losses), task sampling (grec.task_sampling), labelled collation
+(grec.collation), and the one-way arrow from GRec to its per-task export."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -112,3 +115,9 @@ def test_labelled_collation_adds_the_sampled_negatives_of_the_collators_spec(gre
     for task, labels in expected.labels.items():
         torch.testing.assert_close(batch.labels[task], labels, equal_nan=True)
 
+
+def test_the_per_task_export_does_not_import_the_model_it_is_taken_from():
+    # GRec builds its TaskSubModel; the export module must not need GRec back (an import circle).
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "grec" / "export.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported.isdisjoint({"grec.grec_model", "grec.model", "grec.persistence", "grec"})
