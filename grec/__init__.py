@@ -14,7 +14,8 @@ from grec.config import (
 )
 from grec.export import TaskSubModel
 from grec.grec_model import GRec, parameters_added_by_task
-from grec.model import ModelOutput, MultiTaskModel
+from grec.model import MultiTaskModel
+from grec.output import ModelOutput
 from grec.persistence import build_model, load_model, save_model
 from grec.router import RouterStats
 from grec.sparse import TableInfo

@@ -1,20 +1,44 @@
-"""Per-task sub-model: with `task` routing a task's experts are known before any request, so one task
-is served by the shared encoders plus only its experts and tower with its C-Poly skills merged
-("1 + N" serving)."""
+"""Per-task sub-model (`TaskSubModel`): with `task` routing a task's experts are known before any
+request, so one task is served by the shared encoders plus only its experts and tower with its C-Poly
+skills merged ("1 + N" serving). GRec.export_task takes the task's parts out of the full model."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grec.batch import Batch, Columns
+from grec.batch import Batch, Collator, Columns
+from grec.encoder import ExampleEncoder
+from grec.heads import TaskHead
+from grec.moe import MergedExperts
 from grec.quantization import quantize_linear_layers
+from grec.sentence import TaskSentenceEncoder
+from grec.sparse import SparseArch
 
-if TYPE_CHECKING:
-    from grec.grec_model import GRec
+
+class SharedEncoders(NamedTuple):
+    """The full model's modules that every task's sub-model references (not copies)."""
+
+    collator: Collator
+    sparse_arch: SparseArch
+    encoder: ExampleEncoder
+    sentence_encoder: TaskSentenceEncoder
+
+
+class TaskSnapshot(NamedTuple):
+    """One task's own inference parts, taken from the full model at export: its head (shared with the
+    full model), its sentence queries [1 or 2, d] (the task's, then the shared experts'), the ids of
+    its routed experts, and its merged experts and tower (copies, its skills merged in)."""
+
+    head: TaskHead
+    queries: torch.Tensor
+    expert_ids: list[int]
+    routed: MergedExperts | None
+    shared: MergedExperts | None
+    tower: nn.Linear
 
 
 class TaskSubModel(nn.Module):
@@ -23,27 +47,19 @@ class TaskSubModel(nn.Module):
     them for both) and holds its own merged experts and tower, a snapshot: export again after further
     training."""
 
-    def __init__(self, model: GRec, task: str) -> None:
+    def __init__(self, task: str, encoders: SharedEncoders, own: TaskSnapshot, precision: str) -> None:
         super().__init__()
-        config = model.config
-        if config.router.mode != "task":
-            raise ValueError(f"export_task needs router.mode 'task' (routing known per task), not {config.router.mode!r}")
-        config.check_tasks([task])
         self.task = task
-        self.collator = model.collator
-        self.sparse_arch = model.sparse_arch
-        self.encoder = model.encoder
-        self.sentence_encoder = model.sentence_encoder
-        self.head = model.heads[task]
-        with torch.no_grad():
-            all_tokens = model.task_tokens(model.task_names)
-            index = model.task_names.index(task)
-            self.register_buffer("queries", model.queries(all_tokens[index:index + 1]).detach().clone())
-            expert_ids, gates, shared_gates = model.moe.router.route_task(all_tokens, index)
-            self.expert_ids = expert_ids
-            self.routed, self.shared = model.moe.merged_experts(task, expert_ids, gates, shared_gates)
-            self.tower = model.tower.merged(task)
-        if model.precision == "int8":  # its merged tower computes as the model's other linear layers do
+        self.collator = encoders.collator
+        self.sparse_arch = encoders.sparse_arch
+        self.encoder = encoders.encoder
+        self.sentence_encoder = encoders.sentence_encoder
+        self.head = own.head
+        self.register_buffer("queries", own.queries)
+        self.expert_ids = own.expert_ids
+        self.routed, self.shared = own.routed, own.shared
+        self.tower = own.tower
+        if precision == "int8":  # its merged tower computes as the model's other linear layers do
             quantize_linear_layers(self)
 
     def collate(self, columns: Columns) -> Batch:

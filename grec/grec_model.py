@@ -1,7 +1,8 @@
 """GRec: shared-prefix task sentences, a task-sentence routed sparse MoE with C-Poly skills, a
-skilled tower and a head per task. Every per-task stage runs grouped over the requested tasks
-(task-major [T, B, .] tensors), so scoring all T tasks of an example costs T small groups of work on
-top of one pass of the example encoders, not T whole models."""
+skilled tower and a head per task; adding a task to a trained model and taking one task's sub-model
+out of it (grec/export.py). Every per-task stage runs grouped over the requested tasks (task-major
+[T, B, .] tensors), so scoring all T tasks of an example costs T small groups of work on top of one
+pass of the example encoders, not T whole models."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grec.config import GRecConfig
-from grec.export import TaskSubModel
+from grec.export import SharedEncoders, TaskSnapshot, TaskSubModel
 from grec.heads import head_parameters
 from grec.model import MultiTaskModel
 from grec.moe import SparseMoE
@@ -18,6 +19,7 @@ from grec.router import RouterStats
 from grec.sentence import TaskSentenceEncoder
 from grec.skills import SkillAdapter, SkilledLinear, adapter_parameters_per_task, make_adapter
 from grec.spec import TaskSpec
+from grec.tasks import train_only
 
 
 def descriptor_pairs(tasks: list[TaskSpec]) -> list[tuple[str, str]]:
@@ -133,7 +135,19 @@ class GRec(MultiTaskModel):
     def export_task(self, task: str) -> TaskSubModel:
         """An inference module for one task (router.mode 'task'): only the experts the task is routed
         to, with its skills merged; it shares the encoders with this model."""
-        return TaskSubModel(self, task)
+        if self.config.router.mode != "task":
+            raise ValueError(f"export_task needs router.mode 'task' (routing known per task), "
+                             f"not {self.config.router.mode!r}")
+        self.config.check_tasks([task])
+        with torch.no_grad():
+            all_tokens = self.task_tokens(self.task_names)
+            index = self.task_names.index(task)
+            queries = self.queries(all_tokens[index:index + 1]).detach().clone()
+            expert_ids, gates, shared_gates = self.moe.router.route_task(all_tokens, index)
+            routed, shared = self.moe.merged_experts(task, expert_ids, gates, shared_gates)
+            own = TaskSnapshot(self.heads[task], queries, expert_ids, routed, shared, self.tower.merged(task))
+        encoders = SharedEncoders(self.collator, self.sparse_arch, self.encoder, self.sentence_encoder)
+        return TaskSubModel(task, encoders, own, self.precision)
 
     def add_task(self, task: TaskSpec) -> list[nn.Parameter]:
         """Adds a task and freezes everything else: only the new task's skills, allocation row, task
@@ -147,9 +161,7 @@ class GRec(MultiTaskModel):
             new += self.tower.adapter.add_task(task.name)
         new += self._add_head(task)
         self.to(device)
-        new_ids = {id(p) for p in new}
-        for parameter in self.parameters():
-            parameter.requires_grad_(id(parameter) in new_ids)
+        train_only(self, new)
         return new
 
 
