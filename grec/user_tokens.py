@@ -10,9 +10,10 @@ stores and reads the arrays this module computes, and knows no model). Compressi
   orthonormal basis [d, r] fitted on the encoded users (PCA, so the projection is learned from the
   data); the r coefficients are what is stored.
 
-It lives in grec, beside the tokens it compresses, because both its callers hold the model (the
-batch job that writes, the serving replica that reads); it is numpy only, so decoding per request
-costs no tensor round trip.
+It lives in grec, beside the tokens it compresses and the int8 quantiser it shares with the
+model's weights (grec imports no feature store, and the online store computes nothing); its callers
+load grec anyway (the batch job holds the model, and serving's deployments import it). It is numpy
+only, so decoding per request costs no tensor round trip.
 """
 
 from __future__ import annotations
