@@ -382,9 +382,9 @@ def main() -> None:
 
     import ray
 
-    from feature_store.online.representations import LowRankProjection, dequantize_int8, quantize_int8
     from feature_store.prepare import open_prepared
     from grec import InputSpec, save_model
+    from grec.user_tokens import LowRankProjection, compress_tokens, decompress_tokens
     from jobs.compact.encode_users import encode_users
     from jobs.ray_runtime import ray_session
     from registry.models import load_registered
@@ -453,10 +453,10 @@ def main() -> None:
         with use_tracking_uri(tracking_uri):
             teacher_model = load_registered(f"models:/{TEACHER}/{state['teacher']}").model
         n, d = teacher_model.num_user_tokens, teacher_model.config.d_model
-        int8 = lambda tokens: dequantize_int8(*quantize_int8(tokens))  # noqa: E731
+        int8 = lambda tokens: decompress_tokens(*compress_tokens(tokens, "int8"))  # noqa: E731
         sample = _user_tokens(teacher_model, prepared)
         projection = LowRankProjection.fit(sample, args.rank)
-        low_rank = lambda tokens: projection.decode(dequantize_int8(*quantize_int8(projection.encode(tokens))))  # noqa: E731
+        low_rank = lambda tokens: decompress_tokens(*compress_tokens(tokens, "int8", projection), projection)  # noqa: E731
         representations = {"tokens_per_user": n, "d_model": d, "fp32_bytes": 4 * n * d,
                            "int8_bytes": n * d + 2 * n, "int8_rank_bytes": n * args.rank + 2 * n,
                            "rank": args.rank, "rank_explained_variance": round(projection.explained_variance(sample), 5)}

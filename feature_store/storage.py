@@ -20,9 +20,11 @@ A dataset at a URI is published in versions (docs/CONTRACTS.md section 3):
   store is copied to the cache when first used. `fetch_dir` copies a whole dataset for jobs that
   read it from this machine.
 
-Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
-a web identity token, an instance role), the endpoint of an S3-compatible store from
-AWS_ENDPOINT_URL. Each entry point checks them first and names the URI when they are missing.
+The URIs themselves (which locations are URIs, their credentials, their pyarrow filesystems) are
+feature_store/object_store.py's. Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token, an instance role), the endpoint of an
+S3-compatible store from AWS_ENDPOINT_URL. Each entry point checks them first and names the URI
+when they are missing.
 """
 
 from __future__ import annotations
@@ -45,13 +47,13 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from feature_store.errors import FeatureStoreError
+from feature_store.object_store import StorageError, bucket_and_key, filesystem, is_uri
 from feature_store.offline_store import OfflineStore
 from feature_store.prepare import PreparedDataset, open_prepared
 from feature_store.training_set import split_dir
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_SCHEMES = ("s3",)
 # What `open_prepared` checks for, copied first when reading metadata.
 METADATA_FILES = ("definition.json", "transforms.json", "dataset_spec.json", "summary.json")
 CACHE_DIR = Path(".grec") / "cache"
@@ -59,54 +61,6 @@ CACHE_DIR = Path(".grec") / "cache"
 POINTER_FILE = "current.json"
 VERSIONS_DIR = "versions"
 POINTER_FORMAT = "grec.published-folder"
-
-
-class StorageError(FeatureStoreError):
-    """An object-store location that cannot be used: no credentials, no bucket, nothing there."""
-
-
-def is_uri(location: str | Path) -> bool:
-    """True for `scheme://...` locations other than local files."""
-    if isinstance(location, Path):
-        return False
-    scheme = urlparse(str(location)).scheme
-    return "://" in str(location) and scheme not in ("", "file")
-
-
-def _bucket_and_key(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if parsed.scheme not in SUPPORTED_SCHEMES:
-        raise StorageError(f"{uri}: unsupported storage scheme {parsed.scheme!r}; expected "
-                           f"{' or '.join(s + '://BUCKET/PREFIX' for s in SUPPORTED_SCHEMES)} or a local path")
-    if not parsed.netloc:
-        raise StorageError(f"{uri}: no bucket; expected s3://BUCKET/PREFIX")
-    return parsed.netloc, parsed.path.strip("/")
-
-
-def check_credentials(uri: str) -> None:
-    """Fails, naming `uri`, when the AWS credential chain finds nothing (an unsigned request would
-    otherwise reach the store and fail later, or silently pass on a permissive test server)."""
-    import botocore.exceptions
-    import botocore.session
-
-    _bucket_and_key(uri)
-    try:
-        credentials = botocore.session.get_session().get_credentials()
-    except botocore.exceptions.BotoCoreError as err:  # e.g. a key id without its secret
-        raise StorageError(f"{uri}: unusable S3 credentials: {err}") from None
-    if credentials is None:
-        raise StorageError(f"{uri}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                           "(or AWS_PROFILE, a web identity token or an instance role), and AWS_ENDPOINT_URL for "
-                           "an S3-compatible store")
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for `uri`, credentials checked."""
-    check_credentials(uri)
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except (OSError, ValueError) as err:
-        raise StorageError(f"{uri}: {err}") from None
 
 
 def _info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
@@ -119,7 +73,7 @@ def _info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
 def check_bucket(uri: str) -> None:
     """The bucket of `uri` exists and answers with these credentials."""
     fs, _ = filesystem(uri)
-    bucket, _ = _bucket_and_key(uri)
+    bucket, _ = bucket_and_key(uri)
     if _info(fs, bucket, uri).type != pafs.FileType.Directory:
         raise StorageError(f"{uri}: bucket {bucket!r} does not exist (create it first)")
 
@@ -211,7 +165,7 @@ def parquet_dataset(files: list[str]) -> pads.Dataset:
 
 def cache_dir(uri: str, workdir: str | Path | None = None) -> Path:
     """`<working directory>/.grec/cache/<scheme>/<bucket>/<key>`: where a dataset's files are copied."""
-    bucket, key = _bucket_and_key(uri)
+    bucket, key = bucket_and_key(uri)
     return (Path(workdir or Path.cwd()) / CACHE_DIR / urlparse(uri).scheme / bucket / key).resolve()
 
 

@@ -4,7 +4,7 @@
   back into float32 modules: the weights are rounded to 16 bits, the arithmetic stays float32
   (these CPUs have no fast 16-bit matmul, and the embedding bags run in float32 anyway).
 - `int8`: every floating tensor of two or more dimensions (linear and expert weights, embedding
-  tables, skills) is stored as int8 with one float32 scale per row (symmetric: w ~= q * s,
+  tables, skills) is stored as int8 with one float32 scale per row (grec.int8: symmetric, w ~= q * s,
   s = max|row| / 127); vectors (biases, norms, task tokens) stay float32. At load:
   * `nn.Linear` layers large enough that int8 kernels beat float32 on the CPU become torch's
     dynamically quantized linear layers (int8 weights, activations quantized per call), built
@@ -26,9 +26,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from grec.int8 import dequantize_rows, quantize_rows
+
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
-INT8_MAX = 127
 # Key of a stored int8 tensor's per-row scales: `<name>@scale`.
 SCALE_SUFFIX = "@scale"
 # Smallest linear layer (in_features * out_features) run with int8 kernels. Measured on the 2-core
@@ -47,11 +48,10 @@ def check_precision(precision: str) -> str:
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [..., in] -> (codes int8 [..., in], scales float32 [...]): one symmetric scale per row."""
-    weight = weight.detach().float()
-    scales = weight.abs().amax(dim=-1) / INT8_MAX
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales)).unsqueeze(-1)
-    return torch.clamp(torch.round(weight / safe), -INT8_MAX, INT8_MAX).to(torch.int8), scales
+    """weight [..., in] -> (codes int8 [..., in], scales float32 [...]): one symmetric scale per row
+    (grec.int8, the tensor converted at this boundary; the codes come back on the weight's device)."""
+    codes, scales = quantize_rows(weight.detach().float().cpu().numpy())
+    return torch.from_numpy(codes).to(weight.device), torch.from_numpy(scales).to(weight.device)
 
 
 def encode_state(state: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
@@ -77,7 +77,7 @@ def decode_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if name.endswith(SCALE_SUFFIX):
             continue
         if name + SCALE_SUFFIX in tensors:
-            state[name] = tensor.float() * tensors[name + SCALE_SUFFIX].unsqueeze(-1)
+            state[name] = torch.from_numpy(dequantize_rows(tensor.numpy(), tensors[name + SCALE_SUFFIX].numpy()))
         elif tensor.dtype in (torch.bfloat16, torch.float16):
             state[name] = tensor.float()
         else:

@@ -9,11 +9,11 @@ When the store stops answering (past its own retries), `StoreGuard` serves defau
 every entity and marks the rows degraded, or refuses (`on_store_unavailable="reject"`); after a
 failure it skips the store for a short interval so requests do not each wait on it.
 
-The user side of the model (`grec encode-users`, feature_store.online.representations) comes
-with the rows when the store holds it fresh for this model version: same version, and computed
-from exactly the user-side values the rows now hold (no new event, no profile change, no request
-context). Otherwise the ranker computes it; which one, and why, is in `RequestRows` and counted in
-`grec_user_encoding_total`.
+The user side of the model (`grec encode-users`, stored by feature_store.online.representations,
+decompressed by grec.user_tokens) comes with the rows when the store holds it fresh for this model
+version: same version, and computed from exactly the user-side values the rows now hold (no new
+event, no profile change, no request context). Otherwise the ranker computes it; which one, and
+why, is in `RequestRows` and counted in `grec_user_encoding_total`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import pyarrow as pa
 
 from feature_store.definitions import DatasetDefinition, Entity
 from feature_store.online import DefaultsOnlyStore, OnlineStore, OnlineStoreUnavailableError, build_request_rows
-from feature_store.online.representations import RepresentationStore, inputs_digest
+from feature_store.online.representations import RepresentationStore, StoredUser, inputs_digest
+from grec.user_tokens import decompress_tokens, projection_from
 from serving import metrics
 from serving.errors import BadRequestError, FeaturesUnavailableError, UnknownContextFeatureError
 
@@ -173,5 +174,10 @@ def _with_stored_user(found: RequestRows, representations: RepresentationStore, 
     for seq in definition.sequences:
         index = rows.schema.get_field_index(seq.name)
         rows = rows.set_column(index, rows.schema.field(index), pa.nulls(rows.num_rows, rows.schema.field(index).type))
-    return replace(found, rows=rows, user_tokens=stored.tokens, user_encoding_reason="fresh")
+    return replace(found, rows=rows, user_tokens=stored_user_tokens(stored), user_encoding_reason="fresh")
+
+
+def stored_user_tokens(stored: StoredUser) -> np.ndarray:
+    """A stored user's tokens [num_user_tokens, d_model], decompressed with its run's projection."""
+    return decompress_tokens(stored.values, stored.scales, projection_from(stored.projection))
 

@@ -11,7 +11,7 @@ import numpy as np
 from jobs.evaluate.compute import metrics_with_intervals, ranking_metrics, slice_metrics
 from jobs.evaluate.plots import reliability_bins
 from jobs.evaluate.report import RESULT_FILE, TaskPredictions, write_report
-from jobs.evaluate.results import EvaluationResult, TaskEvaluation
+from jobs.evaluate.results import EvaluationResult, TaskEvaluation, non_finite_as_null
 
 
 def test_reliability_bins_count_the_rows_of_each_bin() -> None:
@@ -60,3 +60,9 @@ def test_report_lists_tasks_intervals_slices_and_plots(tmp_path) -> None:
     assert restored.flat_metrics() == result.flat_metrics()
     assert "like_hr_at_10" in result.flat_metrics()
     assert math.isnan(restored.task("genre").metrics["accuracy"].low) is False
+
+
+def test_non_finite_numbers_are_written_as_null_at_any_depth() -> None:
+    value = {"a": math.nan, "b": [1.0, math.inf, {"c": -math.inf}], "d": (2, math.nan), "e": "nan"}
+    assert non_finite_as_null(value) == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, None], "e": "nan"}
+    json.dumps(non_finite_as_null(value), allow_nan=False)  # strict JSON

@@ -110,6 +110,19 @@ def test_a_download_with_another_digest_is_refused_naming_file_and_digests(tmp_p
     assert list(tmp_path.iterdir()) == []  # not even the file that passed: all or nothing
 
 
+def test_original_files_are_downloaded_once_into_the_download_folder(tmp_path, monkeypatch):
+    archive = _zip({"ml-100k/u.data": "", "ml-100k/u.item": "", "ml-100k/u.user": ""})
+    fetched = []
+    monkeypatch.setattr(base.urllib.request, "urlopen",
+                        lambda url, timeout: fetched.append(url) or io.BytesIO(archive))
+    monkeypatch.setenv("GREC_DATA_DIR", str(tmp_path))
+    source = get_source("movielens-100k", SourceOptions(download=True))
+    download = Download("https://example.test/ml-100k.zip", hashlib.sha256(archive).hexdigest(), unpack=True)
+    for _ in range(2):  # the second time the files are there: nothing is fetched
+        found = source.original_files(("u.data", "u.item", "u.user"), (download,), "movielens-100k")
+    assert found["u.data"] == tmp_path / "movielens-100k" / "ml-100k" / "u.data" and len(fetched) == 1
+
+
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(UnknownDatasetError, match="known datasets: adult, movielens-100k, movielens-100k-genres, synthetic, womens-clothing"):
         get_source("movielens-1m")

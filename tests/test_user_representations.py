@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from feature_store.online import open_online_store
-from feature_store.online.representations import (LowRankProjection, RepresentationsMeta, RepresentationStore,
-                                                  decode_record, dequantize_int8, inputs_digest, quantize_int8)
+from feature_store.online.representations import (RepresentationsMeta, RepresentationStore, StoredProjection,
+                                                  inputs_digest)
 from grec import RouterConfig, build_model
 from grec.synthetic import random_columns
+from grec.user_tokens import LowRankProjection, compress_tokens, decompress_tokens
+from serving.features import stored_user_tokens
 
 TASKS = ["like", "rating", "next_item"]
 # int8 user tokens (a float16 scale per token) move a served score by at most this much (measured on
@@ -70,11 +72,11 @@ def test_int8_codes_are_within_half_a_step_of_each_vector():
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((50, 3, 64)).astype(np.float32) * rng.uniform(0.01, 10, (50, 3, 1))
     vectors[0, 0] = 0.0  # an all-zero token stays zero
-    codes, scales = quantize_int8(vectors)
+    codes, scales = compress_tokens(vectors, "int8")
     assert codes.dtype == np.int8 and scales.dtype == np.float16 and scales.shape == (50, 3)
-    error = np.abs(dequantize_int8(codes, scales) - vectors)
+    error = np.abs(decompress_tokens(codes, scales) - vectors)
     assert np.all(error <= scales.astype(np.float32)[..., None] / 2 + 1e-7)
-    assert np.all(dequantize_int8(codes, scales)[0, 0] == 0.0)
+    assert np.all(decompress_tokens(codes, scales)[0, 0] == 0.0)
 
 
 def test_a_low_rank_projection_keeps_what_lies_in_its_span():
@@ -94,24 +96,44 @@ def test_store_round_trip_version_keys_and_run_ids(tmp_path):
     with open_online_store(tmp_path / "online.sqlite", create=True) as store:
         stored = RepresentationStore(store, "m", "1")
         meta = RepresentationsMeta(2, 16, "int8", None, 3, "2024-01-01T00:00:00+00:00", "run-a")
-        stored.write_users(meta, [10, 11, 12], tokens, ["d0", "d1", "d2"])
+        stored.write_users(meta, [10, 11, 12], *compress_tokens(tokens, "int8"), ["d0", "d1", "d2"])
         assert stored.read_user(10) is None  # the meta record comes last: nothing is read before it
         stored.write_meta(meta)
         assert meta.payload_bytes() == 2 * 16 + 2 * 2 and meta.payload_bytes() * 3 < 4 * 2 * 16  # < 1/3 of fp32
         found = RepresentationStore(store, "m", "1").read_user(11)
         assert found.digest == "d1"
-        np.testing.assert_allclose(found.tokens, tokens[1], atol=float(np.abs(tokens[1]).max()) / 127)
+        np.testing.assert_allclose(stored_user_tokens(found), tokens[1], atol=float(np.abs(tokens[1]).max()) / 127)
         assert RepresentationStore(store, "m", "2").read_user(11) is None  # another version
         assert RepresentationStore(store, "m", "1").read_user(99) is None  # an unknown user
         # Encoded again (another run): a reader holding the old meta record reads it again.
         exact = RepresentationsMeta(2, 16, "fp32", None, 3, "2024-01-02T00:00:00+00:00", "run-b")
-        stored.write_users(exact, [11], tokens[1:2], ["d1"])
+        stored.write_users(exact, [11], *compress_tokens(tokens[1:2], "fp32"), ["d1"])
         stored.write_meta(exact)
-        np.testing.assert_array_equal(RepresentationStore(store, "m", "1").read_user(11).tokens, tokens[1])
+        np.testing.assert_array_equal(stored_user_tokens(RepresentationStore(store, "m", "1").read_user(11)), tokens[1])
         reader_with_old_meta = RepresentationStore(store, "m", "1")
         reader_with_old_meta._meta = meta
-        np.testing.assert_array_equal(reader_with_old_meta.read_user(11).tokens, tokens[1])
+        np.testing.assert_array_equal(stored_user_tokens(reader_with_old_meta.read_user(11)), tokens[1])
         assert reader_with_old_meta.read_user(10) is None  # written by run-a, whose meta is gone
+
+
+def test_a_projected_version_round_trips_through_the_store(tmp_path):
+    """The meta record keeps the version's projection; a record read back decompresses, with it, to
+    exactly what the writer's arrays decompress to."""
+    rng = np.random.default_rng(3)
+    tokens = rng.standard_normal((20, 2, 16)).astype(np.float32)
+    projection = LowRankProjection.fit(tokens, rank=4)
+    meta = RepresentationsMeta(2, 16, "int8", StoredProjection(projection.mean, projection.basis), 20,
+                               "2024-01-01T00:00:00+00:00", "run-p")
+    assert meta.stored_width == 4 and meta.payload_bytes() == 2 * 4 + 2 * 2
+    codes, scales = compress_tokens(tokens, "int8", projection)
+    with open_online_store(tmp_path / "online.sqlite", create=True) as store:
+        stored = RepresentationStore(store, "m", "1")
+        stored.write_users(meta, list(range(20)), codes, scales, [f"d{i}" for i in range(20)])
+        stored.write_meta(meta)
+        with pytest.raises(ValueError, match="int8 records take int8 codes"):
+            stored.write_users(meta, [0], codes[:1].astype(np.float32), None, ["d0"])
+        found = RepresentationStore(store, "m", "1").read_user(7)
+    np.testing.assert_array_equal(stored_user_tokens(found), decompress_tokens(codes[7], scales[7], projection))
 
 
 # ---- the feature lookup: fresh or not ----------------------------------------------------------------
@@ -131,7 +153,7 @@ def lookup_store(tmp_path, tiny_movielens):
     row, _ = build_request_rows(store, definition, user, [None])
     meta = RepresentationsMeta(2, 4, "fp32", None, 1, "2024-01-01T00:00:00+00:00", "run")
     representations = RepresentationStore(store, "m", "1")
-    representations.write_users(meta, [user], np.ones((1, 2, 4), np.float32), [inputs_digest(row, definition)])
+    representations.write_users(meta, [user], np.ones((1, 2, 4), np.float32), None, [inputs_digest(row, definition)])
     representations.write_meta(meta)
     yield store, definition, user
     store.close()

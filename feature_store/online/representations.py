@@ -1,16 +1,13 @@
-"""Compressed user representations in the online store, per model version and user.
+"""Compressed user representations in the online store, per model version and user: stored and
+read here, computed elsewhere.
 
 A model's user side (its task- and candidate-independent tokens: wide & deep over the user's
 features, behavior sequences) changes only when the user's features or history change. A batch
 job (`grec encode-users`) computes it once per user with a registered model version, compresses
-it and writes it here; the endpoint reads it instead of computing it while it is fresh.
-
-Compression, per user (tokens [n, d] float32):
-- `int8`: each token vector v is stored as round(v / s) in int8 with its own scale
-  s = max|v| / 127 (float16): n * d + 2 n bytes instead of 4 n d.
-- `int8` with a low-rank projection (`rank` r < d): each token slot has a mean and an orthonormal
-  basis [d, r] fitted on the encoded users (PCA, so the projection is learned from the data);
-  the r coefficients are stored in int8 as above. The projection is kept once per model version.
+it (grec.user_tokens: int8 codes with a float16 scale per vector, or float32, optionally after a
+low-rank projection fitted per version) and writes the arrays here; the endpoint reads them and
+decompresses them instead of computing the user side while they are fresh. This module knows the
+records' layout (docs/CONTRACTS.md), not how the arrays were computed.
 
 Freshness: a record holds a digest of the user-side raw inputs it was computed from (user feature
 values, context values, behavior sequences, as the online store gave them). It is fresh for a
@@ -27,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +37,6 @@ VIEW_PREFIX = "user_representations"
 META_KEY = "__meta__"
 FORMAT = "grec.user-representations"
 FORMAT_VERSION = 1
-INT8_MAX = 127
 
 Compression = Literal["int8", "fp32"]
 
@@ -64,63 +60,15 @@ def inputs_digest(rows: pa.Table, definition: DatasetDefinition, row: int = 0) -
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-# ---- compression ------------------------------------------------------------------------------------
+# ---- records ----------------------------------------------------------------------------------------
 
 
-def quantize_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """vectors [..., k] float -> (codes [..., k] int8, scales [...] float16) with
-    vectors ~= codes * scales[..., None]. The scale is rounded to float16 before quantizing, so the
-    rounding error of the stored scale is not added to the codes' error."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    peak = np.abs(vectors).max(axis=-1)
-    scales = (peak / INT8_MAX).astype(np.float16)
-    safe = np.where(scales > 0, scales.astype(np.float32), 1.0)[..., None]
-    codes = np.clip(np.rint(vectors / safe), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return codes, scales
-
-
-def dequantize_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    return codes.astype(np.float32) * scales.astype(np.float32)[..., None]
-
-
-@dataclass(frozen=True)
-class LowRankProjection:
-    """Per token slot, a mean [n, d] and an orthonormal basis [n, d, r]: tokens ~= mean + c @ basis.T."""
+class StoredProjection(NamedTuple):
+    """A version's low-rank projection as stored (grec.user_tokens.LowRankProjection computes with
+    it): per token slot a mean [n, d] and an orthonormal basis [n, d, r], float32."""
 
     mean: np.ndarray
     basis: np.ndarray
-
-    @property
-    def rank(self) -> int:
-        return self.basis.shape[-1]
-
-    @classmethod
-    def fit(cls, tokens: np.ndarray, rank: int) -> LowRankProjection:
-        """PCA of each token slot over users: tokens [U, n, d] -> the top-`rank` directions."""
-        users, slots, d = tokens.shape
-        if not 1 <= rank < d:
-            raise ValueError(f"rank must be in [1, {d}) for {d}-wide tokens, got {rank}")
-        mean = tokens.mean(axis=0)
-        basis = np.empty((slots, d, rank), dtype=np.float32)
-        for slot in range(slots):
-            _, _, vt = np.linalg.svd(tokens[:, slot] - mean[slot], full_matrices=False)
-            basis[slot, :, : min(rank, vt.shape[0])] = vt[:rank].T
-            basis[slot, :, vt.shape[0]:] = 0.0  # fewer users than the rank: the rest carries nothing
-        return cls(mean.astype(np.float32), basis)
-
-    def encode(self, tokens: np.ndarray) -> np.ndarray:
-        """[..., n, d] -> coefficients [..., n, r]."""
-        return np.einsum("...nd,ndr->...nr", tokens - self.mean, self.basis)
-
-    def decode(self, coefficients: np.ndarray) -> np.ndarray:
-        return self.mean + np.einsum("...nr,ndr->...nd", coefficients, self.basis)
-
-    def explained_variance(self, tokens: np.ndarray) -> float:
-        """Share of the tokens' variance around the mean the projection keeps (0..1)."""
-        centred = tokens - self.mean
-        total = float((centred ** 2).sum())
-        kept = float((self.encode(tokens) ** 2).sum())
-        return kept / total if total > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -130,14 +78,14 @@ class RepresentationsMeta:
     num_tokens: int
     d_model: int
     compression: Compression
-    projection: LowRankProjection | None
+    projection: StoredProjection | None
     users: int
     computed_at: str  # ISO 8601, UTC
     run_id: str  # every record names the run that wrote it: a reader never decodes it with another run's meta
 
     @property
     def stored_width(self) -> int:
-        return self.projection.rank if self.projection is not None else self.d_model
+        return self.projection.basis.shape[-1] if self.projection is not None else self.d_model
 
     def payload_bytes(self) -> int:
         """Bytes of one user's stored vectors (codes and scales), without the record's framing."""
@@ -150,7 +98,7 @@ class RepresentationsMeta:
                                 "d_model": self.d_model, "compression": self.compression, "users": self.users,
                                 "computed_at": self.computed_at, "run_id": self.run_id, "projection": None}
         if self.projection is not None:
-            data["projection"] = {"rank": self.projection.rank, "mean": _b64(self.projection.mean),
+            data["projection"] = {"rank": self.stored_width, "mean": _b64(self.projection.mean),
                                   "basis": _b64(self.projection.basis)}
         return data
 
@@ -163,8 +111,8 @@ class RepresentationsMeta:
         projection = None
         if data["projection"] is not None:
             r = int(data["projection"]["rank"])
-            projection = LowRankProjection(_unb64(data["projection"]["mean"], np.float32, (n, d)),
-                                           _unb64(data["projection"]["basis"], np.float32, (n, d, r)))
+            projection = StoredProjection(_unb64(data["projection"]["mean"], np.float32, (n, d)),
+                                          _unb64(data["projection"]["basis"], np.float32, (n, d, r)))
         return cls(n, d, data["compression"], projection, int(data["users"]), data["computed_at"], data["run_id"])
 
 
@@ -181,9 +129,13 @@ def _unb64(text: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class StoredUser:
-    """One user's stored representation, decompressed: tokens [n, d] float32."""
+    """One user's stored representation as stored (grec.user_tokens.decompress_tokens gives its
+    tokens [n, d]): `values` [n, w] (int8 codes or float32), `scales` [n] float16 for int8 (else
+    None), and the projection of the run that wrote it (None without one)."""
 
-    tokens: np.ndarray
+    values: np.ndarray
+    scales: np.ndarray | None
+    projection: StoredProjection | None
     digest: str
 
 
@@ -196,20 +148,23 @@ class RepresentationStore:
         self._meta: RepresentationsMeta | None = None
 
     # ---- writing (the batch job) ----
-    def write_users(self, meta: RepresentationsMeta, users: Sequence[Any], tokens: np.ndarray,
-                    digests: Sequence[str]) -> None:
-        """Compresses tokens [U, n, d] as `meta` says and writes one record per user."""
-        if tokens.shape[1:] != (meta.num_tokens, meta.d_model):
-            raise ValueError(f"tokens have shape {tokens.shape[1:]} per user; the meta record says "
-                             f"({meta.num_tokens}, {meta.d_model})")
-        vectors = meta.projection.encode(tokens) if meta.projection is not None else tokens
+    def write_users(self, meta: RepresentationsMeta, users: Sequence[Any], values: np.ndarray,
+                    scales: np.ndarray | None, digests: Sequence[str]) -> None:
+        """Writes one record per user of what grec.user_tokens.compress_tokens gave for them:
+        values [U, n, w] (int8 codes with scales [U, n] for int8 meta, float32 without for fp32)."""
+        if values.shape[1:] != (meta.num_tokens, meta.stored_width):
+            raise ValueError(f"values have shape {values.shape[1:]} per user; the meta record says "
+                             f"({meta.num_tokens}, {meta.stored_width})")
         if meta.compression == "int8":
-            codes, scales = quantize_int8(vectors)
+            if values.dtype != np.int8 or scales is None or scales.dtype != np.float16:
+                raise ValueError("int8 records take int8 codes and float16 scales")
             records = {user: {"codes": _b64(c), "scales": _b64(s), "digest": digest, "run": meta.run_id}
-                       for user, c, s, digest in zip(users, codes, scales, digests, strict=True)}
+                       for user, c, s, digest in zip(users, values, scales, digests, strict=True)}
         else:
-            records = {user: {"values": _b64(v.astype(np.float32)), "digest": digest, "run": meta.run_id}
-                       for user, v, digest in zip(users, vectors, digests, strict=True)}
+            if values.dtype != np.float32 or scales is not None:
+                raise ValueError("fp32 records take float32 values and no scales")
+            records = {user: {"values": _b64(v), "digest": digest, "run": meta.run_id}
+                       for user, v, digest in zip(users, values, digests, strict=True)}
         self.store.write(self.view, records)
 
     def write_meta(self, meta: RepresentationsMeta) -> None:
@@ -239,19 +194,18 @@ class RepresentationStore:
             meta = self.meta(refresh=True)
             if meta is None or record["run"] != meta.run_id:
                 return None
-        return StoredUser(decode_record(meta, record), record["digest"])
+        return _stored_user(meta, record)
 
 
-def decode_record(meta: RepresentationsMeta, record: Mapping[str, Any]) -> np.ndarray:
-    """One stored record -> tokens [n, d] float32."""
+def _stored_user(meta: RepresentationsMeta, record: Mapping[str, Any]) -> StoredUser:
+    """One record's arrays, shaped as the meta record of the run that wrote it says."""
     n, width = meta.num_tokens, meta.stored_width
     if meta.compression == "int8":
-        vectors = dequantize_int8(_unb64(record["codes"], np.int8, (n, width)),
-                                  _unb64(record["scales"], np.float16, (n,)))
+        values = _unb64(record["codes"], np.int8, (n, width))
+        scales = _unb64(record["scales"], np.float16, (n,))
     else:
-        vectors = _unb64(record["values"], np.float32, (n, width))
-    tokens = meta.projection.decode(vectors) if meta.projection is not None else vectors
-    return np.ascontiguousarray(tokens, dtype=np.float32)
+        values, scales = _unb64(record["values"], np.float32, (n, width)), None
+    return StoredUser(values, scales, meta.projection, record["digest"])
 
 
 def now_iso() -> str:

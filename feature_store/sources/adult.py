@@ -26,8 +26,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_store.definitions import (
-    STATIC_FEATURE_TIME,
-    TIMESTAMP_TYPE,
     DatasetDefinition,
     Entity,
     FeatureView,
@@ -37,14 +35,7 @@ from feature_store.definitions import (
     categorical,
     numeric,
 )
-from feature_store.sources.base import (
-    DataSource,
-    Download,
-    default_download_dir,
-    download_files,
-    require_files,
-    widedeep_file,
-)
+from feature_store.sources.base import DataSource, Download, row_times, static_feature_times, widedeep_file
 from feature_store.sources.files import read_csv, read_parquet
 
 # The two original files as the UCI repository publishes them; the digests are TensorFlow Datasets' pins.
@@ -116,7 +107,7 @@ class Adult(DataSource):
         )
 
     def estimated_events(self) -> int:
-        return min(48_842, self.options.max_events or 48_842)
+        return self.events_kept(48_842)
 
     def _raw(self) -> pa.Table:
         opts = self.options
@@ -124,30 +115,23 @@ class Adult(DataSource):
             path = widedeep_file(PARQUET_COPY, self.name)
             self.files = {"people": path, "events": path}
             return _nulls_for_unknown(read_parquet(path, COLUMNS))
-        folder = opts.data_dir or default_download_dir() / "adult"
-        if opts.download and not (folder / "adult.data").exists():
-            download_files(DOWNLOADS, folder)
-        files = require_files(folder, ORIGINAL_FILES, self.name)
+        files = self.original_files(ORIGINAL_FILES, DOWNLOADS, "adult")
         # Rows of both files make every view; an error names the first (it holds most rows).
         self.files = {"people": files["adult.data"], "events": files["adult.data"]}
         return pa.concat_tables([_read_original(files["adult.data"], 0), _read_original(files["adult.test"], 1)])
 
     def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
-        raw = self._raw()
-        if self.options.max_events is not None:
-            raw = raw.slice(0, self.options.max_events)
+        raw = self.first_events(self._raw())
         n = raw.num_rows
         users = pa.array([f"p{i:06d}" for i in range(n)], pa.string())
-        static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE).take(np.zeros(n, dtype=np.int64))
-        people = {"user_id": users, "feature_timestamp": static}
+        people = {"user_id": users, "feature_timestamp": static_feature_times(n)}
         people.update({_feature_name(c): raw[c] for c in (*NUMERIC, *CATEGORICAL)})
         people.update({_bucket_name(c): _buckets(raw[c], edges) for c, edges in BUCKET_EDGES.items()})
         yield "people", iter([pa.table(people)])
-        first_us = int(FIRST_TIME.timestamp()) * 1_000_000
         yield "events", iter([pa.table({
             "user_id": users,
             "item_id": pa.array([THE_ITEM] * n, pa.string()),
-            "event_timestamp": pa.array(first_us + np.arange(n) * 1_000_000, pa.int64()).cast(TIMESTAMP_TYPE),
+            "event_timestamp": row_times(FIRST_TIME, n, dt.timedelta(seconds=1)),
             "label_income": pc.equal(raw["income"], ">50K").cast(pa.int64()),
             "label_never_married": pc.equal(raw["marital-status"], "Never-married").cast(pa.int64()),
         })])

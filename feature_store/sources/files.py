@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from feature_store.errors import SourceFileError
 from feature_store.expressions import nearest
+from feature_store.object_store import filesystem, is_uri
 from feature_store.validation import convertible
 
 # pyarrow's own messages, which name neither the file nor (for conversions) the column.
@@ -238,8 +239,6 @@ def find_files(location: str, base_dir: Path, format: str | None = None,
     file, a glob (`events/*.parquet`, `events/day=*/*.parquet`) or a directory (every file under it;
     `key=value` folders are columns). Hidden names (`.`, `_`) are left out, as pyarrow does.
     `format` None: from the files' extensions."""
-    from feature_store.storage import filesystem, is_uri  # storage imports the prepare path, which imports sources
-
     if is_uri(location):
         fs, path = filesystem(location)
         prefix = location[:location.index("://") + 3]

@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_store.definitions import (
-    STATIC_FEATURE_TIME,
     TIMESTAMP_TYPE,
     DatasetDefinition,
     Entity,
@@ -34,14 +33,7 @@ from feature_store.definitions import (
     multi_hot,
     numeric,
 )
-from feature_store.sources.base import (
-    DataSource,
-    Download,
-    default_download_dir,
-    download_files,
-    require_files,
-    widedeep_file,
-)
+from feature_store.sources.base import DataSource, Download, static_feature_times, widedeep_file
 from feature_store.sources.files import read_csv, read_parquet
 
 # The archive as GroupLens publishes it (4,924,029 bytes); the digest is TensorFlow Datasets' pin of it.
@@ -93,7 +85,7 @@ class MovieLens100K(DataSource):
         )
 
     def estimated_events(self) -> int:
-        return min(100_000, self.options.max_events or 100_000)
+        return self.events_kept(100_000)
 
     def _raw(self) -> dict[str, pa.Table]:
         """The raw table behind each view (ratings, items, users) with the original column names."""
@@ -101,10 +93,7 @@ class MovieLens100K(DataSource):
         if opts.data_dir is None and not opts.download:
             self.files = {view: widedeep_file(copy, self.name) for view, (_, copy, _) in FILES.items()}
             return {view: read_parquet(self.files[view], FILES[view][2]) for view in FILES}
-        folder = opts.data_dir or default_download_dir() / "movielens-100k"
-        if opts.download and not (folder.is_dir() and (folder / "ml-100k" / "u.data").exists()):
-            download_files((DOWNLOAD,), folder)
-        found = require_files(folder, ORIGINAL_FILES, self.name)
+        found = self.original_files(ORIGINAL_FILES, (DOWNLOAD,), "movielens-100k")
         self.files = {view: found[original] for view, (original, _, _) in FILES.items()}
         return {view: read_csv(self.files[view], schema, header=False, delimiter="|" if view != "events" else "\t",
                                encoding="latin1", quote_char=False)
@@ -112,13 +101,10 @@ class MovieLens100K(DataSource):
 
     def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
         raw = self._raw()
-        ratings, items, users = raw["events"], raw["movies"], raw["users"]
-        if self.options.max_events is not None:
-            ratings = ratings.slice(0, self.options.max_events)
-        static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE)
+        ratings, items, users = self.first_events(raw["events"]), raw["movies"], raw["users"]
         yield "users", iter([pa.table({
             "user_id": users["user_id"],
-            "feature_timestamp": static.take(np.zeros(users.num_rows, dtype=np.int64)),
+            "feature_timestamp": static_feature_times(users.num_rows),
             "age": users["age"], "gender": users["gender"], "occupation": users["occupation"],
             "zip_code": users["zip_code"].cast(pa.string()),
         })])
@@ -128,7 +114,7 @@ class MovieLens100K(DataSource):
         year = pc.utf8_slice_codeunits(release, -4)
         yield "movies", iter([pa.table({
             "item_id": items["movie_id"],
-            "feature_timestamp": static.take(np.zeros(items.num_rows, dtype=np.int64)),
+            "feature_timestamp": static_feature_times(items.num_rows),
             "title": items["movie_title"],
             "genres": pa.array(genres, pa.list_(pa.string())),
             "release_year": pc.if_else(pc.equal(pc.utf8_length(year), 4), year, None).cast(pa.float64()),

@@ -53,8 +53,7 @@ ITEM = Entity("item", "item_id", pa.int64())
 class SyntheticSource(DataSource):
     @property
     def num_events(self) -> int:
-        total = self.options.synthetic.num_events
-        return total if self.options.max_events is None else min(total, self.options.max_events)
+        return self.events_kept(self.options.synthetic.num_events)
 
     @property
     def num_users(self) -> int:

@@ -29,8 +29,6 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from feature_store.definitions import (
-    STATIC_FEATURE_TIME,
-    TIMESTAMP_TYPE,
     DatasetDefinition,
     Entity,
     FeatureView,
@@ -43,7 +41,7 @@ from feature_store.definitions import (
     numeric,
 )
 from feature_store.errors import FeatureStoreError
-from feature_store.sources.base import DataSource, require_files, widedeep_file
+from feature_store.sources.base import DataSource, require_files, row_times, static_feature_times, widedeep_file
 from feature_store.sources.files import read_csv, read_parquet
 
 CSV_NAME = "Womens Clothing E-Commerce Reviews.csv"
@@ -89,7 +87,7 @@ class WomensClothingReviews(DataSource):
         )
 
     def estimated_events(self) -> int:
-        return min(23_486, self.options.max_events or 23_486)
+        return self.events_kept(23_486)
 
     def _raw(self) -> pa.Table:
         opts = self.options
@@ -108,14 +106,10 @@ class WomensClothingReviews(DataSource):
                         newlines_in_values=True)
 
     def tables(self) -> Iterator[tuple[str, Iterator[pa.Table]]]:
-        raw = self._raw()
-        if self.options.max_events is not None:
-            raw = raw.slice(0, self.options.max_events)
+        raw = self.first_events(self._raw())
         n = raw.num_rows
-        rows = np.arange(n)
-        users = pa.array([f"r{i:06d}" for i in rows], pa.string())
-        first_us = int(FIRST_REVIEW_TIME.timestamp()) * 1_000_000
-        static = pa.array([STATIC_FEATURE_TIME], TIMESTAMP_TYPE).take(np.zeros(n, dtype=np.int64))
+        users = pa.array([f"r{i:06d}" for i in range(n)], pa.string())
+        static = static_feature_times(n)
         yield "reviewers", iter([pa.table({"user_id": users, "feature_timestamp": static, "age": raw["Age"]})])
         garments = pa.table({
             "item_id": raw["Clothing ID"], "feature_timestamp": static,
@@ -129,7 +123,7 @@ class WomensClothingReviews(DataSource):
         yield "events", iter([pa.table({
             "user_id": users,
             "item_id": raw["Clothing ID"],
-            "event_timestamp": pa.array(first_us + rows * 60_000_000, pa.int64()).cast(TIMESTAMP_TYPE),
+            "event_timestamp": row_times(FIRST_REVIEW_TIME, n, dt.timedelta(minutes=1)),
             "review_title": raw["Title"],
             "review_text": raw["Review Text"],
             "review_words": pa.array([review_words(title, text) for title, text in

@@ -1,5 +1,6 @@
 """`grec encode-users`: a registered model's user side, computed once per user with Ray Data,
-compressed and written to the online store for the endpoint (feature_store.online.representations).
+compressed (grec.user_tokens) and written to the online store for the endpoint
+(feature_store.online.representations).
 
 Every user of the prepared dataset (its user views and events) gets one row built exactly as the
 endpoint builds a request row (`build_request_rows` on the same online store, no candidate), so a
@@ -68,6 +69,7 @@ class UserEncoder:
 
         from feature_store.online import build_request_rows
         from feature_store.online.representations import inputs_digest
+        from grec.user_tokens import compress_tokens, projection_from
 
         users = batch.column("user").to_pylist()
         # One row per user without a candidate: the item columns are null and the user side, which
@@ -80,7 +82,8 @@ class UserEncoder:
         if self.meta is None:
             flat = pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1)), tokens[0].size)
             return pa.table({"user": batch.column("user"), "digest": digests, "tokens": flat})
-        self.representations.write_users(self.meta, users, tokens, digests)
+        values, scales = compress_tokens(tokens, self.meta.compression, projection_from(self.meta.projection))
+        self.representations.write_users(self.meta, users, values, scales, digests)
         return pa.table({"written": [len(users)]})
 
 
@@ -105,13 +108,14 @@ def encode_users(model_uri: str, data_dir: str | Path, online_store: str, *, tra
     import ray.data
 
     from feature_store.online import open_online_store
-    from feature_store.online.representations import LowRankProjection, RepresentationsMeta, RepresentationStore, now_iso
+    from feature_store.online.representations import RepresentationsMeta, RepresentationStore, StoredProjection, now_iso
     from feature_store.prepare import open_prepared
+    from grec.user_tokens import COMPRESSIONS, LowRankProjection
     from jobs.ray_runtime import ray_session
     from registry.models import load_registered
 
-    if compression not in ("int8", "fp32"):
-        raise ValueError(f"compression must be int8 or fp32, got {compression!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
     if batch_size < 1 or actors < 1 or cpus_per_actor <= 0:
         raise ValueError("batch size and actors must be >= 1 and CPUs per actor > 0")
     prepared = open_prepared(data_dir)
@@ -142,7 +146,8 @@ def encode_users(model_uri: str, data_dir: str | Path, online_store: str, *, tra
             projection = LowRankProjection.fit(tokens, rank)
             explained = projection.explained_variance(tokens)
             log.info("low-rank projection to %d of %d dimensions keeps %.4f of the variance", rank, d_model, explained)
-        meta = RepresentationsMeta(num_tokens, d_model, compression, projection, len(users), now_iso(),
+        stored_projection = None if projection is None else StoredProjection(projection.mean, projection.basis)
+        meta = RepresentationsMeta(num_tokens, d_model, compression, stored_projection, len(users), now_iso(),
                                    uuid.uuid4().hex[:12])
         written = dataset.map_batches(UserEncoder, fn_constructor_kwargs={**encoder_args, "meta": meta}, **pool)
         count = int(written.sum("written") or 0)  # None when there was nothing to encode

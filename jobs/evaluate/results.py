@@ -67,7 +67,7 @@ class EvaluationResult:
         return flat
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return non_finite_as_null(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
@@ -86,14 +86,15 @@ class EvaluationResult:
                    settings=dict(data.get("settings") or {}), recommend=dict(data.get("recommend") or {}))
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN is not JSON: write it as null."""
-    if isinstance(value, float) and math.isnan(value):
+def non_finite_as_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float, in dicts, lists and tuples too, written as null
+    (JSON has neither; Python's json would write `NaN` / `Infinity`, which other readers refuse)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return {k: non_finite_as_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [non_finite_as_null(v) for v in value]
     return value
 
 

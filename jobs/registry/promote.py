@@ -317,6 +317,8 @@ def promote(name: str, data_dir: str | Path, policy: PromotionPolicy | None = No
 
 def record_decision(client, name: str, outcome: PromotionOutcome, policy: PromotionPolicy) -> None:
     """Tags, metrics and promotion.json on the challenger's run; the decision tag on its version."""
+    from jobs.evaluate.results import non_finite_as_null
+
     decision = outcome.decision
     verdict = "promoted" if decision.promote else "rejected"
     version = outcome.challenger_version
@@ -348,16 +350,5 @@ def record_decision(client, name: str, outcome: PromotionOutcome, policy: Promot
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "promotion.json"
-        path.write_text(json.dumps(_finite(evidence), indent=2) + "\n")
+        path.write_text(json.dumps(non_finite_as_null(evidence), indent=2) + "\n")
         client.log_artifact(run_id, str(path), artifact_path="promotion")
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: write undefined numbers as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
