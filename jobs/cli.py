@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 # Modules that expose `register(subparsers)`; each adds one command (or group) to `grec`.
-COMMAND_MODULES: tuple[str, ...] = ("jobs.data_cli", "jobs.train_cli", "jobs.tune_cli", "jobs.retrieval_cli",
+COMMAND_MODULES: tuple[str, ...] = ("jobs.data_cli", "jobs.train_cli", "jobs.tune.cli", "jobs.retrieval_cli",
                                     "jobs.serve_cli", "jobs.eval_cli", "jobs.compact_cli", "jobs.registry_cli",
                                     "jobs.config_cli")
 # The top-level packages whose loggers the command configures.
