@@ -11,8 +11,8 @@ seconds up to the selected epoch (one thread: `time.process_time`).
 - GRec family (`grec`, `grec_sentence`, `grec_task_sentence`, `grec_shared`) and GRec's own
   `shared_bottom` / `mmoe` / `ple` at GRec's parameter count, and `single_task` (a Shared-Bottom per
   binary task at that count): the dataset's training config (`configs/*_grec.yaml`: model,
-  optimizer, epochs, early stopping, feature selection) trained in process by `jobs.local_fit.fit`,
-  the loop a `grec tune` trial runs.
+  optimizer, epochs, early stopping, feature selection) trained in process by
+  `jobs.train.local_fit.fit` (the model code `grec train` runs, without Ray Train or DeepSpeed).
 - Peers (benchmarks/quality_peers.py): scikit-learn HistGradientBoosting per task, TF-IDF + logistic
   regression (text), torch-rechub SharedBottom / MMoE / PLE.
 - Ablation (`ablation_*`): one change to the dataset's GRec config each.
@@ -45,7 +45,7 @@ from feature_store.definitions import select_features  # noqa: E402
 from grec import GRecConfig, InputSpec, count_parameters, match_parameter_budget  # noqa: E402
 from jobs.evaluate.bootstrap import bootstrap_intervals  # noqa: E402
 from jobs.evaluate.metrics import auc  # noqa: E402
-from jobs.local_fit import fit  # noqa: E402
+from jobs.train.local_fit import fit  # noqa: E402
 
 GREC_MODELS = ("grec", "grec_sentence", "grec_task_sentence", "grec_shared", "shared_bottom", "mmoe", "ple",
                "single_task")

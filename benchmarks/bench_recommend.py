@@ -4,7 +4,7 @@ MovieLens-100K, from one command; and the endpoint's latency with the recommenda
 For each protocol (`grec data prepare --split`: user_time, leave_one_out with ties in ingestion order
 and in seeded random orders, global_time) and each seed:
 1. prepare MovieLens-100K with the protocol (cached in --workdir);
-2. train the ranker of configs/movielens_grec.yaml in this process (jobs/local_fit.py: the model,
+2. train the ranker of configs/movielens_grec.yaml in this process (jobs/train/local_fit.py: the model,
    losses and early stopping of `grec train`, one thread; training CPU seconds recorded) and register
    it in a temporary MLflow store;
 3. fit its recommendation stage (`recommend.fit`, what `grec build-index` runs in its Ray task;
@@ -67,7 +67,7 @@ def prepared_dataset(workdir: Path, dataset: str, protocol: str, tie_seed: int |
 def train_ranker(prepared: Any, dataset: str, seed: int) -> tuple[Any, Any, dict[str, float]]:
     """The config's ranker trained in process; (model, resolved config, CPU figures)."""
     from grec import build_model
-    from jobs.local_fit import fit
+    from jobs.train.local_fit import fit
     from jobs.train.config import load_config, parse_config, resolve
 
     data = load_config(REPO_ROOT / CONFIGS[dataset]).model_dump(mode="json")

@@ -1,6 +1,6 @@
 """Every dataset's training config (configs/*_grec.yaml) trains end to end on a small slice of its
-dataset, in process (`jobs.local_fit.fit`, the loop of a `grec tune` trial, the model code `grec
-train` runs); a config used on the wrong dataset fails naming the key to change."""
+dataset, in process (`jobs.train.local_fit.fit`: the model code `grec train` runs, without Ray Train
+or DeepSpeed); a config used on the wrong dataset fails naming the key to change."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from feature_store.prepare import prepare_dataset
 from feature_store.sources import SourceOptions, SyntheticOptions
 from grec import build_model
-from jobs.local_fit import fit
 from jobs.train import load_config
 from jobs.train.config import ConfigError, resolve
+from jobs.train.local_fit import fit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,6 @@
 """`grec tune`: search spaces checked before Ray starts, and a real Ray Tune search with ASHA whose
-trials are MLflow child runs and whose best config `grec train` accepts."""
+trials are runs of the `grec train` job and MLflow child runs, and whose best config `grec train`
+trains to the metric its trial reported."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from jobs.train import load_config
+from jobs.train import load_config, run_training
 from jobs.train.config import ConfigError
-from jobs.tune import DEFAULT_SPACE, SearchSpace, check_space, load_space, run_tune, trial_config
+from jobs.tune.job import DEFAULT_SPACE, SearchSpace, check_space, load_space, run_tune, trial_config
 
 
 def test_a_space_file_names_the_bad_key(tmp_path):
@@ -30,6 +31,8 @@ def test_space_keys_must_be_training_config_keys(tiny_movielens, train_tiny_conf
         check_space(config, SearchSpace(space={"trainer.lr": {"choice": [0.1]}}))
     with pytest.raises(ConfigError, match="features cannot be searched"):
         check_space(config, SearchSpace(space={"features.exclude": {"choice": [["title"]]}}))
+    with pytest.raises(ConfigError, match="scaling cannot be searched"):  # a trial's resources are the search's
+        check_space(config, SearchSpace(space={"scaling.num_workers": {"choice": [1, 2]}}))
     with pytest.raises(ConfigError, match="model.router.top_k"):  # top_k 9 > num_experts 3
         check_space(config, SearchSpace(space={"model.router.top_k": {"choice": [9]}}))
     for architecture in ("grec", "shared_bottom", "mmoe", "ple"):  # one space for GRec and its baselines
@@ -42,7 +45,7 @@ def test_tune_runs_asha_trials_as_mlflow_children_and_writes_a_trainable_best_co
         ray_local, tiny_movielens, train_tiny_config, tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = train_tiny_config(tiny_movielens.root, tracking_uri, training={"epochs": 2},
-                               mlflow={"experiment": "tune-test"})
+                               scaling={"num_workers": 1}, mlflow={"experiment": "tune-test"})
     space = SearchSpace(space={"optimizer.lr": {"loguniform": [1e-3, 3e-2]},
                                "model.architecture": {"choice": ["grec", "mmoe"]}})
     out = tmp_path / "best.yaml"
@@ -65,3 +68,21 @@ def test_tune_runs_asha_trials_as_mlflow_children_and_writes_a_trainable_best_co
     assert all("val/like/auc" in run.data.metrics and "optimizer.lr" in run.data.params for run in children)
     assert sum(1 for run in children if run.info.status == "KILLED") == result.stopped_early
     assert yaml.safe_load(out.read_text())["optimizer"]["lr"] == pytest.approx(result.best_values["optimizer.lr"])
+
+
+@pytest.mark.slow
+def test_grec_train_on_the_best_config_reaches_the_metric_of_its_trial(ray_local, tiny_movielens, train_tiny_config,
+                                                                      tmp_path):
+    """One training loop: a trial fits the Ray Train job of `grec train`, so `grec train` on the best
+    config, with the same seed, trains the same model to the same validation metric."""
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = train_tiny_config(tiny_movielens.root, tracking_uri, training={"epochs": 2, "seed": 7},
+                               scaling={"num_workers": 1}, mlflow={"experiment": "tune-one-loop"})
+    out = tmp_path / "best.yaml"
+    tuned = run_tune(config, 1, space=SearchSpace(space={"optimizer.lr": {"choice": [0.02]}}), out=out,
+                     name="tune-one-loop")
+
+    trained = run_training(load_config(out), show_progress=False)
+    metric = config.training.early_stopping.metric
+    assert trained.best_epoch == tuned.best_epoch
+    assert trained.metrics[metric] == pytest.approx(tuned.best_metric, abs=1e-6)

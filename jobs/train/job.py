@@ -1,8 +1,9 @@
 """`run_training`: the driver of a training run. Validates the config (and, on a cluster, that the
 address answers and checkpoints have shared storage) before Ray starts, opens the MLflow run, runs
 the Ray Train TorchTrainer with progress on the console (worker-group failures included: printed
-with what is left of `scaling.max_failures`, and `train/restarts` in MLflow), then turns the best checkpoint into a plain model, logs the plots and
-registers the model with alias `challenger`."""
+with what is left of `scaling.max_failures`, and `train/restarts` in MLflow), then turns the best
+checkpoint into a plain model, logs the plots and registers the model with alias `challenger`.
+`build_trainer` is that TorchTrainer, which each `grec tune` trial fits too (jobs/tune/job.py)."""
 
 from __future__ import annotations
 
@@ -149,16 +150,24 @@ class RestartReporter:
                            failure_budget_note(failures, self.max_failures), resumed)
 
 
-def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, show_progress: bool,
-         listeners: tuple[Callable[[ProgressSnapshot], None], ...], extension: TrainingExtension | None = None):
-    """Runs the TorchTrainer in a thread while the main thread shows progress; returns Ray's Result."""
+def checkpoint_storage(config: TrainConfig) -> str:
+    """Where a run's Ray Train checkpoints go: scaling.storage_path, else .grec/ray_results here (absolute,
+    so a Tune trial, which runs in its own working directory, writes to the same place)."""
+    return config.scaling.storage_path or str((Path.cwd() / ".grec" / RAY_RESULTS_DIR).resolve())
+
+
+def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, *, name: str,
+                  extension: TrainingExtension | None = None, callbacks: tuple[Any, ...] = ()):
+    """The Ray Train TorchTrainer of a run (not started): `scaling.num_workers` workers each running
+    `train_loop_per_worker` with a DeepSpeed engine over the streamed splits, logging to MLflow run
+    `run_id` and posting progress to `board`. `grec train` fits it under `name`; a `grec tune` trial
+    fits the same trainer with Ray Train callbacks that report each epoch to Tune."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from feature_store.transforms import TransformSet
     from jobs.train.data import ingest_options, read_plan, transformed_split
-    from jobs.train.progress import watch
     from jobs.train.worker import WorkerJob, train_loop_per_worker
 
     config = resolved.config
@@ -166,7 +175,6 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver draws its own
     context.execution_options.preserve_order = True  # same shards, same order: resumable epochs
-    storage = scaling.storage_path or str((Path.cwd() / ".grec" / RAY_RESULTS_DIR).resolve())
     transforms = TransformSet.load(resolved.dataset_dir / "transforms.json")
     location, splits = resolved.dataset_location, (config.dataset.train_split, config.dataset.validation_split)
     plans = dict(zip(("train", "validation"), (read_plan(location, split) for split in splits)))
@@ -180,13 +188,13 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
                                       plans["train"]),
               "validation": ingest_options(scaling.num_workers, config.training.eval_batch_size, 0,
                                            plans["validation"])}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=WorkerJob(resolved, tracking_uri, run_id, board, extension),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker={"CPU": scaling.cpus_per_worker}),
         run_config=RunConfig(
-            name=f"grec-train-{run_id}", storage_path=storage,
+            name=name, storage_path=checkpoint_storage(config),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=scaling.checkpoints_to_keep,
                                                checkpoint_score_attribute=stopping.metric,
@@ -194,12 +202,22 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
             # Ray Train's INFO lines (each report, each checkpoint's path, every epoch) buried the
             # job's own progress lines; its warnings and errors still reach the terminal.
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
         datasets={"train": train,
                   "validation": transformed_split(location, config.dataset.validation_split, transforms,
                                                   plans["validation"])},
         dataset_config=DataConfig(execution_options=ingest),
     )
+
+
+def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, show_progress: bool,
+         listeners: tuple[Callable[[ProgressSnapshot], None], ...], extension: TrainingExtension | None = None):
+    """Runs the TorchTrainer in a thread while the main thread shows progress; returns Ray's Result."""
+    from jobs.train.progress import watch
+
+    config = resolved.config
+    trainer = build_trainer(resolved, tracking_uri, run_id, board, name=f"grec-train-{run_id}", extension=extension)
     done = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -213,7 +231,7 @@ def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, s
 
     thread = threading.Thread(target=fit, name="grec-train-fit", daemon=True)
     thread.start()
-    restarts = RestartReporter(scaling.max_failures)
+    restarts = RestartReporter(config.scaling.max_failures)
     watch(board, done, config.training.epochs, _steps_per_epoch(resolved), show=show_progress,
           listeners=(restarts, *listeners))
     thread.join()
@@ -231,7 +249,7 @@ def _register(resolved: ResolvedConfig, client, run_id: str, result, restarts: i
 
     config = resolved.config
     stopping = config.training.early_stopping
-    best_checkpoint, best_metrics = _best(result.best_checkpoints, stopping.metric, stopping.mode)
+    best_checkpoint, best_metrics = best_reported(result.best_checkpoints, stopping.metric, stopping.mode)
     with result.checkpoint.as_directory() as latest:
         state = TrainerState.load(Path(latest))
     with best_checkpoint.as_directory() as directory:
@@ -262,7 +280,8 @@ def _warn_if_dropped(history: list[dict[str, Any]], capacity_factor: float | Non
                        100 * sum(dropped) / len(dropped), len(dropped), 100 * max(dropped))
 
 
-def _best(checkpoints: list, metric: str, mode: str):
+def best_reported(checkpoints: list, metric: str, mode: str):
+    """The (checkpoint, metrics) pair of a Ray Train result's `best_checkpoints` whose `metric` is best."""
     scored = [(c, m) for c, m in checkpoints if metric in m and m[metric] == m[metric]]
     if not scored:
         raise RuntimeError(f"no checkpoint reported a value of {metric!r}")
@@ -355,13 +374,18 @@ def check_data_tasks_fit(plans: Mapping[str, ReadPlan], node_memory: float, wher
                               "(write the training set with smaller row groups, or add memory to the nodes)")
 
 
+def run_cpus(scaling: ScalingSection) -> float:
+    """The CPUs a training run holds: its workers' plus the data pipeline's."""
+    return scaling.num_workers * scaling.cpus_per_worker + DATA_PIPELINE_CPUS
+
+
 def check_fits(scaling: ScalingSection, resources: Mapping[str, float], where: str) -> None:
     """Refuses a run that cannot be placed on `resources` (a Ray cluster's, or this machine's): the
     workers' CPUs plus the data pipeline's beyond the CPUs there, or a GPU per worker where there are
     fewer. Ray would otherwise wait for resources that never come."""
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     workers = scaling.num_workers * scaling.cpus_per_worker
-    need = workers + DATA_PIPELINE_CPUS
+    need = run_cpus(scaling)
     if need > cpus:
         raise ConfigError(f"scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker:g} CPUs per worker "
                           f"= {workers:g} CPUs, plus {DATA_PIPELINE_CPUS:g} for the data pipeline, need {need:g} CPUs; "

@@ -1,5 +1,5 @@
-"""`grec tune`: search a training config's hyperparameters with Ray Tune (ASHA), every trial an MLflow
-child run, the best config written out for `grec train`."""
+"""`grec tune`: search a training config's hyperparameters with Ray Tune (ASHA), every trial a run of
+the `grec train` job and an MLflow child run, the best config written out for `grec train`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "tune", help="search hyperparameters with Ray Tune and ASHA; write the best training config",
         description="Sample N trial configs from a search space (default: optimizer.lr, optimizer.weight_decay, "
-                    "model.dropout, training.batch_size), train each on the prepared dataset with early stopping, "
-                    "report every epoch's validation metrics to Ray Tune, whose ASHA scheduler stops the trials "
+                    "model.dropout, training.batch_size), train each as `grec train` trains (Ray Train workers "
+                    "with DeepSpeed, early stopping, the config's seed), report every epoch's validation metrics "
+                    "to Ray Tune, whose ASHA scheduler stops the trials "
                     "that trail. Each trial is an MLflow child run of the search's run; the best trial's training "
                     "config is written out for `grec train --config`. The architecture is a config key: "
                     "--architecture mmoe searches a baseline with the same budget.",
@@ -27,7 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--architecture", choices=ARCHITECTURES, help="overrides model.architecture")
     p.add_argument("--epochs", type=int, metavar="N", help="most epochs per trial (overrides training.epochs; ASHA's "
                                                            "max_t)")
-    p.add_argument("--concurrent", type=int, default=1, metavar="K", help="trials run at once, one CPU each (default 1)")
+    p.add_argument("--num-workers", type=int, default=1, metavar="N",
+                   help="Ray Train workers per trial (overrides scaling.num_workers; default 1); the best config "
+                        "keeps it: scale it up with `grec train --num-workers`")
+    p.add_argument("--concurrent", type=int, default=1, metavar="K",
+                   help="trials run at once (default 1), each holding its workers' CPUs and 1 for its data pipeline")
     p.add_argument("--out", type=Path, metavar="FILE",
                    help="where the best training config goes (default .grec/tune/NAME/best_config.yaml)")
     p.add_argument("--name", metavar="NAME", help="the search's name (default: <mlflow experiment>-tune)")
@@ -40,10 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _tune(args: argparse.Namespace) -> int:
     """Bad input raises ConfigError (a ValueError): `grec tune: error: ...`, exit 2."""
     from jobs.train import load_config
-    from jobs.tune import load_space, run_tune
+    from jobs.tune.job import load_space, run_tune
 
     config = load_config(args.config).with_overrides(
-        scaling={"address": args.address}, mlflow={"tracking_uri": args.tracking_uri},
+        scaling={"address": args.address, "num_workers": args.num_workers}, mlflow={"tracking_uri": args.tracking_uri},
         training={"epochs": args.epochs}, model={"architecture": args.architecture})
     space = load_space(args.space) if args.space else None
     result = run_tune(config, args.trials, space=space, concurrent=args.concurrent, out=args.out, name=args.name)

@@ -1,6 +1,8 @@
 """Training in this process: one model, epochs with early stopping on validation, plain PyTorch.
 
-What a `grec tune` trial and the quality benchmark run. The model, its losses, the task sampling and
+What the quality and recommendation benchmarks and the configs' smoke test run where a Ray Train
+job per model would cost more than the model (`grec train` and `grec tune` trials run the Ray
+Train job of jobs/train/job.py). The model, its losses, the task sampling and
 the validation metrics (`jobs.train.metrics.ValidationAccumulator`, the names `grec train` logs) are
 those of the distributed job; the optimizer is the config's (AdamW by default) on every parameter,
 as DeepSpeed runs it when the embedding tables stay in the engine. Cost is counted in CPU seconds of
@@ -11,9 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -78,12 +78,10 @@ def _improved(value: float, best: float | None, stopping: EarlyStoppingSection) 
     return value < best - stopping.min_delta if stopping.mode == "min" else value > best + stopping.min_delta
 
 
-def fit(model: MultiTaskModel, train: pa.Table, validation: pa.Table, config: TrainConfig, *,
-        on_epoch: Callable[[EpochRecord], Any] | None = None) -> FitResult:
+def fit(model: MultiTaskModel, train: pa.Table, validation: pa.Table, config: TrainConfig) -> FitResult:
     """Trains `model` on `train` (transformed rows) for up to `config.training.epochs`, validates
     after each epoch and stops after `early_stopping.patience` epochs without improvement of its
-    metric. `on_epoch` sees every epoch's record (a Tune trial reports it). Returns the best epoch's
-    model."""
+    metric. Returns the best epoch's model."""
     training, stopping = config.training, config.training.early_stopping
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
@@ -119,8 +117,6 @@ def fit(model: MultiTaskModel, train: pa.Table, validation: pa.Table, config: Tr
             waited += 1
         record = EpochRecord(epoch, total / max(batches, 1), metrics, cpu, dropped / max(batches, 1), improved)
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
         if waited >= stopping.patience:
             break
     if best_state is not None:

@@ -2,27 +2,22 @@
 
 Each trial is a training config: the base config with one draw of the search space (dotted keys of
 the training config, e.g. `optimizer.lr` or `model.router.num_experts`; the architecture is one
-such key, so GRec and its baselines get the same search and the same budget). A trial trains in
-its Tune worker process (`jobs.local_fit.fit`: the model, losses and validation metrics of
-`grec train`, without the DeepSpeed engine and Ray Train worker group), reports the validation
-metrics after every epoch, and ASHA stops the trials that trail at each rung. The training rows
-are transformed once and shared through Ray's object store.
-
-Why not Ray Train inside each trial: a trial would then start its own worker group, DeepSpeed engine
-and Ray Data pipeline (at least 2 CPUs with the pipeline's, several seconds of start-up), so on a
-2-core machine trials could not run side by side and ASHA's early stops would save little. The
-in-process trial trains the same model code on one CPU; the winning config is then trained by
-`grec train` as usual.
+such key, so GRec and its baselines get the same search and the same budget). A trial trains with
+the job `grec train` runs: its Tune function is the driver of the Ray Train TorchTrainer that
+`jobs.train.job.build_trainer` builds (the same workers, DeepSpeed engine, Ray Data pipeline, seed
+and validation), whose per-epoch reports reach Tune through Ray Train's TuneReportCallback; ASHA
+stops the trials that trail at each rung. The best config therefore trains, with `grec train` and
+the same seed, to the metric its trial reported.
 
 MLflow: one parent run (the search: space, budget, the best trial's values and metric, the best
-config as an artifact) and one child run per trial (its values, its per-epoch metrics, whether ASHA
-stopped it). The best config is written as a training config YAML that `grec train --config` takes.
+config as an artifact) and one child run per trial (its values; its step and epoch metrics, logged
+by the trial's training workers as `grec train` logs them; whether ASHA stopped it). The best config
+is written as a training config YAML that `grec train --config` takes.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from jobs.train.config import ConfigError, TrainConfig, load_config, metric_names, parse_config, resolve
 
-logger = logging.getLogger(__name__)
-
 TUNE_DIR = Path(".grec") / "tune"
-# Sections a search cannot vary: they decide the rows every trial shares.
-FIXED_SECTIONS = ("dataset", "features", "tasks")
+# Sections a search cannot vary: every trial is compared on the same rows and tasks, holds the
+# resources the search reserved for a trial, and logs to the search's experiment.
+FIXED_SECTIONS = ("dataset", "features", "tasks", "scaling", "mlflow")
+# A trial's function only drives its Ray Train run, whose workers and data pipeline hold the CPUs
+# (Tune refuses a request of none); `max_concurrent_trials` bounds how many runs are in flight.
+TRIAL_DRIVER_CPUS = 0.01
 # ASHA: trials are compared after 1, 2, 4, ... epochs; half go on at each rung.
 GRACE_EPOCHS, REDUCTION_FACTOR = 1, 2
 
@@ -139,8 +136,8 @@ def check_space(base: TrainConfig, space: SearchSpace) -> None:
     """Fails before Ray starts when a key is not in the training config or does not take its values."""
     for key, distribution in space.space.items():
         if key.split(".")[0] in FIXED_SECTIONS:
-            raise ConfigError(f"search space key {key!r}: {key.split('.')[0]} cannot be searched (a search "
-                              "transforms the dataset's rows once, for every trial)")
+            raise ConfigError(f"search space key {key!r}: {key.split('.')[0]} cannot be searched (every trial "
+                              "reads the same rows with the same resources into the same experiment)")
         try:
             trial_config(base, {key: distribution.example()})
         except ConfigError as err:
@@ -162,9 +159,11 @@ def run_tune(config: TrainConfig | str | Path, trials: int, *, space: SearchSpac
              concurrent: int | None = None, out: str | Path | None = None, name: str | None = None) -> TuneResult:
     """Searches `space` (default DEFAULT_SPACE) with `trials` samples and ASHA on the config's
     early-stopping metric; returns the best trial and writes its training config to `out`
-    (default .grec/tune/<name>/best_config.yaml)."""
+    (default .grec/tune/<name>/best_config.yaml). Each trial trains with the config's `scaling`
+    (its workers and their CPUs, plus a CPU for its data pipeline); `concurrent` trials at once."""
     from jobs.ray_runtime import ray_session
     from jobs.train.config import cluster_address
+    from jobs.train.job import check_fits, run_cpus
     from registry.tracking import use_tracking_uri
 
     if not isinstance(config, TrainConfig):
@@ -180,18 +179,23 @@ def run_tune(config: TrainConfig | str | Path, trials: int, *, space: SearchSpac
     name = name or f"{config.mlflow.experiment}-tune"
     out = Path(out) if out else TUNE_DIR / name / "best_config.yaml"
     concurrent = concurrent or 1
+    address = cluster_address(config)
+    # A local Ray gets CPUs for `concurrent` trials (logical CPUs: trials share the cores they find).
+    local_cpus = max(2, math.ceil(concurrent * run_cpus(config.scaling)))
     with use_tracking_uri(config.mlflow.tracking_uri) as tracking_uri, \
-            ray_session(cluster_address(config), num_cpus=None if cluster_address(config) else max(2, concurrent)):
-        return _search(config, resolved, space, trials, concurrent, out, name, tracking_uri)
+            ray_session(address, num_cpus=None if address else local_cpus):
+        import ray
+
+        check_fits(config.scaling, ray.cluster_resources(), "the Ray cluster")
+        return _search(config, space, trials, concurrent, out, name, tracking_uri)
 
 
-def _search(config: TrainConfig, resolved, space: SearchSpace, trials: int, concurrent: int, out: Path, name: str,
+def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: int, out: Path, name: str,
             tracking_uri: str) -> TuneResult:
     from mlflow import MlflowClient
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from feature_store.prepare import open_prepared
     from registry.tracking import ensure_experiment, flatten_params
 
     stopping = config.training.early_stopping
@@ -204,16 +208,10 @@ def _search(config: TrainConfig, resolved, space: SearchSpace, trials: int, conc
             "metric": stopping.metric, "mode": stopping.mode, "max_epochs": str(config.training.epochs),
             **{f"space.{k}": str(v.model_dump(exclude_none=True)) for k, v in space.space.items()},
             **flatten_params(config.model_dump(mode="json"), "base.")}.items())])
-        prepared = open_prepared(resolved.dataset_dir)
-        transforms = prepared.transforms()
-        splits = {split: transforms.transform(prepared.read_split(split))
-                  for split in (config.dataset.train_split, config.dataset.validation_split)}
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, base=config.model_dump(mode="json"), spec=resolved.model_config.input.to_dict(),
-                                 train=splits[config.dataset.train_split],
-                                 validation=splits[config.dataset.validation_split],
-                                 tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent),
-            {"cpu": 1})
+            tune.with_parameters(_trial, base=_anchored(config).model_dump(mode="json"), tracking_uri=tracking_uri,
+                                 experiment_id=experiment_id, parent_run_id=parent),
+            {"cpu": TRIAL_DRIVER_CPUS})
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=config.training.epochs,
                                   grace_period=GRACE_EPOCHS, reduction_factor=REDUCTION_FACTOR)
         tuner = tune.Tuner(
@@ -249,6 +247,17 @@ def _search(config: TrainConfig, resolved, space: SearchSpace, trials: int, conc
     return TuneResult(values, best_metric, best_epoch, out, parent, len(results), stopped)
 
 
+def _anchored(config: TrainConfig) -> TrainConfig:
+    """The config with a local dataset path and the checkpoint storage made absolute: a trial's
+    function runs in its own working directory (Tune's trial directory)."""
+    from feature_store.storage import is_uri
+    from jobs.train.job import checkpoint_storage
+
+    path = config.dataset.path
+    return config.with_overrides(dataset={"path": path if is_uri(path) else str(Path(path).resolve())},
+                                 scaling={"storage_path": checkpoint_storage(config)})
+
+
 def _close_stopped_trials(client, experiment_id: str, parent: str) -> int:
     """Marks the child runs of trials ASHA stopped (their process ended mid-training, so the run is
     still open) as KILLED with tag grec.tune.stopped_by=asha; returns how many."""
@@ -264,7 +273,8 @@ def _best_config_yaml(config: TrainConfig, values: dict[str, Any], metric_value:
                       trials: int) -> str:
     chosen = ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
     header = (f"# The best of {trials} `grec tune` trials ({metric} {metric_value:.4f} on validation): {chosen}\n"
-              "# Train it with: grec train --config THIS_FILE\n")
+              "# Train it with: grec train --config THIS_FILE (with the same scaling.num_workers and seed it trains "
+              "to that metric)\n")
     return header + yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
 
 
@@ -274,37 +284,33 @@ def _param(key: str, value: str):
     return Param(key, value[:6000])
 
 
-def _trial(values: dict[str, Any], *, base: dict[str, Any], spec: dict[str, Any], train, validation,
-           tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
-    """One trial in a Tune worker: train in process, report every epoch to Tune and MLflow."""
-    import torch
+def _trial(values: dict[str, Any], *, base: dict[str, Any], tracking_uri: str, experiment_id: str,
+           parent_run_id: str) -> None:
+    """One trial, in its Tune function: open its MLflow child run, then fit the Ray Train job of
+    `grec train` on the trial's config, every epoch's report passed on to Tune."""
     from mlflow import MlflowClient
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from grec import GRecConfig, InputSpec, build_model
-    from jobs.local_fit import fit
+    from jobs.train.job import best_reported, build_trainer
+    from jobs.train.progress import ProgressBoard
     from registry.tracking import flatten_params
 
-    torch.set_num_threads(1)  # the trial holds one CPU
-    config = parse_config(apply(base, values), "trial config")
-    model_config = GRecConfig.from_settings(config.model, InputSpec.from_dict(spec))
+    resolved = resolve(parse_config(apply(base, values), "trial config"))
+    stopping = resolved.config.training.early_stopping
     client = MlflowClient(tracking_uri=tracking_uri)
-    trial_name = tune.get_context().get_trial_name()
-    run_id = client.create_run(experiment_id, run_name=trial_name,
+    run_id = client.create_run(experiment_id, run_name=tune.get_context().get_trial_name(),
                                tags={"mlflow.parentRunId": parent_run_id, "grec.job": "tune-trial"}).info.run_id
     client.log_batch(run_id, params=[_param(k, str(v)) for k, v in sorted(flatten_params(values).items())])
-
-    def report(record) -> None:
-        for key, value in {**record.metrics, "train/loss": record.train_loss,
-                           "train/cpu_seconds": record.cpu_seconds}.items():
-            if math.isfinite(value):
-                client.log_metric(run_id, key, value, step=record.epoch)
-        tune.report({**record.metrics, "epoch": record.epoch, "train/loss": record.train_loss})
-
     try:
-        result = fit(build_model(model_config), train, validation, config, on_epoch=report)
+        trainer = build_trainer(resolved, tracking_uri, run_id, ProgressBoard.remote(), name=f"grec-tune-{run_id}",
+                                callbacks=(TuneReportCallback(),))
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_tag(run_id, "grec.tune.best_epoch", str(result.best_epoch))
+    _, best_metrics = best_reported(result.best_checkpoints, stopping.metric, stopping.mode)
+    client.set_tag(run_id, "grec.tune.best_epoch", str(int(best_metrics["epoch"])))
     client.set_terminated(run_id)

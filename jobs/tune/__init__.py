@@ -1,0 +1,1 @@
+"""`grec tune`: hyperparameter search over the training job with Ray Tune."""
