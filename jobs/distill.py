@@ -214,7 +214,7 @@ def run_distillation(config: TrainConfig, section: DistillationSection, *, show_
              list(plan.task_kinds))
     result = run_training(config.with_overrides(mlflow={"tracking_uri": tracking_uri}), show_progress=show_progress,
                           extension=plan)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # after run_training's block
     for key, value in {"grec.job": "distill", "grec.teacher": plan.teacher_uri}.items():
         client.set_tag(result.run_id, key, value)
     client.log_param(result.run_id, "distillation.weight", plan.weight)
