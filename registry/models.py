@@ -32,9 +32,9 @@ from registry.integrity import (
     Manifest,
     RefusedVersionError,
     check_unverified,
-    directory_manifest,
     fetch_verified,
     seal_remedy,
+    stored_manifest,
 )
 from registry.layout import (
     DATA_NAME,
@@ -269,9 +269,7 @@ def _read(files: VersionFiles, read: Any) -> Any:
 
 def _manifest_of(client: MlflowClient, name: str, version: str) -> Manifest:
     """The manifest of a version's files as the artifact store holds them now."""
-    with tempfile.TemporaryDirectory(prefix="grec-version-") as tmp:
-        uri = client.get_model_version_download_uri(name, version)
-        return directory_manifest(fetch_verified(uri, None, tmp, f"model {name} version {version}"))
+    return stored_manifest(client.get_model_version_download_uri(name, version), f"model {name} version {version}")
 
 
 @dataclass(frozen=True)
