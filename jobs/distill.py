@@ -74,15 +74,12 @@ class TeacherLogits:
     `tasks` out ([B] or fixed-size lists [B, C])."""
 
     def __init__(self, teacher_uri: str, tracking_uri: str, tasks: list[str]) -> None:
-        import mlflow
         import torch
 
         from registry.models import load_registered
 
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
         torch.set_num_threads(1)
-        self.model = load_registered(teacher_uri).model.eval()
+        self.model = load_registered(teacher_uri, tracking_uri=tracking_uri).model.eval()
         self.tasks = tasks
 
     def __call__(self, batch: Any) -> Any:

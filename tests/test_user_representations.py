@@ -192,12 +192,11 @@ def test_int8_representations_score_within_the_bound_of_online(serving_app, tmp_
     shutil.copy(app.online_store, copy)
     version = _served_version(app)
     users = dataset_users(app.prepared)
-    # Both point the process's MLflow at the store, as in a replica or an actor: for this block only.
-    with use_tracking_uri(app.tracking_uri):
+    with use_tracking_uri(app.tracking_uri):  # load_servable points the process's MLflow at the store, as a replica
         servable = load_servable(app.config, version)
-        meta = RepresentationsMeta(servable.model.num_user_tokens, servable.model.config.d_model, "int8", None,
-                                   len(users), now_iso(), "test")
-        encoder = UserEncoder(f"models:/{app.model_name}/{version}", app.tracking_uri, str(copy), meta)
+    meta = RepresentationsMeta(servable.model.num_user_tokens, servable.model.config.d_model, "int8", None,
+                               len(users), now_iso(), "test")
+    encoder = UserEncoder(f"models:/{app.model_name}/{version}", app.tracking_uri, str(copy), meta)
     encoder(pa.table({"user": users.slice(0, 40)}))
     with open_online_store(copy) as store:
         RepresentationStore(store, app.model_name, version).write_meta(meta)
