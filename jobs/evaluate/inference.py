@@ -3,6 +3,7 @@ model once; the model's own transforms turn raw rows into model columns inside t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,10 +47,17 @@ def arrow_to_scores(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def load_in_actor(model_uri: str, tracking_uri: str, torch_threads: int) -> RegisteredModel:
     """The registered model `model_uri`, in eval mode, loaded inside a Ray actor from `tracking_uri`."""
+    import mlflow
+
     from registry.models import load_registered
 
+    # The actor's process reads from this store from now on, not only for this load (the list ranker
+    # loads the version's stage next); a pooled worker may have served another store before.
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     torch.set_num_threads(torch_threads)
-    loaded = load_registered(model_uri, tracking_uri=tracking_uri)
+    loaded = load_registered(model_uri)
     loaded.model.eval()
     return loaded
 
