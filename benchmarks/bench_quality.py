@@ -44,7 +44,7 @@ from benchmarks.quality_peers import PEERS, binary_tasks, labelled, train_peer  
 from feature_store.definitions import select_features  # noqa: E402
 from grec import GRecConfig, InputSpec, count_parameters, match_parameter_budget  # noqa: E402
 from jobs.evaluate.bootstrap import bootstrap_intervals  # noqa: E402
-from jobs.evaluate.metrics import auc  # noqa: E402
+from jobs.metrics import auc  # noqa: E402
 from jobs.train.local_fit import fit  # noqa: E402
 
 GREC_MODELS = ("grec", "grec_sentence", "grec_task_sentence", "grec_shared", "shared_bottom", "mmoe", "ple",

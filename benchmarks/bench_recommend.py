@@ -85,20 +85,17 @@ def train_ranker(prepared: Any, dataset: str, seed: int) -> tuple[Any, Any, dict
                                     "best_epoch": result.best_epoch}
 
 
-def register(model: Any, prepared: Any, tracking_uri: str, name: str) -> str:
-    from mlflow import MlflowClient
-
+def register(model: Any, prepared: Any, name: str) -> str:
+    """Registers `model` as champion of `name` in the store of the enclosing use_tracking_uri."""
     from registry.models import register_model
 
     example = prepared.read_split("train").slice(0, 3).to_pandas()
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return str(register_model(model, prepared.root, name, example, alias="champion", client=client).version)
+    return str(register_model(model, prepared.root, name, example, alias="champion").version)
 
 
-def fit_and_log_stage(loaded: Any, prepared: Any, seed: int, tracking_uri: str) -> tuple[Any, dict[str, Any]]:
+def fit_and_log_stage(loaded: Any, prepared: Any, seed: int) -> tuple[Any, dict[str, Any]]:
+    """Fits the version's stage and logs it in the store of the enclosing use_tracking_uri."""
     import tempfile
-
-    from mlflow import MlflowClient
 
     from grec.next_item import NextItemConfig
     from jobs.retrieval.job import IndexBuildConfig, fit_stage
@@ -109,8 +106,7 @@ def fit_and_log_stage(loaded: Any, prepared: Any, seed: int, tracking_uri: str) 
     report["cpu_s"] = round(time.process_time() - started, 1)
     with tempfile.TemporaryDirectory() as tmp:
         stage.save(tmp)
-        log_retrieval_index(loaded.name, str(loaded.version), Path(tmp),
-                            client=MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri))
+        log_retrieval_index(loaded.name, str(loaded.version), Path(tmp))
     return stage, report
 
 
@@ -166,7 +162,6 @@ def _typed(by_user: dict[str, list[str]], users: list[Any], items: list[Any]) ->
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import mlflow
     import torch
 
     from jobs.evaluate.recommend import RecommendEvalConfig, evaluate_recommend
@@ -193,9 +188,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with use_tracking_uri(tracking_uri):
             model, _, ranker_cpu = train_ranker(prepared, dataset, seed)
             name = f"bench-{dataset}-{protocol}-{tie_seed}-{seed}".replace("_", "-")
-            version = register(model, prepared, tracking_uri, name)
+            version = register(model, prepared, name)
             loaded = load_registered(f"models:/{name}/{version}")
-            stage, stage_report = fit_and_log_stage(loaded, prepared, seed, tracking_uri)
+            stage, stage_report = fit_and_log_stage(loaded, prepared, seed)
             if args.sasrec and prepared.root.name not in sasrec_cache:
                 sasrec_cache[prepared.root.name] = run_sasrec(prepared, workdir, args.seeds, args.trials)
             sasrec = sasrec_cache.get(prepared.root.name, {"skipped": "not requested (--no-sasrec)"})
@@ -219,7 +214,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {target}: grec ndcg@10 {grec['ndcg@10']:.4f} hr@10 {grec['hr@10']:.4f}; " + ", ".join(
                     f"{p} {result['systems'][p]['ndcg@10']:.4f} [{v['ndcg@10']['low']:+.3f}, {v['ndcg@10']['high']:+.3f}]"
                     for p, v in intervals.items()), flush=True)
-        mlflow.set_tracking_uri(None)
     results = {"commit": _git_commit(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "command": " ".join(sys.argv), "runs": runs}
     if args.latency:

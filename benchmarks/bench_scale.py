@@ -241,7 +241,7 @@ def training_figures(tracking_uri: str, started_at: float) -> dict:
     logged step (step LOG_EVERY_N_STEPS) was logged, counted from the command's start."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
     run_id = client.get_model_version_by_alias(MODEL_NAME, "challenger").run_id
     last = client.get_run(run_id).data.metrics
     steps = client.get_metric_history(run_id, "train/step_loss")

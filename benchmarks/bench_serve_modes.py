@@ -32,41 +32,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from any directory
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 MODES = {"off": {}, "on": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
-MODEL_NAME = "grec-bench"
 TOKEN = "bench-token"
 
 
 def _set_up(root: Path, events: int, train_steps: int, candidates: int, requests: int) -> dict:
     """Dataset, online store, registered model and payloads under `root`; what a child needs."""
-    from bench_serving_load import TASK, _train
+    from bench_serving_load import recommend_payloads, register_champion
     from feature_store.online import materialize, open_online_store
     from feature_store.prepare import prepare_dataset
     from feature_store.sources import SourceOptions
-    from registry.models import register_model
-    from registry.tracking import use_tracking_uri
 
     prepared = prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=events))
     online_store = str(root / "online.sqlite")
     with open_online_store(online_store, create=True) as online:
         materialize(prepared.offline_store(), prepared.definition(), online)
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    with use_tracking_uri(tracking_uri):
-        register_model(_train(prepared, train_steps), prepared.root, MODEL_NAME,
-                       prepared.read_split("train").slice(0, 3).to_pandas(), alias="champion")
-    train = prepared.read_split("train", columns=["user_id", "item_id"])
-    users, items = np.unique(train.column("user_id").to_numpy()), np.unique(train.column("item_id").to_numpy())
-    rng = np.random.default_rng(0)
-    payloads = [{"user_id": int(rng.choice(users)), "task": TASK, "k": 10,
-                 "candidates": rng.choice(items, candidates, replace=False).tolist()} for _ in range(requests)]
-    return {"tracking_uri": tracking_uri, "online_store": online_store, "payloads": payloads}
+    return {"tracking_uri": register_champion(prepared, root, train_steps), "online_store": online_store,
+            "payloads": recommend_payloads(prepared, candidates, requests)}
 
 
 def _server_cpu_s() -> float:
@@ -87,7 +74,7 @@ def _child(mode: str, set_up: dict, concurrency: list[int], requests: int, time_
     """One mode on a fresh local Ray: the load levels' summaries."""
     from ray import serve
 
-    from bench_serving_load import Recorder, _free_port, _load
+    from bench_serving_load import MODEL_NAME, Recorder, _free_port, _load
     from jobs.ray_runtime import start_local_ray
     from serving.app import build_app
     from serving.config import ServingConfig
@@ -130,15 +117,11 @@ def _run_child(mode: str, set_up_file: Path, args: argparse.Namespace) -> list[d
 
 
 def main() -> None:
+    from bench_serving_load import add_load_options
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000, help="MovieLens events to prepare (default 20000)")
-    parser.add_argument("--candidates", type=int, default=100, help="items ranked per request (default 100)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=300, help="answers per level at most (default 300)")
-    parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per level at most (default 30)")
+    add_load_options(parser, concurrency=[1, 8, 32], requests=300, time_cap=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both modes, interleaved (default 2)")
-    parser.add_argument("--train-steps", type=int, default=20)
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--set-up", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -87,6 +87,39 @@ def _train(prepared: PreparedDataset, steps: int):
     return train_steps(build_model(config), columns, steps=steps, batch_size=256, lr=1e-3, seed=0)
 
 
+def register_champion(prepared: PreparedDataset, root: Path, steps: int) -> str:
+    """A GRec trained for `steps` steps on `prepared`, registered as champion of MODEL_NAME in an MLflow
+    SQLite store under `root`; returns the store's URI."""
+    from registry.models import register_model
+    from registry.tracking import use_tracking_uri
+
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    with use_tracking_uri(tracking_uri):
+        register_model(_train(prepared, steps), prepared.root, MODEL_NAME,
+                       prepared.read_split("train").slice(0, 3).to_pandas(), alias="champion")
+    return tracking_uri
+
+
+def recommend_payloads(prepared: PreparedDataset, candidates: int, requests: int) -> list[dict]:
+    """`requests` POST /v1/recommend bodies, seeded: a known user and `candidates` known items each."""
+    train = prepared.read_split("train", columns=["user_id", "item_id"])
+    users, items = np.unique(train.column("user_id").to_numpy()), np.unique(train.column("item_id").to_numpy())
+    rng = np.random.default_rng(0)
+    return [{"user_id": int(rng.choice(users)), "task": TASK, "k": 10,
+             "candidates": rng.choice(items, candidates, replace=False).tolist()} for _ in range(requests)]
+
+
+def add_load_options(parser: argparse.ArgumentParser, concurrency: list[int], requests: int, time_cap: float) -> None:
+    """The options of a serving benchmark's set-up, load levels and results (defaults per benchmark)."""
+    parser.add_argument("--events", type=int, default=20_000, help="MovieLens events to prepare (default 20000)")
+    parser.add_argument("--candidates", type=int, default=100, help="items ranked per request (default 100)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
+    parser.add_argument("--requests", type=int, default=requests, help=f"answers per level at most (default {requests})")
+    parser.add_argument("--time-cap", type=float, default=time_cap, help=f"seconds per level at most (default {time_cap:g})")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+
+
 class BenchRedis:
     """redis-server on 127.0.0.1 that keeps its data across a stop (SAVE, then reload at start)."""
 
@@ -239,25 +272,17 @@ def _fuzz(base_url: str, token: str, examples: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000, help="MovieLens events to prepare (default 20000)")
-    parser.add_argument("--candidates", type=int, default=100, help="items ranked per request (default 100)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 128])
-    parser.add_argument("--requests", type=int, default=400, help="answers per concurrency level (default 400)")
-    parser.add_argument("--time-cap", type=float, default=60.0, help="seconds per level at most (default 60)")
+    add_load_options(parser, concurrency=[8, 32, 128], requests=400, time_cap=60.0)
     parser.add_argument("--fault-concurrency", type=int, default=32)
     parser.add_argument("--redis-outage", type=float, default=10.0, help="seconds Redis is stopped (default 10)")
     parser.add_argument("--fuzz-examples", type=int, default=50, help="schemathesis examples per operation")
     parser.add_argument("--max-batch-size", type=int, default=16, help="ranker @serve.batch size (default 16)")
-    parser.add_argument("--train-steps", type=int, default=20)
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 
     import ray
     from ray import serve
 
     from jobs.ray_runtime import start_local_ray
-    from registry.models import register_model
-    from registry.tracking import use_tracking_uri
     from serving.app import build_app
 
     report: dict = {}
@@ -268,23 +293,13 @@ def main() -> None:
         prepared = prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=args.events))
         with open_online_store(server.url, create=True) as online:
             materialize(prepared.offline_store(), prepared.definition(), online)
-        tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-        with use_tracking_uri(tracking_uri):
-            register_model(_train(prepared, args.train_steps), prepared.root, MODEL_NAME,
-                           prepared.read_split("train").slice(0, 3).to_pandas(), alias="champion")
+        tracking_uri = register_champion(prepared, root, args.train_steps)
         token = "bench-token"
         config = ServingConfig(model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=tracking_uri,
                                online_store=server.url, port=_free_port(), reload_interval_s=60, api_token=token,
                                batching=BatchingConfig(max_batch_size=args.max_batch_size))
         headers = {"Authorization": f"Bearer {token}"}
-
-        train = prepared.read_split("train", columns=["user_id", "item_id"])
-        users = np.unique(train.column("user_id").to_numpy())
-        items = np.unique(train.column("item_id").to_numpy())
-        rng = np.random.default_rng(0)
-        payloads = [{"user_id": int(rng.choice(users)), "task": TASK, "k": 10,
-                     "candidates": rng.choice(items, args.candidates, replace=False).tolist()}
-                    for _ in range(args.requests)]
+        payloads = recommend_payloads(prepared, args.candidates, args.requests)
 
         servable = load_servable(config, "1")
         definition = prepared.definition()

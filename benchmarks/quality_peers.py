@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.quality_data import BenchData, PeerArrays
-from jobs.evaluate.metrics import auc
+from jobs.metrics import auc
 
 HGB_STEP, HGB_MAX_ITER, HGB_PATIENCE = 25, 1000, 3
 HGB_MAX_CATEGORIES = 250  # HistGradientBoosting's limit is 255 categories per feature

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -168,6 +169,14 @@ def fetch_verified(uri: str, manifest: Manifest | None, destination: str | Path,
         if manifest is not None:
             _check_file(local, name, manifest.files[name], what)
     return destination
+
+
+def stored_manifest(uri: str, what: str) -> Manifest:
+    """The manifest of the files of the artifact directory `uri` as the store holds them now (they
+    are downloaded to a temporary directory): what registration records, and sealing for files
+    logged before manifests (only for a store one trusts)."""
+    with tempfile.TemporaryDirectory(prefix="grec-manifest-") as tmp:
+        return directory_manifest(fetch_verified(uri, None, tmp, what))
 
 
 def _list_files(repository, path: str | None = None) -> dict[str, int | None]:

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import warnings
-from contextlib import redirect_stderr
+from contextlib import nullcontext, redirect_stderr
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,9 +32,9 @@ from registry.integrity import (
     Manifest,
     RefusedVersionError,
     check_unverified,
-    directory_manifest,
     fetch_verified,
     seal_remedy,
+    stored_manifest,
 )
 from registry.layout import (
     DATA_NAME,
@@ -48,7 +48,7 @@ from registry.layout import (
     version_layout,
     write_data,
 )
-from registry.tracking import ensure_experiment
+from registry.tracking import ensure_experiment, use_tracking_uri
 
 if TYPE_CHECKING:
     from feature_store.definitions import DatasetDefinition
@@ -226,19 +226,23 @@ def version_files(name: str, version: str, *, require_integrity: bool | None = N
                         tags.get(GREC_VERSION_TAG, "unknown"))
 
 
-def load_registered(uri: str, *, require_integrity: bool | None = None) -> RegisteredModel:
+def load_registered(uri: str, *, require_integrity: bool | None = None,
+                    tracking_uri: str | None = None) -> RegisteredModel:
     """Loads a registered version (the alias resolved first, so the version returned is the one
     loaded): every file checked against its manifest, then read as data with the installed grec.
     `require_integrity` (default: $GREC_REQUIRE_INTEGRITY) refuses a version without a manifest.
-    Raises RefusedVersionError for a version that fails a check."""
+    `tracking_uri` names the store for this load only (default: MLflow's current one), as a Ray
+    worker that may have loaded from another store before needs. Raises RefusedVersionError for a
+    version that fails a check."""
     from mlflow.models import Model
 
-    name, version = resolve_version(uri)
-    files = version_files(name, version, require_integrity=require_integrity)
-    with tempfile.TemporaryDirectory(prefix="grec-version-") as tmp:
-        root = files.fetch(tmp)
-        data, signature = _read(files, lambda: (read_data(root / files.layout.data_dir, files.layout.model_dir),
-                                                Model.load(str(root / MLMODEL_FILE)).signature))
+    with use_tracking_uri(tracking_uri) if tracking_uri else nullcontext():
+        name, version = resolve_version(uri)
+        files = version_files(name, version, require_integrity=require_integrity)
+        with tempfile.TemporaryDirectory(prefix="grec-version-") as tmp:
+            root = files.fetch(tmp)
+            data, signature = _read(files, lambda: (read_data(root / files.layout.data_dir, files.layout.model_dir),
+                                                    Model.load(str(root / MLMODEL_FILE)).signature))
     return RegisteredModel(name=name, version=version, uri=uri, model=data.model, transforms=data.transforms,
                            spec=data.spec, definition=data.definition, signature=signature)
 
@@ -269,9 +273,7 @@ def _read(files: VersionFiles, read: Any) -> Any:
 
 def _manifest_of(client: MlflowClient, name: str, version: str) -> Manifest:
     """The manifest of a version's files as the artifact store holds them now."""
-    with tempfile.TemporaryDirectory(prefix="grec-version-") as tmp:
-        uri = client.get_model_version_download_uri(name, version)
-        return directory_manifest(fetch_verified(uri, None, tmp, f"model {name} version {version}"))
+    return stored_manifest(client.get_model_version_download_uri(name, version), f"model {name} version {version}")
 
 
 @dataclass(frozen=True)

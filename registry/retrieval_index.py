@@ -26,6 +26,7 @@ from registry.integrity import (
     directory_manifest,
     fetch_verified,
     seal_remedy,
+    stored_manifest,
 )
 
 # The model version tags holding the artifact URI of its retrieval index, and the index's manifest
@@ -78,9 +79,8 @@ def seal_retrieval_index(name: str, version: str, client: MlflowClient | None = 
     if INDEX_MANIFEST_TAG in tags or INDEX_TAG not in tags:
         return None
     uri = tags[INDEX_TAG]
-    with tempfile.TemporaryDirectory(prefix="grec-retrieval-") as tmp:
-        what = f"the retrieval index of model {name} version {version}"
-        manifest = directory_manifest(fetch_verified(uri, None, tmp, what), uri=uri)
+    manifest = stored_manifest(uri, f"the retrieval index of model {name} version {version}").model_copy(
+        update={"uri": uri})
     client.set_model_version_tag(name, version, INDEX_MANIFEST_TAG, manifest.to_tag())
     return manifest
 

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.tracking._model_registry.utils as _registry_state
+import mlflow.tracking._tracking_service.utils as _tracking_state
 from mlflow import MlflowClient
 
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
 GREC_DIR = ".grec"
 DATABASE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -38,7 +42,7 @@ def default_tracking_uri(workdir: str | Path | None = None) -> str:
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """The URI given, else $MLFLOW_TRACKING_URI, else the default SQLite store."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    return tracking_uri or os.environ.get(TRACKING_URI_ENV) or default_tracking_uri()
 
 
 def is_local_sqlite(tracking_uri: str) -> bool:
@@ -47,20 +51,29 @@ def is_local_sqlite(tracking_uri: str) -> bool:
 
 @contextmanager
 def use_tracking_uri(tracking_uri: str | None = None) -> Iterator[str]:
-    """Points MLflow's tracking and registry at the resolved URI for the block (also in Ray workers
-    started inside it, through $MLFLOW_TRACKING_URI); yields the URI."""
+    """Points MLflow's tracking and registry at the resolved URI for the block (also in processes
+    started inside it, Ray's included, through $MLFLOW_TRACKING_URI and $MLFLOW_REGISTRY_URI); yields
+    the URI. On exit, also when the block raises, MLflow's URIs and both variables are what they were
+    before: a caller after the block (or a test after another) gets no store it did not name."""
     resolved = resolve_tracking_uri(tracking_uri)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = resolved
+    previous_environment = {name: os.environ.get(name) for name in (TRACKING_URI_ENV, REGISTRY_URI_ENV)}
+    # MLflow's setters are public but its getters resolve (a set URI, else the variable, else a
+    # default): only the module attributes tell "set" from "unset", and restoring "unset" keeps
+    # MLflow following the variables as it did before the block.
+    previous_tracking, previous_registry = _tracking_state._tracking_uri, _registry_state._registry_uri
+    os.environ[TRACKING_URI_ENV] = os.environ[REGISTRY_URI_ENV] = resolved
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     try:
         yield resolved
     finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+        mlflow.set_tracking_uri(previous_tracking)
+        mlflow.set_registry_uri(previous_registry)
+        for name, value in previous_environment.items():  # after the setters, which write the variables
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:

@@ -264,15 +264,12 @@ def serving_train_tiny_model(prepared, seed: int, steps: int = 4):
 
 def serving_register(model, prepared, name: str, tracking_uri: str, alias: str | None) -> str:
     """Registers `model` (trained on `prepared`) as a new version of `name`; returns the version."""
-    from mlflow import MlflowClient
-
     from registry.models import register_model
     from registry.tracking import use_tracking_uri
 
     example_rows = prepared.read_split("train").slice(0, 3).to_pandas()
     with use_tracking_uri(tracking_uri):
-        version = register_model(model, prepared.root, name, example_rows, alias=alias,
-                                 client=MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri))
+        version = register_model(model, prepared.root, name, example_rows, alias=alias)
     return str(version.version)
 
 

@@ -208,10 +208,7 @@ def test_training_keeps_checkpoints_and_artifacts_in_the_bucket(trained, operato
     artifacts = _keys(s3_server, "mlflow/")
     assert any(k.endswith("/MLmodel") for k in artifacts), artifacts[:20]
     assert any(k.endswith("plots/loss_curves.png") for k in artifacts), artifacts[:20]
-    # the registry explicitly too: an in-process job earlier in the session may have set MLflow's
-    # global registry URI, which a client given only a tracking URI would use
-    store = f"sqlite:///{operator[2] / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client = MlflowClient(tracking_uri=f"sqlite:///{operator[2] / 'mlflow.db'}")
     version = client.get_model_version_by_alias("grec-tiny", "challenger")
     assert [m.value for m in client.get_metric_history(version.run_id, "train/restarts")] == [0]
 

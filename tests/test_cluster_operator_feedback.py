@@ -46,7 +46,7 @@ def test_a_resumed_run_logs_only_steps_after_the_interrupted_one(tmp_path):
     from registry.tracking import RankZeroLogger
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
     run_id = client.create_run(client.create_experiment("resume")).info.run_id
     interrupted = RankZeroLogger(uri, run_id, rank=0)
     for step in range(1, 6):  # the run logged steps 1-5, then a worker died; the checkpoint was at step 3

@@ -119,7 +119,7 @@ def test_distill_trains_and_registers_the_student(teacher, train_tiny_config, ra
     tracking_uri, teacher_uri = teacher
     config, section = _student(train_tiny_config, tiny_movielens, tracking_uri)
     result = run_distillation(config, section.model_copy(update={"teacher": teacher_uri}), show_progress=False)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(result.run_id)
     assert run.data.tags["grec.job"] == "distill" and run.data.tags["grec.teacher"] == teacher_uri
     for task in ("like", "love", "rating"):  # the soft-target loss of every task, logged per step

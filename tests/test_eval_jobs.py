@@ -34,7 +34,7 @@ def env(tmp_path_factory, ray_local):
     serving_register(model, prepared, NAME, tracking_uri, alias="challenger")
     with use_tracking_uri(tracking_uri):
         yield {"root": root, "prepared": prepared, "tracking_uri": tracking_uri, "model": model,
-               "client": MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)}
+               "client": MlflowClient()}
 
 
 def _cli(env, *args: str) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jobs.evaluate import metrics
+from jobs import metrics
 from jobs.evaluate.bootstrap import bootstrap_interval, bootstrap_intervals
 from jobs.evaluate.compute import metrics_with_intervals, point_metrics, ranking_metrics, slice_metrics
 from jobs.evaluate.slices import NEW_USERS, RETURNING_USERS, UserActivity, user_slices

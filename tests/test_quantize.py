@@ -119,7 +119,7 @@ def test_quantize_registers_a_new_version_that_serving_loads(registered, tiny_mo
     with use_tracking_uri(tracking_uri):
         made = quantize_registered(f"models:/{name}@champion", "int8")
         assert made.version != source and resolve_version(f"models:/{name}@challenger") == (name, made.version)
-        tags = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(name, made.version).tags
+        tags = MlflowClient().get_model_version(name, made.version).tags
         assert tags[PRECISION_TAG] == "int8" and tags[SOURCE_TAG] == f"models:/{name}/{source}"
         assert load_registered(f"models:/{name}/{made.version}").model.precision == "int8"
         with pytest.raises(ValueError, match="already stored as int8"):

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from feature_store.online import SeenItems, open_online_store
 from registry.retrieval_index import INDEX_TAG
+from registry.tracking import use_tracking_uri
 from serving.config import ServingConfig
 from serving.model_source import load_servable
 from serving.retrieval import popular_items, stage_candidates, user_state
@@ -16,10 +17,17 @@ from serving.retrieval import popular_items, stage_candidates, user_state
 pytestmark = pytest.mark.slow
 
 
+def _load_in_process(config: ServingConfig):
+    """load_servable points the process's MLflow at the config's store, as in a replica: here, for
+    the load only."""
+    with use_tracking_uri(config.tracking_uri):
+        return load_servable(config, "1")
+
+
 @pytest.fixture(scope="module")
 def servable(serving_app):
-    config = ServingConfig(model_uri=f"models:/{serving_app.model_name}/1", tracking_uri=serving_app.tracking_uri)
-    return load_servable(config, "1")
+    return _load_in_process(ServingConfig(model_uri=f"models:/{serving_app.model_name}/1",
+                                          tracking_uri=serving_app.tracking_uri))
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +37,7 @@ def store(serving_app):
 
 
 def test_the_stage_is_logged_with_the_version_it_was_built_for(serving_app, servable):
-    version = MlflowClient(tracking_uri=serving_app.tracking_uri,
-                           registry_uri=serving_app.tracking_uri).get_model_version(serving_app.model_name, "1")
+    version = MlflowClient(tracking_uri=serving_app.tracking_uri).get_model_version(serving_app.model_name, "1")
     assert version.tags[INDEX_TAG].startswith(f"runs:/{version.run_id}/retrieval/v1")
     assert servable.stage is not None and servable.stage.metadata["splits"] == ["train", "validation"]
 
@@ -62,4 +69,4 @@ def test_popularity_follows_training_frequency_and_skips_seen_items(servable, se
 def test_a_configured_popularity_endpoint_loads_no_stage(serving_app):
     config = ServingConfig(model_uri=f"models:/{serving_app.model_name}/1", tracking_uri=serving_app.tracking_uri,
                            retrieval="popularity")
-    assert load_servable(config, "1").stage is None
+    assert _load_in_process(config).stage is None

@@ -66,7 +66,7 @@ def _served(app) -> str:
 
 def test_an_alias_moved_to_tampered_versions_keeps_the_served_one_until_a_good_one(serving_app, tmp_path):
     app = serving_app
-    client = MlflowClient(tracking_uri=app.tracking_uri, registry_uri=app.tracking_uri)
+    client = MlflowClient(tracking_uri=app.tracking_uri)
     before = str(client.get_model_version_by_alias(app.model_name, "champion").version)
     model = serving_train_tiny_model(app.prepared, seed=2, steps=2)
     versions = {kind: serving_register(model, app.prepared, app.model_name, app.tracking_uri, alias=None)
@@ -135,7 +135,7 @@ def test_a_ranker_replaced_while_the_alias_names_a_refused_version_serves_the_he
     import ray
 
     app = serving_app
-    client = MlflowClient(tracking_uri=app.tracking_uri, registry_uri=app.tracking_uri)
+    client = MlflowClient(tracking_uri=app.tracking_uri)
     before = str(client.get_model_version_by_alias(app.model_name, "champion").version)
     version = serving_register(serving_train_tiny_model(app.prepared, seed=3, steps=1), app.prepared, app.model_name,
                                app.tracking_uri, alias=None)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_moving_the_alias_swaps_the_version_with_requests_in_flight(serving_app):
-    client = MlflowClient(tracking_uri=serving_app.tracking_uri, registry_uri=serving_app.tracking_uri)
+    client = MlflowClient(tracking_uri=serving_app.tracking_uri)
     before = client.get_model_version_by_alias(serving_app.model_name, "champion").version
     new_version = serving_register(serving_train_tiny_model(serving_app.prepared, seed=1), serving_app.prepared,
                                    serving_app.model_name, serving_app.tracking_uri, alias=None)

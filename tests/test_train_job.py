@@ -44,7 +44,7 @@ def test_engine_path_trains_tracks_and_registers(engine_run, tracking_uri):
     assert 0.0 <= result.metrics["val/rated/auc"] <= 1.0
     assert 0.0 <= result.metrics["train/dropped_fraction"] < 1.0
     assert 0.0 <= result.metrics["val/like/auc"] <= 1.0
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(result.run_id)
     assert run.data.params["sparse.path"] == "engine"
     assert run.data.params["deepspeed.zero_stage"] == "1"
@@ -70,7 +70,7 @@ def test_zero_3_trains_the_same_model_as_zero_1(train_tiny_config, engine_run, r
     config = train_tiny_config(tiny_movielens.root, tracking_uri, sparse={"mode": "engine"},
                                deepspeed={"zero_stage": 3}, mlflow={"registered_model": "grec-tiny-zero3"})
     result = run_training(config, show_progress=False)
-    assert MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_run(result.run_id).data.params["deepspeed.zero_stage"] == "3"
+    assert MlflowClient(tracking_uri=tracking_uri).get_run(result.run_id).data.params["deepspeed.zero_stage"] == "3"
     assert result.epochs_run == engine_run.epochs_run
     for name, value in engine_run.metrics.items():
         assert result.metrics[name] == pytest.approx(value, abs=REPLAY_TOLERANCE), name
@@ -97,7 +97,7 @@ def test_dmp_path_shards_tables_and_registers_a_loadable_model(train_tiny_config
                                model={"losses": {"tasks_per_step": 2},
                                       "router": {"num_experts": 3, "top_k": 1, "shared_experts": 1}})
     result = run_training(config, show_progress=False)
-    params = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_run(result.run_id).data.params
+    params = MlflowClient(tracking_uri=tracking_uri).get_run(result.run_id).data.params
     assert params["sparse.path"] == "dmp" and params["model.losses.tasks_per_step"] == "2"
     with _tracking(tracking_uri):
         loaded = load_registered("models:/grec-tiny-dmp@challenger")

@@ -205,6 +205,7 @@ def test_int8_representations_score_within_the_bound_of_online(serving_app, tmp_
     of the store; the ranker's scoring function gives stored and online scores within the bound."""
     from jobs.compact.encode_users import UserEncoder, dataset_users
     from feature_store.online.representations import now_iso
+    from registry.tracking import use_tracking_uri
     from serving.model_source import load_servable
     from serving.ranking import RankRequest, rank_batch
 
@@ -213,7 +214,8 @@ def test_int8_representations_score_within_the_bound_of_online(serving_app, tmp_
     shutil.copy(app.online_store, copy)
     version = _served_version(app)
     users = dataset_users(app.prepared)
-    servable = load_servable(app.config, version)
+    with use_tracking_uri(app.tracking_uri):  # load_servable points the process's MLflow at the store, as a replica
+        servable = load_servable(app.config, version)
     meta = RepresentationsMeta(servable.model.num_user_tokens, servable.model.config.d_model, "int8", None,
                                len(users), now_iso(), "test")
     encoder = UserEncoder(f"models:/{app.model_name}/{version}", app.tracking_uri, str(copy), meta)

@@ -74,15 +74,12 @@ class TeacherLogits:
     `tasks` out ([B] or fixed-size lists [B, C])."""
 
     def __init__(self, teacher_uri: str, tracking_uri: str, tasks: list[str]) -> None:
-        import mlflow
         import torch
 
         from registry.models import load_registered
 
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
         torch.set_num_threads(1)
-        self.model = load_registered(teacher_uri).model.eval()
+        self.model = load_registered(teacher_uri, tracking_uri=tracking_uri).model.eval()
         self.tasks = tasks
 
     def __call__(self, batch: Any) -> Any:
@@ -214,7 +211,7 @@ def run_distillation(config: TrainConfig, section: DistillationSection, *, show_
              list(plan.task_kinds))
     result = run_training(config.with_overrides(mlflow={"tracking_uri": tracking_uri}), show_progress=show_progress,
                           extension=plan)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # after run_training's block
     for key, value in {"grec.job": "distill", "grec.teacher": plan.teacher_uri}.items():
         client.set_tag(result.run_id, key, value)
     client.log_param(result.run_id, "distillation.weight", plan.weight)

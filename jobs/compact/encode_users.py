@@ -48,17 +48,14 @@ class UserEncoder:
 
     def __init__(self, model_uri: str, tracking_uri: str, online_store: str, meta: Any = None,
                  torch_threads: int = 1) -> None:
-        import mlflow
         import torch
 
         from feature_store.online import open_online_store
         from feature_store.online.representations import RepresentationStore
         from registry.models import load_registered
 
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
         torch.set_num_threads(torch_threads)
-        loaded = load_registered(model_uri)
+        loaded = load_registered(model_uri, tracking_uri=tracking_uri)
         self.model, self.transforms, self.definition = loaded.model.eval(), loaded.transforms, loaded.definition
         self.store = open_online_store(online_store)
         self.meta = meta

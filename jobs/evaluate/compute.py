@@ -1,5 +1,5 @@
 """From labels and predictions to metrics: per task kind (the shared definitions of
-jobs/evaluate/metrics.py), with bootstrap intervals, per slice and for leave-last-out ranking."""
+jobs/metrics), with bootstrap intervals, per slice and for leave-last-out ranking."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jobs.evaluate import metrics
+from jobs import metrics
 from jobs.evaluate.bootstrap import bootstrap_interval
 from jobs.evaluate.results import Estimate
 

@@ -51,7 +51,8 @@ def load_in_actor(model_uri: str, tracking_uri: str, torch_threads: int) -> Regi
 
     from registry.models import load_registered
 
-    # a pooled worker process may have served another store before: point it at this one
+    # The actor's process reads from this store from now on, not only for this load (the list ranker
+    # loads the version's stage next); a pooled worker may have served another store before.
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

@@ -29,7 +29,7 @@ from jobs.evaluate import candidates as cand
 from jobs.evaluate.compatibility import check_compatible
 from jobs.evaluate.compute import metrics_with_intervals, ranking_metrics, slice_metrics
 from jobs.evaluate.inference import InferenceOptions, arrow_to_scores, score_column, score_dataset
-from jobs.evaluate.metrics import positive_rank
+from jobs.metrics import positive_rank
 from jobs.evaluate.recommend import RecommendEvalConfig, evaluate_recommend
 from jobs.evaluate.report import TaskPredictions, write_report
 from jobs.evaluate.results import EvaluationResult, TaskEvaluation

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.evaluate import plots
-from jobs.evaluate.metrics import PRIMARY_METRIC
+from jobs.metrics import PRIMARY_METRIC
 from jobs.evaluate.recommend import recommend_markdown
 from jobs.evaluate.results import Estimate, EvaluationResult
 

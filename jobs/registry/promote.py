@@ -52,7 +52,7 @@ class PromotionPolicy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from jobs.evaluate.metrics import PRIMARY_METRIC, TASK_METRICS
+        from jobs.metrics import PRIMARY_METRIC, TASK_METRICS
 
         if not (self.tolerance >= 0.0 and math.isfinite(self.tolerance)):
             raise ValueError(f"tolerance must be a finite number >= 0 (a relative loss, 0.005 = 0.5%), got {self.tolerance}")
@@ -127,7 +127,7 @@ def relative_gain(champion: float, challenger: float, higher_is_better: bool) ->
 
 def _score_function(kind: str, name: str, users: np.ndarray | None):
     """(labels, predictions, row positions) -> the metric on those rows."""
-    from jobs.evaluate.metrics import gauc, metric
+    from jobs.metrics import gauc, metric
 
     if name == "gauc":
         if users is None:
@@ -142,7 +142,7 @@ def compare(tasks: Sequence[PairedTask], rows: int, policy: PromotionPolicy) -> 
     import numpy as np
 
     from jobs.evaluate.bootstrap import bootstrap_intervals
-    from jobs.evaluate.metrics import HIGHER_IS_BETTER
+    from jobs.metrics import HIGHER_IS_BETTER
 
     judged = []  # (task, metric name, score function, champion value, challenger value)
     for task in tasks:

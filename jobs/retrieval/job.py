@@ -108,16 +108,13 @@ def fit_stage_files(model_uri: str, tracking_uri: str, data_location: str,
                     config: IndexBuildConfig) -> tuple[dict[str, bytes], dict[str, Any]]:
     """In a Ray task: the fitted stage's files (name -> bytes, so the driver logs them from any node)
     and what the fit chose and measured."""
-    import mlflow
     import torch
 
     from feature_store.storage import open_dataset
     from registry.models import load_registered
 
     torch.set_num_threads(max(1, int(config.train_cpus)))
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    loaded = load_registered(model_uri)
+    loaded = load_registered(model_uri, tracking_uri=tracking_uri)
     prepared = open_dataset(data_location)
     stage, report = fit_stage(loaded, prepared, config)
     with tempfile.TemporaryDirectory() as tmp:

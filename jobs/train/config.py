@@ -170,8 +170,8 @@ def load_config(path: str | Path) -> TrainConfig:
 # ---- resolution against the dataset and the model -------------------------------------------------
 def metric_names(spec: InputSpec) -> list[str]:
     """Validation metrics the job computes for the spec's tasks (early stopping picks one): the
-    definitions shared with offline evaluation (jobs/evaluate/metrics.py)."""
-    from jobs.evaluate.metrics import validation_metric_names
+    definitions shared with offline evaluation (jobs/metrics)."""
+    from jobs.metrics import validation_metric_names
     from jobs.train.metrics import TASK_AVERAGE_AUC
 
     average = [TASK_AVERAGE_AUC] if any(task.kind == "binary" for task in spec.tasks) else []

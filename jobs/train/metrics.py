@@ -1,12 +1,9 @@
 """Validation metrics of a training run, computed across Ray Train workers with torchmetrics.
 
 Which metrics a task gets, and their names, come from the definitions shared with offline
-evaluation (jobs/evaluate/metrics.py): every metric that has a `streaming` form there is updated
-here batch by batch and synchronized over all ranks when computed, so every rank derives the same
-values, equal to scikit-learn's on the same rows.
-
-AUC is exact (every validation row's score is kept, 12 bytes a row and task), as offline
-evaluation's is: a binned AUC would differ from it by up to the pairs inside a bin.
+evaluation (jobs/metrics): every metric that has a `streaming` form there is updated here batch
+by batch and synchronized over all ranks when computed, so every rank derives the same values,
+equal to scikit-learn's on the same rows.
 """
 
 from __future__ import annotations
@@ -15,47 +12,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import BinaryAUROC
-from torchmetrics.utilities.data import dim_zero_cat
 
 from grec import TaskSpec
-from jobs.evaluate.metrics import task_metrics
+from jobs.metrics import task_metrics
+from jobs.metrics.streaming import ExactBinaryAUROC
 
 
 # The mean AUC over the binary tasks whose validation rows hold both classes.
 TASK_AVERAGE_AUC = "val/auc_mean"
-
-
-class ExactBinaryAUROC(BinaryAUROC):
-    """torchmetrics' exact AUROC, NaN (not 0 and a warning) when the rows hold one class only."""
-
-    def __init__(self) -> None:
-        super().__init__(thresholds=None)
-
-    def compute(self) -> torch.Tensor:
-        # `target` is a list of batches, or one tensor once synchronized across ranks
-        empty = isinstance(self.target, list) and not self.target
-        target = torch.empty(0) if empty else dim_zero_cat(self.target)
-        if target.numel() == 0 or bool(target.min() == target.max()):
-            return torch.tensor(float("nan"))
-        return super().compute()
-
-    def take_part_in_sync(self) -> None:
-        """Adds an empty batch when this rank scored no row: the sync gathers one tensor per
-        rank, and a rank with nothing to send would leave the others waiting."""
-        if isinstance(self.preds, list) and not self.preds:
-            self.update(torch.empty(0), torch.empty(0, dtype=torch.long))
-
-
-class MeanRowLoss(MeanMetric):
-    """The mean of a per-row loss (torchmetrics 1.0 has no log loss)."""
-
-    def __init__(self, row_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.row_loss = row_loss
-
-    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:  # type: ignore[override]
-        super().update(self.row_loss(predictions, labels))
 
 
 class ValidationAccumulator:

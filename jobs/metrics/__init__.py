@@ -1,11 +1,12 @@
-"""Per-task quality metrics: one definition per metric, shared by training validation, offline
-evaluation and the promotion gate.
+"""Per-task quality metrics: one definition per metric, shared by the train job (validation), the
+evaluate job and the promotion gate, which is why it lives beside them rather than in one of them.
 
 Each `Metric` names a library implementation twice: `score`, scikit-learn on the numpy arrays of a
 whole split (offline evaluation, promotion), and `streaming`, a torchmetrics metric updated batch by
-batch and synchronized across Ray Train workers (training validation). Both compute the same
-quantity on the same rows (tests/test_eval_metrics.py checks it), under the same name: training
-logs `val/<task>/<name>`, evaluation `eval_<split>_<task>_<name>`.
+batch and synchronized across Ray Train workers (training validation; the classes torchmetrics lacks
+are in `jobs.metrics.streaming`). Both compute the same quantity on the same rows
+(tests/test_eval_metrics.py checks it), under the same name: training logs `val/<task>/<name>`,
+evaluation `eval_<split>_<task>_<name>`.
 
 grec keeps code of its own only where no installed library has the metric:
 - calibration (mean prediction over observed positive rate): a ratio of two means;
@@ -29,7 +30,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
     import torchmetrics
 
 
@@ -108,15 +108,15 @@ def multiclass_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 # ---- the same metrics, streamed (torchmetrics) --------------------------------------------------------
 def _streaming_auc(_: int | None) -> torchmetrics.Metric:
-    from jobs.train.metrics import ExactBinaryAUROC
+    from jobs.metrics.streaming import ExactBinaryAUROC
 
     return ExactBinaryAUROC()
 
 
 def _streaming_binary_log_loss(_: int | None) -> torchmetrics.Metric:
-    from jobs.train.metrics import MeanRowLoss
+    from jobs.metrics.streaming import MeanRowLoss, binary_cross_entropy
 
-    return MeanRowLoss(_binary_cross_entropy)
+    return MeanRowLoss(binary_cross_entropy)
 
 
 def _streaming_rmse(_: int | None) -> torchmetrics.Metric:
@@ -138,29 +138,9 @@ def _streaming_accuracy(num_classes: int | None) -> torchmetrics.Metric:
 
 
 def _streaming_multiclass_log_loss(_: int | None) -> torchmetrics.Metric:
-    from jobs.train.metrics import MeanRowLoss
+    from jobs.metrics.streaming import MeanRowLoss, class_cross_entropy
 
-    return MeanRowLoss(_class_cross_entropy)
-
-
-def _binary_cross_entropy(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-row log loss, probabilities clipped to [eps, 1 - eps] as scikit-learn's log_loss does."""
-    import torch
-
-    eps = torch.finfo(torch.float64).eps
-    p = probabilities.double().clamp(eps, 1 - eps)
-    y = labels.double()
-    return -(y * p.log() + (1 - y) * (1 - p).log())
-
-
-def _class_cross_entropy(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-row log loss of the label's class, rows renormalized and clipped as scikit-learn does."""
-    import torch
-
-    eps = torch.finfo(torch.float64).eps
-    p = probabilities.double().clamp(eps, 1 - eps)
-    p = p / p.sum(dim=1, keepdim=True)
-    return -p.gather(1, labels.long()[:, None]).squeeze(1).log()
+    return MeanRowLoss(class_cross_entropy)
 
 
 # ---- the definition table ---------------------------------------------------------------------------
