@@ -44,6 +44,10 @@ class TextFeature(PositionalValidated):
 
 
 class TaskSpec(PositionalValidated):
+    """A task as the model sees it. Its rules here are the model's (a head of `output_dim` outputs,
+    implicit feedback trained as binary with sampled negatives); what its label column holds is the
+    feature store's to check, and trusted here."""
+
     name: Name
     kind: Literal["binary", "regression", "multiclass"]
     label: str
