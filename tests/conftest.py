@@ -3,7 +3,6 @@ and the servers (Redis, Ray, the Serve application) that run once per test sessi
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -251,7 +250,7 @@ def serving_train_tiny_model(prepared, seed: int, steps: int = 4):
     spec = InputSpec.from_json(prepared.spec_path)
     # As configs/movielens_grec.yaml: the ranker leaves MovieLens's implicit `rated` to the recommendation
     # stage (which fits a blend for it), so the served version has a task only the stage ranks for.
-    spec = dataclasses.replace(spec, tasks=tuple(t for t in spec.tasks if not t.implicit))
+    spec = spec.replace(tasks=tuple(t for t in spec.tasks if not t.implicit))
     config = GRecConfig(
         input=spec, d_model=16, embedding_dim=8, num_heads=2, ffn_hidden=16,
         expert_hidden=16, tower_hidden=8, router=RouterConfig(num_experts=3, top_k=1), seed=seed,

@@ -3,7 +3,6 @@ MovieLens-100K."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pyarrow as pa
@@ -86,8 +85,8 @@ def test_compatible_model_and_dataset_pass(prepared, spec) -> None:
 def test_other_tasks_fail_with_a_message_naming_them(prepared, spec) -> None:
     schema = prepared.read_split("test").schema
     rating = spec.task("rating")
-    other_tasks = dataclasses.replace(spec, tasks=(dataclasses.replace(rating, kind="binary"),
-                                                   dataclasses.replace(rating, name="income", label="label_income")))
+    other_tasks = spec.replace(tasks=(rating.replace(kind="binary"),
+                                      rating.replace(name="income", label="label_income")))
     with pytest.raises(IncompatibleDataError) as err:
         check_compatible("models:/m@challenger", spec, prepared.transforms(), other_tasks, schema, "DATA")
     message = str(err.value)
@@ -105,7 +104,7 @@ def test_schema_mismatch_fails_naming_columns_and_types(prepared, spec) -> None:
     message = str(err.value)
     assert "the split has no column 'title' (text)" in message
     assert "column 'genres' is string; the model expects list<item: string>" in message
-    fewer = dataclasses.replace(spec, text=())
+    fewer = spec.replace(text=())
     with pytest.raises(IncompatibleDataError, match=r"the dataset has no feature\(s\) \['title'\]"):
         check_compatible("models:/m/1", spec, prepared.transforms(), fewer, table.schema, "DATA")
 

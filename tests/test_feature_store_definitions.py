@@ -52,8 +52,7 @@ def test_training_schema_orders_keys_features_sequences_labels():
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: Feature("age", FeatureKind.NUMERIC, pa.string()), "integer or floating"),
-    (lambda: Task("t", "multiclass"), "num_classes >= 2"),
-    (lambda: Task("t", "binary", num_classes=2), "only for multiclass"),
+    (lambda: Task("t", "binary", missing_labels=True, implicit=True), "label on every event"),
     (lambda: Task("t", "ranking"), "ranking"),
     (lambda: SequenceFeature("h", length=0), "length must be >= 1"),
 ])

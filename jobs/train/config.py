@@ -6,7 +6,6 @@ Every error names the field that is wrong and what was expected (`ConfigError`, 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,7 +282,7 @@ def _select_tasks(spec: InputSpec, tasks: list[str] | None) -> InputSpec:
         raise ConfigError(f"tasks: unknown task(s) {unknown}; the dataset has {known}")
     if not tasks:
         raise ConfigError(f"tasks: empty; name at least one of {known}")
-    return dataclasses.replace(spec, tasks=tuple(t for t in spec.tasks if t.name in tasks))
+    return spec.replace(tasks=tuple(t for t in spec.tasks if t.name in tasks))
 
 
 def _use_sharding(sparse: SparseSection, tables: tuple[TableInfo, ...]) -> bool:
