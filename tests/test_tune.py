@@ -4,13 +4,21 @@ trains to the metric its trial reported."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from jobs.train import load_config, run_training
 from jobs.train.config import ConfigError
+from grec import GRecConfig
+from jobs.tune.cli import ARCHITECTURES
 from jobs.tune.job import DEFAULT_SPACE, SearchSpace, check_space, load_space, run_tune, trial_config
+
+
+def test_the_architecture_option_offers_the_config_s_architectures():
+    assert ARCHITECTURES == typing.get_args(GRecConfig.model_fields["architecture"].annotation)
 
 
 def test_a_space_file_names_the_bad_key(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# model.architecture's choices, written here because `grec --help` must not import grec (torch).
 ARCHITECTURES = ("grec", "shared_bottom", "mmoe", "ple")
 
 
