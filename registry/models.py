@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import warnings
-from contextlib import nullcontext, redirect_stderr
+from contextlib import redirect_stderr
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -48,7 +48,7 @@ from registry.layout import (
     version_layout,
     write_data,
 )
-from registry.tracking import ensure_experiment, use_tracking_uri
+from registry.tracking import ensure_experiment, named_tracking_uri
 
 if TYPE_CHECKING:
     from feature_store.definitions import DatasetDefinition
@@ -236,7 +236,7 @@ def load_registered(uri: str, *, require_integrity: bool | None = None,
     version that fails a check."""
     from mlflow.models import Model
 
-    with use_tracking_uri(tracking_uri) if tracking_uri else nullcontext():
+    with named_tracking_uri(tracking_uri):
         name, version = resolve_version(uri)
         files = version_files(name, version, require_integrity=require_integrity)
         with tempfile.TemporaryDirectory(prefix="grec-version-") as tmp:

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,12 @@ def use_tracking_uri(tracking_uri: str | None = None) -> Iterator[str]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def named_tracking_uri(tracking_uri: str | None) -> AbstractContextManager:
+    """`use_tracking_uri(tracking_uri)` when a URI is named; else MLflow's current store, untouched
+    (a library call without a URI follows its caller's block)."""
+    return use_tracking_uri(tracking_uri) if tracking_uri else nullcontext()
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:

@@ -116,7 +116,7 @@ def encode_users(model_uri: str, data_dir: str | Path, online_store: str, *, tra
     if batch_size < 1 or actors < 1 or cpus_per_actor <= 0:
         raise ValueError("batch size and actors must be >= 1 and CPUs per actor > 0")
     prepared = open_prepared(data_dir)
-    loaded = load_registered(model_uri)  # fails here, before Ray, for a URI that names nothing
+    loaded = load_registered(model_uri, tracking_uri=tracking_uri)  # fails here, before Ray, for a URI that names nothing
     model = loaded.model
     if loaded.definition.user != prepared.definition().user:
         raise ValueError(f"{model_uri} was trained on users keyed by {loaded.definition.user.join_key!r}; "

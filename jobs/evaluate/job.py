@@ -36,7 +36,7 @@ from jobs.evaluate.results import EvaluationResult, TaskEvaluation
 from jobs.evaluate.sample import UserSample
 from jobs.evaluate.slices import UserActivity, user_slices
 from jobs.ray_runtime import ray_session
-from registry.tracking import GREC_DIR
+from registry.tracking import GREC_DIR, named_tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -356,10 +356,11 @@ def evaluate_model(model_uri: str, data_dir: str | Path, config: EvaluationConfi
     """Evaluates a registered model on a split: checks model and data first, then starts (or joins)
     Ray at `address` for the scoring. See `run_evaluation`."""
     config = config or EvaluationConfig()
-    model, prepared = prepare_evaluation(model_uri, data_dir, config.split)
-    with ray_session(address):
-        return run_evaluation(model, prepared, config, tracking_uri=tracking_uri, report_dir=report_dir,
-                              log_to_mlflow=log_to_mlflow)
+    with named_tracking_uri(tracking_uri):
+        model, prepared = prepare_evaluation(model_uri, data_dir, config.split)
+        with ray_session(address):
+            return run_evaluation(model, prepared, config, tracking_uri=tracking_uri, report_dir=report_dir,
+                                  log_to_mlflow=log_to_mlflow)
 
 
 def run_evaluation(model: ResolvedModel, prepared: PreparedDataset, config: EvaluationConfig, *,

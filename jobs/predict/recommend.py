@@ -119,30 +119,32 @@ def recommend_to_parquet(model_uri: str, users: Sequence[Any], online_store: str
 
     from registry.models import load_registered, resolve_version
     from registry.retrieval_index import load_recommendation_stage
+    from registry.tracking import named_tracking_uri
 
     out = parquet_out(out_path, "recommendations.parquet")
     if k < 1:
         raise ValueError(f"-k must be >= 1, got {k}")
     if not users:
         raise ValueError("no users to recommend for")
-    name, version = resolve_version(model_uri)
-    stage = load_recommendation_stage(name, version)
-    if stage is None:
-        raise ValueError(f"{model_uri} (version {version}) has no recommendation stage; build it with "
-                         f"`grec build-index --model {model_uri} --data DIR`")
-    tasks = list(dict.fromkeys([*load_registered(f"models:/{name}/{version}").model.task_names, *stage.blends]))
-    if task not in tasks:
-        raise ValueError(f"--task {task!r}: expected one of {tasks}")
-    started = time.perf_counter()
-    options = options or InferenceOptions(batch_size=64)
-    with ray_session(address):
-        import ray.data
+    with named_tracking_uri(tracking_uri):
+        name, version = resolve_version(model_uri)
+        stage = load_recommendation_stage(name, version)
+        if stage is None:
+            raise ValueError(f"{model_uri} (version {version}) has no recommendation stage; build it with "
+                             f"`grec build-index --model {model_uri} --data DIR`")
+        tasks = list(dict.fromkeys([*load_registered(f"models:/{name}/{version}").model.task_names, *stage.blends]))
+        if task not in tasks:
+            raise ValueError(f"--task {task!r}: expected one of {tasks}")
+        started = time.perf_counter()
+        options = options or InferenceOptions(batch_size=64)
+        with ray_session(address):
+            import ray.data
 
-        user_type = pa.array(list(users)).type
-        ids = ray.data.from_arrow(pa.table({"user_id": pa.array(list(users), user_type)}))
-        ranked = map_with_model(ids, ListRanker, f"models:/{name}/{version}", tracking_uri or
-                                mlflow.get_registry_uri(), options, online_store=str(online_store), task=task,
-                                k=k, exclude_seen=exclude_seen)
-        rows = write_parquet_atomically(out, ranked.iter_batches(batch_format="pyarrow", batch_size=None),
-                                        empty="no list was produced")
-    return RecommendSummary(out, len(users), rows, task, name, version, round(time.perf_counter() - started, 1))
+            user_type = pa.array(list(users)).type
+            ids = ray.data.from_arrow(pa.table({"user_id": pa.array(list(users), user_type)}))
+            ranked = map_with_model(ids, ListRanker, f"models:/{name}/{version}", tracking_uri or
+                                    mlflow.get_registry_uri(), options, online_store=str(online_store), task=task,
+                                    k=k, exclude_seen=exclude_seen)
+            rows = write_parquet_atomically(out, ranked.iter_batches(batch_format="pyarrow", batch_size=None),
+                                            empty="no list was produced")
+        return RecommendSummary(out, len(users), rows, task, name, version, round(time.perf_counter() - started, 1))

@@ -279,40 +279,42 @@ def promote(name: str, data_dir: str | Path, policy: PromotionPolicy | None = No
     from jobs.evaluate.job import prepare_evaluation, score_split
     from jobs.ray_runtime import ray_session
     from registry.models import CHALLENGER, CHAMPION, set_alias
+    from registry.tracking import named_tracking_uri
 
-    policy = policy or PromotionPolicy()
-    client = MlflowClient()
-    _require_model(client, name)
-    challenger = _alias_version(client, name, CHALLENGER)
-    if challenger is None:
-        raise PromotionError(f"registered model {name!r} has no {CHALLENGER!r} alias: nothing to promote; "
-                             "training sets it on the version it registers (grec train)")
-    champion = _alias_version(client, name, CHAMPION)
-    if champion == challenger:
-        decision = PromotionDecision(False, f"version {challenger} is already the champion")
-        logger.info("promotion of %s: %s", name, decision.reason)
-        return PromotionOutcome(decision, challenger, champion, champion, split)
-    if champion is None:
-        decision = PromotionDecision(True, f"{name} has no champion yet: the challenger becomes champion")
-    else:
-        scored: dict[str, ScoredSplit] = {}
-        if challenger_scores is not None and challenger_scores.model.version == challenger \
-                and challenger_scores.split == split:
-            scored[challenger] = challenger_scores
-        checked = {v: prepare_evaluation(f"models:/{name}/{v}", data_dir, split)
-                   for v in (challenger, champion) if v not in scored}
-        with ray_session(address):
-            for version, (model, prepared) in checked.items():
-                scored[version] = score_split(model, prepared, split, tracking_uri, inference or InferenceOptions())
-        tasks, rows = paired_tasks(scored[champion], scored[challenger])
-        decision = compare(tasks, rows, policy)
-    if decision.promote:
-        set_alias(name, CHAMPION, challenger, client)
-    outcome = PromotionOutcome(decision, challenger, champion, challenger if decision.promote else champion, split)
-    record_decision(client, name, outcome, policy)
-    logger.info("promotion of %s version %s: %s (%s)", name, challenger,
-                "promoted" if decision.promote else "kept out", decision.reason)
-    return outcome
+    with named_tracking_uri(tracking_uri):
+        policy = policy or PromotionPolicy()
+        client = MlflowClient()
+        _require_model(client, name)
+        challenger = _alias_version(client, name, CHALLENGER)
+        if challenger is None:
+            raise PromotionError(f"registered model {name!r} has no {CHALLENGER!r} alias: nothing to promote; "
+                                 "training sets it on the version it registers (grec train)")
+        champion = _alias_version(client, name, CHAMPION)
+        if champion == challenger:
+            decision = PromotionDecision(False, f"version {challenger} is already the champion")
+            logger.info("promotion of %s: %s", name, decision.reason)
+            return PromotionOutcome(decision, challenger, champion, champion, split)
+        if champion is None:
+            decision = PromotionDecision(True, f"{name} has no champion yet: the challenger becomes champion")
+        else:
+            scored: dict[str, ScoredSplit] = {}
+            if challenger_scores is not None and challenger_scores.model.version == challenger \
+                    and challenger_scores.split == split:
+                scored[challenger] = challenger_scores
+            checked = {v: prepare_evaluation(f"models:/{name}/{v}", data_dir, split)
+                       for v in (challenger, champion) if v not in scored}
+            with ray_session(address):
+                for version, (model, prepared) in checked.items():
+                    scored[version] = score_split(model, prepared, split, tracking_uri, inference or InferenceOptions())
+            tasks, rows = paired_tasks(scored[champion], scored[challenger])
+            decision = compare(tasks, rows, policy)
+        if decision.promote:
+            set_alias(name, CHAMPION, challenger, client)
+        outcome = PromotionOutcome(decision, challenger, champion, challenger if decision.promote else champion, split)
+        record_decision(client, name, outcome, policy)
+        logger.info("promotion of %s version %s: %s (%s)", name, challenger,
+                    "promoted" if decision.promote else "kept out", decision.reason)
+        return outcome
 
 
 def record_decision(client, name: str, outcome: PromotionOutcome, policy: PromotionPolicy) -> None:
