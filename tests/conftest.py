@@ -466,3 +466,15 @@ def s3_server():
     yield S3TestServer(endpoint, env)
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The server's AWS variables in this process, nothing else of AWS (no profile files)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

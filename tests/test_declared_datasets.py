@@ -241,16 +241,10 @@ def test_a_partitioned_directory_a_glob_and_one_file_give_the_same_dataset(shop,
             assert got[split].equals(expected[split]), (name, split)
 
 
-def test_files_on_object_storage_read_as_local_ones(shop, shop_prepared, s3_server, tmp_path, monkeypatch):
+def test_files_on_object_storage_read_as_local_ones(shop, shop_prepared, s3, tmp_path):
     import pyarrow.fs as pafs
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    for name, value in s3_server.env.items():
-        monkeypatch.setenv(name, value)
-    bucket = s3_server.create_bucket("grec-declared-shop")
+    bucket = s3.create_bucket("grec-declared-shop")
     fs, path = pafs.FileSystem.from_uri(f"{bucket}/raw")
     pafs.copy_files(str(shop.parent), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     declaration = shop.read_text()

@@ -19,18 +19,6 @@ from feature_store.errors import FeatureStoreError
 
 
 @pytest.fixture
-def s3(s3_server, monkeypatch):
-    """The server's AWS variables in this process, nothing else of AWS (no profile files)."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    for name, value in s3_server.env.items():
-        monkeypatch.setenv(name, value)
-    return s3_server
-
-
-@pytest.fixture
 def bucket(s3, request):
     name = "grec-" + request.node.name.replace("_", "-").lower()[:40].strip("-")
     return s3.create_bucket(name)
