@@ -27,6 +27,7 @@ import os
 import secrets
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,8 +56,8 @@ SHIP_CODE_ENV = "GREC_SHIP_CODE"
 SHIPPED_CODE_EXCLUDES = ["__pycache__", "*.pyc"]
 # Library lines that buried the job's own progress, set quieter in every worker process:
 # - Train's placement-group cleaner asks the state API, which a Ray without a dashboard lacks,
-#   whether the controller lives, and warns every few seconds that it cannot (the placement groups
-#   end with the job anyway);
+#   whether the controller lives, and warns every few seconds that it cannot (what it would remove,
+#   release_orphaned_placement_groups removes where a job leaves any behind);
 # - Ray Data announces each finished dataset execution (every validation pass).
 QUIET_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
                  "ray.data._internal.execution.streaming_executor": logging.WARNING,
@@ -341,3 +342,36 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     finally:
         ray.shutdown()
         restore_binding(binding)
+
+
+# ---- what a job leaves behind ---------------------------------------------------------------------
+def release_orphaned_placement_groups(*, wait_s: float = 0.0) -> int:
+    """Removes this job's placement groups whose creating actor has died, returns how many. With
+    `wait_s`, first waits up to that long for the actors that created the job's other placement
+    groups to end (a search whose trials were just stopped).
+
+    A Ray Train run whose controller dies with its caller (a `grec tune` trial that Tune stops takes
+    its controller with it) leaves its worker group's placement group reserved until the job ends,
+    and later trials wait for those CPUs forever. Train's own cleaner would remove it, but it asks the
+    state API, which needs the dashboard: ~950 MiB and 11 more processes on a local Ray, which grec
+    does not start. Ray's public placement-group table omits the creator, hence its protobuf."""
+    import ray
+    from ray._private.state import state as global_state
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + wait_s
+    while True:
+        created_by_actors = [info for info in map(PlacementGroupTableData.FromString,
+                                                  global_state._connect_and_get_accessor().get_placement_group_table())
+                             if info.creator_job_id.hex() == job and not info.is_detached
+                             and not ray.ActorID(info.creator_actor_id).is_nil()  # nil: the driver made it
+                             and info.state != PlacementGroupTableData.REMOVED]
+        if all(info.creator_actor_dead for info in created_by_actors) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    orphaned = [info for info in created_by_actors if info.creator_actor_dead]
+    for info in orphaned:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(info.placement_group_id)))
+    return len(orphaned)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import typing
 
 import pytest
+import ray
 import yaml
 from mlflow import MlflowClient
 
@@ -87,10 +88,50 @@ def test_grec_train_on_the_best_config_reaches_the_metric_of_its_trial(ray_local
     config = train_tiny_config(tiny_movielens.root, tracking_uri, training={"epochs": 2, "seed": 7},
                                scaling={"num_workers": 1}, mlflow={"experiment": "tune-one-loop"})
     out = tmp_path / "best.yaml"
+    free = ray.available_resources().get("CPU", 0)
     tuned = run_tune(config, 1, space=SearchSpace(space={"optimizer.lr": {"choice": [0.02]}}), out=out,
                      name="tune-one-loop")
+    # a finished search holds nothing: the trials' workers are released for the next job
+    assert ray.available_resources().get("CPU", 0) == pytest.approx(free)
 
     trained = run_training(load_config(out), show_progress=False)
     metric = config.training.early_stopping.metric
     assert trained.best_epoch == tuned.best_epoch
     assert trained.metrics[metric] == pytest.approx(tuned.best_metric, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_dead_runs_placement_group_is_given_back_and_no_other(ray_local):
+    """What a trial stopped by ASHA leaves behind: its Ray Train controller, dying with it, reserved
+    the workers' CPUs in a placement group. The search gives those back; a living run's placement
+    group and the driver's own stay."""
+    import time
+
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from jobs.ray_runtime import release_orphaned_placement_groups
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def reserve(self) -> None:
+            ray.get(placement_group([{"CPU": 0.25}]).ready())
+
+    def release_within(seconds: float) -> int:  # an actor's death reaches the placement-group table soon after
+        released, deadline = 0, time.monotonic() + seconds
+        while not released and time.monotonic() < deadline:
+            released = release_orphaned_placement_groups()
+            time.sleep(0.2)
+        return released
+
+    free = ray.available_resources()["CPU"]
+    dying, living = Controller.remote(), Controller.remote()
+    ray.get([dying.reserve.remote(), living.reserve.remote()])
+    own = placement_group([{"CPU": 0.25}])
+    ray.get(own.ready())
+    ray.kill(dying)
+    assert release_within(10) == 1
+    assert ray.available_resources()["CPU"] == pytest.approx(free - 0.5)
+    remove_placement_group(own)
+    ray.kill(living)
+    assert release_within(10) == 1
+    assert ray.available_resources()["CPU"] == pytest.approx(free)

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jobs.ray_runtime import release_orphaned_placement_groups
 from jobs.train.config import ConfigError, TrainConfig, load_config, metric_names, parse_config, resolve
 
 TUNE_DIR = Path(".grec") / "tune"
@@ -35,6 +36,9 @@ FIXED_SECTIONS = ("dataset", "features", "tasks", "scaling", "mlflow")
 # A trial's function only drives its Ray Train run, whose workers and data pipeline hold the CPUs
 # (Tune refuses a request of none); `max_concurrent_trials` bounds how many runs are in flight.
 TRIAL_DRIVER_CPUS = 0.01
+# How often the search gives back stopped trials' workers, and how long it waits at its end for the
+# last stopped trials' training runs to end.
+RELEASE_EVERY_S, STOPPED_TRIAL_WAIT_S = 1.0, 30.0
 # ASHA: trials are compared after 1, 2, 4, ... epochs; half go on at each rung.
 GRACE_EPOCHS, REDUCTION_FACTOR = 1, 2
 
@@ -220,9 +224,11 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
             tune_config=tune.TuneConfig(metric=stopping.metric, mode=stopping.mode, scheduler=scheduler,
                                         num_samples=trials, max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=name, verbose=0, storage_path=config.scaling.storage_path
-                                      or str((Path.cwd() / TUNE_DIR / "ray_results").resolve())),
+                                      or str((Path.cwd() / TUNE_DIR / "ray_results").resolve()),
+                                      callbacks=[_stopped_trials_release()]),
         )
         results = tuner.fit()
+        release_orphaned_placement_groups(wait_s=STOPPED_TRIAL_WAIT_S)  # the last trials' workers
         errors = [r.error for r in results if r.error is not None]
         if errors and len(errors) == len(results):
             raise RuntimeError(f"every trial failed; the first: {errors[0]}")
@@ -245,6 +251,26 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
         raise
     client.set_terminated(parent)
     return TuneResult(values, best_metric, best_epoch, out, parent, len(results), stopped)
+
+
+def _stopped_trials_release():
+    """A Tune callback that, every RELEASE_EVERY_S of the search, gives back the CPUs of stopped
+    trials' training workers (jobs.ray_runtime.release_orphaned_placement_groups says why they stay
+    reserved): without it a search with more trials than the cluster holds at once waits forever."""
+    import time
+
+    from ray import tune
+
+    class StoppedTrialsRelease(tune.Callback):
+        def __init__(self) -> None:
+            self.last = time.monotonic()
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if time.monotonic() - self.last >= RELEASE_EVERY_S:
+                release_orphaned_placement_groups()
+                self.last = time.monotonic()
+
+    return StoppedTrialsRelease()
 
 
 def _anchored(config: TrainConfig) -> TrainConfig:
