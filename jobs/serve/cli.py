@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
+# The Serve application `grec serve` runs (its name in Ray Serve).
+APPLICATION = "grec"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,8 +102,11 @@ def serve_forever(config: ServingConfig, address: str | None) -> None:
         signal.signal(signum, lambda *_: stop.set())
     with ray_session(address):
         serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(build_app(config), name="grec", route_prefix="/")
+        serve.run(build_app(config), name=APPLICATION, route_prefix="/")
         print(f"grec serve: {config.model_uri} on http://{config.host}:{config.port} "
               f"(OpenAPI: /docs, metrics: /metrics); Ctrl-C stops", flush=True)
         stop.wait()
-        serve.shutdown()
+        # Only this application, its replicas drained: on a joined cluster Serve may run others, and a
+        # local Ray ends with the block (serve.shutdown() also killed Serve's controller under a call
+        # it was answering, which Ray reported on the terminal as a failed task).
+        serve.delete(APPLICATION)
