@@ -13,6 +13,7 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -295,22 +296,51 @@ def serving_build_index(prepared, name: str, version: str, tracking_uri: str):
                                           tracking_uri=tracking_uri)
 
 
-async def serving_keep_requesting(app, stop) -> list[tuple[int, str | None]]:
+# The ingress's replicas each swap versions when their own watcher next looks at the alias, and the
+# proxy spreads requests over them: for a moment some answer from one version, some from the other.
+# Every replica has got there once this many /v1/model answers in a row say so.
+SERVED_EVERYWHERE_IN_A_ROW = 20
+
+
+async def serving_wait_everywhere(probe, done, what: str, timeout_s: float = 120) -> tuple[dict, float]:
+    """The /v1/model answer (a JSON dict) once `done(answer)` holds on every ingress replica
+    (SERVED_EVERYWHERE_IN_A_ROW answers in a row), and time.monotonic() then. `probe`: an
+    httpx.AsyncClient with the endpoint's base URL and token."""
+    import asyncio
+
+    deadline, in_a_row, model = time.monotonic() + timeout_s, 0, None
+    while time.monotonic() < deadline:
+        model = (await probe.get("/v1/model")).json()
+        in_a_row = in_a_row + 1 if done(model) else 0
+        if in_a_row == SERVED_EVERYWHERE_IN_A_ROW:
+            return model, time.monotonic()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: not seen on every replica within {timeout_s:.0f} s; last /v1/model: {model}")
+
+
+class ServedAnswer(NamedTuple):
+    status: int
+    version: str | None  # the model version that answered (None for an error)
+    sent_at: float  # time.monotonic() when the request was sent
+
+
+async def serving_keep_requesting(app, stop) -> list[ServedAnswer]:
     """Keeps 4 /v1/recommend requests in flight against `app` (a ServingTestApp) until the asyncio
-    event `stop` is set; (status, model version) of every answer, in order."""
+    event `stop` is set; every answer, in the order they arrived."""
     import asyncio
 
     import httpx
 
-    answers: list[tuple[int, str | None]] = []
+    answers: list[ServedAnswer] = []
     payload = {"user_id": app.known_user, "task": "like", "candidates": app.known_items[:50], "k": 3}
     async with httpx.AsyncClient(base_url=app.base_url, timeout=60,
                                  headers={"Authorization": f"Bearer {app.token}"}) as client:
         async def worker() -> None:
             while not stop.is_set():
+                sent_at = time.monotonic()
                 response = await client.post("/v1/recommend", json=payload)
                 version = response.json()["model"]["version"] if response.status_code == 200 else None
-                answers.append((response.status_code, version))
+                answers.append(ServedAnswer(response.status_code, version, sent_at))
 
         await asyncio.gather(*(worker() for _ in range(4)))
     return answers

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from conftest import (flip_last_byte, registry_local_path, serving_keep_requesting, serving_register,
-                      serving_train_tiny_model)
+from conftest import (ServedAnswer, flip_last_byte, registry_local_path, serving_keep_requesting, serving_register,
+                      serving_train_tiny_model, serving_wait_everywhere)
 from registry.retrieval_index import fetch_retrieval_index, log_retrieval_index
 from registry.tracking import use_tracking_uri
 
@@ -47,18 +47,6 @@ def _tamper(kind: str, files: Path, index: Path | None, marker: Path) -> None:
         flip_last_byte(index / "next_item.safetensors")
 
 
-def _wait(probe: httpx.AsyncClient, done, what: str):
-    async def wait() -> dict:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            model = (await probe.get("/v1/model")).json()
-            if done(model):
-                return model
-            await asyncio.sleep(0.25)
-        raise AssertionError(f"{what}: not seen within 120 s; last /v1/model: {model}")
-    return wait()
-
-
 def _served(app) -> str:
     return httpx.get(f"{app.base_url}/v1/model", headers={"Authorization": f"Bearer {app.token}"},
                      timeout=60).json()["version"]
@@ -81,7 +69,7 @@ def test_an_alias_moved_to_tampered_versions_keeps_the_served_one_until_a_good_o
             _tamper(kind, registry_local_path(client.get_model_version_download_uri(app.model_name, version)),
                     registry_local_path(index_uri), marker)
 
-    async def scenario() -> tuple[list[tuple[int, str | None]], dict[str, dict], dict]:
+    async def scenario() -> tuple[list[ServedAnswer], dict[str, dict], dict, float, float]:
         stop = asyncio.Event()
         load = asyncio.create_task(serving_keep_requesting(app, stop))
         refused = {}
@@ -90,27 +78,30 @@ def test_an_alias_moved_to_tampered_versions_keeps_the_served_one_until_a_good_o
                                          headers={"Authorization": f"Bearer {app.token}"}) as probe:
                 for kind, version in versions.items():
                     client.set_registered_model_alias(app.model_name, "champion", version)
-                    refused[kind] = await _wait(probe, lambda m, v=version: (m["refused"] or {}).get("version") == v,
-                                                f"the refusal of version {version} ({kind})")
+                    refused[kind], _ = await serving_wait_everywhere(
+                        probe, lambda m, v=version: (m["refused"] or {}).get("version") == v,
+                        f"the refusal of version {version} ({kind})")
+                moved = time.monotonic()
                 client.set_registered_model_alias(app.model_name, "champion", good)
-                after = await _wait(probe, lambda m: m["version"] == good, f"good version {good} served")
+                after, swapped = await serving_wait_everywhere(probe, lambda m: m["version"] == good,
+                                                               f"good version {good} served")
                 await asyncio.sleep(1.0)  # requests keep flowing on it
         finally:
             stop.set()
-        return await load, refused, after
+        return await load, refused, after, moved, swapped
 
     try:
-        answers, refused, after = asyncio.run(scenario())
+        answers, refused, after, moved, swapped = asyncio.run(scenario())
     finally:  # the session's endpoint serves the version it served before, for the tests after this one
         client.set_registered_model_alias(app.model_name, "champion", before)
         deadline = time.monotonic() + 120
         while _served(app) != before and time.monotonic() < deadline:
             time.sleep(0.25)
-    assert answers and all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]
-    versions_seen = [version for _, version in answers]
-    assert set(versions_seen) <= {before, good}, set(versions_seen)
-    first_good = versions_seen.index(good)
-    assert set(versions_seen[:first_good]) == {before} and set(versions_seen[first_good:]) == {good}
+    assert answers and all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:5]
+    assert {a.version for a in answers} <= {before, good}, {a.version for a in answers}  # no tampered one
+    # the held version until the alias named a good one, the good one once every replica had it
+    assert {a.version for a in answers if a.sent_at < moved} == {before}
+    assert {a.version for a in answers if a.sent_at > swapped} == {good}
     for kind, model in refused.items():
         reason, mentions = EXPECTED[kind]
         assert model["version"] == before, (kind, model)
