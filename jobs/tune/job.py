@@ -39,6 +39,8 @@ TRIAL_DRIVER_CPUS = 0.01
 # How often the search gives back stopped trials' workers, and how long it waits at its end for the
 # last stopped trials' training runs to end.
 RELEASE_EVERY_S, STOPPED_TRIAL_WAIT_S = 1.0, 30.0
+# The child run's tag naming its Tune trial, so that the search can tell stopped trials from failed ones.
+TRIAL_ID_TAG = "grec.tune.trial_id"
 # ASHA: trials are compared after 1, 2, 4, ... epochs; half go on at each rung.
 GRACE_EPOCHS, REDUCTION_FACTOR = 1, 2
 
@@ -238,7 +240,8 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
         column = frame[stopping.metric]
         best_row = column.idxmax() if stopping.mode == "max" else column.idxmin()
         best_metric, best_epoch = float(column[best_row]), int(frame["epoch"][best_row])
-        stopped = _close_stopped_trials(client, experiment_id, parent)
+        stopped = _close_stopped_trials(client, experiment_id, parent,
+                                        failed={r.metrics.get("trial_id") for r in results if r.error is not None})
         best_config = trial_config(config, values)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(_best_config_yaml(best_config, values, best_metric, stopping.metric, trials))
@@ -284,11 +287,14 @@ def _anchored(config: TrainConfig) -> TrainConfig:
                                  scaling={"storage_path": checkpoint_storage(config)})
 
 
-def _close_stopped_trials(client, experiment_id: str, parent: str) -> int:
-    """Marks the child runs of trials ASHA stopped (their process ended mid-training, so the run is
-    still open) as KILLED with tag grec.tune.stopped_by=asha; returns how many."""
-    stopped = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}' "
-                                                                "and attributes.status = 'RUNNING'")
+def _close_stopped_trials(client, experiment_id: str, parent: str, failed: set[str]) -> int:
+    """Marks the child runs of trials ASHA stopped as KILLED with tag grec.tune.stopped_by=asha;
+    returns how many. A stopped trial's process ends mid-training, so its run is still open or, when
+    the stop reached its training call first, was closed FAILED by the trial itself: only Tune knows
+    which trials really failed (`failed`, their trial ids)."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    stopped = [run for run in children if run.info.status in ("RUNNING", "FAILED")
+               and run.data.tags.get(TRIAL_ID_TAG) not in failed]
     for run in stopped:
         client.set_tag(run.info.run_id, "grec.tune.stopped_by", "asha")
         client.set_terminated(run.info.run_id, status="KILLED")
@@ -326,7 +332,8 @@ def _trial(values: dict[str, Any], *, base: dict[str, Any], tracking_uri: str, e
     stopping = resolved.config.training.early_stopping
     client = MlflowClient(tracking_uri=tracking_uri)
     run_id = client.create_run(experiment_id, run_name=tune.get_context().get_trial_name(),
-                               tags={"mlflow.parentRunId": parent_run_id, "grec.job": "tune-trial"}).info.run_id
+                               tags={"mlflow.parentRunId": parent_run_id, "grec.job": "tune-trial",
+                                     TRIAL_ID_TAG: tune.get_context().get_trial_id()}).info.run_id
     client.log_batch(run_id, params=[_param(k, str(v)) for k, v in sorted(flatten_params(values).items())])
     try:
         trainer = build_trainer(resolved, tracking_uri, run_id, ProgressBoard.remote(), name=f"grec-tune-{run_id}",
