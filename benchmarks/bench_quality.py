@@ -110,18 +110,28 @@ def _stopping_metric(config: GRecConfig) -> tuple[str, str]:
     return f"val/{binary[0]}/auc", "max"
 
 
-def train_grec_family(data: BenchData, model: str, seed: int) -> dict[str, object] | None:
+def _at_budget(config: GRecConfig, budget: int) -> GRecConfig:
+    """`config` at GRec's parameter count or, where even its narrowest model has more (many tasks: a
+    tower per task), as configured: the run's params say how many it has."""
+    try:
+        return match_parameter_budget(config, budget)
+    except ValueError:
+        return config
+
+
+def train_grec_family(data: BenchData, model: str, seed: int, keep_models: bool = False) -> dict[str, object] | None:
+    """Trains the entry's model(s) on `data`; with `keep_models`, the trained models are under "models"."""
     budget = count_parameters(data.build(data.model_config))
     if model in ("shared_bottom", "mmoe", "ple"):
-        configs = [match_parameter_budget(data.model_config.replace(architecture=model), budget)]
+        configs = [_at_budget(data.model_config.replace(architecture=model), budget)]
     elif model == "single_task":
-        configs = [match_parameter_budget(single_task_spec(data.model_config, task).replace(
+        configs = [_at_budget(single_task_spec(data.model_config, task).replace(
             architecture="shared_bottom"), budget) for task in binary_tasks(data)]
     else:
         configs = [variant(data, model)]
         if configs[0] is None:
             return None
-    test, seconds, params, validation, epochs = {}, 0.0, 0, [], []
+    test, seconds, params, validation, epochs, models = {}, 0.0, 0, [], [], []
     for config in configs:
         config = config.replace(seed=seed)
         metric, mode = _stopping_metric(config)
@@ -134,8 +144,9 @@ def train_grec_family(data: BenchData, model: str, seed: int) -> dict[str, objec
         validation.append(result.best_metrics[metric])
         epochs.append(result.best_epoch + 1)
         test.update(_predict(result.model, data, [t for t in config.task_names if t in binary_tasks(data)]))
+        models.append(result.model)
     return {"test": test, "validation_auc": float(np.mean(validation)), "cpu_seconds_to_best": seconds,
-            "detail": {"params": params, "best_epoch": epochs}}
+            "detail": {"params": params, "best_epoch": epochs}, **({"models": models} if keep_models else {})}
 
 
 def _predict(model, data: BenchData, tasks: list[str], batch_size: int = 2048) -> dict[str, np.ndarray]:
