@@ -161,24 +161,28 @@ def history_windows(sequences: Sequence[np.ndarray], times: Sequence[np.ndarray]
     """Training windows of `length` positions cut from the end of each sequence (item rows, oldest
     first) with stride `length`: (inputs, targets [W, L], target times [W, L]); targets are the
     inputs shifted by one."""
-    inputs, targets, input_times, target_times = [], [], [], []
+    counts = [max(0, -(-(len(items) - 1) // length)) for items in sequences]  # windows per sequence
+    if not sum(counts):
+        raise ValueError("no sequence has two events: the next-item model needs histories to learn from")
+    # Preallocated [W, length + 1] (inputs and targets are its two overlapping views): a window costs
+    # its own positions, never a Python object per event.
+    full = np.zeros((sum(counts), length + 1), dtype=np.int64)
+    full_times = np.empty((sum(counts), length + 1), dtype=np.float64)
+    row = 0
     for items, stamps in zip(sequences, times, strict=True):
         for end in range(len(items), 1, -length):
             start = max(0, end - length - 1)
-            window, window_times = items[start:end], stamps[start:end]
-            pad = length + 1 - len(window)
-            window = np.concatenate([np.zeros(pad, dtype=np.int64), window])
-            window_times = np.concatenate([np.full(pad, window_times[0], dtype=np.float64), window_times])
-            inputs.append(window[:-1])
-            targets.append(window[1:])
-            input_times.append(window_times[:-1])
-            target_times.append(window_times[1:])
-    if not inputs:
-        raise ValueError("no sequence has two events: the next-item model needs histories to learn from")
-    inputs_t = torch.from_numpy(np.stack(inputs))
-    targets_t = torch.from_numpy(np.stack(targets))
-    return (Histories(inputs_t, torch.from_numpy(np.stack(input_times)) * (inputs_t != 0)),
-            targets_t, torch.from_numpy(np.stack(target_times)))
+            pad = length + 1 - (end - start)
+            full[row, pad:] = items[start:end]
+            full_times[row, :pad] = stamps[start]
+            full_times[row, pad:] = stamps[start:end]
+            row += 1
+    inputs_t = torch.from_numpy(np.ascontiguousarray(full[:, :-1]))
+    targets_t = torch.from_numpy(np.ascontiguousarray(full[:, 1:]))
+    input_times = torch.from_numpy(np.ascontiguousarray(full_times[:, :-1]))
+    target_times = torch.from_numpy(np.ascontiguousarray(full_times[:, 1:]))
+    del full, full_times
+    return Histories(inputs_t, input_times * (inputs_t != 0)), targets_t, target_times
 
 
 def last_window(items: np.ndarray, times: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from grec.covisitation import build_covisitation
+from grec.covisitation import build_covisitation, build_covisitations
 from grec.next_item import train_next_item
 from recommend.blend import fit_blend
 from recommend.metrics import ndcg
-from recommend.offline import Interactions, SplitUsers, read_interactions, split_users
+from recommend.offline import Interactions, SplitUsers, read_interactions, split_runs, split_users
 from recommend.popularity import ItemPopularity
 from recommend.recommender import add_task_terms
 from recommend.ranker import Ranker
@@ -62,17 +62,20 @@ class StageFitter:
     def run(self) -> tuple[RecommendationStage, dict[str, Any]]:
         config = self.config
         mark = time.perf_counter()
-        interactions = read_interactions(self.prepared, sorted({c for c in self.targets.values() if c}))
-        fit_part, all_part = interactions.within(("train",)), interactions.within(("train", "validation"))
-        item_ids = _catalogue(all_part)
+        # Only the columns and splits the fit reads, batch by batch, into compact arrays (recommend.offline).
+        interactions = read_interactions(self.prepared, sorted({c for c in self.targets.values() if c}),
+                                         ("train", "validation"))
+        fit_part, all_part = interactions.within(("train",)), interactions
+        item_ids, row_of_code = _catalogue(all_part)
         rows_of = {item: row + 1 for row, item in enumerate(item_ids)}
-        validation = split_users(self.prepared, "validation", self.targets, interactions)
-        validation = _sample(validation, config.max_validation_users, config.seed)
+        positions = _sample_positions(len(split_runs(interactions, "validation")[0]), config.max_validation_users,
+                                      config.seed)
+        validation = split_users(self.prepared, "validation", self.targets, interactions, positions)
         features = self._item_features(item_ids) if config.next_item is not None and config.item_features else None
         self.seconds["read"] = time.perf_counter() - mark
 
-        fit_sequences, fit_times = _sequences(fit_part, rows_of)
-        stage = RecommendationStage(item_ids, ItemPopularity.from_events(_rows(fit_part.items, rows_of),
+        fit_sequences, fit_times = _sequences(fit_part, row_of_code)
+        stage = RecommendationStage(item_ids, ItemPopularity.from_events(row_of_code[fit_part.item_codes],
                                                                          fit_part.times, len(item_ids)),
                                     covisitation=None, next_item=None, popularity_window_days=None,
                                     candidates_per_source=config.candidates_per_source, blends={})
@@ -83,15 +86,8 @@ class StageFitter:
         window, report["popularity"] = judge.best_window(config.popularity_windows)
         stage.popularity_window_days = window
         if config.covisitation:
-            best, scores = None, []
-            for candidate in config.covisitation_grid:
-                covisitation = build_covisitation(fit_sequences, len(item_ids), candidate)
-                score = judge.source_ndcg(covisitation.scores(judge.history_rows))
-                scores.append(score)
-                if best is None or score > best[0]:
-                    best = (score, candidate, covisitation)
-            stage.covisitation = best[2]
-            report["covisitation"] = {"ndcg": best[0], "config": best[1].model_dump(), "tried": len(scores)}
+            stage.covisitation, report["covisitation"] = _best_covisitation(fit_sequences, len(item_ids),
+                                                                            config.covisitation_grid, judge)
         self.seconds["covisitation_and_popularity"] = time.perf_counter() - mark
 
         epochs = 0
@@ -106,9 +102,10 @@ class StageFitter:
         self.seconds["blends"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        all_sequences, all_times = _sequences(all_part, rows_of)
+        del fit_sequences, fit_times, fit_part
+        all_sequences, all_times = _sequences(all_part, row_of_code)
         final = RecommendationStage(
-            item_ids, ItemPopularity.from_events(_rows(all_part.items, rows_of), all_part.times, len(item_ids)),
+            item_ids, ItemPopularity.from_events(row_of_code[all_part.item_codes], all_part.times, len(item_ids)),
             covisitation=(build_covisitation(all_sequences, len(item_ids), stage.covisitation.config)
                           if stage.covisitation is not None else None),
             next_item=None, popularity_window_days=window, candidates_per_source=config.candidates_per_source,
@@ -225,29 +222,45 @@ class _Judge:
             return model.scores(model.user_vectors(windows, torch.from_numpy(self.now))).numpy()
 
 
-def _catalogue(interactions: Interactions) -> list[Any]:
-    """The items of the events, most interacted with first (ties by id, so the order is stable)."""
-    items, counts = np.unique(interactions.items, return_counts=True)
-    order = sorted(range(len(items)), key=lambda i: (-counts[i], str(items[i])))
-    return [items[i].item() if hasattr(items[i], "item") else items[i] for i in order]
+def _catalogue(interactions: Interactions) -> tuple[list[Any], np.ndarray]:
+    """The items of the events, most interacted with first (ties by id, so the order is stable), and
+    the catalogue row (1..N; 0 for none) of each of the interactions' item codes."""
+    counts = np.bincount(interactions.item_codes, minlength=len(interactions.item_values))
+    values = interactions.item_values
+    order = sorted(np.flatnonzero(counts).tolist(), key=lambda c: (-counts[c], str(values[c])))
+    row_of_code = np.zeros(len(values), dtype=np.int64)
+    row_of_code[np.asarray(order, dtype=np.int64)] = np.arange(1, len(order) + 1)
+    return [values[c].item() if hasattr(values[c], "item") else values[c] for c in order], row_of_code
 
 
-def _rows(items: np.ndarray, rows_of: dict[Any, int]) -> np.ndarray:
-    return np.fromiter((rows_of.get(i, 0) for i in items.tolist()), dtype=np.int64, count=len(items))
+def _sequences(interactions: Interactions, row_of_code: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's events as catalogue rows and times, oldest first: views of one array each (CSR
+    by the users' offsets), so a user costs two views and an event 16 bytes."""
+    rows = row_of_code[interactions.item_codes]
+    starts, ends = interactions.run_bounds()
+    bounds = list(zip(starts.tolist(), ends.tolist(), strict=True))
+    return [rows[s:e] for s, e in bounds], [interactions.times[s:e] for s, e in bounds]
 
 
-def _sequences(interactions: Interactions, rows_of: dict[Any, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each user's events as catalogue rows and times, oldest first."""
-    rows = _rows(interactions.items, rows_of)
-    return ([rows[s:e] for _, s, e in interactions.user_runs()],
-            [interactions.times[s:e] for _, s, e in interactions.user_runs()])
+def _best_covisitation(sequences: list[np.ndarray], num_items: int, grid: tuple[Any, ...],
+                       judge: _Judge) -> tuple[Any, dict[str, Any]]:
+    """The grid's setting with the best validation NDCG (the first of equals in grid order). Pair
+    counts depend only on the window and the backward weight: the settings that share them are built
+    from one count (grec.covisitation.build_covisitations, block by block)."""
+    best: tuple[float, int, Any] | None = None
+    for key in dict.fromkeys((c.window, c.backward_weight) for c in grid):
+        indices = [i for i, c in enumerate(grid) if (c.window, c.backward_weight) == key]
+        built = build_covisitations(sequences, num_items, [grid[i] for i in indices])
+        for index, covisitation in zip(indices, built, strict=True):
+            score = judge.source_ndcg(covisitation.scores(judge.history_rows))
+            if best is None or score > best[0] or (score == best[0] and index < best[1]):
+                best = (score, index, covisitation)
+        del built
+    return best[2], {"ndcg": best[0], "config": grid[best[1]].model_dump(), "tried": len(grid)}
 
 
-def _sample(users: SplitUsers, limit: int | None, seed: int) -> SplitUsers:
-    if limit is None or len(users.user_ids) <= limit:
-        return users
-    chosen = sorted(np.random.default_rng(seed).choice(len(users.user_ids), limit, replace=False).tolist())
-    return users.subset(chosen)
-
-
-
+def _sample_positions(users: int, limit: int | None, seed: int) -> list[int] | None:
+    """A seeded sample of `limit` of `users` positions (ascending), None for all."""
+    if limit is None or users <= limit:
+        return None
+    return sorted(np.random.default_rng(seed).choice(users, limit, replace=False).tolist())
