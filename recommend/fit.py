@@ -1,6 +1,12 @@
 """Fitting a recommendation stage on a prepared dataset (the work of `grec build-index`, see
 jobs/retrieval/job.py for the steps): sources fitted on the training split and tuned on the
 validation split, blends fitted there per binary task, then everything refitted on both splits.
+
+Memory: the train and validation events are read batch by batch into compact arrays (about 20 bytes
+an event, recommend.offline) and the users' sequences are views of them; only the judged validation
+users are built; co-visitation counts are held one row block at a time (grec.covisitation) and the
+next-item model's windows are cut per batch; full-catalogue scores, candidates and ranker rows exist
+for a block of users at a time. What grows with events is about 35 bytes an event.
 """
 
 from __future__ import annotations
