@@ -2,6 +2,8 @@
 `grec train` (one epoch), `grec build-index` and `grec evaluate`, each run as an operator would.
 
     .venv/bin/python benchmarks/bench_scale.py --events 1000000 [--json FILE]
+    .venv/bin/python benchmarks/bench_scale.py --events 1000000 --work DIR  # keeps DIR
+    .venv/bin/python benchmarks/bench_scale.py --work DIR --stages build-index,evaluate  # again on DIR's model
 
 The cluster is tests/ray_test_cluster.py (a head without CPUs and one node with 2 CPUs, token auth,
 loopback), run by an interpreter that cannot import grec: the jobs ship grec's code to it. Storage is
@@ -259,7 +261,12 @@ def split_rows(data: Path) -> dict[str, int]:
     return {name: split["rows"] for name, split in summary["splits"].items()}
 
 
-def run_benchmark(events: int, work: Path) -> dict:
+STAGES = ("prepare", "train", "build-index", "evaluate")
+
+
+def run_benchmark(events: int, work: Path, stages: tuple[str, ...] = STAGES) -> dict:
+    """Runs `stages` (in STAGES's order) in `work`; a stage left out that a later one needs (the
+    prepared data, the registered model) must have been run in `work` before (--work)."""
     token = work / "ray_auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
@@ -270,30 +277,56 @@ def run_benchmark(events: int, work: Path) -> dict:
     started = time.monotonic()
     cluster = start_cluster(work, env)
     print(f"cluster up in {time.monotonic() - started:.1f} s at {cluster.address}", flush=True)
+    done: dict[str, StageResult] = {}
     try:
         stage = dict(cluster=cluster, env=driver_env, work=work)
-        prepare = run_stage("prepare", ["data", "prepare", "--dataset", "synthetic", "--num-events", str(events),
-                                        "--sequence-length", str(SEQUENCE_LENGTH), "--out", str(data)], events, **stage)
+        if "prepare" in stages:
+            done["prepare"] = run_stage("prepare", ["data", "prepare", "--dataset", "synthetic", "--num-events",
+                                                    str(events), "--sequence-length", str(SEQUENCE_LENGTH), "--out",
+                                                    str(data)], events, **stage)
         rows = split_rows(data)
-        (work / "train.yaml").write_text(yaml.safe_dump(train_config(data, work / "ray_results")))
-        train = run_stage("train", ["train", "--config", str(work / "train.yaml"), "--address", cluster.address,
-                                    "--no-progress"], rows["train"], **stage)
-        train.extra = training_figures(tracking_uri, train.started_at)
+        if "train" in stages:
+            (work / "train.yaml").write_text(yaml.safe_dump(train_config(data, work / "ray_results")))
+            train = run_stage("train", ["train", "--config", str(work / "train.yaml"), "--address", cluster.address,
+                                        "--no-progress"], rows["train"], **stage)
+            train.extra = training_figures(tracking_uri, train.started_at)
+            done["train"] = train
         model = f"models:/{MODEL_NAME}@challenger"
-        index = run_stage("build-index", ["build-index", "--model", model, "--data", str(data), "--address",
-                                          cluster.address, "--max-epochs", "1", "--validation-users", "1000"],
-                          rows["train"] + rows["validation"], **stage)
-        evaluate = run_stage("evaluate", ["evaluate", "--model", model, "--data", str(data), "--address",
-                                          cluster.address, "--out", str(work / "report"), "--resamples", "0",
-                                          "--recommend-users", "1000", "--peers", "popularity", "--peer-trials", "1"],
-                             rows["test"], **stage)
+        if "build-index" in stages:
+            index = run_stage("build-index", ["build-index", "--model", model, "--data", str(data), "--address",
+                                              cluster.address, "--max-epochs", "1", "--validation-users", "1000"],
+                              rows["train"] + rows["validation"], **stage)
+            index.extra = index_figures(tracking_uri)
+            done["build-index"] = index
+        if "evaluate" in stages:
+            done["evaluate"] = run_stage("evaluate", ["evaluate", "--model", model, "--data", str(data), "--address",
+                                                      cluster.address, "--out", str(work / "report"), "--resamples",
+                                                      "0", "--recommend-users", "1000", "--peers", "popularity",
+                                                      "--peer-trials", "1"], rows["test"], **stage)
     finally:
         cluster.stop()
-    stages = [prepare, train, index, evaluate]
-    return {"events": events, "splits": rows, "worker_node_cpus": WORKER_NODE_CPUS, "num_workers": NUM_WORKERS,
-            "batch_size_per_worker": BATCH_SIZE, "sequence_length": SEQUENCE_LENGTH, "model": MODEL,
-            "stages": [s.to_json() for s in stages],
-            "one_billion_events": one_billion_estimate(events, rows, prepare, train, index, evaluate)}
+    results = {"events": sum(rows.values()), "splits": rows, "worker_node_cpus": WORKER_NODE_CPUS,
+               "num_workers": NUM_WORKERS, "batch_size_per_worker": BATCH_SIZE, "sequence_length": SEQUENCE_LENGTH,
+               "model": MODEL, "stages": [done[name].to_json() for name in STAGES if name in done]}
+    if len(done) == len(STAGES):
+        results["one_billion_events"] = one_billion_estimate(events, rows, *(done[name] for name in STAGES))
+    return results
+
+
+def index_figures(tracking_uri: str) -> dict:
+    """What the registered version's retrieval index reports: its fit's seconds per part and the
+    validation NDCG of each blend (registry.retrieval_index's stage.json metadata)."""
+    from mlflow import MlflowClient
+
+    from registry.retrieval_index import load_recommendation_stage
+    from registry.tracking import use_tracking_uri
+
+    with use_tracking_uri(tracking_uri):
+        version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL_NAME, "challenger").version
+        stage = load_recommendation_stage(MODEL_NAME, version)
+    validation = stage.metadata.get("validation", {})
+    return {"validation_ndcg": {task: round(blend["ndcg"], 5) for task, blend in validation.get("blends", {}).items()},
+            "fit_seconds": validation.get("seconds", {})}
 
 
 def one_billion_estimate(events: int, rows: dict[str, int], prepare: StageResult, train: StageResult,
@@ -332,12 +365,27 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--table", type=Path, help="only print the table of a results file written by --json")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated stages to run (of {', '.join(STAGES)}); the ones left out must have "
+                        "run in --work before")
+    parser.add_argument("--work", type=Path, help="keep the data, MLflow store and logs in this directory (created "
+                        "if missing) instead of a temporary one, so later runs can repeat single stages")
     args = parser.parse_args()
     if args.table:
         print(markdown_table(json.loads(args.table.read_text())))
         return
-    with tempfile.TemporaryDirectory(prefix="grec-bench-scale-") as work:
-        results = run_benchmark(args.events, Path(work))
+    stages = tuple(name for name in STAGES if name in args.stages.split(","))
+    unknown = set(args.stages.split(",")) - set(STAGES)
+    if unknown or not stages:
+        parser.error(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        results = run_benchmark(args.events, args.work.resolve(), stages)
+    else:
+        if stages != STAGES:
+            parser.error("--stages needs --work (a directory where the stages left out have run)")
+        with tempfile.TemporaryDirectory(prefix="grec-bench-scale-") as work:
+            results = run_benchmark(args.events, Path(work), stages)
     text = json.dumps(results, indent=2)
     print(text)
     print(markdown_table(results))

@@ -156,29 +156,51 @@ class NextItemModel(nn.Module):
         return F.cross_entropy(torch.cat([true, sampled], dim=1), torch.zeros_like(targets))
 
 
+class TrainingWindows:
+    """The training windows of `length` positions cut from the end of each sequence (item rows,
+    oldest first) with stride `length`, targets the inputs shifted by one. Only where each window
+    lies is held (12 bytes a window); a batch's tensors are cut from the sequences when asked for, so
+    memory does not grow with the windows' positions."""
+
+    def __init__(self, sequences: Sequence[np.ndarray], times: Sequence[np.ndarray], length: int) -> None:
+        self.sequences, self.times, self.length = sequences, times, length
+        counts = np.array([max(0, -(-(len(items) - 1) // length)) for items in sequences], dtype=np.int64)
+        if not counts.sum():
+            raise ValueError("no sequence has two events: the next-item model needs histories to learn from")
+        self.sequence = np.repeat(np.arange(len(sequences), dtype=np.int32), counts)
+        lengths = np.array([len(items) for items in sequences], dtype=np.int64)[self.sequence]
+        # The k-th window of a sequence (from its end) ends at len - k * length.
+        first = np.r_[0, np.cumsum(counts)[:-1]]
+        rank = np.arange(len(self.sequence)) - np.repeat(first, counts)
+        self.end = (lengths - rank * length).astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def batch(self, index: np.ndarray | torch.Tensor | None = None) -> tuple[Histories, torch.Tensor, torch.Tensor]:
+        """(inputs, targets [B, L], target times [B, L]) of windows `index` (None: all)."""
+        index = np.arange(len(self)) if index is None else np.asarray(index, dtype=np.int64)
+        length = self.length
+        full = np.zeros((len(index), length + 1), dtype=np.int64)
+        full_times = np.empty((len(index), length + 1), dtype=np.float64)
+        for row, (sequence, end) in enumerate(zip(self.sequence[index].tolist(), self.end[index].tolist(),
+                                                  strict=True)):
+            items, stamps = self.sequences[sequence], self.times[sequence]
+            start = max(0, end - length - 1)
+            pad = length + 1 - (end - start)
+            full[row, pad:] = items[start:end]
+            full_times[row, :pad] = stamps[start]
+            full_times[row, pad:] = stamps[start:end]
+        inputs = torch.from_numpy(np.ascontiguousarray(full[:, :-1]))
+        input_times = torch.from_numpy(np.ascontiguousarray(full_times[:, :-1]))
+        return (Histories(inputs, input_times * (inputs != 0)), torch.from_numpy(np.ascontiguousarray(full[:, 1:])),
+                torch.from_numpy(np.ascontiguousarray(full_times[:, 1:])))
+
+
 def history_windows(sequences: Sequence[np.ndarray], times: Sequence[np.ndarray], length: int,
                     ) -> tuple[Histories, torch.Tensor, torch.Tensor]:
-    """Training windows of `length` positions cut from the end of each sequence (item rows, oldest
-    first) with stride `length`: (inputs, targets [W, L], target times [W, L]); targets are the
-    inputs shifted by one."""
-    inputs, targets, input_times, target_times = [], [], [], []
-    for items, stamps in zip(sequences, times, strict=True):
-        for end in range(len(items), 1, -length):
-            start = max(0, end - length - 1)
-            window, window_times = items[start:end], stamps[start:end]
-            pad = length + 1 - len(window)
-            window = np.concatenate([np.zeros(pad, dtype=np.int64), window])
-            window_times = np.concatenate([np.full(pad, window_times[0], dtype=np.float64), window_times])
-            inputs.append(window[:-1])
-            targets.append(window[1:])
-            input_times.append(window_times[:-1])
-            target_times.append(window_times[1:])
-    if not inputs:
-        raise ValueError("no sequence has two events: the next-item model needs histories to learn from")
-    inputs_t = torch.from_numpy(np.stack(inputs))
-    targets_t = torch.from_numpy(np.stack(targets))
-    return (Histories(inputs_t, torch.from_numpy(np.stack(input_times)) * (inputs_t != 0)),
-            targets_t, torch.from_numpy(np.stack(target_times)))
+    """Every training window at once (TrainingWindows): (inputs, targets [W, L], target times [W, L])."""
+    return TrainingWindows(sequences, times, length).batch()
 
 
 def last_window(items: np.ndarray, times: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,10 +226,13 @@ def train_next_item(sequences: Sequence[np.ndarray], times: Sequence[np.ndarray]
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = NextItemModel(config, num_items, item_features)
-    windows, targets, target_times = history_windows(sequences, times, config.max_length)
+    windows = TrainingWindows(sequences, times, config.max_length)
     log_q = None
     if num_items > config.full_softmax_items:
-        counts = torch.bincount(torch.from_numpy(np.concatenate(sequences)), minlength=num_items + 1).double()[:num_items + 1]
+        counts = torch.zeros(num_items + 1, dtype=torch.float64)
+        for start in range(0, len(sequences), 4096):  # a few thousand sequences at a time, not one copy of all
+            chunk = np.concatenate([np.asarray(s, np.int64) for s in sequences[start:start + 4096]])
+            counts += torch.bincount(torch.from_numpy(chunk), minlength=num_items + 1).double()[:num_items + 1]
         counts[0] = 0.0
         log_q = torch.log((counts + 1.0) / (counts + 1.0)[1:].sum()).float()
         log_q[0] = float("-inf")
@@ -215,12 +240,11 @@ def train_next_item(sequences: Sequence[np.ndarray], times: Sequence[np.ndarray]
     losses: list[float] = []
     for epoch in range(epochs or config.max_epochs):
         model.train()
-        order = torch.randperm(len(targets), generator=generator)
+        order = torch.randperm(len(windows), generator=generator)
         total, steps = 0.0, 0
         for start in range(0, len(order), config.batch_size):
-            index = order[start:start + config.batch_size]
-            loss = model.loss(Histories(windows.items[index], windows.times[index]), targets[index],
-                              target_times[index], log_q)
+            inputs, targets, target_times = windows.batch(order[start:start + config.batch_size].numpy())
+            loss = model.loss(inputs, targets, target_times, log_q)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

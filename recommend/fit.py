@@ -1,6 +1,12 @@
 """Fitting a recommendation stage on a prepared dataset (the work of `grec build-index`, see
 jobs/retrieval/job.py for the steps): sources fitted on the training split and tuned on the
 validation split, blends fitted there per binary task, then everything refitted on both splits.
+
+Memory: the train and validation events are read batch by batch into compact arrays (about 20 bytes
+an event, recommend.offline) and the users' sequences are views of them; only the judged validation
+users are built; co-visitation counts are held one row block at a time (grec.covisitation) and the
+next-item model's windows are cut per batch; full-catalogue scores, candidates and ranker rows exist
+for a block of users at a time. What grows with events is about 35 bytes an event.
 """
 
 from __future__ import annotations
@@ -8,28 +14,33 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from grec.covisitation import build_covisitation
+from grec.covisitation import build_covisitation, build_covisitations
 from grec.next_item import train_next_item
 from recommend.blend import fit_blend
 from recommend.metrics import ndcg
-from recommend.offline import Interactions, SplitUsers, read_interactions, split_users
+from recommend.offline import Interactions, SplitUsers, read_interactions, split_runs, split_users
 from recommend.popularity import ItemPopularity
-from recommend.recommender import add_task_terms
+from recommend.recommender import TaskScorer, add_task_terms
 from recommend.ranker import Ranker
 from recommend.rows import ItemRows, candidate_rows, latest_item_rows, row_task_scorer
-from recommend.stage import SOURCES, RecommendationStage
+from recommend.stage import SOURCES, CandidateSet, RecommendationStage
 
 logger = logging.getLogger(__name__)
 # The target that tunes the sources: every validation event is relevant.
 INTERACTIONS = "_interactions"
 ITEM_TOKEN = "item"
 ENCODE_BATCH = 512
+# Validation users whose full-catalogue scores and candidates are held at once, and users whose
+# candidates go through the ranker in one forward: memory grows with these, not with the users.
+BLOCK_USERS = 1024
+RANKER_BATCH_USERS = 64
 
 
 def targets_of(definition: Any) -> dict[str, str | None]:
@@ -40,15 +51,24 @@ def targets_of(definition: Any) -> dict[str, str | None]:
 
 def full_ndcg(scores: np.ndarray, users: SplitUsers, stage_rows: dict[Any, int], target: str, k: int) -> float:
     """NDCG@k of full-catalogue scores [users, N] (each user's history left out) for `target`."""
+    values, counts = user_ndcg(scores, users, stage_rows, target, k)
+    return float(values[counts > 0].mean())
+
+
+def user_ndcg(scores: np.ndarray, users: SplitUsers, stage_rows: dict[Any, int], target: str, k: int,
+              offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(NDCG@k, |truth|) of each of the users offset.. whose full-catalogue scores are `scores`
+    [block, N], each user's history left out (row by row: blocks give the values of the whole)."""
     masked = scores.astype(np.float64).copy()
     relevant = np.zeros(masked.shape, dtype=bool)
-    counts = np.zeros(len(users.user_ids), dtype=np.int64)
-    for index, (history, truth) in enumerate(zip(users.histories, users.truth[target], strict=True)):
+    counts = np.zeros(len(scores), dtype=np.int64)
+    for index in range(len(scores)):
+        history, truth = users.histories[offset + index], users.truth[target][offset + index]
         masked[index, [stage_rows[i] - 1 for i in history.exclude if i in stage_rows]] = -np.inf
         relevant[index, [stage_rows[i] - 1 for i in truth if i in stage_rows]] = True
         counts[index] = len(truth)
     top = np.argsort(-masked, axis=1, kind="stable")[:, :k]
-    return float(ndcg(np.take_along_axis(relevant, top, axis=1), counts, k)[counts > 0].mean())
+    return ndcg(np.take_along_axis(relevant, top, axis=1), counts, k), counts
 
 
 class StageFitter:
@@ -62,20 +82,24 @@ class StageFitter:
     def run(self) -> tuple[RecommendationStage, dict[str, Any]]:
         config = self.config
         mark = time.perf_counter()
-        interactions = read_interactions(self.prepared, sorted({c for c in self.targets.values() if c}))
-        fit_part, all_part = interactions.within(("train",)), interactions.within(("train", "validation"))
-        item_ids = _catalogue(all_part)
+        # Only the columns and splits the fit reads, batch by batch, into compact arrays (recommend.offline).
+        interactions = read_interactions(self.prepared, sorted({c for c in self.targets.values() if c}),
+                                         ("train", "validation"))
+        fit_part, all_part = interactions.within(("train",)), interactions
+        item_ids, row_of_code = _catalogue(all_part)
         rows_of = {item: row + 1 for row, item in enumerate(item_ids)}
-        validation = split_users(self.prepared, "validation", self.targets, interactions)
-        validation = _sample(validation, config.max_validation_users, config.seed)
+        positions = _sample_positions(len(split_runs(interactions, "validation")[0]), config.max_validation_users,
+                                      config.seed)
+        validation = split_users(self.prepared, "validation", self.targets, interactions, positions)
         features = self._item_features(item_ids) if config.next_item is not None and config.item_features else None
         self.seconds["read"] = time.perf_counter() - mark
 
-        fit_sequences, fit_times = _sequences(fit_part, rows_of)
-        stage = RecommendationStage(item_ids, ItemPopularity.from_events(_rows(fit_part.items, rows_of),
+        fit_sequences, fit_times = _sequences(fit_part, row_of_code)
+        stage = RecommendationStage(item_ids, ItemPopularity.from_events(row_of_code[fit_part.item_codes],
                                                                          fit_part.times, len(item_ids)),
                                     covisitation=None, next_item=None, popularity_window_days=None,
                                     candidates_per_source=config.candidates_per_source, blends={})
+        del fit_part  # the sequences are views of their own rows and of its times
         judge = _Judge(stage, validation, rows_of, config.k)
         report: dict[str, Any] = {"items": len(item_ids), "validation_users": len(validation.user_ids)}
 
@@ -83,15 +107,8 @@ class StageFitter:
         window, report["popularity"] = judge.best_window(config.popularity_windows)
         stage.popularity_window_days = window
         if config.covisitation:
-            best, scores = None, []
-            for candidate in config.covisitation_grid:
-                covisitation = build_covisitation(fit_sequences, len(item_ids), candidate)
-                score = judge.source_ndcg(covisitation.scores(judge.history_rows))
-                scores.append(score)
-                if best is None or score > best[0]:
-                    best = (score, candidate, covisitation)
-            stage.covisitation = best[2]
-            report["covisitation"] = {"ndcg": best[0], "config": best[1].model_dump(), "tried": len(scores)}
+            stage.covisitation, report["covisitation"] = _best_covisitation(fit_sequences, len(item_ids),
+                                                                            config.covisitation_grid, judge)
         self.seconds["covisitation_and_popularity"] = time.perf_counter() - mark
 
         epochs = 0
@@ -106,9 +123,10 @@ class StageFitter:
         self.seconds["blends"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        all_sequences, all_times = _sequences(all_part, rows_of)
+        del fit_sequences, fit_times
+        all_sequences, all_times = _sequences(all_part, row_of_code)
         final = RecommendationStage(
-            item_ids, ItemPopularity.from_events(_rows(all_part.items, rows_of), all_part.times, len(item_ids)),
+            item_ids, ItemPopularity.from_events(row_of_code[all_part.item_codes], all_part.times, len(item_ids)),
             covisitation=(build_covisitation(all_sequences, len(item_ids), stage.covisitation.config)
                           if stage.covisitation is not None else None),
             next_item=None, popularity_window_days=window, candidates_per_source=config.candidates_per_source,
@@ -157,7 +175,7 @@ class StageFitter:
         def on_epoch(epoch: int, model: Any) -> bool:
             if epoch % config.eval_every and epoch != config.next_item.max_epochs:
                 return False
-            score = judge.source_ndcg(judge.next_item_scores(model))
+            score = judge.next_item_ndcg(model)
             history.append((epoch, round(score, 5)))
             logger.info("next-item model: epoch %d, validation NDCG@%d %.4f", epoch, config.k, score)
             if score > best["ndcg"]:
@@ -172,14 +190,19 @@ class StageFitter:
 
     def _fit_blends(self, stage: RecommendationStage, validation: SplitUsers,
                     item_ids: list[Any]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-        candidates = stage.candidates(validation.histories)
         ranker_tasks = [t.name for t in self.ranker.tasks if t.kind in ("binary", "regression")] \
             if self.config.ranker_terms else []
-        if ranker_tasks:
-            item_rows = ItemRows(self.catalogue_rows, self.loaded.definition)
-            scorer = row_task_scorer(lambda task, rows: self.ranker.score(task, rows).scores,
-                                     self.ranker.binary_tasks, validation.rows, item_rows)
-            add_task_terms(candidates, stage, ranker_tasks, scorer)
+        item_rows = ItemRows(self.catalogue_rows, self.loaded.definition) if ranker_tasks else None
+        blocks = []
+        for start in range(0, len(validation.user_ids), BLOCK_USERS):
+            block = stage.candidates(validation.histories[start:start + BLOCK_USERS])
+            if ranker_tasks:
+                scorer = row_task_scorer(lambda task, rows: self.ranker.score(task, rows).scores,
+                                         self.ranker.binary_tasks, validation.rows, item_rows, offset=start)
+                add_task_terms(block, stage, ranker_tasks, _in_batches(scorer, RANKER_BATCH_USERS))
+            blocks.append(block)
+        candidates = _concatenate(blocks) if blocks else stage.candidates(validation.histories)
+        del blocks
         blends, report = {}, {}
         for task in self.targets:
             if task == INTERACTIONS:
@@ -199,7 +222,8 @@ class StageFitter:
 
 
 class _Judge:
-    """Scores sources on the validation users: NDCG@k of every validation event, histories left out."""
+    """Scores sources on the validation users: NDCG@k of every validation event, histories left out.
+    Full-catalogue scores exist for BLOCK_USERS users at a time."""
 
     def __init__(self, stage: RecommendationStage, users: SplitUsers, rows_of: dict[Any, int], k: int) -> None:
         self.stage, self.users, self.rows_of, self.k = stage, users, rows_of, k
@@ -207,47 +231,105 @@ class _Judge:
         self.history_times = [times for _, times in stage.history_rows(users.histories)]
         self.now = np.array([h.now for h in users.histories])
 
-    def source_ndcg(self, scores: np.ndarray) -> float:
-        return full_ndcg(scores, self.users, self.rows_of, INTERACTIONS, self.k)
+    def source_ndcg(self, scores_of: Callable[[int, int], np.ndarray]) -> float:
+        """NDCG@k of the scores `scores_of(start, end)` gives users start..end-1 ([users, N])."""
+        values, counts = [], []
+        for start in range(0, len(self.now), BLOCK_USERS):
+            end = min(start + BLOCK_USERS, len(self.now))
+            block_values, block_counts = user_ndcg(scores_of(start, end), self.users, self.rows_of, INTERACTIONS,
+                                                   self.k, start)
+            values.append(block_values)
+            counts.append(block_counts)
+        values, counts = np.concatenate(values), np.concatenate(counts)
+        return float(values[counts > 0].mean())
 
     def best_window(self, windows: tuple[float | None, ...]) -> tuple[float | None, dict[str, Any]]:
-        scores = {w: self.source_ndcg(self.stage.popularity.scores(self.now, w)) for w in windows}
+        scores = {w: self.source_ndcg(lambda a, b, w=w: self.stage.popularity.scores(self.now[a:b], w))
+                  for w in windows}
         best = max(windows, key=lambda w: (scores[w], w is None, w or 0))
         return best, {"window_days": best, "ndcg": scores[best],
                       "tried": {("all" if w is None else str(w)): round(s, 5) for w, s in scores.items()}}
 
-    def next_item_scores(self, model: Any) -> np.ndarray:
+    def covisitation_ndcg(self, covisitation: Any) -> float:
+        return self.source_ndcg(lambda a, b: covisitation.scores(self.history_rows[a:b]))
+
+    def next_item_ndcg(self, model: Any) -> float:
         from grec.next_item import stack_histories
 
-        with torch.inference_mode():
-            windows = stack_histories(list(zip(self.history_rows, self.history_times, strict=True)),
-                                      model.config.max_length)
-            return model.scores(model.user_vectors(windows, torch.from_numpy(self.now))).numpy()
+        def scores(a: int, b: int) -> np.ndarray:
+            with torch.inference_mode():
+                windows = stack_histories(list(zip(self.history_rows[a:b], self.history_times[a:b], strict=True)),
+                                          model.config.max_length)
+                return model.scores(model.user_vectors(windows, torch.from_numpy(self.now[a:b]))).numpy()
+
+        return self.source_ndcg(scores)
 
 
-def _catalogue(interactions: Interactions) -> list[Any]:
-    """The items of the events, most interacted with first (ties by id, so the order is stable)."""
-    items, counts = np.unique(interactions.items, return_counts=True)
-    order = sorted(range(len(items)), key=lambda i: (-counts[i], str(items[i])))
-    return [items[i].item() if hasattr(items[i], "item") else items[i] for i in order]
+def _in_batches(scorer: TaskScorer, users_per_batch: int) -> TaskScorer:
+    """`scorer` called on `users_per_batch` users at a time (the ranker's rows of a batch at once)."""
+
+    def scored(users: Sequence[int], candidates: Sequence[Sequence[Any]], tasks: Sequence[str]):
+        out: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
+        for start in range(0, len(users), users_per_batch):
+            part = scorer(users[start:start + users_per_batch], candidates[start:start + users_per_batch], tasks)
+            for task in tasks:
+                out[task].extend(part[task])
+        return out
+
+    return scored
 
 
-def _rows(items: np.ndarray, rows_of: dict[Any, int]) -> np.ndarray:
-    return np.fromiter((rows_of.get(i, 0) for i in items.tolist()), dtype=np.int64, count=len(items))
+def _concatenate(blocks: list[CandidateSet]) -> CandidateSet:
+    """Blocks of users' candidates as one set, each padded with empty slots to the widest."""
+    width = max(block.rows.shape[1] for block in blocks)
+
+    def pad(values: np.ndarray, fill: Any) -> np.ndarray:
+        return np.pad(values, ((0, 0), (0, width - values.shape[1])), constant_values=fill)
+
+    return CandidateSet(np.concatenate([pad(b.rows, 0) for b in blocks]),
+                        np.concatenate([pad(b.valid, False) for b in blocks]),
+                        {name: np.concatenate([pad(b.terms[name], 0.0) for b in blocks]) for name in blocks[0].terms})
 
 
-def _sequences(interactions: Interactions, rows_of: dict[Any, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each user's events as catalogue rows and times, oldest first."""
-    rows = _rows(interactions.items, rows_of)
-    return ([rows[s:e] for _, s, e in interactions.user_runs()],
-            [interactions.times[s:e] for _, s, e in interactions.user_runs()])
+def _catalogue(interactions: Interactions) -> tuple[list[Any], np.ndarray]:
+    """The items of the events, most interacted with first (ties by id, so the order is stable), and
+    the catalogue row (1..N; 0 for none) of each of the interactions' item codes."""
+    counts = np.bincount(interactions.item_codes, minlength=len(interactions.item_values))
+    values = interactions.item_values
+    order = sorted(np.flatnonzero(counts).tolist(), key=lambda c: (-counts[c], str(values[c])))
+    row_of_code = np.zeros(len(values), dtype=np.int32)
+    row_of_code[np.asarray(order, dtype=np.int64)] = np.arange(1, len(order) + 1)
+    return [values[c].item() if hasattr(values[c], "item") else values[c] for c in order], row_of_code
 
 
-def _sample(users: SplitUsers, limit: int | None, seed: int) -> SplitUsers:
-    if limit is None or len(users.user_ids) <= limit:
-        return users
-    chosen = sorted(np.random.default_rng(seed).choice(len(users.user_ids), limit, replace=False).tolist())
-    return users.subset(chosen)
+def _sequences(interactions: Interactions, row_of_code: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's events as catalogue rows (int32) and times, oldest first: views of one array each
+    (CSR by the users' offsets), so a user costs two views and an event 12 bytes."""
+    rows = row_of_code[interactions.item_codes]
+    starts, ends = interactions.run_bounds()
+    bounds = list(zip(starts.tolist(), ends.tolist(), strict=True))
+    return [rows[s:e] for s, e in bounds], [interactions.times[s:e] for s, e in bounds]
 
 
+def _best_covisitation(sequences: list[np.ndarray], num_items: int, grid: tuple[Any, ...],
+                       judge: _Judge) -> tuple[Any, dict[str, Any]]:
+    """The grid's setting with the best validation NDCG (the first of equals in grid order). Pair
+    counts depend only on the window and the backward weight: the settings that share them are built
+    from one count (grec.covisitation.build_covisitations, block by block)."""
+    best: tuple[float, int, Any] | None = None
+    for key in dict.fromkeys((c.window, c.backward_weight) for c in grid):
+        indices = [i for i, c in enumerate(grid) if (c.window, c.backward_weight) == key]
+        built = build_covisitations(sequences, num_items, [grid[i] for i in indices])
+        for index, covisitation in zip(indices, built, strict=True):
+            score = judge.covisitation_ndcg(covisitation)
+            if best is None or score > best[0] or (score == best[0] and index < best[1]):
+                best = (score, index, covisitation)
+        del built
+    return best[2], {"ndcg": best[0], "config": grid[best[1]].model_dump(), "tried": len(grid)}
 
+
+def _sample_positions(users: int, limit: int | None, seed: int) -> list[int] | None:
+    """A seeded sample of `limit` of `users` positions (ascending), None for all."""
+    if limit is None or users <= limit:
+        return None
+    return sorted(np.random.default_rng(seed).choice(users, limit, replace=False).tolist())

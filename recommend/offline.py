@@ -14,7 +14,7 @@ For each user with an event in the split:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +26,34 @@ from feature_store.options import SPLITS
 from recommend.stage import UserHistory
 
 US_PER_S = 1_000_000
+# Rows per batch read from a split: what the reads hold at once besides the compact arrays.
+READ_BATCH_ROWS = 131_072
 
 
 @dataclass(frozen=True)
 class Interactions:
-    """Every event of a prepared dataset's splits, sorted by (user, time, split, row order)."""
+    """Every event of a prepared dataset's splits, sorted by (user, time, split, row order), held
+    compactly: users and items as int32 codes into their distinct raw ids (sorted), times as float64
+    seconds, splits as int8, each label as a boolean "is a positive" (value 1). Memory is about
+    4 + 4 + 8 + 1 + labels bytes per event; raw ids exist once per distinct user and item."""
 
-    users: np.ndarray  # raw user ids (object or numeric)
-    items: np.ndarray  # raw item ids
-    times: np.ndarray  # seconds since the epoch
-    splits: np.ndarray  # 0 train, 1 validation, 2 test
-    labels: dict[str, np.ndarray]  # label column -> values (NaN where missing)
+    user_codes: np.ndarray  # int32, position in `user_values`
+    user_values: np.ndarray  # distinct raw user ids, ascending (Arrow's order)
+    item_codes: np.ndarray  # int32, position in `item_values`
+    item_values: np.ndarray  # distinct raw item ids, ascending
+    times: np.ndarray  # seconds since the epoch (float64)
+    splits: np.ndarray  # int8: 0 train, 1 validation, 2 test
+    positives: dict[str, np.ndarray]  # label column -> bool (the value is 1)
+
+    @property
+    def users(self) -> np.ndarray:
+        """Raw user id of each event (materialized on demand)."""
+        return self.user_values[self.user_codes]
+
+    @property
+    def items(self) -> np.ndarray:
+        """Raw item id of each event (materialized on demand)."""
+        return self.item_values[self.item_codes]
 
     def before(self, split: str) -> Interactions:
         return self._take(self.splits < SPLITS.index(split))
@@ -45,44 +62,87 @@ class Interactions:
         return self._take(np.isin(self.splits, [SPLITS.index(s) for s in splits]))
 
     def _take(self, mask: np.ndarray) -> Interactions:
-        return Interactions(self.users[mask], self.items[mask], self.times[mask], self.splits[mask],
-                            {k: v[mask] for k, v in self.labels.items()})
+        return Interactions(self.user_codes[mask], self.user_values, self.item_codes[mask], self.item_values,
+                            self.times[mask], self.splits[mask], {k: v[mask] for k, v in self.positives.items()})
+
+    def run_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) of each user's events (CSR offsets), in user order."""
+        if len(self.user_codes) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        change = np.flatnonzero(self.user_codes[1:] != self.user_codes[:-1]) + 1
+        return np.r_[0, change].astype(np.int64), np.r_[change, len(self.user_codes)].astype(np.int64)
 
     def user_runs(self) -> list[tuple[Any, int, int]]:
         """(user, start, end) of each user's events, in user order."""
-        if len(self.users) == 0:
-            return []
-        change = np.flatnonzero(self.users[1:] != self.users[:-1]) + 1
-        starts = np.r_[0, change]
-        ends = np.r_[change, len(self.users)]
-        keys = self.users[starts].tolist()  # Python ids (int or str), as JSON and the online store take them
-        return [(key, int(s), int(e)) for key, s, e in zip(keys, starts, ends, strict=True)]
+        starts, ends = self.run_bounds()
+        keys = self.user_values[self.user_codes[starts]].tolist()  # Python ids (int or str), as JSON takes them
+        return [(key, int(s), int(e)) for key, s, e in zip(keys, starts.tolist(), ends.tolist(), strict=True)]
 
 
-def read_interactions(prepared: Any, label_columns: list[str] = ()) -> Interactions:
-    """Every split's (user, item, time, labels) of `prepared` (feature_store.prepare.PreparedDataset)."""
+class _Codes:
+    """Raw ids, batch by batch, as int32 codes into their distinct values in ascending order: each
+    batch is dictionary-encoded on arrival (its indices kept, int32), the dictionaries unified at
+    the end, so nothing holds a raw id per event."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[np.ndarray, pa.Array]] = []
+
+    def add(self, column: pa.ChunkedArray | pa.Array) -> None:
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if column.null_count:
+            raise ValueError(f"{column.null_count} events have no id")
+        encoded = pc.dictionary_encode(column)
+        self._parts.append((encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False),
+                            encoded.dictionary))
+
+    def finish(self, type_: pa.DataType) -> tuple[np.ndarray, np.ndarray]:
+        total = sum(len(indices) for indices, _ in self._parts)
+        if not self._parts:
+            return np.zeros(0, np.int32), pa.array([], type_).to_numpy(zero_copy_only=False)
+        distinct = pc.unique(pa.concat_arrays([d for _, d in self._parts]))
+        distinct = distinct.take(pc.sort_indices(distinct))
+        codes, at = np.empty(total, np.int32), 0
+        while self._parts:  # each batch's indices are released once mapped
+            indices, dictionary = self._parts.pop(0)
+            mapping = pc.index_in(dictionary, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int32)
+            codes[at:at + len(indices)] = mapping[indices]
+            at += len(indices)
+        return codes, distinct.to_numpy(zero_copy_only=False)
+
+
+def read_interactions(prepared: Any, label_columns: Iterable[str] = (),
+                      splits: Sequence[str] = SPLITS) -> Interactions:
+    """The (user, item, time, positives of each label) of `splits` of `prepared`
+    (feature_store.prepare.PreparedDataset), read column-wise batch by batch into compact arrays."""
     definition = prepared.definition()
+    label_columns = list(label_columns)
     user_key, item_key, time_key = definition.user.join_key, definition.item.join_key, definition.timestamp_field
-    tables = []
+    users, items = _Codes(), _Codes()
+    times, split_codes, positives = [], [], {c: [] for c in label_columns}
+    types: dict[str, pa.DataType] = {}
     for code, split in enumerate(SPLITS):
-        try:
-            table = prepared.read_split(split, columns=[user_key, item_key, time_key, *label_columns])
-        except Exception:  # an empty split (no files)
+        if split not in splits:
             continue
-        tables.append(table.append_column("_split", pa.array(np.full(table.num_rows, code, dtype=np.int8))))
-    table = pa.concat_tables(tables)
-    users = table.column(user_key).to_numpy(zero_copy_only=False)
-    times = table.column(time_key).cast(pa.int64()).to_numpy() / US_PER_S
-    splits = table.column("_split").to_numpy()
-    order = np.lexsort((np.arange(table.num_rows), splits, times, _codes(table.column(user_key))))
-    labels = {c: np.asarray(pc.cast(table.column(c), pa.float64()).to_numpy(zero_copy_only=False),
-                            dtype=np.float64)[order] for c in label_columns}
-    return Interactions(users[order], table.column(item_key).to_numpy(zero_copy_only=False)[order], times[order],
-                        splits[order], labels)
-
-
-def _codes(column: pa.ChunkedArray) -> np.ndarray:
-    return pc.rank(column, sort_keys="ascending", tiebreaker="dense").to_numpy()
+        for batch in prepared.iter_split(split, columns=[user_key, item_key, time_key, *label_columns],
+                                         batch_size=READ_BATCH_ROWS):
+            types.setdefault(user_key, batch.schema.field(user_key).type)
+            types.setdefault(item_key, batch.schema.field(item_key).type)
+            users.add(batch.column(user_key))
+            items.add(batch.column(item_key))
+            times.append(batch.column(time_key).cast(pa.int64()).to_numpy() / US_PER_S)
+            split_codes.append(np.full(batch.num_rows, code, dtype=np.int8))
+            for column in label_columns:
+                values = pc.cast(batch.column(column), pa.float64()).to_numpy(zero_copy_only=False)
+                positives[column].append(np.asarray(values, dtype=np.float64) == 1)
+    user_codes, user_values = users.finish(types.get(user_key, pa.int64()))
+    item_codes, item_values = items.finish(types.get(item_key, pa.int64()))
+    time_values = np.concatenate(times) if times else np.zeros(0, np.float64)
+    split_values = np.concatenate(split_codes) if split_codes else np.zeros(0, np.int8)
+    # Stable: events of one user at one time in one split keep their row order.
+    order = np.lexsort((split_values, time_values, user_codes))
+    return Interactions(user_codes[order], user_values, item_codes[order], item_values, time_values[order],
+                        split_values[order],
+                        {c: (np.concatenate(v) if v else np.zeros(0, bool))[order] for c, v in positives.items()})
 
 
 @dataclass(frozen=True)
@@ -105,38 +165,74 @@ class SplitUsers:
                           self.rows.take(pa.array(positions, pa.int64())))
 
 
+def split_runs(interactions: Interactions, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the users with an event in `split`, in user order: the users split_users
+    builds, by position."""
+    starts, ends = interactions.run_bounds()
+    inside = np.add.reduceat(interactions.splits == SPLITS.index(split), starts) > 0 if len(starts) else \
+        np.zeros(0, bool)
+    return starts[inside], ends[inside]
+
+
+def relevant_runs(interactions: Interactions, split: str, column: str | None) -> np.ndarray:
+    """Positions (in split_runs's order) of the split's users with a relevant event in it: a positive
+    of label `column`, any event for None (the users whose truth split_users finds non-empty)."""
+    starts, _ = interactions.run_bounds()
+    if len(starts) == 0:
+        return np.zeros(0, np.int64)
+    inside = interactions.splits == SPLITS.index(split)
+    relevant = inside if column is None else inside & interactions.positives[column]
+    in_split = np.add.reduceat(inside, starts) > 0
+    return np.flatnonzero((np.add.reduceat(relevant, starts) > 0)[in_split])
+
+
 def split_users(prepared: Any, split: str, targets: Mapping[str, str | None],
-                interactions: Interactions | None = None) -> SplitUsers:
-    """`targets`: name -> label column whose positives (value 1) are relevant, None for every event."""
+                interactions: Interactions | None = None, positions: Sequence[int] | None = None) -> SplitUsers:
+    """`targets`: name -> label column whose positives (value 1) are relevant, None for every event.
+    `positions`: only these of the split's users (ascending positions in user order, see
+    split_runs); the others are never built."""
     if split == "train":
         raise ValueError("lists are judged on a split that follows training data: validation or test")
     columns = sorted({c for c in targets.values() if c})
-    interactions = interactions or read_interactions(prepared, columns)
     code = SPLITS.index(split)
-    user_ids, histories, truth = [], [], {name: [] for name in targets}
-    for user, start, end in interactions.user_runs():
+    interactions = interactions or read_interactions(prepared, columns, SPLITS[:code + 1])
+    starts, ends = split_runs(interactions, split)
+    if positions is not None:
+        starts, ends = starts[np.asarray(positions, np.int64)], ends[np.asarray(positions, np.int64)]
+    user_ids = interactions.user_values[interactions.user_codes[starts]].tolist()  # Python ids
+    histories, truth = [], {name: [] for name in targets}
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         splits = interactions.splits[start:end]
         inside = np.flatnonzero(splits == code)
-        if len(inside) == 0:
-            continue
         earlier = np.flatnonzero(splits < code)
-        items = interactions.items[start:end]
-        user_ids.append(user)
+        items = interactions.item_values[interactions.item_codes[start:end]]
         histories.append(UserHistory(items[earlier].tolist(), interactions.times[start:end][earlier].tolist(),
                                      set(items[earlier].tolist()), float(interactions.times[start + inside[0]])))
         for name, column in targets.items():
-            positives = inside if column is None else inside[interactions.labels[column][start:end][inside] == 1]
+            positives = inside if column is None else inside[interactions.positives[column][start:end][inside]]
             truth[name].append(set(items[positives].tolist()))
     return SplitUsers(split, user_ids, histories, truth, _first_rows(prepared, split, user_ids))
 
 
 def _first_rows(prepared: Any, split: str, user_ids: list[Any]) -> pa.Table:
-    """Each listed user's first row of the split (rows are stored by user, time, ingestion order)."""
+    """Each listed user's first row of the split (rows are stored by user, time, ingestion order):
+    the split streamed batch by batch, holding at most one row per listed user."""
     definition = prepared.definition()
-    table = prepared.read_split(split)
-    if definition.timestamp_field in table.column_names:
-        table = table.sort_by([(definition.user.join_key, "ascending"), (definition.timestamp_field, "ascending")])
-    users = table.column(definition.user.join_key).to_numpy(zero_copy_only=False)
-    first = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1] if len(users) else np.zeros(0, np.int64)
-    by_user = {users[i]: int(i) for i in first}
-    return table.take(pa.array([by_user[u] for u in user_ids], pa.int64()))
+    key, time_field = definition.user.join_key, definition.timestamp_field
+    wanted = pa.array(user_ids) if user_ids else None
+    first: pa.Table | None = None
+    for batch in prepared.iter_split(split, batch_size=READ_BATCH_ROWS):
+        if wanted is None:
+            break
+        batch = batch.filter(pc.is_in(batch.column(key), value_set=wanted.cast(batch.schema.field(key).type)))
+        if batch.num_rows == 0:
+            continue
+        rows = batch if first is None else pa.concat_tables([first, batch])
+        if time_field in rows.column_names:  # stable: of rows at one time the earlier (held rows first) wins
+            rows = rows.sort_by([(time_field, "ascending")])
+        _, chosen = np.unique(rows.column(key).to_numpy(zero_copy_only=False), return_index=True)
+        first = rows.take(pa.array(np.sort(chosen)))
+    if first is None:  # no listed user: the split's columns, no rows
+        return next(iter(prepared.iter_split(split, batch_size=1))).slice(0, 0)
+    by_user = {user: index for index, user in enumerate(first.column(key).to_pylist())}
+    return first.take(pa.array([by_user[u] for u in user_ids], pa.int64()))

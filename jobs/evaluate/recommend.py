@@ -33,7 +33,7 @@ from feature_store.options import SPLITS
 from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.peers import PEERS, PeerData, skip_reason, tune_and_score
 from recommend.metrics import coverage, ndcg, novelty, per_user_metrics
-from recommend.offline import Interactions, SplitUsers, read_interactions, split_users
+from recommend.offline import Interactions, SplitUsers, read_interactions, relevant_runs, split_users
 from recommend.popularity import ItemPopularity
 from recommend.ranker import Ranker
 from recommend.recommender import rank_lists
@@ -114,8 +114,8 @@ def evaluate_recommend(loaded: Any, stage: RecommendationStage, prepared: Any, s
                          f"{split} split ({built_on}); judge it on a split it has not seen")
     definition = prepared.definition()
     task, label = target_task(definition, config.task)
-    interactions = read_interactions(prepared, [label] if label else [])
-    users = _judged(split_users(prepared, split, {task: label}, interactions), task, config)
+    interactions = read_interactions(prepared, [label] if label else [], SPLITS[:SPLITS.index(split) + 1])
+    users = _judged(prepared, split, interactions, task, label, config)
     if not users.user_ids:
         raise ValueError(f"split {split!r} has no user with a relevant item for {task!r}: nothing to judge")
     lists = SystemLists()
@@ -130,12 +130,15 @@ def evaluate_recommend(loaded: Any, stage: RecommendationStage, prepared: Any, s
     return summary
 
 
-def _judged(users: SplitUsers, task: str, config: RecommendEvalConfig) -> SplitUsers:
-    keep = [i for i, truth in enumerate(users.truth[task]) if truth]
+def _judged(prepared: Any, split: str, interactions: Interactions, task: str, label: str | None,
+            config: RecommendEvalConfig) -> SplitUsers:
+    """The split's users with a relevant item (a seeded sample of `config.max_users` of them), only
+    those built (recommend.offline.split_users)."""
+    keep = relevant_runs(interactions, split, label).tolist()
     if config.max_users is not None and len(keep) > config.max_users:
         chosen = np.random.default_rng(config.seed).choice(len(keep), config.max_users, replace=False)
         keep = [keep[i] for i in sorted(chosen)]
-    return users.subset(keep)
+    return split_users(prepared, split, {task: label}, interactions, keep)
 
 
 def _item_rows_before(prepared: Any, split: str, definition: Any) -> ItemRows:
@@ -181,16 +184,22 @@ def _listed_rows(by_user: Mapping[Any, Sequence[Any]], users: SplitUsers, stage:
     return rows
 
 
+def _catalogue_rows(interactions: Interactions, stage: RecommendationStage) -> np.ndarray:
+    """The stage's catalogue row (1..N; 0 outside it) of each event of `interactions`."""
+    row_of_code = np.fromiter((stage.row_of.get(i, 0) for i in interactions.item_values.tolist()), dtype=np.int64,
+                              count=len(interactions.item_values))
+    return row_of_code[interactions.item_codes]
+
+
 def _peer_data(interactions: Interactions, stage: RecommendationStage, users: SplitUsers) -> PeerData:
     """The peers' view of `interactions` (the events they may fit on) and of the users to score."""
-    columns = np.fromiter((stage.row_of.get(i, 0) for i in interactions.items.tolist()), dtype=np.int64,
-                          count=len(interactions.items))
+    columns = _catalogue_rows(interactions, stage)
     known = columns > 0
-    user_values = interactions.users[known]
-    user_ids = list(dict.fromkeys(user_values.tolist()))
+    # Users in code order (the events' order), each numbered where it first comes.
+    codes, rows = np.unique(interactions.user_codes[known], return_inverse=True)
+    user_ids = interactions.user_values[codes].tolist()
     user_row = {u: r for r, u in enumerate(user_ids)}
-    rows = np.fromiter((user_row[u] for u in user_values.tolist()), dtype=np.int64, count=len(user_values))
-    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, columns[known] - 1)),
+    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows.astype(np.int64), columns[known] - 1)),
                            shape=(len(user_ids), stage.num_items))
     matrix.data[:] = 1.0  # repeats count once
     popularity = ItemPopularity.from_events(columns[known], interactions.times[known], stage.num_items)
@@ -222,7 +231,7 @@ def _peer_lists(lists: SystemLists, stage: RecommendationStage, prepared: Any, s
     final = _peer_data(interactions.before(split), stage, users)
     tuning_users = None
     if split != "validation" and SPLITS.index(split) > 1:
-        tuning_users = _judged(split_users(prepared, "validation", {task: label}, interactions), task,
+        tuning_users = _judged(prepared, "validation", interactions, task, label,
                                RecommendEvalConfig(max_users=config.max_users, seed=config.seed))
     for peer in peers:
         reason = skip_reason(peer, stage.num_items)
@@ -259,8 +268,7 @@ def summarize(lists: SystemLists, users: SplitUsers, task: str, stage: Recommend
               history: Interactions, config: RecommendEvalConfig) -> dict[str, Any]:
     """Means, slices and paired intervals of every system's lists (see the module's docstring)."""
     relevant, counts = _truth_matrix(users, task, stage)
-    item_counts = np.bincount(np.fromiter((stage.row_of.get(i, 0) for i in history.items.tolist()), dtype=np.int64,
-                                          count=len(history.items)), minlength=stage.num_items + 1)
+    item_counts = np.bincount(_catalogue_rows(history, stage), minlength=stage.num_items + 1)
     rank = np.empty(stage.num_items + 1, dtype=np.float64)
     rank[np.argsort(-item_counts, kind="stable")] = np.arange(1, stage.num_items + 2)
     metrics = {name: per_user(rows, relevant, counts, config) for name, rows in lists.rows.items()}
