@@ -8,7 +8,7 @@
    inside a ranker batch of `--batch` requests (what a replica does under load); and the endpoint's
    throughput at `--concurrency` in both modes (the per-row endpoint runs on a Ray whose workers
    patch the same function at start), with the CPU each part of the serving path (HTTP proxy,
-   ingress, lookup, rankers, the rest of Ray, the load generator) spends per answered request.
+   ingress, scorers, the rest of Ray, the load generator) spends per answered request.
 2. Stored user representations (`grec encode-users`): bytes per user (int8, int8 with a low-rank
    projection, against float32), endpoint p50 at concurrency 1 and throughput with stored vs online
    user encoding, and the AUC change on the test split when each row's user side goes through the
@@ -290,8 +290,8 @@ def _endpoint(config: Any, payloads: list[dict], concurrency: int, requests: int
 
 
 # Which part of the serving path a process is, by its title (Ray names actor processes "ray::<class>").
-_ROLES = (("ServeReplica:" + APP_NAME + ":Ingress", "ingress"), ("ServeReplica:" + APP_NAME + ":FeatureLookup", "lookup"),
-          ("ServeReplica:" + APP_NAME + ":Ranker", "rankers"), ("ProxyActor", "http_proxy"))
+_ROLES = (("ServeReplica:" + APP_NAME + ":Ingress", "ingress"), ("ServeReplica:" + APP_NAME + ":Scorer", "scorers"),
+          ("ProxyActor", "http_proxy"))
 
 
 def _cpu_seconds_by_role() -> dict[str, float]:
