@@ -20,7 +20,7 @@
 Set-up under `--workdir` (kept, so a second invocation skips what is done): MovieLens-100K prepared
 and materialized into SQLite; the teacher trained by `grec train`'s job with
 configs/movielens_grec.yaml (`--epochs`), the student by `grec distill`'s job (`--student-epochs`),
-registered in an MLflow SQLite store. Torch runs one thread in process, as in the ranker replicas.
+registered in an MLflow SQLite store. Torch runs one thread in process, as in the scorer replicas.
 
     .venv/bin/python benchmarks/bench_compact_serving.py --workdir .grec/bench/compact \\
         --out docs/benchmarks/compact_serving_results.json
@@ -266,7 +266,7 @@ def _endpoint(config: Any, payloads: list[dict], concurrency: int, requests: int
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     base_url = f"http://127.0.0.1:{config.port}"
     headers = {"Authorization": f"Bearer {config.api_token.get_secret_value()}"}
-    # Warm-up with every payload, as in process: each ranker replica's text cache then holds the
+    # Warm-up with every payload, as in process: each scorer replica's text cache then holds the
     # candidates' titles, its steady state. Warming with a few payloads left MiniLM encoding the
     # titles first seen in the timed requests (teacher p50 ~200 ms against ~100 ms for the student,
     # which has no text encoder).
@@ -327,7 +327,7 @@ def _ray(root: Path, per_row: bool = False) -> None:
     if per_row:
         quiet = runtime_env["worker_process_setup_hook"]
 
-        def setup() -> None:  # pickled by value: every worker (ranker replicas included) encodes per row
+        def setup() -> None:  # pickled by value: every worker (scorer replicas included) encodes per row
             quiet()
             import torch as worker_torch
 
