@@ -13,7 +13,10 @@ Why two deployments and not the Scorer as the FastAPI ingress itself: the ingres
 hold whatever a scoring replica does. Admission (`max_in_flight`, counted once a body has arrived),
 body and request deadlines and the token are answered by a process whose event loop no forward
 holds, so a refused request gets its 503 at once and a replica that dies under a request turns
-into a JSON 503 `unavailable` rather than a connection error from Serve's proxy.
+into grec's JSON 503 `unavailable` with Retry-After rather than whatever Serve's proxy answers; one
+watcher of the alias (the ingress's) keeps pinning each request to one version as before. The hop
+that remains carries only the request and its answer, not rows. Making the Scorer the ingress would
+save that hop too, at the price of those properties; not done here.
 
 The forward stays batched across concurrent requests: the request methods await `forward`, a
 `@serve.batch` method of the same replica, so the rows of requests in flight together go through
