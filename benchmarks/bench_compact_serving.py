@@ -8,7 +8,7 @@
    inside a ranker batch of `--batch` requests (what a replica does under load); and the endpoint's
    throughput at `--concurrency` in both modes (the per-row endpoint runs on a Ray whose workers
    patch the same function at start), with the CPU each part of the serving path (HTTP proxy,
-   ingress, lookup, rankers, the rest of Ray, the load generator) spends per answered request.
+   ingress, scorers, the rest of Ray, the load generator) spends per answered request.
 2. Stored user representations (`grec encode-users`): bytes per user (int8, int8 with a low-rank
    projection, against float32), endpoint p50 at concurrency 1 and throughput with stored vs online
    user encoding, and the AUC change on the test split when each row's user side goes through the
@@ -20,7 +20,7 @@
 Set-up under `--workdir` (kept, so a second invocation skips what is done): MovieLens-100K prepared
 and materialized into SQLite; the teacher trained by `grec train`'s job with
 configs/movielens_grec.yaml (`--epochs`), the student by `grec distill`'s job (`--student-epochs`),
-registered in an MLflow SQLite store. Torch runs one thread in process, as in the ranker replicas.
+registered in an MLflow SQLite store. Torch runs one thread in process, as in the scorer replicas.
 
     .venv/bin/python benchmarks/bench_compact_serving.py --workdir .grec/bench/compact \\
         --out docs/benchmarks/compact_serving_results.json
@@ -266,7 +266,7 @@ def _endpoint(config: Any, payloads: list[dict], concurrency: int, requests: int
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     base_url = f"http://127.0.0.1:{config.port}"
     headers = {"Authorization": f"Bearer {config.api_token.get_secret_value()}"}
-    # Warm-up with every payload, as in process: each ranker replica's text cache then holds the
+    # Warm-up with every payload, as in process: each scorer replica's text cache then holds the
     # candidates' titles, its steady state. Warming with a few payloads left MiniLM encoding the
     # titles first seen in the timed requests (teacher p50 ~200 ms against ~100 ms for the student,
     # which has no text encoder).
@@ -290,8 +290,8 @@ def _endpoint(config: Any, payloads: list[dict], concurrency: int, requests: int
 
 
 # Which part of the serving path a process is, by its title (Ray names actor processes "ray::<class>").
-_ROLES = (("ServeReplica:" + APP_NAME + ":Ingress", "ingress"), ("ServeReplica:" + APP_NAME + ":FeatureLookup", "lookup"),
-          ("ServeReplica:" + APP_NAME + ":Ranker", "rankers"), ("ProxyActor", "http_proxy"))
+_ROLES = (("ServeReplica:" + APP_NAME + ":Ingress", "ingress"), ("ServeReplica:" + APP_NAME + ":Scorer", "scorers"),
+          ("ProxyActor", "http_proxy"))
 
 
 def _cpu_seconds_by_role() -> dict[str, float]:
@@ -327,7 +327,7 @@ def _ray(root: Path, per_row: bool = False) -> None:
     if per_row:
         quiet = runtime_env["worker_process_setup_hook"]
 
-        def setup() -> None:  # pickled by value: every worker (ranker replicas included) encodes per row
+        def setup() -> None:  # pickled by value: every worker (scorer replicas included) encodes per row
             quiet()
             import torch as worker_torch
 

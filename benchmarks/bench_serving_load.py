@@ -1,16 +1,16 @@
 """The recommendation endpoint under load, faults and a schema fuzzer, over loopback (issues 5 and 12).
 
-One Serve application with the default serving config (2 ranker replicas, bounded queues, Redis
+One Serve application with the default serving config (2 scorer replicas, bounded queues, Redis
 online store) on a local Ray started as grec starts one, then, in order:
 
 1. Load levels (`--concurrency`, default 8 32 128): well-behaved clients (each waits Retry-After
    after a 503) send POST /v1/recommend with `--candidates` items for a random known user, a fixed
    number of requests per level within a time cap. Per level: answers by status, p50/p95/p99 of
-   the admitted (200) requests and of the 503s, throughput, the mean ranker batch (from /metrics).
+   the admitted (200) requests and of the 503s, throughput, the mean batch of the scorer's forward (from /metrics).
    Baseline, same process and run, timed right before each level: the in-process path for the same
-   work (online lookup, transforms, per-task forward: `serving.ranking.rank_batch`, the ranker's own
-   function) for 1 request and for a batch of as many requests as the ranker groups.
-2. A ranker replica killed (`ray.kill`) under load at `--fault-concurrency`: failed requests, 503s,
+   work (online lookup, transforms, per-task forward: `serving.ranking.rank_batch`, the scorer's own
+   function) for 1 request and for a batch of as many requests as the scorer groups.
+2. A scorer replica killed (`ray.kill`) under load at `--fault-concurrency`: failed requests, 503s,
    timeouts, seconds from the first to the last 503, and seconds from the kill until every answer
    is a 200 again.
 3. Redis stopped for `--redis-outage` seconds under load (saved and restarted with its data):
@@ -226,7 +226,7 @@ def _in_process_ms(servable, guard, definition, payloads: list[dict], batch: int
 
 
 def _batch_stats(base_url: str) -> tuple[float, float]:
-    """(requests ranked in batches, batches) as the endpoint exports them, summed over ranker replicas."""
+    """(requests ranked in batches, batches) as the endpoint exports them, summed over scorer replicas."""
     found = {"ray_grec_ranker_batched_requests_total": 0.0, "ray_grec_ranker_batches_total": 0.0}
     for line in httpx.get(f"{base_url}/metrics", timeout=30).text.splitlines():
         name, _, value = line.partition(" ")
@@ -235,11 +235,11 @@ def _batch_stats(base_url: str) -> tuple[float, float]:
     return found["ray_grec_ranker_batched_requests_total"], found["ray_grec_ranker_batches_total"]
 
 
-def _ranker_replica_names() -> list[tuple[str, str]]:
+def _scorer_replica_names() -> list[tuple[str, str]]:
     import ray
 
     return [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#Ranker#")]
+            if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#Scorer#")]
 
 
 def _fault_summary(recorder: Recorder, fault_at: float, started: float, elapsed: float) -> dict:
@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--fault-concurrency", type=int, default=32)
     parser.add_argument("--redis-outage", type=float, default=10.0, help="seconds Redis is stopped (default 10)")
     parser.add_argument("--fuzz-examples", type=int, default=50, help="schemathesis examples per operation")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="ranker @serve.batch size (default 16)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="scorer @serve.batch size (default 16)")
     args = parser.parse_args()
 
     import ray
@@ -339,8 +339,8 @@ def main() -> None:
             print(json.dumps(result), flush=True)
         report["levels"] = levels
 
-        # A ranker replica killed under load.
-        [(victim, namespace), *_] = _ranker_replica_names()
+        # A scorer replica killed under load.
+        [(victim, namespace), *_] = _scorer_replica_names()
 
         async def kill() -> None:
             ray.kill(ray.get_actor(victim, namespace=namespace), no_restart=True)
@@ -349,7 +349,7 @@ def main() -> None:
         fault_at = 5.0
         started, elapsed = asyncio.run(_load(base_url, headers, payloads, args.fault_concurrency, 25.0, None,
                                              recorder, [(fault_at, kill)]))
-        report["ranker_killed"] = {"concurrency": args.fault_concurrency, "replicas": config.ranker.num_replicas,
+        report["ranker_killed"] = {"concurrency": args.fault_concurrency, "replicas": config.scorer.num_replicas,
                                    "killed_at_s": fault_at, **_fault_summary(recorder, fault_at, started, elapsed)}
         print(json.dumps(report["ranker_killed"]), flush=True)
         time.sleep(5)  # the replacement replica is up (it loads the model before taking requests)

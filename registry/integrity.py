@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -143,12 +143,10 @@ def check_unverified(what: str, remedy: str, required: bool | None) -> None:
     log.warning("%s has no manifest of its files: loaded without checking them; %s", what, remedy)
 
 
-def fetch_verified(uri: str, manifest: Manifest | None, destination: str | Path, what: str,
-                   only: Iterable[str] | None = None) -> Path:
+def fetch_verified(uri: str, manifest: Manifest | None, destination: str | Path, what: str) -> Path:
     """Downloads the files of the artifact directory `uri` into `destination` (same relative paths)
     and returns it. With a manifest, the directory must hold exactly its files, every one of the
-    recorded size and sha256 (RefusedVersionError naming `what`, the file and both values otherwise);
-    `only` downloads those files alone (the listing is still checked in full)."""
+    recorded size and sha256 (RefusedVersionError naming `what`, the file and both values otherwise)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
@@ -158,8 +156,7 @@ def fetch_verified(uri: str, manifest: Manifest | None, destination: str | Path,
     found = _list_files(repository)
     if manifest is not None:
         _check_listing(manifest, found, what)
-    names = list(manifest.files if manifest is not None else found)
-    wanted = names if only is None else list(only)
+    wanted = list(manifest.files if manifest is not None else found)
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     for name in wanted:

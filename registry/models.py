@@ -21,7 +21,7 @@ from contextlib import redirect_stderr
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -38,7 +38,6 @@ from registry.integrity import (
 )
 from registry.layout import (
     DATA_NAME,
-    DEFINITION_FILE,
     GREC_VERSION_TAG,
     MLMODEL_FILE,
     Layout,
@@ -49,9 +48,6 @@ from registry.layout import (
     write_data,
 )
 from registry.tracking import ensure_experiment, named_tracking_uri
-
-if TYPE_CHECKING:
-    from feature_store.definitions import DatasetDefinition
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -107,9 +103,9 @@ class VersionFiles:
     def what(self) -> str:
         return f"model {self.name} version {self.version}"
 
-    def fetch(self, destination: str | Path, only: list[str] | None = None) -> Path:
-        """The version's files (or `only` these) in `destination`, checked against the manifest."""
-        return fetch_verified(self.uri, self.manifest, destination, self.what, only)
+    def fetch(self, destination: str | Path) -> Path:
+        """The version's files in `destination`, checked against the manifest."""
+        return fetch_verified(self.uri, self.manifest, destination, self.what)
 
 
 def pip_requirements() -> list[str]:
@@ -245,19 +241,6 @@ def load_registered(uri: str, *, require_integrity: bool | None = None,
                                                     Model.load(str(root / MLMODEL_FILE)).signature))
     return RegisteredModel(name=name, version=version, uri=uri, model=data.model, transforms=data.transforms,
                            spec=data.spec, definition=data.definition, signature=signature)
-
-
-def load_registered_definition(name: str, version: str, *,
-                               require_integrity: bool | None = None) -> DatasetDefinition:
-    """Only the dataset definition of a version (the feature lookup needs no weights), checked as
-    `load_registered` checks every file."""
-    from feature_store.definitions import DatasetDefinition
-
-    files = version_files(name, version, require_integrity=require_integrity)
-    path = files.layout.path(DEFINITION_FILE)
-    with tempfile.TemporaryDirectory(prefix="grec-version-") as tmp:
-        root = files.fetch(tmp, only=[path])
-        return _read(files, lambda: DatasetDefinition.load(root / path))
 
 
 def _read(files: VersionFiles, read: Any) -> Any:

@@ -1,11 +1,11 @@
-"""The application builder: ingress -> feature lookup -> ranker, configured from one ServingConfig.
+"""The application builder: ingress -> scorer (one call per request), configured from one ServingConfig.
 
 Admission control is Serve's: each deployment takes `max_ongoing_requests` per replica and queues
 at most `max_queued_requests` more per caller; beyond that a call fails at once and the client gets
-a 503 with Retry-After instead of a queue that grows without bound: grec's JSON 503 when the lookup
-or the ranker is full (serving/health.py), Serve's own (plain text, from its proxy) when the
-ingress's queue is, with the same Retry-After (Serve's backpressure_config). Replica counts and
-Serve's health checks come from the same config.
+a 503 with Retry-After instead of a queue that grows without bound: grec's JSON 503 when the scorer
+is full (serving/health.py), Serve's own (plain text, from its proxy) when the ingress's queue is,
+with the same Retry-After (Serve's backpressure_config). Replica counts and Serve's health checks
+come from the same config.
 
 `serve.run(build_app(config))` starts it on a running Ray (the HTTP host and port are Serve's
 proxy options, set by `serve.start`; `grec serve` does both).
@@ -18,7 +18,7 @@ from typing import Any
 from ray.serve import Application
 
 from serving.config import ReplicaConfig, ServingConfig
-from serving.deployments import FeatureLookup, Ranker
+from serving.deployments import Scorer
 from serving.ingress import Ingress
 
 
@@ -40,9 +40,7 @@ def deployment_options(replicas: ReplicaConfig, retry_after_s: int, access_log: 
 def build_app(config: ServingConfig) -> Application:
     """The Serve application for `config` (not started: pass it to `serve.run`)."""
     # One access-log line per HTTP request (the ingress, with its request id) is enough; the
-    # internal calls it makes would triple the log volume on the hot path.
+    # scorer's call would double the log volume on the hot path.
     retry_after_s = config.retry_after_s
-    lookup = FeatureLookup.options(**deployment_options(config.features, retry_after_s, access_log=False)).bind(config)
-    ranker = Ranker.options(**deployment_options(config.ranker, retry_after_s, access_log=False)).bind(config)
-    return Ingress.options(**deployment_options(config.ingress, retry_after_s, access_log=True)).bind(
-        config, lookup, ranker)
+    scorer = Scorer.options(**deployment_options(config.scorer, retry_after_s, access_log=False)).bind(config)
+    return Ingress.options(**deployment_options(config.ingress, retry_after_s, access_log=True)).bind(config, scorer)

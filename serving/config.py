@@ -33,7 +33,7 @@ class ReplicaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     num_replicas: int = Field(1, ge=1)
-    # Fractions let three deployments share a 2-core machine (Serve reserves 1 CPU by default).
+    # Fractions let the deployments' replicas share a 2-core machine (Serve reserves 1 CPU by default).
     num_cpus: float = Field(0.25, gt=0)
     max_ongoing_requests: int = Field(64, ge=1, description="requests one replica works on at once")
     # Serve's admission control: requests waiting for a replica beyond this many (per caller) are
@@ -46,7 +46,7 @@ class ReplicaConfig(BaseModel):
 
 
 class BatchingConfig(BaseModel):
-    """Dynamic batching in the ranker (`@serve.batch`)."""
+    """Dynamic batching of the scorer's forward (`@serve.batch`), across concurrent requests."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,20 +79,20 @@ class ServingConfig(BaseModel):
     max_candidates: int = Field(1000, ge=1, description="most candidates, or /v1/score rows, per request")
     max_k: int = Field(1000, ge=1)
     max_score_groups: int = Field(
-        64, ge=1, description="most distinct (user, context) pairs in one /v1/score request (one lookup each)")
+        64, ge=1, description="most distinct (user, context) pairs in one /v1/score request (one store lookup each)")
     max_body_bytes: int = Field(1_000_000, ge=1024)
     # A client that sends its body slowly (or stops) is answered 408 past this, so it cannot hold a
     # connection and a replica's request slot for longer.
     body_timeout_s: float = Field(5.0, gt=0, description="how long a request's body may take to arrive (408 past it)")
-    request_timeout_s: float = Field(10.0, gt=0, description="each request's deadline, passed to every deployment")
+    request_timeout_s: float = Field(10.0, gt=0, description="each request's deadline, which the scorer honours")
     # Admission at the door: an ingress replica works on at most this many /v1/recommend and
     # /v1/score requests at once (counted once their body has arrived: a slow client holds no
-    # slot) and answers the rest with 503 (less than the lookup and ranker replicas and their
-    # queues hold, so those rarely have to refuse).
+    # slot) and answers the rest with 503 (less than the scorer replicas and their queues hold,
+    # so those rarely have to refuse).
     max_in_flight: int = Field(48, ge=1, description="ranking requests one ingress replica admits at once")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
     # Whether a deployment is up is Serve's health checks' (health_check_timeout_s), never this.
-    readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the feature lookup's "
+    readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the scorer's "
                                                               "check of the online store (past it: its last answer)")
     reload_interval_s: float = Field(30.0, gt=0, description="how often the registry alias is polled")
     require_integrity: bool = Field(
@@ -113,16 +113,15 @@ class ServingConfig(BaseModel):
     ingress: ReplicaConfig = Field(
         ReplicaConfig(max_ongoing_requests=512, max_queued_requests=256),
         description="the HTTP ingress; default 1 replica, max_ongoing_requests 512, max_queued_requests 256")
-    features: ReplicaConfig = Field(
-        ReplicaConfig(max_ongoing_requests=32, max_queued_requests=32),
-        description="the feature lookup; default 1 replica, max_ongoing_requests 32, max_queued_requests 32")
-    # Two rankers: one replica's death leaves the other serving while Serve replaces it. Each takes
-    # one batch in (the next forms while it runs: the forward holds the replica's event loop). The
-    # queues behind the door (max_in_flight) hold more than it admits, so in steady state requests
-    # are shed at the door, before any work; the queue limits catch what one slow replica backs up.
-    ranker: ReplicaConfig = Field(
-        ReplicaConfig(num_replicas=2, max_ongoing_requests=16, max_queued_requests=32),
-        description="the ranker; default 2 replicas, max_ongoing_requests 16, max_queued_requests 32")
+    # Two scorers: one replica's death leaves the other serving while Serve replaces it. Each works
+    # on whole requests (store reads, candidates, rows, its batched forward): it takes in two
+    # batches' worth, one being ranked while the next forms. The queues behind the door
+    # (max_in_flight) hold more than it admits, so in steady state requests are shed at the door,
+    # before any work; the queue limits catch what one slow replica backs up.
+    scorer: ReplicaConfig = Field(
+        ReplicaConfig(num_replicas=2, max_ongoing_requests=32, max_queued_requests=32),
+        description="the scorer (online features, candidates, ranking of a whole request); default 2 replicas, "
+                    "max_ongoing_requests 32, max_queued_requests 32")
     batching: BatchingConfig = BatchingConfig()
 
     @field_validator("model_uri")
@@ -139,12 +138,23 @@ class ServingConfig(BaseModel):
         # Replicas do not run in the caller's working directory: a file path is made absolute here.
         return location if kind == "redis" else str(Path(location).resolve())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _merged_deployments(cls, values: Any) -> Any:
+        # A config written for the endpoint's former deployments names what replaced them.
+        if isinstance(values, dict):
+            for old in ("features", "ranker"):
+                if old in values:
+                    raise ValueError(f"{old!r}: the feature lookup and the ranker are one deployment now; "
+                                     f"set its replicas under 'scorer'")
+        return values
+
     @model_validator(mode="after")
     def _check_batching_fits(self) -> ServingConfig:
         # A batch can only be as large as the requests a replica lets in at once.
-        if self.ranker.max_ongoing_requests < self.batching.max_batch_size:
+        if self.scorer.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(
-                f"ranker.max_ongoing_requests ({self.ranker.max_ongoing_requests}) must be >= "
+                f"scorer.max_ongoing_requests ({self.scorer.max_ongoing_requests}) must be >= "
                 f"batching.max_batch_size ({self.batching.max_batch_size}), or batches never fill"
             )
         return self

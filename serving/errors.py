@@ -16,7 +16,7 @@ class ServingError(Exception):
         self.message = message
 
     def __reduce__(self):
-        # Errors cross process boundaries (ranker -> ingress); rebuild from the message alone so
+        # Errors cross process boundaries (scorer -> ingress); rebuild from the message alone so
         # subclasses may take other constructor arguments.
         return _rebuild, (type(self), self.message)
 

@@ -169,7 +169,7 @@ def _with_stored_user(found: RequestRows, representations: RepresentationStore, 
     if stored.digest != inputs_digest(found.rows, definition):
         return replace(found, user_encoding_reason="stale")
     # The ranker reads no user-side column when it has the tokens: the behavior sequences, the
-    # largest of them, are dropped here rather than shipped to the ranker and transformed per row.
+    # largest of them, are dropped here rather than transformed per row.
     rows = found.rows
     for seq in definition.sequences:
         index = rows.schema.get_field_index(seq.name)

@@ -4,11 +4,11 @@ Busy is not dead. A deployment is down only when Serve's controller has no runni
 replica stops running when its actor is gone or when it failed Serve's own health check three
 times in a row (every `health_check_period_s`, each allowed `health_check_timeout_s`; answered on
 the replica's Serve loop, apart from the loop its requests run on, Serve's default outside its
-throughput-optimized mode). So a ranker whose batch holds its event loop for seconds is never
+throughput-optimized mode). So a scorer whose batch holds its event loop for seconds is never
 declared dead by the ingress; overload is Serve's queue limit's to shed. A call that fails because its replica
 died makes the deployment suspect: new calls get 503 at once, and Serve's view is read at once. Any
 call that answers, or a view with a running replica, clears it. When the deployment is down the
-calls already waiting for a replica are abandoned with 503 too. So a dead ranker costs clients fast
+calls already waiting for a replica are abandoned with 503 too. So a dead scorer costs clients fast
 503s and a failing /readyz, not a queue of requests that each wait for their deadline, while Serve's
 controller replaces the replica.
 """

@@ -1,6 +1,6 @@
 """The endpoint's metrics: recorded with Ray's metrics API in every replica, served summed over replicas.
 
-Why not a prometheus_client registry per process: with several ingress, lookup or ranker replicas,
+Why not a prometheus_client registry per process: with several ingress or scorer replicas,
 GET /metrics would show whichever replica answered. Instead each replica records into
 `ray.util.metrics`; Ray's metrics agent on every node exports what all processes of that node
 recorded, in Prometheus format, as `ray_grec_*` with one series per worker process. A Prometheus

@@ -14,9 +14,8 @@ from collections.abc import Callable
 import mlflow
 from mlflow import MlflowClient
 
-from feature_store.definitions import DatasetDefinition
 from registry.integrity import RefusedVersionError
-from registry.models import RegisteredModel, load_registered, load_registered_definition, resolve_version
+from registry.models import RegisteredModel, load_registered, resolve_version
 from recommend.stage import RecommendationStage
 from registry.retrieval_index import load_recommendation_stage
 from serving.config import ServingConfig
@@ -54,12 +53,6 @@ def load_stage(config: ServingConfig, loaded: RegisteredModel) -> Recommendation
     if config.retrieval == "index":
         return load_recommendation_stage(loaded.name, str(loaded.version), require_integrity=config.require_integrity)
     return None
-
-
-def load_definition(config: ServingConfig, version: str) -> DatasetDefinition:
-    """Only the dataset definition of `version` (the feature lookup needs no weights), checked."""
-    _use_tracking_uri(config)
-    return load_registered_definition(config.model_name, version, require_integrity=config.require_integrity)
 
 
 def refusal_of(error: BaseException) -> RefusedVersionError | None:

@@ -1,7 +1,7 @@
 """Ranking a batch of requests: rows grouped by task, one forward per task, results split back.
 
 Kept apart from the Serve deployment so the benchmark's in-process baseline and the tests run the
-very same function the ranker replicas run.
+very same function the scorer replicas run.
 """
 
 from __future__ import annotations

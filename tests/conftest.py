@@ -414,10 +414,10 @@ def serving_app(tmp_path_factory, ray_local, tiny_movielens):
     serving_build_index(prepared, name, version, tracking_uri)  # candidates from retrieval, as `make demo` does
     port = free_loopback_port()
     token = "test-token"
-    # One ranker replica (the default is two): the test that kills it sees the 503s and the recovery.
+    # One scorer replica (the default is two): the test that kills it sees the 503s and the recovery.
     config = ServingConfig(model_uri=f"models:/{name}@champion", tracking_uri=tracking_uri, online_store=online_store,
                            port=port, api_token=token, max_candidates=200, max_body_bytes=64 * 1024,
-                           reload_interval_s=0.5, ranker=ReplicaConfig(max_ongoing_requests=16, max_queued_requests=16))
+                           reload_interval_s=0.5, scorer=ReplicaConfig(max_ongoing_requests=16, max_queued_requests=16))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="grec-test", route_prefix="/")
     train = prepared.read_split("train", columns=["user_id", "item_id"])

@@ -41,7 +41,7 @@ def test_serve_run_starts_the_infra_serve_config(ray_local, serving_app, tmp_pat
     app.update(name=APP, route_prefix=ROUTE)
     app["args"].update(model_uri=f"models:/{serving_app.model_name}@champion", tracking_uri=serving_app.tracking_uri,
                        online_store=serving_app.online_store, token_env="GREC_INFRA_TEST_TOKEN",
-                       ingress={"num_cpus": 0.1}, features={"num_cpus": 0.1}, ranker={"num_cpus": 0.1})
+                       ingress={"num_cpus": 0.1}, scorer={"num_cpus": 0.1})
     # The builder runs in the cluster and reads the token there (a Kubernetes Secret in the pod's
     # environment on KubeRay); here the application's runtime environment plays that part.
     app["runtime_env"] = {"env_vars": {"GREC_INFRA_TEST_TOKEN": "infra-token"}}

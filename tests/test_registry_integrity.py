@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from jobs.cli import main
 from registry.integrity import REQUIRE_INTEGRITY_ENV, RefusedVersionError, sha256_of
 from registry.layout import GREC_VERSION_TAG, LAYOUT_TAG, LAYOUT_VERSION, grec_version
-from registry.models import MANIFEST_TAG, load_registered, load_registered_definition, register_model
+from registry.models import MANIFEST_TAG, load_registered, register_model
 from registry.retrieval_index import INDEX_MANIFEST_TAG, INDEX_TAG, fetch_retrieval_index, log_retrieval_index
 from registry.tracking import use_tracking_uri
 
@@ -86,7 +86,7 @@ def test_an_untouched_version_loads_with_the_installed_grec(version, tiny_moviel
     expected = loaded.model.predict(loaded.model.collate(tiny_movielens.transforms().transform(rows)))
     scores = loaded.predict(rows.to_pandas())
     assert list(scores.columns) == [f"score_{task}" for task in expected]
-    assert load_registered_definition(NAME, version).name == tiny_movielens.definition().name
+    assert loaded.definition.name == tiny_movielens.definition().name
 
 
 @pytest.mark.parametrize(("tamper", "reason", "mentions"), [
@@ -119,9 +119,6 @@ def test_a_tampered_file_refuses_the_version_before_anything_is_read(version, tm
     if reason == "digest_mismatch":  # the file, the expected and the found digests
         path = "data/grec/model/model.safetensors"
         assert expected[path]["sha256"] in message and sha256_of(weights) in message
-    if tamper == "definition_missing":  # the lookup's definition-only load is checked the same way
-        with pytest.raises(RefusedVersionError, match="definition.json is missing"):
-            load_registered_definition(NAME, version)
     assert not marker.exists()
     _assert_installed_grec()
 

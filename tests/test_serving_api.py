@@ -161,7 +161,7 @@ def _metric_value(text: str, sample: str) -> float:
 
 
 def test_metrics_are_recorded_by_every_deployment_and_summed(client, serving_app):
-    """GET /metrics serves what the ingress, the lookup and the ranker replicas recorded (through Ray's
+    """GET /metrics serves what the ingress and the scorer replicas recorded (through Ray's
     metrics agent), summed over processes: the counters move by what this test sent."""
     cold = "ray_grec_cold_start_total"
     like = 'ray_grec_requests_by_task_total{route="recommend",task="like"}'
@@ -178,8 +178,8 @@ def test_metrics_are_recorded_by_every_deployment_and_summed(client, serving_app
             break
         time.sleep(0.5)
     assert _metric_value(text, like) >= _metric_value(before, like) + 2  # ingress
-    assert _metric_value(text, cold) >= _metric_value(before, cold) + 1  # feature lookup
-    assert "ray_grec_ranker_batch_requests_count " in text  # ranker
+    assert _metric_value(text, cold) >= _metric_value(before, cold) + 1  # the scorer's store lookup
+    assert "ray_grec_ranker_batch_requests_count " in text  # the scorer's forward
     assert 'ray_grec_request_latency_seconds_bucket{le="10.0",route="/v1/recommend",status="200"}' in text
     assert 'ray_grec_errors_total{kind="unknown_task"}' in text
     assert 'task="nope"' not in text  # unknown task names never become label values

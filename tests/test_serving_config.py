@@ -16,10 +16,10 @@ def test_defaults_listen_on_loopback_without_token():
     assert (config.model_name, config.model_alias) == ("grec", "champion")
 
 
-def test_defaults_bound_queues_and_keep_a_spare_ranker():
+def test_defaults_bound_queues_and_keep_a_spare_scorer():
     config = ServingConfig.load({"model_uri": "models:/grec@champion"})
-    assert config.ranker.num_replicas >= 2
-    for replicas in (config.ingress, config.features, config.ranker):
+    assert config.scorer.num_replicas >= 2
+    for replicas in (config.ingress, config.scorer):
         assert replicas.max_queued_requests > 0 and replicas.health_check_period_s > 0
 
 
@@ -55,7 +55,10 @@ def test_token_is_read_from_the_named_variable_and_not_printed(monkeypatch):
     ({"model_uri": "models:/grec@champion", "retrieval": "random"}, "retrieval"),
     ({"model_uri": "models:/grec@champion", "online_store": "postgres://db"}, "online_store"),
     ({"model_uri": "models:/grec@champion", "batching": {"max_batch_size": 64},
-      "ranker": {"max_ongoing_requests": 8}}, "max_ongoing_requests"),
+      "scorer": {"max_ongoing_requests": 8}}, "max_ongoing_requests"),
+    # the former deployments' sections name the one that replaced them
+    ({"model_uri": "models:/grec@champion", "ranker": {"num_replicas": 2}}, "ranker.*scorer"),
+    ({"model_uri": "models:/grec@champion", "features": {"num_replicas": 2}}, "features.*scorer"),
     ({"model_uri": "models:/grec@champion", "unknown_option": 1}, "unknown_option"),
 ])
 def test_invalid_values_are_named(values, named):

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from serving.config import ServingConfig
-from serving.errors import RequestTimeoutError, ServingError, UnknownTaskError
+from serving.errors import BadRequestError, RequestTimeoutError, ServingError, UnknownTaskError
 
 
 def test_errors_cross_process_boundaries_intact():
-    # Replica errors travel pickled (ranker -> ingress); their status and message must survive.
+    # Replica errors travel pickled (scorer -> ingress); their status and message must survive.
     error = pickle.loads(pickle.dumps(UnknownTaskError("clik", ["click", "like"])))
     assert isinstance(error, ServingError)
     assert (error.status_code, error.kind) == (422, "unknown_task")
@@ -24,17 +24,24 @@ def test_errors_cross_process_boundaries_intact():
 def test_a_request_over_its_time_limit_is_a_504_saying_so():
     from serving.ingress import Ingress
 
-    ingress = SimpleNamespace(_config=ServingConfig(model_uri="models:/m@champion", request_timeout_s=0.05))
+    ingress = SimpleNamespace(_config=ServingConfig(model_uri="models:/m@champion", request_timeout_s=0.05),
+                              _health=SimpleNamespace(call=lambda response: response))
     seen = []
 
     async def work(deadline: float) -> None:
-        seen.append(deadline)  # the deadline handed to the deployments
+        seen.append(deadline)  # the deadline handed to the scorer
         await asyncio.sleep(5)
 
     with pytest.raises(RequestTimeoutError, match="0.05 s") as raised:
         asyncio.run(Ingress.func_or_class._within_deadline(ingress, work))
     assert (raised.value.status_code, raised.value.kind) == (504, "timeout")
     assert len(seen) == 1 and seen[0] <= time.time()
+
+    async def refused(deadline: float) -> ServingError:  # the scorer answers a client error as a value
+        return BadRequestError("no such thing")
+
+    with pytest.raises(BadRequestError, match="no such thing"):
+        asyncio.run(Ingress.func_or_class._within_deadline(ingress, refused))
 
 
 def test_a_down_deployment_fails_calls_at_once_and_an_answer_brings_it_back():

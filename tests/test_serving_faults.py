@@ -1,5 +1,5 @@
 """The endpoint under faults and overload, on the session's Serve application (tests/conftest.py):
-a ranker replica killed for real, more requests than it admits, deadlines that reach the replicas.
+a scorer replica killed for real, more requests than it admits, deadlines that reach the replicas.
 Every failure is a JSON 503 with Retry-After or a 4xx, never a 500, and never a request left to its
 deadline."""
 
@@ -14,9 +14,11 @@ import pytest
 import ray
 from ray import serve
 
+from feature_store.online import open_online_store
 from serving.errors import RequestTimeoutError
-from serving.features import RowsQuery
+from serving.features import RowsQuery, StoreGuard, request_rows
 from serving.ranking import RankRequest
+from serving.schemas import RecommendRequest, ScoreRequest
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +38,10 @@ def _served_version(app) -> str:
     return httpx.get(f"{app.base_url}/v1/model", headers=_headers(app), timeout=60).json()["version"]
 
 
-def test_a_killed_ranker_gives_fast_503s_and_failing_readiness_then_recovers(serving_app):
+def test_a_killed_scorer_gives_fast_503s_and_failing_readiness_then_recovers(serving_app):
     payload = {"user_id": serving_app.known_user, "task": "like", "candidates": serving_app.known_items[:20], "k": 3}
     [replica] = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["name"].startswith(f"SERVE_REPLICA::{APP}#Ranker#")]
+                 if a["name"].startswith(f"SERVE_REPLICA::{APP}#Scorer#")]
     # The client gives up long before the endpoint's 10 s deadline: a request held until its deadline
     # would fail this test with a client timeout.
     with httpx.Client(base_url=serving_app.base_url, headers=_headers(serving_app), timeout=5) as client:
@@ -64,7 +66,7 @@ def test_a_killed_ranker_gives_fast_503s_and_failing_readiness_then_recovers(ser
 
 
 def test_more_requests_than_admitted_get_503_with_retry_after(serving_app):
-    """Far more concurrent requests than the lookup and ranker queues hold: the excess is refused at
+    """Far more concurrent requests than the scorer's queues hold: the excess is refused at
     once with 503 overloaded; the rest is answered."""
     payload = {"user_id": serving_app.known_user, "task": "like", "k": 3,
                "candidates": serving_app.known_items[: serving_app.max_candidates]}
@@ -82,19 +84,26 @@ def test_more_requests_than_admitted_get_503_with_retry_after(serving_app):
     assert any(_is_retryable_503(r, "overloaded") for r in responses), statuses
 
 
-def test_deadlines_reach_the_lookup_and_the_ranker(serving_app):
-    """A call whose deadline has passed is not worked on: each deployment answers it with a timeout."""
+def test_deadlines_reach_the_scorer_and_its_batches(serving_app):
+    """A call whose deadline has passed is not worked on: the scorer answers a whole request, and
+    its batched forward a request's rows, with a timeout."""
     version = _served_version(serving_app)
-    lookup = serve.get_deployment_handle("FeatureLookup", app_name=APP).options(multiplexed_model_id=version)
-    ranker = serve.get_deployment_handle("Ranker", app_name=APP).options(multiplexed_model_id=version)
-    query = RowsQuery(serving_app.known_user, serving_app.known_items[:3])
-    assert isinstance(lookup.rows.remote([query], time.time() - 1).result(timeout_s=60), RequestTimeoutError)
-    [found] = lookup.rows.remote([query], time.time() + 60).result(timeout_s=60)
-    late = ranker.rank.remote(RankRequest("like", found.rows, time.time() - 1)).result(timeout_s=60)
-    assert isinstance(late.error, RequestTimeoutError) and late.scores == []
-    in_time = ranker.rank.remote(RankRequest("like", found.rows, time.time() + 60)).result(timeout_s=60)
-    assert in_time.error is None and len(in_time.scores) == 3
-    assert in_time.model["version"] == version  # the version the call was pinned to
+    scorer = serve.get_deployment_handle("Scorer", app_name=APP).options(multiplexed_model_id=version)
+    body = RecommendRequest(user_id=serving_app.known_user, task="like", candidates=serving_app.known_items[:3], k=3)
+    score = ScoreRequest(rows=[{"user_id": serving_app.known_user, "item_id": item, "task": "like"}
+                               for item in serving_app.known_items[:3]])
+    late = scorer.recommend.remote(body, None, "late", time.time() - 1).result(timeout_s=60)
+    assert isinstance(late, RequestTimeoutError)
+    assert isinstance(scorer.score.remote(score, [[0, 1, 2]], "late", time.time() - 1).result(timeout_s=60),
+                      RequestTimeoutError)
+    in_time = scorer.recommend.remote(body, None, "in-time", time.time() + 60).result(timeout_s=60)
+    assert in_time.request_id == "in-time" and len(in_time.items) == 3
+    assert in_time.model.version == version  # the version the call was pinned to
+    with open_online_store(serving_app.online_store) as store:
+        found = request_rows(StoreGuard(store, "degrade", 1.0), serving_app.prepared.definition(),
+                             RowsQuery(serving_app.known_user, serving_app.known_items[:3]))
+    late_rows = scorer.forward.remote(RankRequest("like", found.rows, time.time() - 1)).result(timeout_s=60)
+    assert isinstance(late_rows.error, RequestTimeoutError) and late_rows.scores == []
 
 
 def _read_response(connection: socket.socket) -> bytes:

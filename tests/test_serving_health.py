@@ -1,4 +1,4 @@
-"""Busy is not dead, on a real Serve: a ranker whose forward holds its event loop for 3 s keeps the
+"""Busy is not dead, on a real Serve: a scorer whose forward holds its event loop for 3 s keeps the
 endpoint ready and answering; Serve's own 503s (its queue full) carry grec's Retry-After.
 
 Each test runs an application of its own next to the session's (tests/conftest.py), in the same Serve."""
@@ -17,7 +17,7 @@ from ray import serve
 
 from serving.app import deployment_options
 from serving.config import ReplicaConfig
-from serving.deployments import FeatureLookup, Ranker
+from serving.deployments import Scorer
 from serving.ingress import Ingress
 
 pytestmark = pytest.mark.slow
@@ -43,13 +43,13 @@ class _SlowForward:
         return self._servable.score(*args, **kwargs)
 
 
-class _SlowForwardRanker(Ranker.func_or_class):
+class _SlowForwardScorer(Scorer.func_or_class):
     async def _pinned_model(self) -> Any:
         return _SlowForward(await super()._pinned_model())
 
 
-def test_a_ranker_busy_for_seconds_is_ready_and_answers(serving_app):
-    """Requests keep a ranker whose every forward takes 3 s busy (longer than readiness_timeout_s):
+def test_a_scorer_busy_for_seconds_is_ready_and_answers(serving_app):
+    """Requests keep a scorer whose every forward takes 3 s busy (longer than readiness_timeout_s):
     /readyz answers 200 throughout and every request is answered 200, none refused as unavailable."""
     config = serving_app.config.model_copy(update={"request_timeout_s": 60.0})
     assert FORWARD_S > config.readiness_timeout_s
@@ -57,10 +57,9 @@ def test_a_ranker_busy_for_seconds_is_ready_and_answers(serving_app):
     def options(replicas: ReplicaConfig, access_log: bool = False) -> dict:
         return deployment_options(replicas, config.retry_after_s, access_log)
 
-    lookup = FeatureLookup.options(**options(config.features)).bind(config)
-    ranker = serve.deployment(_SlowForwardRanker).options(**options(config.ranker)).bind(config)
-    serve.run(Ingress.options(**options(config.ingress, True)).bind(config, lookup, ranker),
-              name="grec-slow-ranker", route_prefix="/slow")
+    scorer = serve.deployment(_SlowForwardScorer).options(**options(config.scorer)).bind(config)
+    serve.run(Ingress.options(**options(config.ingress, True)).bind(config, scorer),
+              name="grec-slow-scorer", route_prefix="/slow")
     payload = {"rows": [{"user_id": serving_app.known_user, "item_id": item, "task": "like"}
                         for item in serving_app.known_items[:5]]}
 
@@ -87,10 +86,10 @@ def test_a_ranker_busy_for_seconds_is_ready_and_answers(serving_app):
     try:
         answers, ready = asyncio.run(load_and_probe())
     finally:
-        serve.delete("grec-slow-ranker")
+        serve.delete("grec-slow-scorer")
     assert ready and set(ready) == {200}, ready
     assert answers and {status for status, _ in answers} == {200}, answers
-    assert max(took for _, took in answers) >= FORWARD_S  # the ranker really was busy
+    assert max(took for _, took in answers) >= FORWARD_S  # the scorer really was busy
 
 
 @serve.deployment

@@ -125,7 +125,7 @@ def test_an_alias_moved_to_tampered_versions_keeps_the_served_one_until_a_good_o
     assert all(line in text for line in expected), [line for line in expected if line not in text]
 
 
-def test_a_ranker_replaced_while_the_alias_names_a_refused_version_serves_the_held_one(serving_app):
+def test_a_scorer_replaced_while_the_alias_names_a_refused_version_serves_the_held_one(serving_app):
     import ray
 
     app = serving_app
@@ -147,7 +147,7 @@ def test_a_ranker_replaced_while_the_alias_names_a_refused_version_serves_the_he
                 time.sleep(0.25)
             # Its replacement starts while the registry names the refused version: it must start anyway.
             [replica] = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                         if a["name"].startswith("SERVE_REPLICA::grec-test#Ranker#")]
+                         if a["name"].startswith("SERVE_REPLICA::grec-test#Scorer#")]
             ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
             deadline = time.monotonic() + 120
             while True:
@@ -155,7 +155,7 @@ def test_a_ranker_replaced_while_the_alias_names_a_refused_version_serves_the_he
                 if response.status_code == 200 and http.get("/readyz").status_code == 200:
                     break
                 assert response.status_code == 503, response.text
-                assert time.monotonic() < deadline, "the replacement ranker never took over"
+                assert time.monotonic() < deadline, "the replacement scorer never took over"
                 time.sleep(0.2)
             assert response.json()["model"]["version"] == before
     finally:

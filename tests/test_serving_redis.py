@@ -32,7 +32,7 @@ def redis_app(serving_app):
 
     server = start_loopback_redis()
     _materialize(serving_app.prepared, server.url)
-    config = serving_app.config.model_copy(update={"online_store": server.url})  # one ranker, as the session app
+    config = serving_app.config.model_copy(update={"online_store": server.url})  # one scorer, as the session app
     serve.run(build_app(config), name="grec-redis", route_prefix="/redis")
     client = httpx.Client(base_url=f"{serving_app.base_url}/redis", timeout=30,
                           headers={"Authorization": f"Bearer {serving_app.token}"})

@@ -22,8 +22,8 @@ APPLICATION = "grec"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="serve the registry's model over HTTP (Ray Serve)",
-        description="Start the recommendation endpoint: a FastAPI ingress, online feature lookup and batched "
-                    "per-task ranking on Ray Serve, loading the model the registry alias names and following "
+        description="Start the recommendation endpoint on Ray Serve: a FastAPI ingress and the scorer "
+                    "(online feature lookup, candidates and batched per-task ranking of a request in one replica), loading the model the registry alias names and following "
                     "the alias when it moves. Stops on Ctrl-C.",
     )
     p.add_argument("--model", required=True, metavar="URI",

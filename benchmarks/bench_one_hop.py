@@ -1,0 +1,231 @@
+"""The endpoint before and after the request path became one hop (issue 31, part 1), interleaved.
+
+"before" is the code of `--baseline` (a commit of this repository, its files exported with `git
+archive` into a temporary directory); "after" is this working tree. Each (round, code) runs in a
+fresh child process whose PYTHONPATH names that code (so the Ray workers and Serve replicas import
+it too), with its own local Ray (as grec starts one: loopback, token auth, 2 CPUs) and Serve running
+`serving.app.build_app` with the default serving config but for the store; the two alternate within
+and across rounds so that the machine's other load falls on both alike.
+
+Per code, payload and concurrency (`--concurrency`, default 1 8 32): closed-loop clients (bench_serving_load's
+load generator) send POST /v1/recommend for a random known user, either with `--candidates` given
+items ("given") or with none, so that the version's recommendation stage picks them ("retrieval");
+answers by status, throughput, p50/p99 of the admitted requests, and the CPU that the server's
+process tree (every process the child's Ray started: GCS, raylet, proxy, replicas) spent per
+answered request.
+
+Set-up once, in a temporary directory: MovieLens-100K (`--events`) prepared and materialized into a
+SQLite online store; a GRec with default widths (tiny BERT text head) trained for a few steps and
+registered as champion in an MLflow SQLite store, and its recommendation stage fitted as `grec
+build-index` fits it (co-visitation, a small next-item transformer, recent popularity;
+`--per-source` candidates each).
+
+    .venv/bin/python benchmarks/bench_one_hop.py --baseline COMMIT --out docs/benchmarks/one_hop_results.json \\
+        --page docs/benchmarks/one_hop.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO_ROOT / "benchmarks"
+
+TOKEN = "bench-token"
+KINDS = ("given", "retrieval")
+
+
+def _set_up(root: Path, args: argparse.Namespace) -> dict:
+    """Dataset, online store, registered model with its stage, and payloads under `root`."""
+    from bench_serving_load import MODEL_NAME, recommend_payloads, register_champion
+    from feature_store.online import materialize, open_online_store
+    from feature_store.prepare import prepare_dataset
+    from feature_store.sources import SourceOptions
+    from grec.next_item import NextItemConfig
+    from jobs.retrieval.job import IndexBuildConfig, build_recommendation_stage
+    from registry.tracking import use_tracking_uri
+
+    prepared = prepare_dataset("movielens-100k", root / "data", options=SourceOptions(max_events=args.events))
+    online_store = str(root / "online.sqlite")
+    with open_online_store(online_store, create=True) as online:
+        materialize(prepared.offline_store(), prepared.definition(), online)
+    tracking_uri = register_champion(prepared, root, args.train_steps)
+    stage = IndexBuildConfig(candidates_per_source=args.per_source, eval_every=2, patience=1,
+                             next_item=NextItemConfig(d_model=32, num_layers=1, num_heads=2, ffn_hidden=64,
+                                                      max_length=16, max_epochs=4))
+    with use_tracking_uri(tracking_uri):
+        build_recommendation_stage(f"models:/{MODEL_NAME}/1", prepared.root, stage, tracking_uri=tracking_uri)
+    given = recommend_payloads(prepared, args.candidates, args.requests)
+    return {"tracking_uri": tracking_uri, "online_store": online_store,
+            "payloads": {"given": given, "retrieval": [{k: v for k, v in p.items() if k != "candidates"}
+                                                       for p in given]}}
+
+
+def _child(code: str, set_up: dict, args: argparse.Namespace) -> None:
+    """One code version on a fresh local Ray: one JSON line per (payload kind, concurrency)."""
+    from ray import serve
+
+    from bench_serve_modes import _server_cpu_s
+    from bench_serving_load import MODEL_NAME, Recorder, _free_port, _load
+    from jobs.ray_runtime import start_local_ray
+    from serving.app import build_app
+    from serving.config import ServingConfig
+
+    config = ServingConfig(model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=set_up["tracking_uri"],
+                           online_store=set_up["online_store"], port=_free_port(), reload_interval_s=600,
+                           api_token=TOKEN)
+    with tempfile.TemporaryDirectory() as grec_dir:
+        start_local_ray(num_cpus=2, object_store_memory=256 * 1024 * 1024, grec_dir=grec_dir, log_to_driver=False)
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(build_app(config), name="grec-bench", route_prefix="/")
+        base_url, headers = f"http://127.0.0.1:{config.port}", {"Authorization": f"Bearer {TOKEN}"}
+        for kind in KINDS:
+            payloads = set_up["payloads"][kind]
+            asyncio.run(_load(base_url, headers, payloads[:40], 4, args.time_cap, 40, Recorder()))  # warm-up
+            for clients in args.concurrency:
+                recorder = Recorder()
+                cpu_before = _server_cpu_s()
+                started, elapsed = asyncio.run(_load(base_url, headers, payloads, clients, args.time_cap,
+                                                     args.requests, recorder))
+                cpu_s = _server_cpu_s() - cpu_before
+                summary = recorder.summary(started, elapsed)
+                answered = summary["statuses"].get("200", 0)
+                print(json.dumps({"code": code, "kind": kind, "concurrency": clients, **summary,
+                                  "server_cpu_ms_per_answer": round(1000 * cpu_s / answered, 1) if answered else None}),
+                      flush=True)
+        serve.shutdown()
+
+
+def _run_child(code: str, root: Path, set_up_file: Path, args: argparse.Namespace) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(BENCHMARKS)])}
+    command = [sys.executable, __file__, "--child", code, "--code-root", str(root), "--set-up", str(set_up_file),
+               "--requests", str(args.requests), "--time-cap", str(args.time_cap),
+               "--concurrency", *map(str, args.concurrency)]
+    # Ray puts the driver's working directory first on its workers' path: the measured code's root.
+    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        return [{"code": code, "failed": done.returncode, "stderr": done.stderr[-3000:]}]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"code"')]
+
+
+def _page(report: dict, command: str) -> str:
+    """The markdown page of a run: the command, what ran, the table per round and the medians."""
+    s = report["settings"]
+    lines = [
+        "# Serving: the request path in one hop, before and after (issue 31, part 1)", "",
+        "```", command, "```", "",
+        f"before: commit `{report['baseline']}` (ingress -> feature lookup and ranker deployments: per "
+        "/v1/recommend of a version with a stage, one call for the user's state, one for the candidates, one for "
+        "the rows and one per ranked task, the rows shipped as Arrow tables through the ingress); "
+        f"after: commit `{report['after']}`{' plus uncommitted changes' if report['after_dirty'] else ''} "
+        "(ingress -> scorer: one call per request, the whole request in one replica).", "",
+        f"What runs: MovieLens-100K ({s['events']:,} events) prepared and materialized into a SQLite online store; "
+        f"a GRec with default widths (tiny BERT text head) trained for {s['train_steps']} steps, registered as "
+        f"`champion`, with its recommendation stage ({s['per_source']} candidates per source). For each of "
+        f"{s['rounds']} rounds, both codes in alternating order, each in a fresh child process with its own local "
+        "Ray (loopback, token auth, 2 CPUs) and Serve running `serving.app.build_app` with the default serving "
+        f"config. Per code, payload and concurrency ({', '.join(map(str, s['concurrency']))}): closed-loop "
+        f"clients send `POST /v1/recommend` (k 10) for a random known user, with {s['candidates']} given "
+        "candidates (`given`) or none, the stage choosing them (`retrieval`); at most "
+        f"{s['requests']} answers or {s['time_cap']:g} s per level. Server CPU: user + system time of every "
+        "process the child's Ray started (GCS, raylet, proxy, replicas), per answered request.", "",
+        f"Machine: {report['machine']['cpus']} CPU cores, shared with another engineer's jobs (load average at the "
+        f"end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}). Runs are short; read the "
+        "figures as a comparison within a round.", "",
+        "| round | code | candidates | concurrency | answers | requests/s | p50 ms | p99 ms | server CPU ms / answer |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        if "failed" in run:
+            lines.append(f"| {run['round']} | {run['code']} | failed ({run['failed']}) | | | | | | |")
+            continue
+        statuses = ", ".join(f"{n} x {status}" for status, n in sorted(run["statuses"].items()))
+        lines.append(f"| {run['round']} | {run['code']} | {run['kind']} | {run['concurrency']} | {statuses} | "
+                     f"{run['throughput_ok_rps']} | {run['ok_p50_ms']} | {run['ok_p99_ms']} | "
+                     f"{run['server_cpu_ms_per_answer']} |")
+    lines += ["", "Medians over the rounds:", "",
+              "| candidates | concurrency | requests/s before | after | p50 ms before | after | "
+              "CPU ms / answer before | after |", "|---|---|---|---|---|---|---|---|"]
+    for kind in KINDS:
+        for clients in s["concurrency"]:
+            cells = []
+            for key in ("throughput_ok_rps", "ok_p50_ms", "server_cpu_ms_per_answer"):
+                for code in ("before", "after"):
+                    values = [r[key] for r in report["runs"] if r.get("code") == code and r.get("kind") == kind
+                              and r.get("concurrency") == clients and r.get(key) is not None]
+                    cells.append(f"{statistics.median(values):.1f}" if values else "-")
+            lines.append(f"| {kind} | {clients} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True).stdout
+
+
+def main() -> None:
+    if "--child" in sys.argv:  # the measured code's modules first; this tree's last, only for what it alone has
+        code_root = sys.argv[sys.argv.index("--code-root") + 1]
+        sys.path[:] = [code_root, str(BENCHMARKS), *[p for p in sys.path if p != str(BENCHMARKS)], str(REPO_ROOT)]
+    else:
+        sys.path[:0] = [str(REPO_ROOT), str(BENCHMARKS)]
+    from bench_serving_load import add_load_options
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_load_options(parser, concurrency=[1, 8, 32], requests=200, time_cap=20.0)
+    parser.add_argument("--baseline", default="HEAD", help="the commit measured as 'before' (default HEAD)")
+    parser.add_argument("--per-source", type=int, default=100, help="candidates each stage source adds (default 100)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of both codes, interleaved (default 2)")
+    parser.add_argument("--page", type=Path, help="write the markdown page here")
+    parser.add_argument("--child", choices=("before", "after"), help=argparse.SUPPRESS)
+    parser.add_argument("--code-root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--set-up", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, json.loads(args.set_up.read_text()), args)
+        return
+
+    command = ".venv/bin/python benchmarks/bench_one_hop.py " + shlex.join(sys.argv[1:])
+    baseline = _git("rev-parse", "--short", args.baseline).strip()
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        before_root = root / "before"
+        before_root.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", baseline], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(before_root)], input=archive.stdout, check=True)
+        set_up_file = root / "set_up.json"
+        set_up_file.write_text(json.dumps(_set_up(root, args)))
+        codes = {"before": before_root, "after": REPO_ROOT}
+        for round_index in range(args.rounds):
+            order = ["before", "after"] if round_index % 2 == 0 else ["after", "before"]
+            for code in order:
+                levels = _run_child(code, codes[code], set_up_file, args)
+                runs += [{"round": round_index, **level} for level in levels]
+                print(json.dumps(levels), flush=True)
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                     if k not in ("child", "code_root", "set_up", "out", "page")},
+        "baseline": baseline, "after": _git("rev-parse", "--short", "HEAD").strip(),
+        "after_dirty": bool(_git("status", "--porcelain", "--untracked-files=no").strip()),
+        "command": command, "runs": runs,
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.page:
+        args.page.write_text(_page(report, command))
+
+
+if __name__ == "__main__":
+    main()
