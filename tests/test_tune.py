@@ -11,6 +11,7 @@ import ray
 import yaml
 from mlflow import MlflowClient
 
+from jobs.ray_runtime import release_orphaned_placement_groups
 from jobs.train import load_config, run_training
 from jobs.train.config import ConfigError
 from grec import GRecConfig
@@ -88,6 +89,10 @@ def test_grec_train_on_the_best_config_reaches_the_metric_of_its_trial(ray_local
     config = train_tiny_config(tiny_movielens.root, tracking_uri, training={"epochs": 2, "seed": 7},
                                scaling={"num_workers": 1}, mlflow={"experiment": "tune-one-loop"})
     out = tmp_path / "best.yaml"
+    # An earlier search in this session may still hold a stopped trial's workers whose controller
+    # outlived that search's wait (a loaded machine): they are given back first, so that `free` is
+    # what this search starts from and not what it would release on the way.
+    release_orphaned_placement_groups(wait_s=60.0)
     free = ray.available_resources().get("CPU", 0)
     tuned = run_tune(config, 1, space=SearchSpace(space={"optimizer.lr": {"choice": [0.02]}}), out=out,
                      name="tune-one-loop")
@@ -108,8 +113,6 @@ def test_a_dead_runs_placement_group_is_given_back_and_no_other(ray_local):
     import time
 
     from ray.util.placement_group import placement_group, remove_placement_group
-
-    from jobs.ray_runtime import release_orphaned_placement_groups
 
     @ray.remote(num_cpus=0)
     class Controller:
