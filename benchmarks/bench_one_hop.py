@@ -27,7 +27,6 @@ build-index` fits it (co-visitation, a small next-item transformer, recent popul
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -41,7 +40,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
 
-TOKEN = "bench-token"
 KINDS = ("given", "retrieval")
 
 
@@ -73,37 +71,13 @@ def _set_up(root: Path, args: argparse.Namespace) -> dict:
 
 def _child(code: str, set_up: dict, args: argparse.Namespace) -> None:
     """One code version on a fresh local Ray: one JSON line per (payload kind, concurrency)."""
-    from ray import serve
+    from bench_serve_modes import load_levels, served_endpoint
 
-    from bench_serve_modes import _server_cpu_s
-    from bench_serving_load import MODEL_NAME, Recorder, _free_port, _load
-    from jobs.ray_runtime import start_local_ray
-    from serving.app import build_app
-    from serving.config import ServingConfig
-
-    config = ServingConfig(model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=set_up["tracking_uri"],
-                           online_store=set_up["online_store"], port=_free_port(), reload_interval_s=600,
-                           api_token=TOKEN)
-    with tempfile.TemporaryDirectory() as grec_dir:
-        start_local_ray(num_cpus=2, object_store_memory=256 * 1024 * 1024, grec_dir=grec_dir, log_to_driver=False)
-        serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(build_app(config), name="grec-bench", route_prefix="/")
-        base_url, headers = f"http://127.0.0.1:{config.port}", {"Authorization": f"Bearer {TOKEN}"}
+    with served_endpoint(set_up) as (base_url, headers):
         for kind in KINDS:
-            payloads = set_up["payloads"][kind]
-            asyncio.run(_load(base_url, headers, payloads[:40], 4, args.time_cap, 40, Recorder()))  # warm-up
-            for clients in args.concurrency:
-                recorder = Recorder()
-                cpu_before = _server_cpu_s()
-                started, elapsed = asyncio.run(_load(base_url, headers, payloads, clients, args.time_cap,
-                                                     args.requests, recorder))
-                cpu_s = _server_cpu_s() - cpu_before
-                summary = recorder.summary(started, elapsed)
-                answered = summary["statuses"].get("200", 0)
-                print(json.dumps({"code": code, "kind": kind, "concurrency": clients, **summary,
-                                  "server_cpu_ms_per_answer": round(1000 * cpu_s / answered, 1) if answered else None}),
-                      flush=True)
-        serve.shutdown()
+            for level in load_levels(base_url, headers, set_up["payloads"][kind], args.concurrency, args.time_cap,
+                                     args.requests):
+                print(json.dumps({"code": code, "kind": kind, **level}), flush=True)
 
 
 def _run_child(code: str, root: Path, set_up_file: Path, args: argparse.Namespace) -> list[dict]:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,11 +71,13 @@ def _server_cpu_s() -> float:
     return total
 
 
-def _child(mode: str, set_up: dict, concurrency: list[int], requests: int, time_cap: float) -> list[dict]:
-    """One mode on a fresh local Ray: the load levels' summaries."""
+@contextlib.contextmanager
+def served_endpoint(set_up: dict) -> Iterator[tuple[str, dict[str, str]]]:
+    """The set-up's champion served by `serving.app` on a fresh local Ray (2 CPUs, loopback, the
+    default serving config with a token): yields (base URL, auth headers); Serve stops on exit."""
     from ray import serve
 
-    from bench_serving_load import MODEL_NAME, Recorder, _free_port, _load
+    from bench_serving_load import MODEL_NAME, _free_port
     from jobs.ray_runtime import start_local_ray
     from serving.app import build_app
     from serving.config import ServingConfig
@@ -86,21 +89,36 @@ def _child(mode: str, set_up: dict, concurrency: list[int], requests: int, time_
         start_local_ray(num_cpus=2, object_store_memory=256 * 1024 * 1024, grec_dir=grec_dir, log_to_driver=False)
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(build_app(config), name="grec-bench", route_prefix="/")
-        base_url, headers = f"http://127.0.0.1:{config.port}", {"Authorization": f"Bearer {TOKEN}"}
-        payloads = set_up["payloads"]
-        asyncio.run(_load(base_url, headers, payloads[:40], 4, time_cap, 40, Recorder()))  # warm-up
-        levels = []
-        for clients in concurrency:
-            recorder = Recorder()
-            cpu_before = _server_cpu_s()
-            started, elapsed = asyncio.run(_load(base_url, headers, payloads, clients, time_cap, requests, recorder))
-            cpu_s = _server_cpu_s() - cpu_before
-            summary = recorder.summary(started, elapsed)
-            answered = summary["statuses"].get("200", 0)
-            levels.append({"mode": mode, "concurrency": clients, **summary,
-                           "server_cpu_ms_per_answer": round(1000 * cpu_s / answered, 1) if answered else None})
+        try:
+            yield f"http://127.0.0.1:{config.port}", {"Authorization": f"Bearer {TOKEN}"}
+        finally:
+            serve.shutdown()
+
+
+def load_levels(base_url: str, headers: dict[str, str], payloads: list, concurrency: list[int], time_cap: float,
+                requests: int) -> Iterator[dict]:
+    """A warm-up, then per concurrency level the load's summary with the server's CPU per answer."""
+    from bench_serving_load import Recorder, _load
+
+    asyncio.run(_load(base_url, headers, payloads[:40], 4, time_cap, 40, Recorder()))  # warm-up
+    for clients in concurrency:
+        recorder = Recorder()
+        cpu_before = _server_cpu_s()
+        started, elapsed = asyncio.run(_load(base_url, headers, payloads, clients, time_cap, requests, recorder))
+        cpu_s = _server_cpu_s() - cpu_before
+        summary = recorder.summary(started, elapsed)
+        answered = summary["statuses"].get("200", 0)
+        yield {"concurrency": clients, **summary,
+               "server_cpu_ms_per_answer": round(1000 * cpu_s / answered, 1) if answered else None}
+
+
+def _child(mode: str, set_up: dict, concurrency: list[int], requests: int, time_cap: float) -> list[dict]:
+    """One mode on a fresh local Ray: the load levels' summaries."""
+    levels = []
+    with served_endpoint(set_up) as (base_url, headers):
+        for level in load_levels(base_url, headers, set_up["payloads"], concurrency, time_cap, requests):
+            levels.append({"mode": mode, **level})
             print(json.dumps(levels[-1]), flush=True)
-        serve.shutdown()
     return levels
 
 
