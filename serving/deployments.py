@@ -39,7 +39,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +64,7 @@ from serving.schemas import ModelRef, RecommendRequest, RecommendResponse, RowSc
 from serving.servable import ServableModel
 
 log = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 # A replica keeps the version being served and the one before it (requests pinned to the old
 # version finish on it while the alias moves).
@@ -126,6 +128,17 @@ class Scorer:
             log.error("scorer: model version %s could not be loaded: %s", serve.get_multiplexed_model_id(), err)
             raise ModelNotReadyError(f"model version {serve.get_multiplexed_model_id()} could not be loaded") from None
 
+    async def _answered(self, deadline: float,
+                        work: Callable[[ServableModel], Awaitable[T]]) -> T | ServingError:
+        """`work` on the pinned version, unless the deadline has passed; a client or serving error
+        comes back as a value (the replica logs no traceback for it)."""
+        try:
+            if expired := _expired(deadline):
+                return expired
+            return await work(await self._servable())
+        except ServingError as err:
+            return err
+
     @serve.batch
     async def forward(self, requests: list[RankRequest]) -> list[RankResult]:
         # Serve splits batches by multiplexed model id: one version for the whole batch.
@@ -168,12 +181,8 @@ class Scorer:
                         deadline: float) -> RecommendResponse | ServingError:
         """The whole of one /v1/recommend request (checked by the ingress): its user, candidates,
         rows, scores and blend. `blend`: the request's or the config's, None for the fitted one."""
-        try:
-            if expired := _expired(deadline):
-                return expired
-            return await self._recommend(await self._servable(), body, blend, request_id, deadline)
-        except ServingError as err:
-            return err
+        return await self._answered(deadline, lambda servable: self._recommend(servable, body, blend, request_id,
+                                                                               deadline))
 
     def _candidates(self, servable: ServableModel, body: RecommendRequest,
                     given: list[Any] | None) -> tuple[Candidates, bool, bool]:
@@ -273,12 +282,8 @@ class Scorer:
                     deadline: float) -> ScoreResponse | ServingError:
         """The whole of one /v1/score request (checked by the ingress): `groups` are the indices of
         its rows per distinct (user, context), one lookup each; one forward per task."""
-        try:
-            if expired := _expired(deadline):
-                return expired
-            return await self._score(await self._servable(), body, groups, request_id, deadline)
-        except ServingError as err:
-            return err
+        return await self._answered(deadline, lambda servable: self._score(servable, body, groups, request_id,
+                                                                           deadline))
 
     async def _score(self, servable: ServableModel, body: ScoreRequest, groups: list[list[int]], request_id: str,
                      deadline: float) -> ScoreResponse:
