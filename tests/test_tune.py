@@ -74,7 +74,8 @@ def test_tune_runs_asha_trials_as_mlflow_children_and_writes_a_trainable_best_co
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert len(children) == 3
-    assert all(run.info.status in ("FINISHED", "KILLED") for run in children)
+    statuses = [(run.info.status, run.data.tags.get("grec.tune.stopped_by")) for run in children]
+    assert all(status in ("FINISHED", "KILLED") for status, _ in statuses), statuses
     assert all("val/like/auc" in run.data.metrics and "optimizer.lr" in run.data.params for run in children)
     assert sum(1 for run in children if run.info.status == "KILLED") == result.stopped_early
     assert yaml.safe_load(out.read_text())["optimizer"]["lr"] == pytest.approx(result.best_values["optimizer.lr"])

@@ -200,7 +200,6 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
             tracking_uri: str) -> TuneResult:
     from mlflow import MlflowClient
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from registry.tracking import ensure_experiment, flatten_params
 
@@ -218,8 +217,9 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
             tune.with_parameters(_trial, base=_anchored(config).model_dump(mode="json"), tracking_uri=tracking_uri,
                                  experiment_id=experiment_id, parent_run_id=parent),
             {"cpu": TRIAL_DRIVER_CPUS})
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=config.training.epochs,
-                                  grace_period=GRACE_EPOCHS, reduction_factor=REDUCTION_FACTOR)
+        scheduler = _recording_asha(time_attr="training_iteration", max_t=config.training.epochs,
+                                    grace_period=GRACE_EPOCHS, reduction_factor=REDUCTION_FACTOR)
+        watch = _trial_watch()
         tuner = tune.Tuner(
             trainable,
             param_space={key: distribution.sampler() for key, distribution in space.space.items()},
@@ -227,7 +227,7 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
                                         num_samples=trials, max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=name, verbose=0, storage_path=config.scaling.storage_path
                                       or str((Path.cwd() / TUNE_DIR / "ray_results").resolve()),
-                                      callbacks=[_stopped_trials_release()]),
+                                      callbacks=[watch]),
         )
         results = tuner.fit()
         release_orphaned_placement_groups(wait_s=STOPPED_TRIAL_WAIT_S)  # the last trials' workers
@@ -240,8 +240,7 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
         column = frame[stopping.metric]
         best_row = column.idxmax() if stopping.mode == "max" else column.idxmin()
         best_metric, best_epoch = float(column[best_row]), int(frame["epoch"][best_row])
-        stopped = _close_stopped_trials(client, experiment_id, parent,
-                                        failed={r.metrics.get("trial_id") for r in results if r.error is not None})
+        stopped = _close_trial_runs(client, experiment_id, parent, stopped=scheduler.stopped, errored=watch.errored)
         best_config = trial_config(config, values)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(_best_config_yaml(best_config, values, best_metric, stopping.metric, trials))
@@ -250,30 +249,58 @@ def _search(config: TrainConfig, space: SearchSpace, trials: int, concurrent: in
         client.log_metric(parent, "trials_stopped_by_asha", stopped)
         client.log_artifact(parent, str(out), "tune")
     except BaseException:
+        _close_trial_runs(client, experiment_id, parent, stopped=set(), errored=None)
         client.set_terminated(parent, status="FAILED")
         raise
     client.set_terminated(parent)
     return TuneResult(values, best_metric, best_epoch, out, parent, len(results), stopped)
 
 
-def _stopped_trials_release():
-    """A Tune callback that, every RELEASE_EVERY_S of the search, gives back the CPUs of stopped
-    trials' training workers (jobs.ray_runtime.release_orphaned_placement_groups says why they stay
-    reserved): without it a search with more trials than the cluster holds at once waits forever."""
+def _trial_watch():
+    """A Tune callback that records the trials that failed and, every RELEASE_EVERY_S of the search,
+    gives back the CPUs of stopped trials' training workers (jobs.ray_runtime.
+    release_orphaned_placement_groups says why they stay reserved): without it a search with more
+    trials than the cluster holds at once waits forever."""
     import time
 
     from ray import tune
 
-    class StoppedTrialsRelease(tune.Callback):
+    class TrialWatch(tune.Callback):
         def __init__(self) -> None:
             self.last = time.monotonic()
+            self.errored: set[str] = set()
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             if time.monotonic() - self.last >= RELEASE_EVERY_S:
                 release_orphaned_placement_groups()
                 self.last = time.monotonic()
 
-    return StoppedTrialsRelease()
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.errored.add(trial.trial_id)
+
+    return TrialWatch()
+
+
+def _recording_asha(**kwargs: Any) -> Any:
+    """An ASHAScheduler(**kwargs) whose `stopped` holds the trials it stopped before their last epoch."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class RecordingASHA(ASHAScheduler):
+        """ASHA that remembers the trials it stopped before their last epoch. Tune cannot say so
+        afterwards: a stopped trial is TERMINATED like a finished one, or ERROR when its training
+        call saw the stop first."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.stopped: set[str] = set()
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+                self.stopped.add(trial.trial_id)
+            return decision
+
+    return RecordingASHA(**kwargs)
 
 
 def _anchored(config: TrainConfig) -> TrainConfig:
@@ -287,18 +314,26 @@ def _anchored(config: TrainConfig) -> TrainConfig:
                                  scaling={"storage_path": checkpoint_storage(config)})
 
 
-def _close_stopped_trials(client, experiment_id: str, parent: str, failed: set[str]) -> int:
-    """Marks the child runs of trials ASHA stopped as KILLED with tag grec.tune.stopped_by=asha;
-    returns how many. A stopped trial's process ends mid-training, so its run is still open or, when
-    the stop reached its training call first, was closed FAILED by the trial itself: only Tune knows
-    which trials really failed (`failed`, their trial ids)."""
+def _close_trial_runs(client, experiment_id: str, parent: str, stopped: set[str], errored: set[str] | None) -> int:
+    """Closes the search's child runs; returns how many ASHA stopped. Only the search closes them: a
+    stopped trial's training call may still be unwinding when the search ends, and a status it wrote
+    then would overwrite the search's. Trials in `stopped` end KILLED with tag
+    grec.tune.stopped_by=asha, those in `errored` FAILED, the rest FINISHED (`errored` None: the
+    search itself failed, every open run ends FAILED)."""
     children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    stopped = [run for run in children if run.info.status in ("RUNNING", "FAILED")
-               and run.data.tags.get(TRIAL_ID_TAG) not in failed]
-    for run in stopped:
-        client.set_tag(run.info.run_id, "grec.tune.stopped_by", "asha")
-        client.set_terminated(run.info.run_id, status="KILLED")
-    return len(stopped)
+    killed = 0
+    for run in children:
+        if run.info.status != "RUNNING":
+            continue
+        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+        if trial_id in stopped:
+            client.set_tag(run.info.run_id, "grec.tune.stopped_by", "asha")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed += 1
+        else:
+            client.set_terminated(run.info.run_id,
+                                  status="FAILED" if errored is None or trial_id in errored else "FINISHED")
+    return killed
 
 
 def _best_config_yaml(config: TrainConfig, values: dict[str, Any], metric_value: float, metric: str,
@@ -335,15 +370,11 @@ def _trial(values: dict[str, Any], *, base: dict[str, Any], tracking_uri: str, e
                                tags={"mlflow.parentRunId": parent_run_id, "grec.job": "tune-trial",
                                      TRIAL_ID_TAG: tune.get_context().get_trial_id()}).info.run_id
     client.log_batch(run_id, params=[_param(k, str(v)) for k, v in sorted(flatten_params(values).items())])
-    try:
-        trainer = build_trainer(resolved, tracking_uri, run_id, ProgressBoard.remote(), name=f"grec-tune-{run_id}",
-                                callbacks=(TuneReportCallback(),))
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
+    # The run stays open: the search closes it, knowing whether ASHA stopped the trial (_close_trial_runs).
+    trainer = build_trainer(resolved, tracking_uri, run_id, ProgressBoard.remote(), name=f"grec-tune-{run_id}",
+                            callbacks=(TuneReportCallback(),))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
     _, best_metrics = best_reported(result.best_checkpoints, stopping.metric, stopping.mode)
     client.set_tag(run_id, "grec.tune.best_epoch", str(int(best_metrics["epoch"])))
-    client.set_terminated(run_id)
