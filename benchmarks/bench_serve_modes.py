@@ -38,7 +38,9 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from any d
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-MODES = {"off": {}, "on": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+from jobs.serve.cli import THROUGHPUT_OPTIMIZED_ENV  # noqa: E402 (after the path set-up above)
+
+MODES = {"off": {}, "on": THROUGHPUT_OPTIMIZED_ENV}
 TOKEN = "bench-token"
 
 

@@ -123,6 +123,13 @@ class ServingConfig(BaseModel):
         description="the scorer (online features, candidates, ranking of a whole request); default 2 replicas, "
                     "max_ongoing_requests 32, max_queued_requests 32")
     batching: BatchingConfig = BatchingConfig()
+    # Off by default: in this mode Ray Serve binds HAProxy's stats and Prometheus listeners to every
+    # interface without auth, and offers no way to bind them to loopback (grec is closed by default).
+    throughput_optimized: bool = Field(
+        False, description="`grec serve` on a local Ray: Ray Serve's throughput-optimized mode (HAProxy as the HTTP "
+        "ingress, direct ingress, gRPC between replicas), 1.25-1.75x the requests/s of the default "
+        "(docs/benchmarks/serve_modes.md); HAProxy's stats and metrics ports then listen on all interfaces. "
+        "A joined cluster runs the mode its nodes were started with (infra/k8s/rayservice.yaml turns it on)")
 
     @field_validator("model_uri")
     @classmethod

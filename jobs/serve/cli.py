@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # The Serve application `grec serve` runs (its name in Ray Serve).
 APPLICATION = "grec"
+# Ray Serve's throughput-optimized mode. Serve's controller, proxies and replicas read these, so they
+# must be in the environment of the processes Ray starts: set before a local Ray starts, or on a
+# cluster's nodes.
+THROUGHPUT_OPTIMIZED_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,6 +105,8 @@ def serve_forever(config: ServingConfig, address: str | None) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    if config.throughput_optimized:
+        _use_throughput_optimized(address)
     with ray_session(address):
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(build_app(config), name=APPLICATION, route_prefix="/")
@@ -110,3 +117,18 @@ def serve_forever(config: ServingConfig, address: str | None) -> None:
         # local Ray ends with the block (serve.shutdown() also killed Serve's controller under a call
         # it was answering, which Ray reported on the terminal as a failed task).
         serve.delete(APPLICATION)
+
+
+def _use_throughput_optimized(address: str | None) -> None:
+    """Puts Serve's throughput-optimized mode into the environment of the local Ray about to start."""
+    from ray.serve._private.constants import RAY_SERVE_HAPROXY_METRICS_PORT, RAY_SERVE_HAPROXY_STATS_PORT
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        log.warning("throughput_optimized: the cluster at %s runs the mode its nodes were started with; set %s in "
+                    "their environment", address, " and ".join(f"{k}=1" for k in THROUGHPUT_OPTIMIZED_ENV))
+        return
+    os.environ.update(THROUGHPUT_OPTIMIZED_ENV)
+    log.warning("throughput-optimized mode: HAProxy is the HTTP ingress; its stats (port %d) and Prometheus "
+                "(port %d) listeners bind every interface without auth (Ray Serve offers no loopback setting)",
+                RAY_SERVE_HAPROXY_STATS_PORT, RAY_SERVE_HAPROXY_METRICS_PORT)
