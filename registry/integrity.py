@@ -148,12 +148,16 @@ def fetch_verified(uri: str, manifest: Manifest | None, destination: str | Path,
     and returns it. With a manifest, the directory must hold exactly its files, every one of the
     recorded size and sha256 (RefusedVersionError naming `what`, the file and both values otherwise)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FILE_NAME
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
     if RunsArtifactRepository.is_runs_uri(uri):  # the store's own location: MLflow's runs:/ wrapper downloads
         uri = RunsArtifactRepository.get_underlying_uri(uri)  # a file of a subdirectory from the run's root
     repository = get_artifact_repository(uri)
-    found = _list_files(repository)
+    # MLflow's loaders (`mlflow models serve`, `mlflow.pyfunc.load_model` of a models:/ URI) write a
+    # note of the registered name and version beside MLmodel, in the version's own folder when the
+    # store is local. grec never reads it, so it is neither a file of the version nor a sign of tampering.
+    found = {name: size for name, size in _list_files(repository).items() if name != REGISTERED_MODEL_META_FILE_NAME}
     if manifest is not None:
         _check_listing(manifest, found, what)
     wanted = list(manifest.files if manifest is not None else found)

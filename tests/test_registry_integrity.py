@@ -170,6 +170,10 @@ def test_mlflow_users_still_get_a_pyfunc_that_imports_the_installed_grec(version
     scored = pyfunc.predict(rows, params={"tasks": ["like"]})
     assert list(scored.columns) == ["score_like"]
     _assert_installed_grec()
+    # MLflow's loader left its note of the registered name and version in the version's own folder
+    # (a local store): grec still loads the version, every file it reads checked
+    assert (_version_dir(NAME, version) / "registered_model_meta").is_file()
+    load_registered(f"models:/{NAME}/{version}", require_integrity=True)
 
 
 # ---- retrieval index -------------------------------------------------------------------------------------
