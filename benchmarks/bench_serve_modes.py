@@ -44,7 +44,7 @@ MODES = {"off": {}, "on": THROUGHPUT_OPTIMIZED_ENV}
 TOKEN = "bench-token"
 
 
-def _set_up(root: Path, events: int, train_steps: int, candidates: int, requests: int) -> dict:
+def set_up_champion(root: Path, events: int, train_steps: int, candidates: int, requests: int) -> dict:
     """Dataset, online store, registered model and payloads under `root`; what a child needs."""
     from bench_serving_load import recommend_payloads, register_champion
     from feature_store.online import materialize, open_online_store
@@ -59,18 +59,32 @@ def _set_up(root: Path, events: int, train_steps: int, candidates: int, requests
             "payloads": recommend_payloads(prepared, candidates, requests)}
 
 
-def _server_cpu_s() -> float:
-    """CPU seconds (user + system) of every process this one started (Ray's, and what they started)."""
+def server_cpu_by_role(root: int | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) by role of every process a server started: with `root` (a pid),
+    that process and its descendants; without, this process's descendants (the Ray it started and
+    what Ray started)."""
     import psutil
 
-    total = 0.0
-    for process in psutil.Process().children(recursive=True):
+    parent = psutil.Process(root) if root else psutil.Process()
+    processes = [*([parent] if root else []), *parent.children(recursive=True)]
+    totals: dict[str, float] = {}
+    for process in processes:
         try:
             times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+            role = _role(" ".join(process.cmdline()))
+        except psutil.Error:  # it ended between the listing and the reading
+            continue
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
+
+
+def _role(command: str) -> str:
+    """A server process's role, from its command line (Ray names its actor processes `ray::CLASS`)."""
+    for marker, role in (("Scorer", "scorer"), ("Ingress", "ingress"), ("ProxyActor", "proxy"),
+                         ("haproxy", "proxy"), ("ServeController", "serve controller")):
+        if marker in command:
+            return role
+    return "ray (gcs, raylet, agents, idle workers)" if "ray" in command else "server"
 
 
 @contextlib.contextmanager
@@ -98,20 +112,24 @@ def served_endpoint(set_up: dict) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def load_levels(base_url: str, headers: dict[str, str], payloads: list, concurrency: list[int], time_cap: float,
-                requests: int) -> Iterator[dict]:
-    """A warm-up, then per concurrency level the load's summary with the server's CPU per answer."""
+                requests: int, path: str = "/v1/recommend", server: int | None = None) -> Iterator[dict]:
+    """A warm-up, then per concurrency level the load's summary with the server's CPU per answer, in
+    all and by role (`server`: the server's pid, default the Ray this process started)."""
     from bench_serving_load import Recorder, _load
 
-    asyncio.run(_load(base_url, headers, payloads[:40], 4, time_cap, 40, Recorder()))  # warm-up
+    asyncio.run(_load(base_url, headers, payloads[:40], 4, time_cap, 40, Recorder(), path=path))  # warm-up
     for clients in concurrency:
         recorder = Recorder()
-        cpu_before = _server_cpu_s()
-        started, elapsed = asyncio.run(_load(base_url, headers, payloads, clients, time_cap, requests, recorder))
-        cpu_s = _server_cpu_s() - cpu_before
+        cpu_before = server_cpu_by_role(server)
+        started, elapsed = asyncio.run(_load(base_url, headers, payloads, clients, time_cap, requests, recorder,
+                                             path=path))
+        cpu_s = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in server_cpu_by_role(server).items()}
         summary = recorder.summary(started, elapsed)
         answered = summary["statuses"].get("200", 0)
         yield {"concurrency": clients, **summary,
-               "server_cpu_ms_per_answer": round(1000 * cpu_s / answered, 1) if answered else None}
+               "server_cpu_ms_per_answer": round(1000 * sum(cpu_s.values()) / answered, 1) if answered else None,
+               "server_cpu_ms_per_answer_by_role": {role: round(1000 * seconds / answered, 1)
+                                                    for role, seconds in sorted(cpu_s.items())} if answered else None}
 
 
 def _child(mode: str, set_up: dict, concurrency: list[int], requests: int, time_cap: float) -> list[dict]:
@@ -153,7 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         set_up_file = root / "set_up.json"
-        set_up_file.write_text(json.dumps(_set_up(root, args.events, args.train_steps, args.candidates,
+        set_up_file.write_text(json.dumps(set_up_champion(root, args.events, args.train_steps, args.candidates,
                                                   args.requests)))
         for round_index in range(args.rounds):
             order = ["off", "on"] if round_index % 2 == 0 else ["on", "off"]

@@ -175,10 +175,11 @@ class Recorder:
 
 
 async def _load(base_url: str, headers: dict, payloads: list[dict], concurrency: int, duration_s: float,
-                max_requests: int | None, recorder: Recorder, events: list | None = None) -> tuple[float, float]:
-    """Closed-loop clients: each sends, waits for the answer, honours Retry-After after a 503.
-    Stops after `max_requests` answers or `duration_s`; `events` are (at seconds, coroutine factory)
-    run during the load. Returns (start, elapsed)."""
+                max_requests: int | None, recorder: Recorder, events: list | None = None,
+                path: str = "/v1/recommend") -> tuple[float, float]:
+    """Closed-loop clients: each POSTs a payload to `path`, waits for the answer, honours Retry-After
+    after a 503. Stops after `max_requests` answers or `duration_s`; `events` are (at seconds,
+    coroutine factory) run during the load. Returns (start, elapsed)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     started = time.perf_counter()
     sent = 0
@@ -190,7 +191,7 @@ async def _load(base_url: str, headers: dict, payloads: list[dict], concurrency:
                 sent += 1
                 at = time.perf_counter()
                 try:
-                    response = await client.post("/v1/recommend", json=payload)
+                    response = await client.post(path, json=payload)
                 except httpx.HTTPError as err:
                     recorder.answers.append((at - started, time.perf_counter() - at, type(err).__name__, None, False))
                     continue
@@ -212,16 +213,18 @@ async def _load(base_url: str, headers: dict, payloads: list[dict], concurrency:
     return started, time.perf_counter() - started
 
 
-def _in_process_ms(servable, guard, definition, payloads: list[dict], batch: int, repeats: int) -> float:
-    """Median time of lookup + transforms + forward for `batch` requests ranked together."""
+def _in_process_ms(servable, guard, definition, payloads: list[dict], batch: int, repeats: int,
+                   clock=time.perf_counter) -> float:
+    """Median time (by `clock`: wall, or time.process_time for CPU) of lookup + transforms + forward
+    for `batch` requests ranked together."""
     times = []
     for r in range(repeats):
         group = [payloads[(r * batch + j) % len(payloads)] for j in range(batch)]
-        started = time.perf_counter()
+        started = clock()
         requests = [RankRequest(TASK, request_rows(guard, definition, RowsQuery(p["user_id"], p["candidates"])).rows)
                     for p in group]
         rank_batch(servable, requests)
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return 1000 * statistics.median(times)
 
 
