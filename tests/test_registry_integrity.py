@@ -235,7 +235,10 @@ def legacy_version(registry, tiny_movielens, tmp_path):
     root = Path(tiny_movielens.root)
     artifacts = {"model": str(save_model(_tiny_model(tiny_movielens), tmp_path / "grec_model")),
                  **{key: str(root / f"{key}.json") for key in ("transforms", "dataset_spec", "definition")}}
-    with mlflow.start_run():
+    # its own experiment with its artifacts under tmp_path (the default experiment's go to ./mlruns)
+    experiment = MlflowClient().create_experiment(f"legacy-{tmp_path.name}",
+                                                  artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         info = mlflow.pyfunc.log_model(name="model", python_model=str(code / "pyfunc_model.py"), artifacts=artifacts,
                                        code_paths=[str(code / "grec")], pip_requirements=["mlflow"])
     version = str(mlflow.register_model(info.model_uri, "legacy").version)
