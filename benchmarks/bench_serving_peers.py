@@ -55,16 +55,18 @@ MLFLOW_START_TIMEOUT_S = 180
 def _mlflow_payloads(set_up: dict) -> list[dict]:
     """Each grec request as MLflow's scoring server takes it: the rows grec's scorer would build."""
     from feature_store.online import open_online_store
-    from registry.models import load_registered
+    from registry.models import feature_columns, load_registered
     from registry.tracking import use_tracking_uri
     from serving.features import RowsQuery, StoreGuard, request_rows
 
     with use_tracking_uri(set_up["tracking_uri"]):
-        definition = load_registered(f"models:/{MODEL_NAME}/1").definition
+        loaded = load_registered(f"models:/{MODEL_NAME}/1")
+    columns = feature_columns(loaded.spec)  # the pyfunc signature's inputs (MLflow warns at every other column)
     guard = StoreGuard(open_online_store(set_up["online_store"]), "degrade", 1.0)
     bodies = []
     for payload in set_up["payloads"]:
-        rows = request_rows(guard, definition, RowsQuery(payload["user_id"], payload["candidates"])).rows
+        rows = request_rows(guard, loaded.definition, RowsQuery(payload["user_id"], payload["candidates"])).rows
+        rows = rows.select(columns)
         # pandas' JSON writer turns numpy scalars and array cells into plain JSON
         frame = json.loads(rows.to_pandas().to_json(orient="split", index=False))
         bodies.append({"dataframe_split": frame, "params": {"tasks": [TASK]}})
@@ -115,11 +117,12 @@ def _mlflow_levels(set_up: dict, payloads: list[dict], args: argparse.Namespace)
     command = [str(scripts / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/1",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with tempfile.TemporaryDirectory() as work:
-        server = subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
+        log = Path(work) / "server.log"  # a file, not a pipe: a full pipe would stall the server
+        with log.open("w") as out:
+            server = subprocess.Popen(command, env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
         try:
             base_url = f"http://127.0.0.1:{port}"
-            _wait_until_up(server, f"{base_url}/ping")
+            _wait_until_up(server, f"{base_url}/ping", log)
             return list(load_levels(base_url, {}, payloads, args.concurrency, args.time_cap, args.requests,
                                     path="/invocations", server=server.pid))
         finally:
@@ -127,11 +130,11 @@ def _mlflow_levels(set_up: dict, payloads: list[dict], args: argparse.Namespace)
             server.wait(timeout=60)
 
 
-def _wait_until_up(server: subprocess.Popen, url: str) -> None:
+def _wait_until_up(server: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+            raise RuntimeError(f"mlflow models serve exited with {server.returncode}: {log.read_text()[-2000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
