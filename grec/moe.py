@@ -18,6 +18,7 @@ on the gate-weighted mix of the experts' hidden states (exact, by linearity).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 
@@ -203,14 +204,18 @@ class SparseMoE(nn.Module):
             return self._merge_task_expert_weights(routing, mix_up, mix_down)
         key = (tuple(tasks), routing.expert_index.cpu().numpy().tobytes(), routing.gates.cpu().numpy().tobytes(),
                tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        # Forwards may run in several threads at once (MLflow's scoring server runs the pyfunc in a
+        # thread pool): another thread may evict an entry between two steps here, which is no error.
         merged = self._merged_by_tasks.get(key)
         if merged is None:
             merged = self._merge_task_expert_weights(routing, mix_up, mix_down)
             self._merged_by_tasks[key] = merged
             while len(self._merged_by_tasks) > MERGED_TASK_SETS:
-                self._merged_by_tasks.popitem(last=False)
+                with contextlib.suppress(KeyError):
+                    self._merged_by_tasks.popitem(last=False)
         else:
-            self._merged_by_tasks.move_to_end(key)
+            with contextlib.suppress(KeyError):
+                self._merged_by_tasks.move_to_end(key)
         return merged
 
     def _merge_task_expert_weights(self, routing: Routing, mix_up: SkillMix | None,

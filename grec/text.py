@@ -3,6 +3,7 @@ item-text embeddings so unchanged item text is encoded once."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections import OrderedDict
 from pathlib import Path
@@ -107,26 +108,29 @@ class TextEncoder(nn.Module):
         if cache_max_length is None or not self.cache_active:
             return self._encode(text.input_ids, text.attention_mask)
         keys = [(cache_max_length, t) for t in text.texts]
+        # One lookup per distinct text, kept for this call: forwards may run in several threads at
+        # once (MLflow's scoring server runs the pyfunc in a thread pool), so an entry found here may
+        # be evicted by another thread before it is used.
+        found: dict[tuple[int, str], torch.Tensor] = {}
         missing: dict[tuple[int, str], int] = {}
         for row, key in enumerate(keys):
-            if key not in self._cache and key not in missing:
+            if key in found or key in missing:
+                continue
+            vector = self._cache.get(key)
+            if vector is None:
                 missing[key] = row
+            else:
+                found[key] = vector
+                with contextlib.suppress(KeyError):
+                    self._cache.move_to_end(key)
         self.cache_misses += len(missing)
         self.cache_hits += len(keys) - len(missing)
-        fresh: dict[tuple[int, str], torch.Tensor] = {}
         if missing:
             rows = torch.tensor(list(missing.values()), device=text.input_ids.device)
             encoded = self._encode(text.input_ids[rows], text.attention_mask[rows]).detach()
-            fresh = dict(zip(missing, encoded))
-            for key, vector in fresh.items():
-                self._cache[key] = vector
+            for key, vector in zip(missing, encoded):
+                found[key] = self._cache[key] = vector
             while len(self._cache) > self.config.cache_size:
-                self._cache.popitem(last=False)
-        vectors = []
-        for key in keys:
-            vector = fresh.get(key)
-            if vector is None:
-                vector = self._cache[key]
-                self._cache.move_to_end(key)
-            vectors.append(vector)
-        return torch.stack(vectors)
+                with contextlib.suppress(KeyError):
+                    self._cache.popitem(last=False)
+        return torch.stack([found[key] for key in keys])

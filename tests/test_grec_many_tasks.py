@@ -4,12 +4,15 @@ bounded expert work per example, task sampling."""
 from __future__ import annotations
 
 import itertools
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from grec import GRecConfig, LossConfig, RouterConfig, SkillConfig, build_model
+from grec.moe import MERGED_TASK_SETS
 from grec.skills import SkillAdapter
 from grec.synthetic import random_columns, synthetic_spec
 
@@ -306,3 +309,33 @@ def test_inference_keeps_merged_expert_weights_until_a_weight_changes():
     model.load_state_dict(other.state_dict())  # in eval mode: the version counters tell
     for task, logits in cached().items():
         torch.testing.assert_close(logits, uncached()[task], atol=1e-6, rtol=0)
+
+
+
+def test_inference_from_many_threads_at_once_gives_each_call_its_own_answer():
+    """MLflow's scoring server runs the pyfunc's predict in a thread pool: calls for more task sets
+    than the merged-weights cache keeps, at once, evict each other's entries and still answer."""
+    model = build_model(GRecConfig(input=synthetic_spec(8, vocab_size=50, sequence_length=4), d_model=16,
+                                   num_heads=2, ffn_hidden=16, expert_hidden=16, tower_hidden=8, embedding_dim=8,
+                                   router=RouterConfig(mode="task", num_experts=4, top_k=2))).eval()
+    _randomize_skills(model)
+    batch = model.collate(random_columns(model.config.input, 6))
+    task_sets = [list(tasks) for size in (1, 2, 3) for tasks in itertools.combinations(model.task_names, size)]
+    assert len(task_sets) > MERGED_TASK_SETS
+    with torch.no_grad():
+        expected = [model.predict(batch, tasks) for tasks in task_sets]
+
+    def answer(index: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return model.predict(batch, task_sets[index % len(task_sets)])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between any two steps, as on a loaded server
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(answer, range(40 * len(task_sets))))
+    finally:
+        sys.setswitchinterval(interval)
+    for index, scores in enumerate(answers):
+        for task, values in expected[index % len(task_sets)].items():
+            torch.testing.assert_close(scores[task], values, atol=1e-6, rtol=0)
