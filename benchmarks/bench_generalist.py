@@ -258,7 +258,8 @@ def paired_differences(labels: dict[str, np.ndarray], pairs: list[tuple[dict[str
                        groups: dict[str, list[str]]) -> dict[str, dict[str, object]]:
     """Per group of tasks: the seed-mean difference of the group's average test AUC (a model minus
     a reference, `pairs` holding both one's test scores per seed), its 95% bootstrap interval over
-    the test rows (the same draws for both models and every group) and the difference in each seed."""
+    the test rows (the same draws for both models and every group), the difference in each seed and
+    the 95% interval over seeds of their mean."""
     def group_means(scores: dict[str, np.ndarray], rows: np.ndarray | None) -> np.ndarray:
         aucs = task_aucs(labels, scores, rows)
         return np.array([np.nanmean([aucs[t] for t in tasks]) for tasks in groups.values()])
@@ -269,7 +270,20 @@ def paired_differences(labels: dict[str, np.ndarray], pairs: list[tuple[dict[str
     low, high = bootstrap_intervals(difference, len(next(iter(labels.values()))), resamples=RESAMPLES)
     per_seed = [group_means(model, None) - group_means(reference, None) for model, reference in pairs]
     return {name: {"difference": float(difference(None)[i]), "interval": (float(low[i]), float(high[i])),
-                   "per_seed": [float(d[i]) for d in per_seed]} for i, name in enumerate(groups)}
+                   "per_seed": [float(d[i]) for d in per_seed], "seed_interval": seed_interval([d[i] for d in per_seed])}
+            for i, name in enumerate(groups)}
+
+
+def seed_interval(differences: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean of paired per-seed differences (seeds as the units, the test
+    rows fixed); None with fewer than two seeds."""
+    from scipy import stats
+
+    if len(differences) < 2:
+        return None
+    mean, error = float(np.mean(differences)), float(stats.sem(differences))
+    half = float(stats.t.ppf((1 + confidence) / 2, len(differences) - 1)) * error
+    return mean - half, mean + half
 
 
 def summarize(runs: list[dict[str, object]], labels: dict[str, np.ndarray]) -> list[dict[str, object]]:

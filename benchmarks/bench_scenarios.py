@@ -10,10 +10,11 @@ SMALL_TRAIN_ROWS training rows is small; the small scenarios are averaged apart.
 
 Models, on the same rows, the dataset config's early stopping (validation task-average AUC,
 patience 2) and the same seeds: GRec as configured for MovieLens (configs/movielens_grec.yaml:
-task routing over 4 experts, C-Poly skills), its ablations (no skills; one expert, no routing),
-GRec's own MMoE (dense gates) and PLE at GRec's parameter count, torch-rechub MMoE and PLE
-(benchmarks/quality_peers.py; the installed torch-rechub has no multi-scenario model), and one GRec
-per scenario trained on that scenario's rows only. Reported per model: the test AUC per scenario
+task routing over 4 experts, C-Poly skills; a task's token is its own embedding plus those of its
+type and its scenario), the same routed on the task token and the row (task-sentence routing), its
+ablations (no skills; one expert, no routing), GRec's own MMoE (dense gates) and PLE at GRec's
+parameter count, torch-rechub MMoE and PLE (benchmarks/quality_peers.py; the installed torch-rechub
+has no multi-scenario model), and one GRec per scenario trained on that scenario's rows only. Reported per model: the test AUC per scenario
 (its like and love averaged), the task average over all, large and small scenarios, the paired
 difference from GRec (seed-mean, 95% bootstrap interval over the same resampled test rows, and
 each seed's difference), CPU seconds to the best epoch (one thread; for the per-scenario models
@@ -53,9 +54,10 @@ from feature_store.options import SPLITS  # noqa: E402
 from grec.spec import TaskSpec  # noqa: E402
 
 MODELS = ("grec", "ablation_no_skills", "ablation_one_expert", "mmoe", "rechub_mmoe", "rechub_ple", "per_scenario",
-          "ple")
+          "ple", "grec_task_sentence")
 PEERS = ("rechub_mmoe", "rechub_ple")
-LABELS = {"grec": "GRec (task routing, C-Poly)", "ablation_no_skills": "ablation: no C-Poly skills",
+LABELS = {"grec": "GRec (task routing, C-Poly)", "grec_task_sentence": "GRec (task-sentence routing, C-Poly)",
+          "ablation_no_skills": "ablation: no C-Poly skills",
           "ablation_one_expert": "ablation: one expert (no routing)", "mmoe": "MMoE (GRec encoders, dense gates)",
           "ple": "PLE (GRec encoders)", "rechub_mmoe": "torch-rechub MMoE", "rechub_ple": "torch-rechub PLE",
           "per_scenario": "GRec per scenario (its rows only)"}
@@ -227,11 +229,24 @@ def summarize(runs: list[dict[str, object]], labels: dict[str, np.ndarray], grou
 
 
 def _difference(versus: dict[str, object] | None, per_seed: bool = True) -> str:
+    """difference [interval over rows] {interval over seeds} (each seed's difference)."""
     if versus is None:
         return ""
     low, high = versus["interval"]
-    seeds = f" ({', '.join(f'{d:+.4f}' for d in versus['per_seed'])})" if per_seed else ""
-    return f"{versus['difference']:+.4f} [{low:+.4f}, {high:+.4f}]{seeds}"
+    over_seeds = versus.get("seed_interval")
+    seeds = f" {{{over_seeds[0]:+.4f}, {over_seeds[1]:+.4f}}}" if over_seeds else ""
+    each = f" ({', '.join(f'{d:+.4f}' for d in versus['per_seed'])})" if per_seed else ""
+    return f"{versus['difference']:+.4f} [{low:+.4f}, {high:+.4f}]{seeds}{each}"
+
+
+def _clear_of_zero(interval: tuple[float, float] | None) -> bool:
+    return interval is not None and (interval[0] > 0 or interval[1] < 0)
+
+
+def _marks(versus: dict[str, object]) -> str:
+    """* where the interval over rows excludes 0, ** where the interval over seeds does too."""
+    return "*" * (_clear_of_zero(versus["interval"]) + (_clear_of_zero(versus["interval"])
+                                                         and _clear_of_zero(versus.get("seed_interval"))))
 
 
 def markdown(block: dict[str, object]) -> str:
@@ -243,7 +258,7 @@ def markdown(block: dict[str, object]) -> str:
         lines.append(f"| {s['description']} | {s['rows']['train']:,} / {s['rows']['validation']:,} / "
                      f"{s['rows']['test']:,} | {s['like_share']:.2f} | {s['love_share']:.2f} | "
                      f"{'yes' if s['name'] in small else ''} |")
-    lines += ["", "| model | seeds | task-average AUC (± std) | minus GRec [95% paired interval] (per seed) | "
+    lines += ["", "| model | seeds | task-average AUC (± std) | minus GRec [95% over rows] {95% over seeds} (per seed) | "
               "large scenarios | minus GRec | small scenarios | minus GRec | CPU s to best epoch |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in block["summary"]:
@@ -255,7 +270,8 @@ def markdown(block: dict[str, object]) -> str:
                      f"{row['auc']['small']:.4f} | {_difference(versus.get('small'), False)} | "
                      f"{row['cpu_seconds_to_best']:.0f} |")
     lines += ["", "Per scenario (like and love averaged; seed-mean test AUC, and for the other models the "
-              "difference from GRec, * where its 95% paired interval excludes 0):", "",
+              "difference from GRec, * where its 95% paired interval over rows excludes 0, ** where the one over "
+              "seeds does too):", "",
               "| model | " + " | ".join(s["description"] + (" (small)" if s["name"] in small else "")
                                       for s in scenarios) + " |",
               "|---|" + "---|" * len(scenarios)]
@@ -263,8 +279,7 @@ def markdown(block: dict[str, object]) -> str:
         cells = []
         for s in scenarios:
             versus = row.get("minus_grec", {}).get(s["name"])
-            mark = "" if versus is None else (f" ({versus['difference']:+.4f}"
-                                              f"{'*' if versus['interval'][0] > 0 or versus['interval'][1] < 0 else ''})")
+            mark = "" if versus is None else f" ({versus['difference']:+.4f}{_marks(versus)})"
             cells.append(f"{row['auc'][s['name']]:.4f}{mark}")
         lines.append(f"| {LABELS[row['model']]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
