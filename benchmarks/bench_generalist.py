@@ -238,14 +238,52 @@ def rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def task_average_auc(labels: dict[str, np.ndarray], scores: dict[str, np.ndarray],
-                     rows: np.ndarray | None = None) -> float:
-    values = []
+def task_aucs(labels: dict[str, np.ndarray], scores: dict[str, np.ndarray],
+              rows: np.ndarray | None = None) -> dict[str, float]:
+    """Each task's test AUC over its labelled rows (of `rows`, when given)."""
+    out = {}
     for task, y in labels.items():
         y, s = (y, scores[task]) if rows is None else (y[rows], scores[task][rows])
         known = ~np.isnan(y)
-        values.append(rank_auc(y[known], s[known]))
-    return float(np.nanmean(values))
+        out[task] = rank_auc(y[known], s[known])
+    return out
+
+
+def task_average_auc(labels: dict[str, np.ndarray], scores: dict[str, np.ndarray],
+                     rows: np.ndarray | None = None) -> float:
+    return float(np.nanmean(list(task_aucs(labels, scores, rows).values())))
+
+
+def paired_differences(labels: dict[str, np.ndarray], pairs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
+                       groups: dict[str, list[str]]) -> dict[str, dict[str, object]]:
+    """Per group of tasks: the seed-mean difference of the group's average test AUC (a model minus
+    a reference, `pairs` holding both one's test scores per seed), its 95% bootstrap interval over
+    the test rows (the same draws for both models and every group), the difference in each seed and
+    the 95% interval over seeds of their mean."""
+    def group_means(scores: dict[str, np.ndarray], rows: np.ndarray | None) -> np.ndarray:
+        aucs = task_aucs(labels, scores, rows)
+        return np.array([np.nanmean([aucs[t] for t in tasks]) for tasks in groups.values()])
+
+    def difference(rows: np.ndarray | None) -> np.ndarray:
+        return np.mean([group_means(model, rows) - group_means(reference, rows) for model, reference in pairs], axis=0)
+
+    low, high = bootstrap_intervals(difference, len(next(iter(labels.values()))), resamples=RESAMPLES)
+    per_seed = [group_means(model, None) - group_means(reference, None) for model, reference in pairs]
+    return {name: {"difference": float(difference(None)[i]), "interval": (float(low[i]), float(high[i])),
+                   "per_seed": [float(d[i]) for d in per_seed], "seed_interval": seed_interval([d[i] for d in per_seed])}
+            for i, name in enumerate(groups)}
+
+
+def seed_interval(differences: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean of paired per-seed differences (seeds as the units, the test
+    rows fixed); None with fewer than two seeds."""
+    from scipy import stats
+
+    if len(differences) < 2:
+        return None
+    mean, error = float(np.mean(differences)), float(stats.sem(differences))
+    half = float(stats.t.ppf((1 + confidence) / 2, len(differences) - 1)) * error
+    return mean - half, mean + half
 
 
 def summarize(runs: list[dict[str, object]], labels: dict[str, np.ndarray]) -> list[dict[str, object]]:
@@ -253,7 +291,6 @@ def summarize(runs: list[dict[str, object]], labels: dict[str, np.ndarray]) -> l
     bootstrap interval over the test rows, CPU seconds to the best epoch and (GRec) the ARI."""
     by_model = {m: sorted((r for r in runs if r["model"] == m), key=lambda r: r["seed"]) for m in MODELS}
     grec = {r["seed"]: r for r in by_model["grec"]}
-    n = len(next(iter(labels.values())))
     out = []
     for model, mine in by_model.items():
         if not mine:
@@ -264,12 +301,8 @@ def summarize(runs: list[dict[str, object]], labels: dict[str, np.ndarray]) -> l
                "cpu_seconds_to_best": statistics.mean(r["cpu_seconds_to_best"] for r in mine)}
         paired = [(r, grec[r["seed"]]) for r in mine if r["seed"] in grec]
         if model != "grec" and paired:
-            def difference(rows: np.ndarray) -> float:
-                return float(np.mean([task_average_auc(labels, p["test"], rows) - task_average_auc(labels, g["test"], rows)
-                                      for p, g in paired]))
-            low, high = bootstrap_intervals(difference, n, resamples=RESAMPLES)
-            row["minus_grec"] = difference(np.arange(n))
-            row["interval"] = (float(low), float(high))
+            versus = paired_differences(labels, [(p["test"], g["test"]) for p, g in paired], {"all": list(labels)})["all"]
+            row["minus_grec"], row["interval"] = versus["difference"], versus["interval"]
         aris = [r["allocation_ari"] for r in mine if "allocation_ari" in r]
         if aris:
             row["allocation_ari"] = statistics.mean(aris)
