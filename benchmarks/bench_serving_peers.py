@@ -250,7 +250,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("child", "set_up")},
-        "in_process": {key: statistics.median(f[key] for f in floors) for key in floors[0]},
+        "in_process": {key: round(statistics.median(f[key] for f in floors), 2) for key in floors[0]},
         "in_process_rounds": floors,
         "runs": runs,
     }
