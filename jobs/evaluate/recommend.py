@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from feature_store.options import SPLITS
 from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.catalogue_users import catalogue_users
+from jobs.evaluate.heap import release_freed_heap
 from jobs.evaluate.peers import PEERS, PeerData, PeerScorer, PeerUsers, skip_reason, tune_peer
 from recommend.metrics import ShownItems, ndcg, per_user_metrics
 from recommend.offline import (Interactions, SplitUsers, first_rows, read_interactions, relevant_runs,
@@ -212,6 +213,7 @@ class _GrecLists:
         rows = np.zeros((len(positions), self.config.depth), dtype=np.int64)
         with torch_threads(1):
             _rank_blocks(self.stage, users, self.task, self.config, self.ranker, self.item_rows, rows)
+        release_freed_heap()
         self.cpu_s += time.process_time() - started
         return rows
 
