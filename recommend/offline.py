@@ -155,10 +155,6 @@ class SplitUsers:
     truth: dict[str, list[set[Any]]]  # target -> each user's relevant items in the split
     rows: pa.Table  # each user's first row of the split (raw training-set schema)
 
-    @property
-    def history_sizes(self) -> np.ndarray:
-        return np.array([len(h.items) for h in self.histories], dtype=np.int64)
-
     def subset(self, positions: list[int]) -> SplitUsers:
         return SplitUsers(self.split, [self.user_ids[i] for i in positions], [self.histories[i] for i in positions],
                           {t: [v[i] for i in positions] for t, v in self.truth.items()},

@@ -146,7 +146,7 @@ def evaluate_recommend(loaded: Any, stage: RecommendationStage, prepared: Any, s
         raise ValueError(f"split {split!r} has no user with a relevant item for {task!r}: nothing to judge")
     row_of_code = _row_of_code(interactions, stage)
     lists = SystemLists(_popularity_rank(interactions.before(split), stage, row_of_code), config)
-    lists.details[GREC] = {}
+    lists.details[GREC] = {}  # grec first in the report's details, as in its systems; filled after ranking
     peers = _tuned_peers(lists, stage, split, interactions, row_of_code, label, config)
     user_ids = split_user_ids(interactions, split, positions)
     for name, by_user in (external or {}).items():
