@@ -46,14 +46,26 @@ def per_user_metrics(relevant: np.ndarray, truth_counts: np.ndarray, k: int = 10
             f"mrr@{k}": mrr(relevant, k), f"recall@{recall_at}": recall(relevant, truth_counts, recall_at)}
 
 
-def coverage(lists: np.ndarray, num_items: int, k: int) -> float:
-    """Share of the catalogue shown to anyone in the first k (item rows >= 1; 0 pads)."""
-    shown = np.unique(lists[:, :k])
-    return float(len(shown[shown > 0]) / max(num_items, 1))
+class ShownItems:
+    """Catalogue coverage (share of the catalogue shown to anyone in the first k; item rows >= 1, 0
+    pads) and novelty (mean popularity rank, 1 = most popular, of the items shown in the first k:
+    higher is more novel) of lists given block by block of users. Ranks are whole numbers, so their
+    sum is exact and both figures are the same whatever the blocks."""
 
+    def __init__(self, popularity_rank: np.ndarray, k: int) -> None:
+        self.popularity_rank, self.k = popularity_rank, k
+        self.items = np.zeros(len(popularity_rank), dtype=bool)  # by catalogue row, 0 unused
+        self.rank_sum, self.count = 0.0, 0
 
-def novelty(lists: np.ndarray, popularity_rank: np.ndarray, k: int) -> float:
-    """Mean popularity rank (1 = most popular) of the items shown in the first k: higher is more novel."""
-    shown = lists[:, :k]
-    shown = shown[shown > 0]
-    return float(popularity_rank[shown].mean()) if len(shown) else float("nan")
+    def add(self, lists: np.ndarray) -> None:
+        shown = lists[:, :self.k]
+        shown = shown[shown > 0]
+        self.items[shown] = True
+        self.rank_sum += float(self.popularity_rank[shown].sum())
+        self.count += len(shown)
+
+    def coverage(self) -> float:
+        return float(self.items[1:].sum() / max(len(self.items) - 1, 1))
+
+    def novelty(self) -> float:
+        return self.rank_sum / self.count if self.count else float("nan")

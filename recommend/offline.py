@@ -155,10 +155,6 @@ class SplitUsers:
     truth: dict[str, list[set[Any]]]  # target -> each user's relevant items in the split
     rows: pa.Table  # each user's first row of the split (raw training-set schema)
 
-    @property
-    def history_sizes(self) -> np.ndarray:
-        return np.array([len(h.items) for h in self.histories], dtype=np.int64)
-
     def subset(self, positions: list[int]) -> SplitUsers:
         return SplitUsers(self.split, [self.user_ids[i] for i in positions], [self.histories[i] for i in positions],
                           {t: [v[i] for i in positions] for t, v in self.truth.items()},
@@ -194,11 +190,32 @@ def split_users(prepared: Any, split: str, targets: Mapping[str, str | None],
     if split == "train":
         raise ValueError("lists are judged on a split that follows training data: validation or test")
     columns = sorted({c for c in targets.values() if c})
-    code = SPLITS.index(split)
-    interactions = interactions or read_interactions(prepared, columns, SPLITS[:code + 1])
+    interactions = interactions or read_interactions(prepared, columns, SPLITS[:SPLITS.index(split) + 1])
+    rows = first_rows(prepared, split, split_user_ids(interactions, split, positions))
+    return users_of(interactions, split, targets, positions, rows)
+
+
+def split_runs_at(interactions: Interactions, split: str,
+                  positions: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """split_runs of the users at `positions` (every one for None)."""
     starts, ends = split_runs(interactions, split)
-    if positions is not None:
-        starts, ends = starts[np.asarray(positions, np.int64)], ends[np.asarray(positions, np.int64)]
+    if positions is None:
+        return starts, ends
+    return starts[np.asarray(positions, np.int64)], ends[np.asarray(positions, np.int64)]
+
+
+def split_user_ids(interactions: Interactions, split: str, positions: Sequence[int] | None = None) -> list[Any]:
+    """Raw ids (Python values) of the split's users at `positions` (every one for None)."""
+    starts, _ = split_runs_at(interactions, split, positions)
+    return interactions.user_values[interactions.user_codes[starts]].tolist()
+
+
+def users_of(interactions: Interactions, split: str, targets: Mapping[str, str | None],
+             positions: Sequence[int] | None, rows: pa.Table) -> SplitUsers:
+    """split_users of the users at `positions` whose first rows (`first_rows`, aligned) are read
+    already: a caller working through blocks of users reads the split once."""
+    code = SPLITS.index(split)
+    starts, ends = split_runs_at(interactions, split, positions)
     user_ids = interactions.user_values[interactions.user_codes[starts]].tolist()  # Python ids
     histories, truth = [], {name: [] for name in targets}
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
@@ -211,10 +228,10 @@ def split_users(prepared: Any, split: str, targets: Mapping[str, str | None],
         for name, column in targets.items():
             positives = inside if column is None else inside[interactions.positives[column][start:end][inside]]
             truth[name].append(set(items[positives].tolist()))
-    return SplitUsers(split, user_ids, histories, truth, _first_rows(prepared, split, user_ids))
+    return SplitUsers(split, user_ids, histories, truth, rows)
 
 
-def _first_rows(prepared: Any, split: str, user_ids: list[Any]) -> pa.Table:
+def first_rows(prepared: Any, split: str, user_ids: list[Any]) -> pa.Table:
     """Each listed user's first row of the split (rows are stored by user, time, ingestion order):
     the split streamed batch by batch, holding at most one row per listed user."""
     definition = prepared.definition()

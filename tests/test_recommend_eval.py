@@ -4,6 +4,7 @@ the same users and seen sets, full ranking, paired intervals, and what it refuse
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -41,6 +42,22 @@ def test_every_system_is_judged_on_the_same_users_with_intervals_against_grec(se
     assert result["details"]["ease"]["trials"] == 2 and "l2" in result["details"]["ease"]["params"]
     # The report (grec evaluate's result.json) names the users as the dataset does: plain JSON values.
     assert json.loads(json.dumps(result))["user_ids"] == result["user_ids"]
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in ("seconds", "ranking_cpu_s",
+                                                                             "tuning_cpu_s", "fit_cpu_s")}
+    return value
+
+
+def test_the_result_does_not_depend_on_how_many_users_are_held_at_once(serving_app, loaded_and_stage):
+    loaded, stage = loaded_and_stage
+    config = RecommendEvalConfig(task="like", k=5, recall_at=10, peers=("popularity", "recent_popularity", "ease"),
+                                 trials=2, resamples=50)
+    results = [_without_timings(evaluate_recommend(loaded, stage, serving_app.prepared, "test",
+                                                   replace(config, held_users=held))) for held in (1, 3, 256)]
+    assert results[0]["users"] > 3 and results[0] == results[1] == results[2]
 
 
 def test_the_stage_is_not_judged_on_a_split_it_was_fitted_on(serving_app, loaded_and_stage):

@@ -1,6 +1,7 @@
 """build-index's and evaluate's reads of a prepared dataset stream batch by batch into compact arrays and
 give what one pass over whole splits gives, whatever the batch size: the events in (user, time,
-split, row) order, the users of a split and their first rows, a chosen subset of them; co-visitation
+split, row) order, the users of a split and their first rows, a chosen subset of them, the same users
+as catalogue rows in blocks; co-visitation
 counts do not depend on how events are chunked or how many row blocks are counted; the next-item
 model's training windows are those of one window per list entry."""
 
@@ -14,6 +15,7 @@ import pytest
 
 from grec import covisitation as cov
 from grec.next_item import history_windows
+from jobs.evaluate.catalogue_users import catalogue_users
 from recommend import offline
 from recommend.offline import read_interactions, relevant_runs, split_runs, split_users
 
@@ -106,6 +108,38 @@ def test_split_users_of_chosen_positions_are_the_subset_of_all(string_ids: bool,
     relevant = relevant_runs(interactions, "test", "label_like").tolist()
     assert relevant == [i for i, truth in enumerate(everyone.truth["like"]) if truth]
     assert split_users(prepared, "test", targets, interactions, []).rows.num_rows == 0
+
+
+@pytest.mark.parametrize("label", [None, "label_like"])
+@pytest.mark.parametrize("block", [1, 5, 1000])
+def test_catalogue_users_in_blocks_are_split_users_in_catalogue_rows(label: str | None, block: int) -> None:
+    prepared = _prepared(string_ids=True, seed=2)
+    interactions = read_interactions(prepared, ["label_like"])
+    everyone = split_users(prepared, "test", {"truth": label}, interactions)
+    row_of = {item: row for row, item in enumerate(range(4, 30), start=1)}  # items 0-3 outside the catalogue
+    row_of_code = np.array([row_of.get(i, 0) for i in interactions.item_values.tolist()])
+    num_items = len(row_of)
+    scores = np.random.default_rng(0).integers(0, 5, (len(everyone.user_ids), num_items)).astype(np.float32)
+    positions = list(range(len(everyone.user_ids)))
+    for start in range(0, len(positions), block):
+        chosen = positions[start:start + block]
+        got = catalogue_users(interactions, "test", label, chosen, row_of_code)
+        users = everyone.subset(chosen)
+        assert got.ids == users.user_ids
+        assert got.now.tolist() == [h.now for h in users.histories]
+        assert got.history_sizes.tolist() == [len(h.items) for h in users.histories]
+        expected = np.zeros((len(chosen), num_items + 1), dtype=bool)
+        for index, truth in enumerate(users.truth["truth"]):
+            expected[index, [row_of[i] for i in truth if i in row_of]] = True
+        assert np.array_equal(got.relevance(num_items), expected)
+        assert got.truth_counts.tolist() == [len(t) for t in users.truth["truth"]]
+        # each user's best unseen items: the seen set masked, ties to the lower row
+        masked = scores[chosen].astype(np.float64)
+        for index, history in enumerate(users.histories):
+            masked[index, [row_of[i] - 1 for i in history.exclude if i in row_of]] = -np.inf
+        top = np.argsort(-masked, axis=1, kind="stable")[:, :num_items]
+        expected_top = np.where(np.isfinite(np.take_along_axis(masked, top, axis=1)), top + 1, 0)
+        assert np.array_equal(got.top_rows(scores[chosen], num_items), expected_top)
 
 
 def _sequences(seed: int = 0) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import torch
 from grec.covisitation import CovisitationConfig, build_covisitation
 from grec.next_item import NextItemConfig, stack_histories, train_next_item
 from recommend.blend import blend_key, fit_blend, standardized
-from recommend.metrics import coverage, hit_rate, mrr, ndcg, novelty, recall
+from recommend.metrics import ShownItems, hit_rate, mrr, ndcg, recall
 from recommend.popularity import DAY_S, ItemPopularity
 from recommend.recommender import rank_lists
 from recommend.stage import COVISITATION, NEXT_ITEM, POPULARITY, RecommendationStage, UserHistory
@@ -89,8 +89,10 @@ def test_metrics_of_one_list():
     expected = (1 / np.log2(3) + 1 / np.log2(5)) / (1 + 1 / np.log2(3))
     assert ndcg(relevant, counts, 4)[0] == pytest.approx(expected)
     lists = np.array([[1, 2], [2, 0]])
-    assert coverage(lists, 4, 2) == 0.5
-    assert novelty(lists, np.array([0, 1.0, 2.0, 3.0, 4.0]), 2) == pytest.approx(5 / 3)
+    shown = ShownItems(np.array([0, 1.0, 2.0, 3.0, 4.0]), 2)
+    for user in lists:  # one user a block: the same as all at once
+        shown.add(user[None])
+    assert shown.coverage() == 0.5 and shown.novelty() == pytest.approx(5 / 3)
 
 
 @pytest.fixture(scope="module")

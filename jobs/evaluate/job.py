@@ -53,6 +53,8 @@ REPORTS_DIR = Path(GREC_DIR) / "reports"
 HELD_ROWS = 2_000_000
 # Rows per batch of the driver's ordered scans of a split (a few columns each).
 SCAN_BATCH_ROWS = 1 << 20
+# Rows per batch of a scan of every column (about 300 bytes a row on the synthetic dataset).
+WHOLE_ROW_BATCH_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -204,13 +206,14 @@ def _collect(dataset) -> pa.Table:
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
-def _ordered_batches(prepared: PreparedDataset, splits: tuple[str, ...], columns: list[str] | None):
+def _ordered_batches(prepared: PreparedDataset, splits: tuple[str, ...], columns: list[str] | None,
+                     batch_rows: int = SCAN_BATCH_ROWS):
     """(row number of the batch's first row, batch) over `splits` in order. The ranking inputs' tie
     rules (the later of two rows at one time) follow this order, so it is a driver-side scan in file
     order rather than Ray Data's, whose blocks carry no row numbers."""
     offset = 0
     for split in splits:
-        for batch in prepared.iter_split(split, columns=columns, batch_size=SCAN_BATCH_ROWS):
+        for batch in prepared.iter_split(split, columns=columns, batch_size=batch_rows):
             yield offset, batch
             offset += batch.num_rows
 
@@ -218,7 +221,7 @@ def _ordered_batches(prepared: PreparedDataset, splits: tuple[str, ...], columns
 def _rows_numbered(prepared: PreparedDataset, split: str, numbers: np.ndarray) -> pa.Table:
     """The rows of `split` at the (sorted) row `numbers`, every column."""
     taken = []
-    for offset, batch in _ordered_batches(prepared, (split,), None):
+    for offset, batch in _ordered_batches(prepared, (split,), None, WHOLE_ROW_BATCH_ROWS):
         inside = numbers[(numbers >= offset) & (numbers < offset + batch.num_rows)]
         if len(inside):
             taken.append(batch.take(pa.array(inside - offset)))

@@ -42,17 +42,28 @@ SPACES: dict[str, dict[str, Sequence[Any]]] = {
 
 @dataclass(frozen=True)
 class PeerData:
-    """Interactions before a split and the users to score, in catalogue rows (0..N-1 here)."""
+    """Interactions before a split, in catalogue rows (0..N-1 here): what a peer fits on."""
 
     matrix: sp.csr_matrix  # [users seen before the split, N] binary
     user_row: dict[Any, int]  # raw user id -> row of `matrix`
     popularity: ItemPopularity  # rows 1..N, as recommend.popularity counts them
-    users: list[Any]
-    now: np.ndarray  # seconds, per user
 
     @property
     def num_items(self) -> int:
         return self.matrix.shape[1]
+
+
+@dataclass(frozen=True)
+class PeerUsers:
+    """Users a fitted peer scores: raw ids and each one's moment (seconds)."""
+
+    ids: list[Any]
+    now: np.ndarray
+
+
+# A fitted peer: [users, N] scores of every catalogue item for the users given. Fitting is once per
+# setting; scoring goes a block of users at a time, so no [every user, N] array exists at once.
+PeerScorer = Callable[[PeerUsers], np.ndarray]
 
 
 def settings(peer: str, trials: int, seed: int) -> list[dict[str, Any]]:
@@ -62,28 +73,33 @@ def settings(peer: str, trials: int, seed: int) -> list[dict[str, Any]]:
     return grid[:trials] if grid else [{}]
 
 
-def _popularity_scores(data: PeerData) -> np.ndarray:
-    counts = np.asarray(data.matrix.sum(axis=0)).ravel().astype(np.float32)
-    return np.tile(np.log1p(counts), (len(data.users), 1))
+def _popularity(data: PeerData) -> PeerScorer:
+    log_counts = np.log1p(np.asarray(data.matrix.sum(axis=0)).ravel().astype(np.float32))
+    return lambda users: np.tile(log_counts, (len(users.ids), 1))
 
 
-def _user_rows(data: PeerData) -> tuple[np.ndarray, np.ndarray]:
+def _user_rows(data: PeerData, users: PeerUsers) -> tuple[np.ndarray, np.ndarray]:
     """(positions of users with a matrix row, their rows)."""
-    known = [(i, data.user_row[u]) for i, u in enumerate(data.users) if u in data.user_row]
+    known = [(i, data.user_row[u]) for i, u in enumerate(users.ids) if u in data.user_row]
     return np.array([i for i, _ in known], dtype=np.int64), np.array([r for _, r in known], dtype=np.int64)
 
 
-def _with_fallback(data: PeerData, fill: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _with_fallback(data: PeerData, fill: Callable[[np.ndarray], np.ndarray]) -> PeerScorer:
     """Popularity for every user, replaced by `fill(rows)` where the user has a matrix row."""
-    scores = _popularity_scores(data)
-    positions, rows = _user_rows(data)
-    if len(rows):
-        # Far above any log count: a known user's own scores always rank first.
-        scores[positions] = fill(rows) + 1e6
-    return scores
+    popularity = _popularity(data)
+
+    def score(users: PeerUsers) -> np.ndarray:
+        scores = popularity(users)
+        positions, rows = _user_rows(data, users)
+        if len(rows):
+            # Far above any log count: a known user's own scores always rank first.
+            scores[positions] = fill(rows) + 1e6
+        return scores
+
+    return score
 
 
-def _implicit_scores(make_model: Callable[[], Any], data: PeerData) -> np.ndarray:
+def _implicit_scorer(make_model: Callable[[], Any], data: PeerData) -> PeerScorer:
     from implicit.utils import ParameterWarning
     from threadpoolctl import threadpool_limits
 
@@ -107,27 +123,27 @@ def _implicit_scores(make_model: Callable[[], Any], data: PeerData) -> np.ndarra
     return _with_fallback(data, fill)
 
 
-def peer_scores(peer: str, data: PeerData, params: dict[str, Any], seed: int = 0) -> np.ndarray:
-    """[users, N] scores of every catalogue item for `data.users` by `peer` with `params`."""
+def fit_peer(peer: str, data: PeerData, params: dict[str, Any], seed: int = 0) -> PeerScorer:
+    """`peer` with `params` fitted on `data`: a scorer of every catalogue item for any users."""
     if peer == "popularity":
-        return _popularity_scores(data)
+        return _popularity(data)
     if peer == "recent_popularity":
-        return data.popularity.scores(data.now, params["window_days"])
+        return lambda users: data.popularity.scores(users.now, params["window_days"])
     if peer == "item_knn":
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
 
         kind = BM25Recommender if params["kind"] == "bm25" else CosineRecommender
-        return _implicit_scores(lambda: kind(K=params["neighbours"], num_threads=1), data)
+        return _implicit_scorer(lambda: kind(K=params["neighbours"], num_threads=1), data)
     if peer == "als":
         from implicit.als import AlternatingLeastSquares
 
-        return _implicit_scores(lambda: AlternatingLeastSquares(
+        return _implicit_scorer(lambda: AlternatingLeastSquares(
             factors=params["factors"], regularization=params["regularization"], alpha=params["alpha"],
             iterations=params["iterations"], random_state=seed, num_threads=1), data)
     if peer == "bpr":
         from implicit.bpr import BayesianPersonalizedRanking
 
-        return _implicit_scores(lambda: BayesianPersonalizedRanking(
+        return _implicit_scorer(lambda: BayesianPersonalizedRanking(
             factors=params["factors"], learning_rate=params["learning_rate"], regularization=params["regularization"],
             iterations=params["iterations"], random_state=seed, num_threads=1), data)
     if peer == "ease":
@@ -160,19 +176,19 @@ class TunedPeer:
     trials: list[tuple[dict[str, Any], float]]
     tuning_cpu_s: float
     fit_cpu_s: float  # the final fit (before the evaluated split)
-    scores: np.ndarray  # [users, N] of the evaluated split's users
+    scorer: PeerScorer  # the chosen settings fitted on the final data
 
 
-def tune_and_score(peer: str, tuning: PeerData, judge: Callable[[np.ndarray], float], final: PeerData, trials: int,
-                   seed: int = 0) -> TunedPeer:
-    """Tries `trials` settings fitted on `tuning` (judged by `judge` on its users' scores), refits the
-    best on `final` and scores its users."""
+def tune_peer(peer: str, tuning: PeerData, judge: Callable[[PeerScorer], float], final: PeerData, trials: int,
+              seed: int = 0) -> TunedPeer:
+    """Tries `trials` settings fitted on `tuning` (`judge` scores the tuning users with each) and
+    refits the best on `final`."""
     started = time.process_time()
     tried = []
     for params in settings(peer, trials, seed):
-        tried.append((params, judge(peer_scores(peer, tuning, params, seed))))
+        tried.append((params, judge(fit_peer(peer, tuning, params, seed))))
     best = max(tried, key=lambda entry: entry[1])
     tuning_cpu = time.process_time() - started
     started = time.process_time()
-    scores = peer_scores(peer, final, best[0], seed)
-    return TunedPeer(peer, best[0], best[1], tried, tuning_cpu, time.process_time() - started, scores)
+    scorer = fit_peer(peer, final, best[0], seed)
+    return TunedPeer(peer, best[0], best[1], tried, tuning_cpu, time.process_time() - started, scorer)
