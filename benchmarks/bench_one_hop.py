@@ -321,10 +321,12 @@ def _in_process_page(report: dict, command: str) -> str:
             cells += [f"{before:.2f}" if before else "-", f"{after:.2f}" if after else "-",
                       f"{after / before:.2f}x" if before and after else "-"]
         lines.append(f"| {path} ({what}) | " + " | ".join(cells) + " |")
-    rows, pyfunc = median("after", "rows", "one_request_ms"), median("after", "pyfunc", "one_request_ms")
-    if rows and pyfunc:
-        lines += ["", f"After: the pyfunc for the task costs {pyfunc / rows:.2f}x the served rows path for the same "
-                  f"100 rows (before: {median('before', 'pyfunc', 'one_request_ms') / median('before', 'rows', 'one_request_ms'):.2f}x)."]
+    ratios = {}
+    for code in ("before", "after"):
+        rows, pyfunc = median(code, "rows", "one_request_ms"), median(code, "pyfunc", "one_request_ms")
+        ratios[code] = f"{pyfunc / rows:.2f}x" if rows and pyfunc else "-"
+    lines += ["", f"After: the pyfunc for the task costs {ratios['after']} the served rows path for the same rows "
+              f"(before: {ratios['before']})."]
     return "\n".join(lines) + "\n"
 
 

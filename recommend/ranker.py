@@ -100,6 +100,7 @@ class Ranker:
         return {task: _task_scores(predicted[task].double().numpy(), known if task not in rows_of else
                                    known[rows_of[task]]) for task in tasks}
 
+
 def _task_scores(predicted: np.ndarray, known: np.ndarray) -> TaskScores:
     if predicted.ndim == 2:  # class probabilities: rank by the expected class index
         expected = predicted @ np.arange(predicted.shape[1], dtype=np.float64)
