@@ -22,6 +22,20 @@ build-index` fits it (co-visitation, a small next-item transformer, recent popul
 
     .venv/bin/python benchmarks/bench_one_hop.py --baseline COMMIT --out docs/benchmarks/one_hop_results.json \\
         --page docs/benchmarks/one_hop.md
+
+`--in-process` measures the same two codes without Ray (issue 31, parts 3 and 6): each child loads
+the champion as a scorer replica does and runs the Scorer's own request code (`Scorer._recommend`,
+the store reads, the stage and the blend) with its batched forward stood in by a loop that hands
+every rank request waiting together to `serving.ranking.rank_batch`, as `@serve.batch` does. Torch
+runs one thread; CPU is the child's process time (`time.process_time`, every thread). Per code,
+median CPU ms per request: one request at a time, and per request inside a batch of `--batch`
+requests made together; for `given` and `retrieval` candidates, for the rows path alone (`rows`: a
+request's 100 rows looked up and ranked for the task, what /v1/score and the pyfunc do), and for the
+registered pyfunc (`mlflow.pyfunc.load_model`) on the same rows as a DataFrame, for the task and for
+all tasks; timed both as grec's predict and through MLflow's `predict` (its input checks included).
+
+    .venv/bin/python benchmarks/bench_one_hop.py --in-process --baseline COMMIT --rounds 3 \\
+        --out docs/benchmarks/lean_request_results.json --page docs/benchmarks/lean_request.md
 """
 
 from __future__ import annotations
@@ -35,7 +49,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
@@ -80,11 +96,120 @@ def _child(code: str, set_up: dict, args: argparse.Namespace) -> None:
                 print(json.dumps({"code": code, "kind": kind, **level}), flush=True)
 
 
+def _in_process_child(code: str, set_up: dict, args: argparse.Namespace) -> None:
+    """One code version in this process: one JSON line per measured path."""
+    import asyncio
+
+    import mlflow
+    import torch
+
+    from bench_serving_load import MODEL_NAME, TASK
+    from feature_store.online import open_online_store
+    from registry.models import feature_columns
+    from serving.config import ServingConfig
+    from serving.deployments import Scorer
+    from serving.features import RowsQuery, StoreGuard, request_rows
+    from serving.model_source import load_servable
+    from serving.ranking import RankRequest, rank_batch
+    from serving.schemas import RecommendRequest
+
+    torch.set_num_threads(1)  # as in the scorer replicas
+    config = ServingConfig(model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=set_up["tracking_uri"],
+                           online_store=set_up["online_store"])
+    servable = load_servable(config, "1")
+    guard = StoreGuard(open_online_store(config.online_store), config.on_store_unavailable,
+                       config.store_retry_interval_s)
+    loop = asyncio.new_event_loop()
+    forward = StandInBatch(servable, loop)
+    scorer = _bare_scorer(Scorer.func_or_class, config, guard, forward)
+    # MLflow's loader of a models:/ URI writes a file into a local store's own version directory, which
+    # grec's manifest check then refuses: it loads a downloaded copy.
+    pyfunc = mlflow.pyfunc.load_model(mlflow.artifacts.download_artifacts(
+        f"models:/{MODEL_NAME}/1", dst_path=tempfile.mkdtemp(prefix="pyfunc-")))
+    given = set_up["payloads"]["given"][:args.requests]
+
+    def recommend(payloads: list[dict]) -> None:
+        async def together() -> list:
+            return await asyncio.gather(*(scorer._recommend(servable, RecommendRequest(**payload), None, "bench",
+                                                            float("inf")) for payload in payloads))
+
+        loop.run_until_complete(together())
+
+    def rows_of(payload: dict) -> Any:
+        return request_rows(guard, servable.definition, RowsQuery(payload["user_id"], payload["candidates"])).rows
+
+    def rows_path(payloads: list[dict]) -> None:
+        rank_batch(servable, [RankRequest(TASK, rows_of(payload)) for payload in payloads])
+
+    frames = [rows_of(payload).to_pandas()[feature_columns(servable.spec)] for payload in given]  # its signature's
+    frame_of = {id(payload): frame for payload, frame in zip(given, frames, strict=True)}
+    paths = {
+        "given": (recommend, given),
+        "retrieval": (recommend, set_up["payloads"]["retrieval"][:args.requests]),
+        "rows": (rows_path, given),
+        "pyfunc": (lambda ps: [pyfunc._model_impl.predict(frame_of[id(p)], {"tasks": [TASK]}) for p in ps], given),
+        "pyfunc_all_tasks": (lambda ps: [pyfunc._model_impl.predict(frame_of[id(p)]) for p in ps], given),
+        "pyfunc_mlflow": (lambda ps: [pyfunc.predict(frame_of[id(p)], params={"tasks": [TASK]}) for p in ps], given),
+    }
+    for name, (run, payloads) in paths.items():
+        run(payloads)  # warm-up: every payload once (title caches, merged experts), as a replica in its steady state
+        batched = name in ("given", "retrieval", "rows")
+        forward.wait_s = 0.0  # one request: its tasks' rank requests are made together
+        result = {"code": code, "path": name, "one_request_ms": _cpu_ms_per_request(run, payloads, 1)}
+        if batched:
+            forward.wait_s = 0.5
+            result[f"in_batch_of_{args.batch}_ms"] = _cpu_ms_per_request(run, payloads, args.batch)
+        print(json.dumps(result), flush=True)
+
+
+class StandInBatch:
+    """The Scorer's `forward` without Serve: the rank requests made together go to rank_batch in one
+    call, as @serve.batch does. A batch closes `wait_s` after its first request (the others of a
+    batch are still reading the store in threads); idle time is not CPU time."""
+
+    def __init__(self, servable: Any, loop: Any) -> None:
+        self.servable, self.loop = servable, loop
+        self.wait_s = 0.0
+        self._waiting: list[tuple[Any, Any]] = []
+
+    def _flush(self) -> None:
+        from serving.ranking import rank_batch
+
+        batch, self._waiting = self._waiting, []
+        for (_, future), result in zip(batch, rank_batch(self.servable, [r for r, _ in batch]), strict=True):
+            future.set_result(result)
+
+    async def __call__(self, request: Any) -> Any:
+        future = self.loop.create_future()
+        self._waiting.append((request, future))
+        if len(self._waiting) == 1:
+            self.loop.call_later(self.wait_s, self._flush)
+        return await future
+
+
+def _bare_scorer(scorer_class: type, config: Any, guard: Any, forward: StandInBatch) -> Any:
+    """A Scorer without Serve: its request code as is, `forward` stood in."""
+    scorer = scorer_class.__new__(scorer_class)
+    scorer._config, scorer._guard, scorer._representations = config, guard, {}
+    scorer.forward = forward
+    return scorer
+
+
+def _cpu_ms_per_request(run: Any, payloads: list[dict], batch: int) -> float:
+    """Median process CPU ms per request of `run` over `payloads`, `batch` requests per call."""
+    samples = []
+    for start in range(0, len(payloads) - batch + 1, batch):
+        began = time.process_time()
+        run(payloads[start:start + batch])
+        samples.append((time.process_time() - began) / batch)
+    return round(1000 * statistics.median(samples), 2)
+
+
 def _run_child(code: str, root: Path, set_up_file: Path, args: argparse.Namespace) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(BENCHMARKS)])}
     command = [sys.executable, __file__, "--child", code, "--code-root", str(root), "--set-up", str(set_up_file),
-               "--requests", str(args.requests), "--time-cap", str(args.time_cap),
-               "--concurrency", *map(str, args.concurrency)]
+               "--requests", str(args.requests), "--time-cap", str(args.time_cap), "--batch", str(args.batch),
+               *(["--in-process"] if args.in_process else []), "--concurrency", *map(str, args.concurrency)]
     # Ray puts the driver's working directory first on its workers' path: the measured code's root.
     done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
@@ -142,6 +267,69 @@ def _page(report: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+IN_PROCESS_PATHS = {
+    "given": "/v1/recommend, 100 given candidates",
+    "retrieval": "/v1/recommend, the stage's candidates",
+    "rows": "100 given rows looked up and ranked for the task",
+    "pyfunc": "registered pyfunc, the same 100 rows, the task",
+    "pyfunc_all_tasks": "registered pyfunc, the same 100 rows, every task",
+    "pyfunc_mlflow": "registered pyfunc through MLflow's predict, the task",
+}
+
+
+def _in_process_page(report: dict, command: str) -> str:
+    """The markdown page of an in-process run: the command, what ran, per-round figures and medians."""
+    s = report["settings"]
+    batch = f"in_batch_of_{s['batch']}_ms"
+    lines = [
+        "# Serving: the fixed work per request and the registered pyfunc, in process (issue 31, parts 3 and 6)", "",
+        "```", command, "```", "",
+        f"before: commit `{report['baseline']}`; after: commit `{report['after']}`"
+        f"{' plus uncommitted changes' if report['after_dirty'] else ''}.", "",
+        f"What runs: MovieLens-100K ({s['events']:,} events) in a SQLite online store; a GRec with default widths "
+        f"(tiny BERT text head) trained for {s['train_steps']} steps, registered as `champion`, with its "
+        f"recommendation stage ({s['per_source']} candidates per source, its fitted blends). For each of "
+        f"{s['rounds']} rounds, both codes in alternating order, each in a fresh process with one torch thread: "
+        "the Scorer's own request code (`Scorer._recommend`: store reads, the stage, rows, blend) with its batched "
+        "forward handed to `serving.ranking.rank_batch` as `@serve.batch` does; the rows path alone; the "
+        "registered pyfunc (`mlflow.pyfunc.load_model`) on the same rows as a DataFrame. Every payload runs "
+        f"once untimed first (title caches). Up to {s['requests']} requests per path; median process CPU ms per "
+        f"request, one request at a time and per request inside a batch of {s['batch']} made together.", "",
+        f"Machine: {report['machine']['cpus']} CPU cores, shared with other jobs (load average at the end: "
+        f"{', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}).", "",
+        f"| round | code | path | CPU ms, one request | CPU ms per request, batch of {s['batch']} |",
+        "|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        if "failed" in run:
+            lines.append(f"| {run['round']} | {run['code']} | failed ({run['failed']}) | | |")
+            continue
+        lines.append(f"| {run['round']} | {run['code']} | {run['path']} | {run['one_request_ms']} | "
+                     f"{run.get(batch, '')} |")
+
+    def median(code: str, path: str, key: str) -> float | None:
+        values = [r[key] for r in report["runs"] if r.get("code") == code and r.get("path") == path and key in r]
+        return statistics.median(values) if values else None
+
+    lines += ["", "Medians over the rounds (after / before: the ratio):", "",
+              f"| path | one request before | after | after / before | batch of {s['batch']} before | after | "
+              "after / before |", "|---|---|---|---|---|---|---|"]
+    for path, what in IN_PROCESS_PATHS.items():
+        cells = []
+        for key in ("one_request_ms", batch):
+            before, after = median("before", path, key), median("after", path, key)
+            cells += [f"{before:.2f}" if before else "-", f"{after:.2f}" if after else "-",
+                      f"{after / before:.2f}x" if before and after else "-"]
+        lines.append(f"| {path} ({what}) | " + " | ".join(cells) + " |")
+    ratios = {}
+    for code in ("before", "after"):
+        rows, pyfunc = median(code, "rows", "one_request_ms"), median(code, "pyfunc", "one_request_ms")
+        ratios[code] = f"{pyfunc / rows:.2f}x" if rows and pyfunc else "-"
+    lines += ["", f"After: the pyfunc for the task costs {ratios['after']} the served rows path for the same rows "
+              f"(before: {ratios['before']})."]
+    return "\n".join(lines) + "\n"
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True).stdout
 
@@ -160,12 +348,16 @@ def main() -> None:
     parser.add_argument("--per-source", type=int, default=100, help="candidates each stage source adds (default 100)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both codes, interleaved (default 2)")
     parser.add_argument("--page", type=Path, help="write the markdown page here")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure the request code in process (CPU per request), not the endpoint")
+    parser.add_argument("--batch", type=int, default=16, help="requests per batch in process (default 16)")
+    parser.add_argument("--work", type=Path, help="keep the set-up here and reuse it when it is there")
     parser.add_argument("--child", choices=("before", "after"), help=argparse.SUPPRESS)
     parser.add_argument("--code-root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--set-up", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child, json.loads(args.set_up.read_text()), args)
+        (_in_process_child if args.in_process else _child)(args.child, json.loads(args.set_up.read_text()), args)
         return
 
     command = ".venv/bin/python benchmarks/bench_one_hop.py " + shlex.join(sys.argv[1:])
@@ -177,8 +369,11 @@ def main() -> None:
         before_root.mkdir()
         archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", baseline], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(before_root)], input=archive.stdout, check=True)
-        set_up_file = root / "set_up.json"
-        set_up_file.write_text(json.dumps(_set_up(root, args)))
+        work = args.work or root
+        work.mkdir(parents=True, exist_ok=True)
+        set_up_file = work / "set_up.json"
+        if not set_up_file.exists():
+            set_up_file.write_text(json.dumps(_set_up(work, args)))
         codes = {"before": before_root, "after": REPO_ROOT}
         for round_index in range(args.rounds):
             order = ["before", "after"] if round_index % 2 == 0 else ["after", "before"]
@@ -189,7 +384,7 @@ def main() -> None:
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k not in ("child", "code_root", "set_up", "out", "page")},
+                     if k not in ("child", "code_root", "set_up", "out", "page", "work")},
         "baseline": baseline, "after": _git("rev-parse", "--short", "HEAD").strip(),
         "after_dirty": bool(_git("status", "--porcelain", "--untracked-files=no").strip()),
         "command": command, "runs": runs,
@@ -198,7 +393,7 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.page:
-        args.page.write_text(_page(report, command))
+        args.page.write_text((_in_process_page if args.in_process else _page)(report, command))
 
 
 if __name__ == "__main__":

@@ -68,8 +68,16 @@ class TaskSubModel(nn.Module):
     def forward(self, batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The task's logits: [B] or [B, C]. `user_tokens` [B, num_user_tokens, d_model]: precomputed
         user sides of the rows (the model's `encode_user_tokens`; None: computed from `batch`)."""
+        return self.logits(self.encode_examples(batch, user_tokens))
+
+    def encode_examples(self, batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Example tokens [B, n_tokens, d_model] from the shared encoders: the same for every task's
+        sub-model, so rows scored for several tasks are encoded once."""
         pooled, per_position = self.sparse_arch(batch.categorical, batch.sequences)
-        examples = self.encoder(pooled, per_position, batch, user_tokens)
+        return self.encoder(pooled, per_position, batch, user_tokens)
+
+    def logits(self, examples: torch.Tensor) -> torch.Tensor:
+        """The task's logits [B] or [B, C] from example tokens (`encode_examples`)."""
         sentences = self.sentence_encoder(examples, self.queries)  # [1 or 2, B, d]
         x = sentences[0]
         out = x
@@ -81,7 +89,12 @@ class TaskSubModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: Batch, user_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head.predict(self(batch, user_tokens))
+        return self.predict_examples(self.encode_examples(batch, user_tokens))
+
+    @torch.no_grad()
+    def predict_examples(self, examples: torch.Tensor) -> torch.Tensor:
+        """The head's prediction (probability, value or class probabilities) from example tokens."""
+        return self.head.predict(self.logits(examples))
 
     def own_parameters(self) -> int:
         """Weights this task's sub-model holds beyond the shared encoders: experts, tower, head."""

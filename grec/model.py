@@ -139,7 +139,8 @@ class MultiTaskModel(nn.Module, ABC):
                 user_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Probabilities (binary), values (regression), class probabilities (multiclass), in eval mode."""
         was_training = self.training
-        self.train(False)
+        if was_training:  # train() walks every submodule: a model already in eval mode skips it
+            self.train(False)
         try:
             with torch.no_grad():
                 out = self(batch, tasks, user_tokens)

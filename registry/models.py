@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from contextlib import redirect_stderr
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,14 @@ class RegisteredModel:
         task (all tasks unless `tasks`), as the version's pyfunc model answers."""
         from registry.pyfunc_model import score_rows
 
-        return score_rows(self.model, self.transforms, rows, tasks)
+        return score_rows(self.ranker, rows, tasks)
+
+    @cached_property
+    def ranker(self) -> Any:
+        """The version's recommend.ranker.Ranker (its per-task sub-models exported once)."""
+        from recommend.ranker import Ranker
+
+        return Ranker(self.model, self.transforms, self.spec, require_items=False)
 
 
 @dataclass(frozen=True)

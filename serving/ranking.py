@@ -43,32 +43,49 @@ class RankResult:
 
 
 def rank_batch(servable: ServableModel, requests: list[RankRequest]) -> list[RankResult]:
-    """Scores every request with `servable`, concatenating the rows of requests for the same task
-    so that each task runs through its sub-model once per batch (twice when some requests bring
-    their user's stored representation and some do not)."""
+    """Scores every request with `servable`. The rows of the batch go through the transforms, the
+    collation and the shared encoders once (twice when some requests bring their user's stored
+    representation and some do not), each distinct table once: the tasks of one request share its
+    rows. Then each task's own part runs once over the rows of the requests that asked for it."""
     model_ref = {"name": servable.name, "version": servable.version, "alias": servable.alias}
     results: list[RankResult | None] = [None] * len(requests)
-    groups: dict[tuple[str, bool], list[int]] = {}
+    groups: dict[bool, list[int]] = {}
     for index, request in enumerate(requests):
         if request.task in servable.task_names:
-            groups.setdefault((request.task, request.user_tokens is not None), []).append(index)
+            groups.setdefault(request.user_tokens is not None, []).append(index)
         else:
             results[index] = RankResult(model_ref, [], [], error=UnknownTaskError(request.task, servable.task_names))
-    for (task, stored), indices in groups.items():
-        tables = [requests[i].rows for i in indices]
+    for stored, indices in groups.items():
+        # Where each distinct table starts among the group's rows (a table shared by requests counts once).
+        starts: dict[int, int] = {}
+        tables: list[pa.Table] = []
+        total = 0
+        for index in indices:
+            table = requests[index].rows
+            if id(table) not in starts:
+                starts[id(table)] = total
+                tables.append(table)
+                total += table.num_rows
         user_tokens = None
-        if stored:  # each request's user tokens, repeated over its rows
-            user_tokens = np.concatenate([np.broadcast_to(requests[i].user_tokens, (table.num_rows,
-                                                                                     *requests[i].user_tokens.shape))
-                                          for i, table in zip(indices, tables, strict=True)])
-        scored = servable.score(task, pa.concat_tables(tables) if len(tables) > 1 else tables[0], user_tokens)
-        start = 0
-        for index, table in zip(indices, tables, strict=True):
-            end = start + table.num_rows
-            results[index] = _slice(model_ref, scored, start, end, len(requests))
-            start = end
+        if stored:  # each table's user tokens, repeated over its rows
+            owners = {id(requests[i].rows): requests[i].user_tokens for i in indices}
+            user_tokens = np.concatenate([np.broadcast_to(owners[id(t)], (t.num_rows, *owners[id(t)].shape))
+                                          for t in tables])
+        # Per task, the positions of its requests' rows, in the order of its requests.
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for index in indices:
+            start = starts[id(requests[index].rows)]
+            spans.setdefault(requests[index].task, []).append((start, start + requests[index].rows.num_rows))
+        rows_of = {task: np.concatenate([np.arange(a, b) for a, b in task_spans])
+                   for task, task_spans in spans.items() if task_spans != [(0, total)]}
+        scored = servable.score_tasks(list(spans), pa.concat_tables(tables) if len(tables) > 1 else tables[0],
+                                      user_tokens, rows_of)
+        offsets = {task: 0 for task in spans}
+        for index in indices:
+            task, size = requests[index].task, requests[index].rows.num_rows
+            results[index] = _slice(model_ref, scored[task], offsets[task], offsets[task] + size, len(requests))
+            offsets[task] += size
     return results  # type: ignore[return-value]  # every slot is filled above
-
 
 def _slice(model_ref: dict[str, str | None], scored: TaskScores, start: int, end: int,
            batch_size: int) -> RankResult:

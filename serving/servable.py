@@ -65,6 +65,13 @@ class ServableModel:
         self.check_task(task)
         return self.ranker.score(task, raw_rows, user_tokens)
 
+    def score_tasks(self, tasks: list[str], raw_rows: pa.Table, user_tokens: np.ndarray | None = None,
+                    rows_of: dict[str, np.ndarray] | None = None) -> dict[str, TaskScores]:
+        """`score` for several tasks of the same rows, encoded once (recommend.ranker.Ranker.score_tasks)."""
+        for task in tasks:
+            self.check_task(task)
+        return self.ranker.score_tasks(tasks, raw_rows, user_tokens, rows_of)
+
     def describe_stage(self) -> dict[str, Any]:
         if self.stage is None:
             return {"index": False}

@@ -38,9 +38,9 @@ class _SlowForward:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._servable, name)
 
-    def score(self, *args: Any, **kwargs: Any) -> Any:
+    def score_tasks(self, *args: Any, **kwargs: Any) -> Any:  # what the scorer's batched forward calls
         time.sleep(FORWARD_S)
-        return self._servable.score(*args, **kwargs)
+        return self._servable.score_tasks(*args, **kwargs)
 
 
 class _SlowForwardScorer(Scorer.func_or_class):
