@@ -34,6 +34,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -446,18 +447,20 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summarize(runs, labels),
             "runs": [{k: v for k, v in r.items() if k != "test"} for r in runs]}
         print(markdown({"per_tasks": {str(num_tasks): results["per_tasks"][str(num_tasks)]}}), flush=True)
-        _write(results, args.json, args.page)  # each T as it ends: a long run stopped midway keeps what it did
+        write_results(results, args.json, args.page)  # each T as it ends: a long run stopped midway keeps what it did
     results["few_labels"] = [few_label_runs(num_tasks, args.seeds, args.fractions) for num_tasks in args.few_labels]
     print(markdown({"per_tasks": {}, "few_labels": results["few_labels"]}), flush=True)
-    _write(results, args.json, args.page)
+    write_results(results, args.json, args.page)
     return 0
 
 
-def _write(results: dict[str, object], json_path: Path | None, page: Path | None) -> None:
+def write_results(results: dict[str, object], json_path: Path | None, page: Path | None,
+                  render: Callable[[dict[str, object]], str] = markdown) -> None:
+    """The results as JSON and, rendered by `render`, as a markdown page (either path None: not written)."""
     if json_path:
         json_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
     if page:
-        page.write_text(markdown(results) + "\n")
+        page.write_text(render(results) + "\n")
 
 
 if __name__ == "__main__":

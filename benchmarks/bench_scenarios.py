@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from any directory
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.bench_generalist import paired_differences, task_aucs  # noqa: E402
+from benchmarks.bench_generalist import paired_differences, task_aucs, write_results  # noqa: E402
 from benchmarks.bench_quality import train_grec_family  # noqa: E402
 from benchmarks.quality_data import BenchData, load, prepared_dataset  # noqa: E402
 from benchmarks.quality_peers import train_peer  # noqa: E402
@@ -320,7 +320,7 @@ def run_set(set_name: str, args: argparse.Namespace, results: dict[str, object])
                                   "cpu_seconds_to_best": out["cpu_seconds_to_best"], "detail": out["detail"]})
             print(f"{set_name} seed {seed} {model}: test task-average AUC {block['runs'][-1]['task_average_auc']:.4f}"
                   f", {out['cpu_seconds_to_best']:.1f} CPU s to best", flush=True)
-            _write(results, args.json, None)  # a stopped run keeps what it did
+            write_results(results, args.json, None)  # a stopped run keeps what it did
     block["summary"] = summarize(block["runs"], labels, task_groups(scenario_set, small), args.predictions, set_name)
 
 
@@ -348,16 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     for set_name in args.sets:
         run_set(set_name, args, results)
         print(markdown(results["sets"][set_name]), flush=True)
-        _write(results, args.json, args.page)
+        write_results(results, args.json, args.page, _sets_markdown)
     return 0
 
 
-def _write(results: dict[str, object], json_path: Path | None, page: Path | None) -> None:
-    if json_path:
-        json_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    if page:
-        page.write_text("\n".join(f"### {name}\n\n{markdown(block)}" for name, block in results["sets"].items()
-                                  if block.get("summary")))
+def _sets_markdown(results: dict[str, object]) -> str:
+    return "\n".join(f"### {name}\n\n{markdown(block)}" for name, block in results["sets"].items()
+                     if block.get("summary"))
 
 
 if __name__ == "__main__":
