@@ -87,6 +87,7 @@ def rank_batch(servable: ServableModel, requests: list[RankRequest]) -> list[Ran
             offsets[task] += size
     return results  # type: ignore[return-value]  # every slot is filled above
 
+
 def _slice(model_ref: dict[str, str | None], scored: TaskScores, start: int, end: int,
            batch_size: int) -> RankResult:
     probabilities = None
