@@ -123,3 +123,24 @@ def test_a_cluster_without_the_resources_is_named_with_its_numbers():
         check_fits(ScalingSection(num_workers=2, cpus_per_worker=2), {"CPU": 4.0}, "the Ray cluster")
     with pytest.raises(ConfigError, match="scaling.use_gpu: 2 workers need a GPU each; the Ray cluster has 1 GPUs"):
         check_fits(ScalingSection(num_workers=2, use_gpu=True), {"CPU": 8.0, "GPU": 1.0}, "the Ray cluster")
+
+
+def test_a_split_too_big_for_the_cluster_s_nodes_is_refused_before_the_mlflow_run(ray_local, train_tiny_config,
+                                                                                  tiny_movielens, tmp_path,
+                                                                                  monkeypatch):
+    """The read-size check runs before the run is created: a refused run leaves no FAILED run behind."""
+    from mlflow import MlflowClient
+
+    import jobs.train.job as train_job
+    from jobs.train import ConfigError, run_training
+    from jobs.train.data import ReadPlan
+
+    tracking_uri = f"sqlite:///{tmp_path}/m.db"
+    config = train_tiny_config(tiny_movielens.root, tracking_uri, mlflow={"experiment": "refused-reads"})
+    monkeypatch.setattr(train_job, "split_read_plans",
+                        lambda resolved: {"train": ReadPlan(row_bytes=1_000, row_group_bytes=2**50)})
+    with pytest.raises(ConfigError, match=r"the train split's read tasks need .* MiB each .* the largest node of the "
+                                          r"Ray cluster has"):
+        run_training(config, show_progress=False)
+    experiment = MlflowClient(tracking_uri).get_experiment_by_name("refused-reads")
+    assert experiment is None or not MlflowClient(tracking_uri).search_runs([experiment.experiment_id])

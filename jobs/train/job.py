@@ -76,6 +76,7 @@ def run_training(config: TrainConfig | str | Path, *, show_progress: bool = True
         import ray
 
         check_fits(config.scaling, ray.cluster_resources(), "the Ray cluster")
+        check_split_reads_fit(resolved)  # before the MLflow run: a refused run leaves no FAILED run behind
         return _train_and_register(resolved, tracking_uri, show_progress, listeners, extension)
 
 
@@ -167,7 +168,7 @@ def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, boar
     from ray.train.torch import TorchTrainer
 
     from feature_store.transforms import TransformSet
-    from jobs.train.data import ingest_options, read_plan, transformed_split
+    from jobs.train.data import ingest_options, transformed_split
     from jobs.train.worker import WorkerJob, train_loop_per_worker
 
     config = resolved.config
@@ -176,10 +177,7 @@ def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, boar
     context.enable_progress_bars = False  # the driver draws its own
     context.execution_options.preserve_order = True  # same shards, same order: resumable epochs
     transforms = TransformSet.load(resolved.dataset_dir / "transforms.json")
-    location, splits = resolved.dataset_location, (config.dataset.train_split, config.dataset.validation_split)
-    plans = dict(zip(("train", "validation"), (read_plan(location, split) for split in splits)))
-    check_data_tasks_fit(plans, max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]),
-                                    default=0), "the Ray cluster")
+    location, plans = resolved.dataset_location, split_read_plans(resolved)
     train = transformed_split(location, config.dataset.train_split, transforms, plans["train"])
     if extension is not None:
         train = extension.train_dataset(train)
@@ -360,6 +358,23 @@ def _machine_gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def split_read_plans(resolved: ResolvedConfig) -> dict[str, ReadPlan]:
+    """The ReadPlan of the training and validation splits of a run (jobs/train/data.py: read_plan)."""
+    from jobs.train.data import read_plan
+
+    dataset = resolved.config.dataset
+    return {"train": read_plan(resolved.dataset_location, dataset.train_split),
+            "validation": read_plan(resolved.dataset_location, dataset.validation_split)}
+
+
+def check_split_reads_fit(resolved: ResolvedConfig) -> None:
+    """Refuses a run whose split read tasks fit no node of the connected Ray cluster (check_data_tasks_fit)."""
+    import ray
+
+    check_data_tasks_fit(split_read_plans(resolved), max(
+        (node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0), "the Ray cluster")
 
 
 def check_data_tasks_fit(plans: Mapping[str, ReadPlan], node_memory: float, where: str) -> None:

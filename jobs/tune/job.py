@@ -169,7 +169,7 @@ def run_tune(config: TrainConfig | str | Path, trials: int, *, space: SearchSpac
     (its workers and their CPUs, plus a CPU for its data pipeline); `concurrent` trials at once."""
     from jobs.ray_runtime import ray_session
     from jobs.train.config import cluster_address
-    from jobs.train.job import check_fits, run_cpus
+    from jobs.train.job import check_fits, check_split_reads_fit, run_cpus
     from registry.tracking import use_tracking_uri
 
     if not isinstance(config, TrainConfig):
@@ -193,6 +193,7 @@ def run_tune(config: TrainConfig | str | Path, trials: int, *, space: SearchSpac
         import ray
 
         check_fits(config.scaling, ray.cluster_resources(), "the Ray cluster")
+        check_split_reads_fit(resolve(config))
         return _search(config, space, trials, concurrent, out, name, tracking_uri)
 
 
