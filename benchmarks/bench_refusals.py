@@ -46,7 +46,7 @@ def _child(code: str, set_up: dict, args: argparse.Namespace) -> None:
     """One code on a fresh local Ray: one JSON line per concurrency."""
     from bench_serve_modes import load_levels, served_endpoint
 
-    with served_endpoint(set_up) as (base_url, headers):
+    with served_endpoint(set_up, json.loads(args.serving_config)) as (base_url, headers):
         for level in load_levels(base_url, headers, set_up["payloads"], args.concurrency, args.time_cap,
                                  args.requests):
             print(json.dumps({"code": code, **level}), flush=True)
@@ -60,11 +60,13 @@ def _median(runs: list[dict], code: str, clients: int, key: str) -> float | None
 
 def _page(report: dict) -> str:
     s = report["settings"]
+    after_config = json.loads(s["after_config"])
     lines = [
         "# Serving: refusals under overload, before and after (issue 31)", "",
         "```", report["command"], "```", "",
         f"before: commit `{report['baseline']}`; after: commit `{report['after']}`"
-        f"{' plus uncommitted changes' if report['after_dirty'] else ''}.", "",
+        f"{' plus uncommitted changes' if report['after_dirty'] else ''}"
+        f"{f', serving config values {after_config} over the default' if after_config else ''}.", "",
         f"What runs: MovieLens-100K ({s['events']:,} events) prepared and materialized into a SQLite online store; "
         f"a GRec with default widths (tiny BERT text head) trained for {s['train_steps']} steps, registered as "
         f"`champion`. For each of {s['rounds']} rounds, both codes in alternating order, each in a fresh child "
@@ -112,8 +114,11 @@ def main() -> None:
     add_load_options(parser, concurrency=[32, 128], requests=600, time_cap=15.0)
     parser.add_argument("--baseline", default="HEAD", help="the commit measured as 'before' (default HEAD)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both codes, interleaved (default 2)")
+    parser.add_argument("--after-config", default="{}",
+                        help="serving config values (JSON) over the default for the 'after' side only")
     parser.add_argument("--page", type=Path, help="write the markdown page here")
     parser.add_argument("--child", choices=CODES, help=argparse.SUPPRESS)
+    parser.add_argument("--serving-config", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--code-root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--set-up", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,13 +139,14 @@ def main() -> None:
             for code in CODES if round_index % 2 == 0 else CODES[::-1]:
                 levels = run_child(__file__, code, codes[code], [
                     "--set-up", str(set_up_file), "--requests", str(args.requests), "--time-cap", str(args.time_cap),
-                    "--concurrency", *map(str, args.concurrency)])
+                    "--concurrency", *map(str, args.concurrency),
+                    "--serving-config", args.after_config if code == "after" else "{}"])
                 runs += [{"round": round_index, **level} for level in levels]
                 print(json.dumps(levels), flush=True)
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if k not in ("child", "code_root", "set_up", "out", "page")},
+                     if k not in ("child", "code_root", "set_up", "serving_config", "out", "page")},
         "baseline": baseline, **working_tree(), "command": command, "runs": runs,
     }
     print(json.dumps(report, indent=2))
