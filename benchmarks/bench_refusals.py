@@ -60,13 +60,13 @@ def _median(runs: list[dict], code: str, clients: int, key: str) -> float | None
 
 def _page(report: dict) -> str:
     s = report["settings"]
-    after_config = json.loads(s["after_config"])
+    after_config = s["after_config"] if json.loads(s["after_config"]) else ""
     lines = [
         "# Serving: refusals under overload, before and after (issue 31)", "",
         "```", report["command"], "```", "",
         f"before: commit `{report['baseline']}`; after: commit `{report['after']}`"
         f"{' plus uncommitted changes' if report['after_dirty'] else ''}"
-        f"{f', serving config values {after_config} over the default' if after_config else ''}.", "",
+        f"{f', serving config values `{after_config}` over the default' if after_config else ''}.", "",
         f"What runs: MovieLens-100K ({s['events']:,} events) prepared and materialized into a SQLite online store; "
         f"a GRec with default widths (tiny BERT text head) trained for {s['train_steps']} steps, registered as "
         f"`champion`. For each of {s['rounds']} rounds, both codes in alternating order, each in a fresh child "
