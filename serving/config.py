@@ -94,8 +94,6 @@ class ServingConfig(BaseModel):
     # slot for admission_body_grace_s at most) and answers the rest with 503 at once (less than
     # the scorer replicas and their queues hold, so those rarely have to refuse).
     max_in_flight: int = Field(48, ge=1, description="ranking requests one ingress replica admits at once")
-    # Admission decides when a request arrives, before its body: a request holds its slot while the
-    # body comes for this long at most, so that slow clients hold none past it (serving/http.py).
     admission_body_grace_s: float = Field(
         1.0, gt=0, description="how long a ranking request keeps its admission slot while its body is still "
                                "arriving; past it the slot is given back until the body is there")
