@@ -46,7 +46,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +53,10 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = REPO_ROOT / "benchmarks"
+if str(REPO_ROOT / "benchmarks") not in sys.path:  # run as a script from any directory
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from code_versions import export_commit, run_child, use_code_root_if_child, working_tree  # noqa: E402
 
 KINDS = ("given", "retrieval")
 
@@ -206,15 +208,10 @@ def _cpu_ms_per_request(run: Any, payloads: list[dict], batch: int) -> float:
 
 
 def _run_child(code: str, root: Path, set_up_file: Path, args: argparse.Namespace) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(BENCHMARKS)])}
-    command = [sys.executable, __file__, "--child", code, "--code-root", str(root), "--set-up", str(set_up_file),
-               "--requests", str(args.requests), "--time-cap", str(args.time_cap), "--batch", str(args.batch),
-               *(["--in-process"] if args.in_process else []), "--concurrency", *map(str, args.concurrency)]
-    # Ray puts the driver's working directory first on its workers' path: the measured code's root.
-    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        return [{"code": code, "failed": done.returncode, "stderr": done.stderr[-3000:]}]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"code"')]
+    return run_child(__file__, code, root, [
+        "--set-up", str(set_up_file), "--requests", str(args.requests), "--time-cap", str(args.time_cap),
+        "--batch", str(args.batch), *(["--in-process"] if args.in_process else []),
+        "--concurrency", *map(str, args.concurrency)])
 
 
 def _page(report: dict, command: str) -> str:
@@ -330,16 +327,8 @@ def _in_process_page(report: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True).stdout
-
-
 def main() -> None:
-    if "--child" in sys.argv:  # the measured code's modules first; this tree's last, only for what it alone has
-        code_root = sys.argv[sys.argv.index("--code-root") + 1]
-        sys.path[:] = [code_root, str(BENCHMARKS), *[p for p in sys.path if p != str(BENCHMARKS)], str(REPO_ROOT)]
-    else:
-        sys.path[:0] = [str(REPO_ROOT), str(BENCHMARKS)]
+    use_code_root_if_child()
     from bench_serving_load import add_load_options
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -361,14 +350,11 @@ def main() -> None:
         return
 
     command = ".venv/bin/python benchmarks/bench_one_hop.py " + shlex.join(sys.argv[1:])
-    baseline = _git("rev-parse", "--short", args.baseline).strip()
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         before_root = root / "before"
-        before_root.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", baseline], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(before_root)], input=archive.stdout, check=True)
+        baseline = export_commit(args.baseline, before_root)
         work = args.work or root
         work.mkdir(parents=True, exist_ok=True)
         set_up_file = work / "set_up.json"
@@ -385,8 +371,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("child", "code_root", "set_up", "out", "page", "work")},
-        "baseline": baseline, "after": _git("rev-parse", "--short", "HEAD").strip(),
-        "after_dirty": bool(_git("status", "--porcelain", "--untracked-files=no").strip()),
+        "baseline": baseline, **working_tree(),
         "command": command, "runs": runs,
     }
     print(json.dumps(report, indent=2))

@@ -88,9 +88,10 @@ def _role(command: str) -> str:
 
 
 @contextlib.contextmanager
-def served_endpoint(set_up: dict) -> Iterator[tuple[str, dict[str, str]]]:
+def served_endpoint(set_up: dict, values: dict | None = None) -> Iterator[tuple[str, dict[str, str]]]:
     """The set-up's champion served by `serving.app` on a fresh local Ray (2 CPUs, loopback, the
-    default serving config with a token): yields (base URL, auth headers); Serve stops on exit."""
+    default serving config with a token, and `values` over it): yields (base URL, auth headers);
+    Serve stops on exit."""
     from ray import serve
 
     from bench_serving_load import MODEL_NAME, _free_port
@@ -100,7 +101,7 @@ def served_endpoint(set_up: dict) -> Iterator[tuple[str, dict[str, str]]]:
 
     config = ServingConfig(model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=set_up["tracking_uri"],
                            online_store=set_up["online_store"], port=_free_port(), reload_interval_s=600,
-                           api_token=TOKEN)
+                           api_token=TOKEN, **(values or {}))
     with tempfile.TemporaryDirectory() as grec_dir:
         start_local_ray(num_cpus=2, object_store_memory=256 * 1024 * 1024, grec_dir=grec_dir, log_to_driver=False)
         serve.start(http_options={"host": config.host, "port": config.port})

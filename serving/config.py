@@ -43,6 +43,10 @@ class ReplicaConfig(BaseModel):
     # answer in time; a killed replica is replaced within about one period.
     health_check_period_s: float = Field(1.0, gt=0)
     health_check_timeout_s: float = Field(10.0, gt=0)
+    # A deployment that keeps the CPU busy (the scorer's forwards) at a lower priority than the
+    # ingress and Serve's proxy lets those answer, and refuse, at once while it saturates the CPU.
+    nice: int = Field(0, ge=0, le=19, description="added to each replica process's niceness (0-19): its CPU "
+                                                  "priority below the deployments left at 0")
 
 
 class BatchingConfig(BaseModel):
@@ -86,10 +90,13 @@ class ServingConfig(BaseModel):
     body_timeout_s: float = Field(5.0, gt=0, description="how long a request's body may take to arrive (408 past it)")
     request_timeout_s: float = Field(10.0, gt=0, description="each request's deadline, which the scorer honours")
     # Admission at the door: an ingress replica works on at most this many /v1/recommend and
-    # /v1/score requests at once (counted once their body has arrived: a slow client holds no
-    # slot) and answers the rest with 503 (less than the scorer replicas and their queues hold,
-    # so those rarely have to refuse).
+    # /v1/score requests at once (decided on arrival, before the body: a slow client holds its
+    # slot for admission_body_grace_s at most) and answers the rest with 503 at once (less than
+    # the scorer replicas and their queues hold, so those rarely have to refuse).
     max_in_flight: int = Field(48, ge=1, description="ranking requests one ingress replica admits at once")
+    admission_body_grace_s: float = Field(
+        1.0, gt=0, description="how long a ranking request keeps its admission slot while its body is still "
+                               "arriving; past it the slot is given back until the body is there")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (overloaded, unavailable)")
     # Whether a deployment is up is Serve's health checks' (health_check_timeout_s), never this.
     readiness_timeout_s: float = Field(2.0, gt=0, description="how long /readyz waits for the scorer's "
@@ -119,9 +126,9 @@ class ServingConfig(BaseModel):
     # (max_in_flight) hold more than it admits, so in steady state requests are shed at the door,
     # before any work; the queue limits catch what one slow replica backs up.
     scorer: ReplicaConfig = Field(
-        ReplicaConfig(num_replicas=2, max_ongoing_requests=32, max_queued_requests=32),
+        ReplicaConfig(num_replicas=2, max_ongoing_requests=32, max_queued_requests=32, nice=5),
         description="the scorer (online features, candidates, ranking of a whole request); default 2 replicas, "
-                    "max_ongoing_requests 32, max_queued_requests 32")
+                    "max_ongoing_requests 32, max_queued_requests 32, nice 5")
     batching: BatchingConfig = BatchingConfig()
     # Off by default: in this mode Ray Serve binds HAProxy's stats and Prometheus listeners to every
     # interface without auth, and offers no way to bind them to loopback (grec is closed by default).

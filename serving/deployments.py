@@ -10,7 +10,7 @@ the rows and one to the ranker per task, each shipping Arrow tables through the 
 (de)serialisation cost more CPU than the forward.
 
 Why two deployments and not the Scorer as the FastAPI ingress itself: the ingress keeps what must
-hold whatever a scoring replica does. Admission (`max_in_flight`, counted once a body has arrived),
+hold whatever a scoring replica does. Admission (`max_in_flight`, decided as a request arrives),
 body and request deadlines and the token are answered by a process whose event loop no forward
 holds, so a refused request gets its 503 at once and a replica that dies under a request turns
 into grec's JSON 503 `unavailable` with Retry-After rather than whatever Serve's proxy answers; one
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -92,6 +93,7 @@ class Scorer:
 
     async def __init__(self, config: ServingConfig) -> None:
         self._config = config
+        os.nice(config.scorer.nice)  # below the ingress and the proxy: they answer while forwards run
         self.forward.set_max_batch_size(config.batching.max_batch_size)
         self.forward.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
         # A missing or unreadable store fails the replica's start (and `serve.run`): never an empty store.

@@ -5,8 +5,14 @@ request was at fault (never a 500), a 503 with Retry-After when the endpoint can
 and is counted by kind in the metrics. Client errors are logged as one line, never a traceback.
 The checks that need no body (token, content type, size) run before the body is read or parsed,
 so an unauthenticated request is a 401 whatever its body. A body must arrive within its own
-deadline (408 past it), and admission counts requests whose body has arrived: clients that send
-slowly hold neither a slot of `max_in_flight` nor a replica for longer than that deadline.
+deadline (408 past it).
+
+Admission decides when a request arrives, before its body is read: behind Serve's proxy, reading
+a body is a call back to the proxy, which under overload took a median 0.48 s, and deciding only
+once the body was there made almost every refusal wait for it (docs/benchmarks/refusals.md). So a
+ranking request takes its slot of `max_in_flight` on arrival, and one that finds none is refused at
+once. A body still arriving `admission_body_grace_s` after its request gives the slot back (slow
+clients hold none past that) and takes one again, or is refused, once it has arrived.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -93,11 +101,12 @@ def _content_type_error(path: str, method: str, headers: dict[str, str]) -> Unsu
 
 class RequestEnvelope:
     """Pure ASGI middleware: records the request id; for /v1 routes checks the bearer token
-    (`app.state.api_token`) and the content type before anything reads the body; reads the body
-    within `app.state.body_timeout_s` (408 past it) and at most `app.state.max_body_bytes` of it
-    (413 beyond); admits at most `app.state.max_in_flight` ranking requests with their body at once
-    (503 with Retry-After beyond: at once when full before the body is read, else once it has
-    arrived); times the request and turns any unexpected exception into a JSON 500."""
+    (`app.state.api_token`) and the content type before anything reads the body; admits at most
+    `app.state.max_in_flight` ranking requests at once (503 with Retry-After beyond), deciding on
+    arrival; reads the body within `app.state.body_timeout_s` (408 past it) and at most
+    `app.state.max_body_bytes` of it (413 beyond), a ranking request's slot held while it arrives
+    for `app.state.admission_body_grace_s` at most; times the request and turns any unexpected
+    exception into a JSON 500."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -141,12 +150,20 @@ class RequestEnvelope:
                 await refuse(OverloadedError(f"the endpoint is at capacity; retry in {state.retry_after_s} s"),
                              {"Retry-After": str(state.retry_after_s)})
 
-            if ranking and state.in_flight >= state.max_in_flight:  # full: refuse before reading a body
-                await refuse_at_capacity()
-                return
+            if ranking:
+                if state.in_flight >= state.max_in_flight:
+                    await refuse_at_capacity()
+                    return
+                state.in_flight += 1
+                admitted = True
+
+            def give_back_slot() -> None:  # its body is slow: it holds no slot while it keeps coming
+                nonlocal admitted
+                state.in_flight -= 1
+                admitted = False
+
             try:
-                body = await asyncio.wait_for(_read_limited_body(headers, receive, state.max_body_bytes),
-                                              state.body_timeout_s)
+                body = await _read_body(headers, receive, state, give_back_slot if admitted else None)
             except TimeoutError:
                 await refuse(BodyTimeoutError(f"the request body did not arrive within {state.body_timeout_s} s"),
                              {"Connection": "close"})
@@ -155,7 +172,7 @@ class RequestEnvelope:
                 await refuse(PayloadTooLargeError(
                     f"request body is larger than the limit of {state.max_body_bytes} bytes"))
                 return
-            if ranking:  # a slot is taken only now: a request is being worked on once its body is here
+            if ranking and not admitted:  # a slow body, here at last: a slot again, or a refusal
                 if state.in_flight >= state.max_in_flight:
                     await refuse_at_capacity()
                     return
@@ -177,6 +194,23 @@ def _route_path(scope: Scope) -> str:
     """The path within the application (without the route prefix Serve mounted it under)."""
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
+
+
+async def _read_body(headers: dict[str, str], receive: Receive, state: State,
+                     on_grace_passed: Callable[[], None] | None) -> bytes | None:
+    """The whole body, or None past `state.max_body_bytes`; TimeoutError past `state.body_timeout_s`.
+    `on_grace_passed` is called once when the body is still arriving `state.admission_body_grace_s`
+    after the start."""
+    reading = asyncio.ensure_future(
+        asyncio.wait_for(_read_limited_body(headers, receive, state.max_body_bytes), state.body_timeout_s))
+    try:
+        if on_grace_passed is not None:
+            done, _ = await asyncio.wait({reading}, timeout=state.admission_body_grace_s)
+            if not done:
+                on_grace_passed()
+        return await reading
+    finally:
+        reading.cancel()  # when this request is cancelled (the client left) while the body arrives
 
 
 async def _read_limited_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes | None:

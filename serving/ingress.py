@@ -17,6 +17,7 @@ Serve's class-based views rewrite those functions, so the annotations must be re
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ def _refusal(error: Exception) -> tuple[str, str] | None:
 @serve.ingress(app)
 class Ingress:
     async def __init__(self, config: ServingConfig, scorer: DeploymentHandle) -> None:
+        os.nice(config.ingress.nice)
         self._config = config
         self._scorer = scorer
         app.state.api_token = config.api_token.get_secret_value() if config.api_token else None
@@ -127,6 +129,7 @@ class Ingress:
         app.state.body_timeout_s = config.body_timeout_s
         app.state.retry_after_s = config.retry_after_s
         app.state.max_in_flight = config.max_in_flight
+        app.state.admission_body_grace_s = config.admission_body_grace_s
         app.state.in_flight = 0
         self._loop = asyncio.get_running_loop()
         self._served = await asyncio.to_thread(

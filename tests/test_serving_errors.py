@@ -99,12 +99,13 @@ def test_a_down_deployment_fails_calls_at_once_and_an_answer_brings_it_back():
 
 class _Connection:
     """One HTTP request as the ingress's ASGI middleware sees it: its body arrives in `chunks`
-    (a None chunk: the client stops sending), and what the middleware sends back."""
+    (a number: the client pauses that many seconds; None: the client stops sending), and what the
+    middleware sends back."""
 
-    def __init__(self, app, path: str, chunks: list[bytes | None], token: str = "t") -> None:
+    def __init__(self, app, path: str, chunks: list[bytes | float | None], token: str = "t") -> None:
         self.chunks = list(chunks)
         self.sent: list[dict] = []
-        declared = sum(len(c) for c in chunks if c) + (100 if None in chunks else 0)
+        declared = sum(len(c) for c in chunks if isinstance(c, bytes)) + (100 if None in chunks else 0)
         self.scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "app": app,
                       "headers": [(b"authorization", f"Bearer {token}".encode()),
                                   (b"content-type", b"application/json"),
@@ -114,6 +115,9 @@ class _Connection:
         chunk = self.chunks.pop(0)
         if chunk is None:
             await asyncio.sleep(3600)  # a client that stopped sending
+        if isinstance(chunk, float):
+            await asyncio.sleep(chunk)
+            chunk = self.chunks.pop(0)
         return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
 
     async def send(self, message: dict) -> None:
@@ -123,17 +127,25 @@ class _Connection:
     def status(self) -> int | None:
         return next((m["status"] for m in self.sent if m["type"] == "http.response.start"), None)
 
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(next((m["headers"] for m in self.sent if m["type"] == "http.response.start"), []))
 
-def test_slow_bodies_are_408_and_hold_no_admission_slot():
-    """Admission counts requests whose body has arrived: clients that stall mid-body hold no slot of
-    max_in_flight, and are answered 408 past body_timeout_s; a too large body is a 413."""
+
+def test_admission_decides_on_arrival_and_slow_bodies_give_their_slot_back():
+    """A ranking request takes its slot of max_in_flight when it arrives, so one that finds none is
+    refused at once with Retry-After, its body never read. A body still arriving after
+    admission_body_grace_s gives the slot back: clients that stall mid-body hold none past it and are
+    answered 408 past body_timeout_s, and one whose body comes late takes a slot then. A too large
+    body is a 413."""
     from starlette.applications import Starlette
 
     from serving.http import RequestEnvelope
 
     app = Starlette()
     app.state.api_token, app.state.max_body_bytes, app.state.retry_after_s = "t", 1024, 1
-    app.state.max_in_flight, app.state.in_flight, app.state.body_timeout_s = 2, 0, 0.3
+    app.state.max_in_flight, app.state.in_flight = 2, 0
+    app.state.body_timeout_s, app.state.admission_body_grace_s = 0.5, 0.1
     release = asyncio.Event()
 
     async def ranking(scope, receive, send) -> None:  # the routes behind the door: held until released
@@ -143,21 +155,37 @@ def test_slow_bodies_are_408_and_hold_no_admission_slot():
 
     envelope = RequestEnvelope(ranking)
 
+    def start(connection: _Connection) -> asyncio.Future:
+        return asyncio.ensure_future(envelope(connection.scope, connection.receive, connection.send))
+
     async def scenario() -> None:
         stalled = [_Connection(app, "/v1/score", [b"{", None]) for _ in range(10)]
-        stalled_tasks = [asyncio.ensure_future(envelope(c.scope, c.receive, c.send)) for c in stalled]
-        await asyncio.sleep(0.05)
-        assert app.state.in_flight == 0  # ten stalled bodies hold nothing
-        working = [_Connection(app, "/v1/score", [b"{}"]) for _ in range(3)]
-        working_tasks = [asyncio.ensure_future(envelope(c.scope, c.receive, c.send)) for c in working]
-        await asyncio.sleep(0.05)
-        assert app.state.in_flight == 2  # two admitted with their body; the third refused at once
-        assert sorted(c.status or 0 for c in working) == [0, 0, 503]
+        stalled_tasks = [start(c) for c in stalled]
+        await asyncio.sleep(0.02)
+        assert app.state.in_flight == 2  # the first two took a slot on arrival; eight were refused
+        assert sorted(c.status or 0 for c in stalled) == [0, 0] + [503] * 8
+        turned_away = _Connection(app, "/v1/score", [b"{}"])
+        await envelope(turned_away.scope, turned_away.receive, turned_away.send)
+        assert turned_away.status == 503 and turned_away.headers[b"retry-after"] == b"1"
+        assert turned_away.chunks == [b"{}"]  # refused before its body was read
+        await asyncio.sleep(0.15)
+        assert app.state.in_flight == 0  # past the grace, the stalled bodies hold nothing
+
+        late = _Connection(app, "/v1/score", [0.2, b"{}"])  # its body comes after the grace
+        late_task = start(late)
+        await asyncio.sleep(0.15)
+        working = [_Connection(app, "/v1/score", [b"{}"]) for _ in range(2)]
+        working_tasks = [start(working[0])]
+        await asyncio.sleep(0.1)  # the late body has arrived and taken the other slot
+        assert app.state.in_flight == 2
+        working_tasks.append(start(working[1]))
+        await asyncio.sleep(0.02)
+        assert working[1].status == 503
         release.set()
-        await asyncio.gather(*working_tasks)
-        assert sorted(c.status for c in working) == [200, 200, 503]
+        await asyncio.gather(late_task, *working_tasks)
+        assert [late.status, working[0].status] == [200, 200]
         await asyncio.wait_for(asyncio.gather(*stalled_tasks), 5)
-        assert {c.status for c in stalled} == {408}
+        assert sorted(c.status for c in stalled[:2]) == [408, 408]
         assert b"body_timeout" in stalled[0].sent[-1]["body"]
         too_large = _Connection(app, "/v1/score", [b"x" * 2000])
         await envelope(too_large.scope, too_large.receive, too_large.send)

@@ -66,8 +66,8 @@ def test_a_killed_scorer_gives_fast_503s_and_failing_readiness_then_recovers(ser
 
 
 def test_more_requests_than_admitted_get_503_with_retry_after(serving_app):
-    """Far more concurrent requests than the scorer's queues hold: the excess is refused at
-    once with 503 overloaded; the rest is answered."""
+    """Far more concurrent requests than the endpoint admits: every answer is a 200 or a 503 with
+    Retry-After (no other 5xx); the excess is refused with 503 overloaded, the rest answered."""
     payload = {"user_id": serving_app.known_user, "task": "like", "k": 3,
                "candidates": serving_app.known_items[: serving_app.max_candidates]}
 
@@ -81,6 +81,7 @@ def test_more_requests_than_admitted_get_503_with_retry_after(serving_app):
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses
+    assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 503)
     assert any(_is_retryable_503(r, "overloaded") for r in responses), statuses
 
 
@@ -120,9 +121,10 @@ def _read_response(connection: socket.socket) -> bytes:
 
 
 def test_slow_bodies_do_not_lock_other_clients_out(serving_app):
-    """60 connections with the token, `Content-Length: 100` and one byte of body: other clients'
-    requests are answered meanwhile (admission counts requests whose body has arrived), and each
-    stalled request is answered 408 once its body deadline passes."""
+    """60 connections with the token, `Content-Length: 100` and one byte of body: once
+    admission_body_grace_s has passed they hold no admission slot, so other clients' requests are
+    answered meanwhile; each stalled request is answered 408 once its body deadline passes (or 503
+    with Retry-After at once, when it arrived to find every slot taken)."""
     host, port = "127.0.0.1", int(serving_app.base_url.rsplit(":", 1)[1])
     head = (f"POST /v1/score HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {serving_app.token}\r\n"
             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{").encode()
@@ -134,7 +136,8 @@ def test_slow_bodies_do_not_lock_other_clients_out(serving_app):
             connection = socket.create_connection((host, port), timeout=60)
             connection.sendall(head)
             stalled.append(connection)
-        time.sleep(0.5)  # they reach the ingress and wait for the rest of their body
+        # They reach the ingress and wait for the rest of their body, past the grace.
+        time.sleep(serving_app.config.admission_body_grace_s + 0.5)
         with httpx.Client(base_url=serving_app.base_url, headers=_headers(serving_app), timeout=30) as client:
             statuses = [client.post("/v1/score", json=payload).status_code for _ in range(10)]
         assert statuses == [200] * 10
@@ -142,4 +145,8 @@ def test_slow_bodies_do_not_lock_other_clients_out(serving_app):
     finally:
         for connection in stalled:
             connection.close()
-    assert all(answer.startswith(b"HTTP/1.1 408") and b"body_timeout" in answer for answer in answers), answers[:3]
+    timed_out = [answer for answer in answers if answer.startswith(b"HTTP/1.1 408")]
+    refused = [answer for answer in answers if answer.startswith(b"HTTP/1.1 503")]
+    assert len(timed_out) + len(refused) == len(answers), answers[:3]
+    assert timed_out and all(b"body_timeout" in answer for answer in timed_out), answers[:3]
+    assert all(b"overloaded" in answer and b"retry-after: 1" in answer.lower() for answer in refused), refused[:3]
