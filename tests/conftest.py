@@ -318,6 +318,23 @@ async def serving_wait_everywhere(probe, done, what: str, timeout_s: float = 120
     raise AssertionError(f"{what}: not seen on every replica within {timeout_s:.0f} s; last /v1/model: {model}")
 
 
+def serving_serve_again(app, version: str) -> None:
+    """The champion alias of `app` (a ServingTestApp) back on `version`, served by every replica: the
+    session's later serving tests expect the version they started with (one with a retrieval index)."""
+    import asyncio
+
+    import httpx
+    from mlflow import MlflowClient
+
+    async def wait() -> None:
+        async with httpx.AsyncClient(base_url=app.base_url, timeout=60,
+                                     headers={"Authorization": f"Bearer {app.token}"}) as probe:
+            await serving_wait_everywhere(probe, lambda m: m["version"] == version, f"version {version} served again")
+
+    MlflowClient(tracking_uri=app.tracking_uri).set_registered_model_alias(app.model_name, "champion", version)
+    asyncio.run(wait())
+
+
 class ServedAnswer(NamedTuple):
     status: int
     version: str | None  # the model version that answered (None for an error)

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import (ServedAnswer, flip_last_byte, registry_local_path, serving_keep_requesting, serving_register,
-                      serving_train_tiny_model, serving_wait_everywhere)
+                      serving_serve_again, serving_train_tiny_model, serving_wait_everywhere)
 from registry.retrieval_index import fetch_retrieval_index, log_retrieval_index
 from registry.tracking import use_tracking_uri
 
@@ -45,17 +45,6 @@ def _tamper(kind: str, files: Path, index: Path | None, marker: Path) -> None:
         transforms.write_text(transforms.read_text() + "\n")
     else:
         flip_last_byte(index / "next_item.safetensors")
-
-
-def _serve_again(app, client: MlflowClient, version: str) -> None:
-    """The alias back on `version`, served by every replica: the tests after this one expect it."""
-    async def wait() -> None:
-        async with httpx.AsyncClient(base_url=app.base_url, timeout=60,
-                                     headers={"Authorization": f"Bearer {app.token}"}) as probe:
-            await serving_wait_everywhere(probe, lambda m: m["version"] == version, f"version {version} served again")
-
-    client.set_registered_model_alias(app.model_name, "champion", version)
-    asyncio.run(wait())
 
 
 def test_an_alias_moved_to_tampered_versions_keeps_the_served_one_until_a_good_one(serving_app, tmp_path):
@@ -99,7 +88,7 @@ def test_an_alias_moved_to_tampered_versions_keeps_the_served_one_until_a_good_o
     try:
         answers, refused, after, moved, swapped = asyncio.run(scenario())
     finally:  # the session's endpoint serves the version it served before, for the tests after this one
-        _serve_again(app, client, before)
+        serving_serve_again(app, before)
     assert answers and all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:5]
     assert {a.version for a in answers} <= {before, good}, {a.version for a in answers}  # no tampered one
     # the held version until the alias named a good one, the good one once every replica had it
@@ -159,4 +148,4 @@ def test_a_scorer_replaced_while_the_alias_names_a_refused_version_serves_the_he
                 time.sleep(0.2)
             assert response.json()["model"]["version"] == before
     finally:
-        _serve_again(app, client, before)
+        serving_serve_again(app, before)

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from conftest import (ServedAnswer, serving_keep_requesting, serving_register, serving_train_tiny_model,
-                      serving_wait_everywhere)
+from conftest import (ServedAnswer, serving_keep_requesting, serving_register, serving_serve_again,
+                      serving_train_tiny_model, serving_wait_everywhere)
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,10 @@ def test_moving_the_alias_swaps_the_version_with_requests_in_flight(serving_app)
         stop.set()
         return await load, swapped
 
-    answers, swapped = asyncio.run(scenario())
+    try:
+        answers, swapped = asyncio.run(scenario())
+    finally:  # the session's endpoint serves the version it served before, for the tests after this one
+        serving_serve_again(serving_app, str(before))
     assert answers and all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:5]
     by_sending = sorted(answers, key=lambda a: a.sent_at)
     assert by_sending[0].version == str(before) and by_sending[-1].version == str(new_version)
