@@ -59,8 +59,12 @@ class PhaseRss:
             time.sleep(SAMPLE_SECONDS)
 
     def wrap(self, module_name: str, name: str) -> None:
-        module = importlib.import_module(module_name)
-        original = getattr(module, name)
+        """`name`: a function of the module, or `Class.method`."""
+        owner = importlib.import_module(module_name)
+        *path, name = name.split(".")
+        for attribute in path:
+            owner = getattr(owner, attribute)
+        original = getattr(owner, name)
 
         @functools.wraps(original)
         def measured(*args, **kwargs):
@@ -77,7 +81,7 @@ class PhaseRss:
                 phase.peak = max(phase.peak, phase.after)
                 phase.seconds = time.perf_counter() - started
 
-        setattr(module, name, measured)
+        setattr(owner, name, measured)
 
     def table(self) -> str:
         lines = [f"{'phase':40s} {'before MB':>10s} {'peak MB':>10s} {'after MB':>10s} {'s':>7s}"]

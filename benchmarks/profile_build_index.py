@@ -1,0 +1,65 @@
+"""Where `grec build-index`'s fitting task's memory goes: runs the task's work (jobs/retrieval/job.py's
+`fit_stage_files`, which `grec build-index` runs in a Ray task) in this process, without Ray, with the
+fit's phases wrapped, and prints per phase the RSS before it, its peak during it (sampled every
+10 ms) and after it, and its wall seconds; then the process's peak RSS, which is the task's.
+
+    .venv/bin/python benchmarks/profile_build_index.py --model models:/NAME@ALIAS --data DIR [options] [--out DIR]
+
+The options are `grec build-index`'s (--address and --require-integrity are not used). --out writes
+the fitted stage's files to DIR, so that two commits' stages can be compared file by file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from profile_evaluate_driver import MB, PhaseRss
+
+# (module, function or Class.method) of the fit's phases, looked up where the caller finds them.
+PHASES = [
+    ("registry.models", "load_registered"),
+    *(("recommend.fit", name) for name in (
+        "StageFitter.run", "read_interactions", "split_users", "latest_item_rows", "StageFitter._item_features",
+        "_sequences", "_best_covisitation", "build_covisitations", "StageFitter._fit_next_item", "train_next_item",
+        "StageFitter._fit_blends", "build_covisitation")),
+]
+
+
+def main() -> None:
+    profile = PhaseRss()
+    threading.Thread(target=profile.sample_forever, daemon=True).start()
+    from jobs.retrieval import cli
+    from jobs.retrieval.job import fit_stage_files
+    from registry.tracking import use_tracking_uri
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the fitted stage's files here")
+    own, rest = parser.parse_known_args()
+    commands = argparse.ArgumentParser(prog="grec").add_subparsers()
+    cli.register(commands)
+    args = commands.choices["build-index"].parse_args(rest)
+    for module, name in PHASES:
+        profile.wrap(module, name)
+
+    started = time.perf_counter()
+    with use_tracking_uri(args.tracking_uri) as tracking_uri:
+        files, report = fit_stage_files(args.model, tracking_uri, args.data, cli.index_config(args))
+    seconds = time.perf_counter() - started
+    if own.out is not None:
+        own.out.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (own.out / name).write_bytes(content)
+    print(f"fit: {seconds:.1f} s; seconds per part {json.dumps(report['seconds'])}")
+    print(f"validation: {json.dumps({t: round(b['ndcg'], 5) for t, b in report['blends'].items()})}")
+    print(profile.table())
+    print(f"fitting process peak RSS {profile.peak / MB:.0f} MB")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
