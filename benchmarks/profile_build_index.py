@@ -6,7 +6,9 @@ fit's phases wrapped, and prints per phase the RSS before it, its peak during it
     .venv/bin/python benchmarks/profile_build_index.py --model models:/NAME@ALIAS --data DIR [options] [--out DIR]
 
 The options are `grec build-index`'s (--address and --require-integrity are not used). --out writes
-the fitted stage's files to DIR, so that two commits' stages can be compared file by file.
+the fitted stage's files to DIR; --same-as DIR2 then says whether the stage is the one in DIR2 (another
+commit's): the catalogue, settings and blends, the popularity counts, the co-visitation matrix and
+the next-item weights, each compared value by value (the built time and the seconds aside).
 """
 
 from __future__ import annotations
@@ -30,6 +32,44 @@ PHASES = [
 ]
 
 
+def differences(directory: Path, other: Path) -> list[str]:
+    """What differs between the stages saved in two directories (empty: none)."""
+    import numpy as np
+
+    from recommend.stage import RecommendationStage
+
+    one, two = RecommendationStage.load(directory), RecommendationStage.load(other)
+    found = []
+    for name in ("item_ids", "popularity_window_days", "candidates_per_source", "blends"):
+        if getattr(one, name) != getattr(two, name):
+            found.append(name)
+    meta = [{k: v for k, v in s.metadata.items() if k != "built_at"} for s in (one, two)]
+    for m in meta:
+        m.get("validation", {}).pop("seconds", None)
+    if meta[0] != meta[1]:
+        found.append("metadata")
+    if one.popularity.first_day != two.popularity.first_day or (one.popularity.daily != two.popularity.daily).nnz:
+        found.append("popularity")
+    covisitations = [s.covisitation for s in (one, two)]
+    if None in covisitations:
+        same = covisitations[0] is covisitations[1]
+    else:
+        same = covisitations[0].config == covisitations[1].config and \
+            (covisitations[0].matrix != covisitations[1].matrix).nnz == 0
+    if not same:
+        found.append("covisitation")
+    models = [s.next_item for s in (one, two)]
+    if None in models:
+        same = models[0] is models[1]
+    else:
+        states = [m.state_dict() for m in models]
+        same = states[0].keys() == states[1].keys() and all(
+            np.array_equal(states[0][k].numpy(), states[1][k].numpy()) for k in states[0])
+    if not same:
+        found.append("next_item")
+    return found
+
+
 def main() -> None:
     profile = PhaseRss()
     threading.Thread(target=profile.sample_forever, daemon=True).start()
@@ -39,6 +79,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the fitted stage's files here")
+    parser.add_argument("--same-as", type=Path, help="compare the fitted stage with the one in this directory")
     own, rest = parser.parse_known_args()
     commands = argparse.ArgumentParser(prog="grec").add_subparsers()
     cli.register(commands)
@@ -54,6 +95,8 @@ def main() -> None:
         own.out.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             (own.out / name).write_bytes(content)
+    if own.same_as is not None:
+        print(f"same stage as {own.same_as}: {differences(own.out, own.same_as) or 'yes'}")
     print(f"fit: {seconds:.1f} s; seconds per part {json.dumps(report['seconds'])}")
     print(f"validation: {json.dumps({t: round(b['ndcg'], 5) for t, b in report['blends'].items()})}")
     print(profile.table())

@@ -59,7 +59,7 @@ def user_ndcg(scores: np.ndarray, users: SplitUsers, stage_rows: dict[Any, int],
               offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(NDCG@k, |truth|) of each of the users offset.. whose full-catalogue scores are `scores`
     [block, N], each user's history left out (row by row: blocks give the values of the whole)."""
-    masked = scores.astype(np.float64).copy()
+    masked = scores.astype(np.float64)  # a copy: the histories are masked in it
     relevant = np.zeros(masked.shape, dtype=bool)
     counts = np.zeros(len(scores), dtype=np.int64)
     for index in range(len(scores)):
@@ -67,7 +67,8 @@ def user_ndcg(scores: np.ndarray, users: SplitUsers, stage_rows: dict[Any, int],
         masked[index, [stage_rows[i] - 1 for i in history.exclude if i in stage_rows]] = -np.inf
         relevant[index, [stage_rows[i] - 1 for i in truth if i in stage_rows]] = True
         counts[index] = len(truth)
-    top = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    np.negative(masked, out=masked)  # best first, negated in place: no second [block, N] array
+    top = np.argsort(masked, axis=1, kind="stable")[:, :k]
     return ndcg(np.take_along_axis(relevant, top, axis=1), counts, k), counts
 
 
