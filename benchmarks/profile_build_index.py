@@ -71,7 +71,7 @@ def differences(directory: Path, other: Path) -> list[str]:
 
 
 def main() -> None:
-    profile = PhaseRss()
+    profile = PhaseRss(live=True)
     threading.Thread(target=profile.sample_forever, daemon=True).start()
     from jobs.retrieval import cli
     from jobs.retrieval.job import fit_stage_files
