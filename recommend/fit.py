@@ -25,7 +25,7 @@ from grec.covisitation import build_covisitation, build_covisitations
 from grec.next_item import train_next_item
 from recommend.blend import fit_blend
 from recommend.metrics import ndcg
-from recommend.offline import Interactions, SplitUsers, read_interactions, split_runs, split_users
+from recommend.offline import Interactions, RunViews, SplitUsers, read_interactions, split_runs, split_users
 from recommend.popularity import ItemPopularity
 from recommend.recommender import TaskScorer, add_task_terms
 from recommend.ranker import Ranker
@@ -86,21 +86,23 @@ class StageFitter:
         # Only the columns and splits the fit reads, batch by batch, into compact arrays (recommend.offline).
         interactions = read_interactions(self.prepared, sorted({c for c in self.targets.values() if c}),
                                          ("train", "validation"))
-        fit_part, all_part = interactions.within(("train",)), interactions
-        item_ids, row_of_code = _catalogue(all_part)
+        item_ids, row_of_code = _catalogue(interactions)
         rows_of = {item: row + 1 for row, item in enumerate(item_ids)}
         positions = _sample_positions(len(split_runs(interactions, "validation")[0]), config.max_validation_users,
                                       config.seed)
         validation = split_users(self.prepared, "validation", self.targets, interactions, positions)
+        # What the fits read of the events from here on: each user's catalogue rows and times, of the
+        # training split (fit) and of both (refit); the codes, splits and labels are dropped.
+        fit_sequences, fit_times = _sequences(interactions.within(("train",)), row_of_code)
+        all_sequences, all_times = _sequences(interactions, row_of_code)
+        del interactions
         features = self._item_features(item_ids) if config.next_item is not None and config.item_features else None
         self.seconds["read"] = time.perf_counter() - mark
 
-        fit_sequences, fit_times = _sequences(fit_part, row_of_code)
-        stage = RecommendationStage(item_ids, ItemPopularity.from_events(row_of_code[fit_part.item_codes],
-                                                                         fit_part.times, len(item_ids)),
+        stage = RecommendationStage(item_ids, ItemPopularity.from_events(fit_sequences.values, fit_times.values,
+                                                                         len(item_ids)),
                                     covisitation=None, next_item=None, popularity_window_days=None,
                                     candidates_per_source=config.candidates_per_source, blends={})
-        del fit_part  # the sequences are views of their own rows and of its times
         judge = _Judge(stage, validation, rows_of, config.k)
         report: dict[str, Any] = {"items": len(item_ids), "validation_users": len(validation.user_ids)}
 
@@ -125,9 +127,8 @@ class StageFitter:
 
         mark = time.perf_counter()
         del fit_sequences, fit_times
-        all_sequences, all_times = _sequences(all_part, row_of_code)
         final = RecommendationStage(
-            item_ids, ItemPopularity.from_events(row_of_code[all_part.item_codes], all_part.times, len(item_ids)),
+            item_ids, ItemPopularity.from_events(all_sequences.values, all_times.values, len(item_ids)),
             covisitation=(build_covisitation(all_sequences, len(item_ids), stage.covisitation.config)
                           if stage.covisitation is not None else None),
             next_item=None, popularity_window_days=window, candidates_per_source=config.candidates_per_source,
@@ -167,7 +168,7 @@ class StageFitter:
         out = torch.cat(tokens)
         return torch.cat([torch.zeros(1, out.shape[1]), out])
 
-    def _fit_next_item(self, sequences: list[np.ndarray], times: list[np.ndarray], num_items: int,
+    def _fit_next_item(self, sequences: Sequence[np.ndarray], times: Sequence[np.ndarray], num_items: int,
                        features: torch.Tensor | None, judge: _Judge) -> tuple[Any, int, dict[str, Any]]:
         config = self.config
         history: list[tuple[int, float]] = []
@@ -303,16 +304,14 @@ def _catalogue(interactions: Interactions) -> tuple[list[Any], np.ndarray]:
     return [values[c].item() if hasattr(values[c], "item") else values[c] for c in order], row_of_code
 
 
-def _sequences(interactions: Interactions, row_of_code: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each user's events as catalogue rows (int32) and times, oldest first: views of one array each
-    (CSR by the users' offsets), so a user costs two views and an event 12 bytes."""
-    rows = row_of_code[interactions.item_codes]
+def _sequences(interactions: Interactions, row_of_code: np.ndarray) -> tuple[RunViews, RunViews]:
+    """Each user's events as catalogue rows (int32) and times, oldest first: runs of one array each
+    (an event costs 4 bytes of rows and 8 of times, shared with the interactions; a user 32 bytes)."""
     starts, ends = interactions.run_bounds()
-    bounds = list(zip(starts.tolist(), ends.tolist(), strict=True))
-    return [rows[s:e] for s, e in bounds], [interactions.times[s:e] for s, e in bounds]
+    return RunViews(row_of_code[interactions.item_codes], starts, ends), RunViews(interactions.times, starts, ends)
 
 
-def _best_covisitation(sequences: list[np.ndarray], num_items: int, grid: tuple[Any, ...],
+def _best_covisitation(sequences: Sequence[np.ndarray], num_items: int, grid: tuple[Any, ...],
                        judge: _Judge) -> tuple[Any, dict[str, Any]]:
     """The grid's setting with the best validation NDCG (the first of equals in grid order). Pair
     counts depend only on the window and the backward weight: the settings that share them are built
