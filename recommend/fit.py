@@ -3,10 +3,12 @@ jobs/retrieval/job.py for the steps): sources fitted on the training split and t
 validation split, blends fitted there per binary task, then everything refitted on both splits.
 
 Memory: the train and validation events are read batch by batch into compact arrays (about 20 bytes
-an event, recommend.offline) and the users' sequences are views of them; only the judged validation
-users are built; co-visitation counts are held one row block at a time (grec.covisitation) and the
-next-item model's windows are cut per batch; full-catalogue scores, candidates and ranker rows exist
-for a block of users at a time. What grows with events is about 35 bytes an event.
+an event, recommend.offline); once the judged validation users are built (only those), the fit keeps
+each user's catalogue rows (int32) and times (float64) as runs of one array per split set (RunViews):
+12 bytes per train or validation event, 12 more per training event (the fit before the refit has its
+own), 32 bytes per user. Popularity is counted a chunk of events at a time, co-visitation one row
+block at a time (grec.covisitation), the next-item model's windows are cut per batch; full-catalogue
+scores, candidates and ranker rows exist for a block of users at a time.
 """
 
 from __future__ import annotations
