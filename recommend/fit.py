@@ -26,6 +26,7 @@ import torch
 from grec.covisitation import build_covisitation, build_covisitations
 from grec.next_item import train_next_item
 from recommend.blend import fit_blend
+from recommend.heap import release_freed_heap
 from recommend.metrics import ndcg
 from recommend.offline import Interactions, RunViews, SplitUsers, read_interactions, split_runs, split_users
 from recommend.popularity import ItemPopularity
@@ -99,6 +100,7 @@ class StageFitter:
         all_sequences, all_times = _sequences(interactions, row_of_code)
         del interactions
         features = self._item_features(item_ids) if config.next_item is not None and config.item_features else None
+        release_freed_heap()  # each phase's freed pages go back before the next phase's large arrays
         self.seconds["read"] = time.perf_counter() - mark
 
         stage = RecommendationStage(item_ids, ItemPopularity.from_events(fit_sequences.values, fit_times.values,
@@ -114,6 +116,7 @@ class StageFitter:
         if config.covisitation:
             stage.covisitation, report["covisitation"] = _best_covisitation(fit_sequences, len(item_ids),
                                                                             config.covisitation_grid, judge)
+        release_freed_heap()
         self.seconds["covisitation_and_popularity"] = time.perf_counter() - mark
 
         epochs = 0
@@ -121,10 +124,12 @@ class StageFitter:
             mark = time.perf_counter()
             stage.next_item, epochs, report["next_item"] = self._fit_next_item(
                 fit_sequences, fit_times, len(item_ids), features, judge)
+            release_freed_heap()
             self.seconds["next_item"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         stage.blends, report["blends"] = self._fit_blends(stage, validation, item_ids)
+        release_freed_heap()
         self.seconds["blends"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
@@ -327,6 +332,7 @@ def _best_covisitation(sequences: Sequence[np.ndarray], num_items: int, grid: tu
             if best is None or score > best[0] or (score == best[0] and index < best[1]):
                 best = (score, index, covisitation)
         del built
+        release_freed_heap()  # the window's settings and their judging, before the next window's counts
     return best[2], {"ndcg": best[0], "config": grid[best[1]].model_dump(), "tried": len(grid)}
 
 
