@@ -4,6 +4,8 @@ fit's phases wrapped, and prints per phase the RSS before it, its peak during it
 10 ms) and after it, and its wall seconds; then the process's peak RSS, which is the task's.
 
     .venv/bin/python benchmarks/profile_build_index.py --model models:/NAME@ALIAS --data DIR [options] [--out DIR]
+    # a model to profile with, without Ray: bench_scale.py's small model trained 30 steps in this process
+    .venv/bin/python benchmarks/profile_build_index.py --register-model NAME --data DIR --tracking-uri URI
 
 The options are `grec build-index`'s (--address and --require-integrity are not used). --out writes
 the fitted stage's files to DIR; --same-as DIR2 then says whether the stage is the one in DIR2 (another
@@ -70,6 +72,32 @@ def differences(directory: Path, other: Path) -> list[str]:
     return found
 
 
+def register_model(name: str, data: str, tracking_uri: str) -> None:
+    """A model of bench_scale.py's size (its train config's model) trained 30 steps in this process on
+    the split's first 20,000 training rows, registered as NAME@challenger: the fit's memory does not
+    depend on how well the ranker was trained."""
+    import tempfile
+
+    from bench_scale import train_config
+
+    from feature_store.storage import open_dataset
+    from grec import build_model
+    from jobs.train.config import parse_config, resolve
+    from jobs.train.in_process import train_steps
+    from registry.models import register_model as register
+    from registry.tracking import use_tracking_uri
+
+    with tempfile.TemporaryDirectory() as storage:
+        resolved = resolve(parse_config(train_config(Path(data), Path(storage))))
+    prepared = open_dataset(data)
+    rows = next(iter(prepared.iter_split("train", batch_size=20_000)))
+    model = train_steps(build_model(resolved.model_config), prepared.transforms().transform(rows), steps=30,
+                        batch_size=512, lr=1e-2, seed=0)
+    with use_tracking_uri(tracking_uri):
+        version = register(model, prepared.root, name, rows.slice(0, 3).to_pandas(), alias="challenger")
+    print(f"registered {name} version {version.version} as challenger")
+
+
 def main() -> None:
     profile = PhaseRss(live=True)
     threading.Thread(target=profile.sample_forever, daemon=True).start()
@@ -80,7 +108,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the fitted stage's files here")
     parser.add_argument("--same-as", type=Path, help="compare the fitted stage with the one in this directory")
+    parser.add_argument("--register-model", metavar="NAME", help="only register a model to profile with (alias "
+                        "challenger) and stop")
     own, rest = parser.parse_known_args()
+    if own.register_model:
+        setup = argparse.ArgumentParser()
+        setup.add_argument("--data", required=True)
+        setup.add_argument("--tracking-uri", required=True)
+        register_model(own.register_model, **vars(setup.parse_args(rest)))
+        return
     commands = argparse.ArgumentParser(prog="grec").add_subparsers()
     cli.register(commands)
     args = commands.choices["build-index"].parse_args(rest)
