@@ -313,7 +313,8 @@ def _catalogue(interactions: Interactions) -> tuple[list[Any], np.ndarray]:
 
 def _sequences(interactions: Interactions, row_of_code: np.ndarray) -> tuple[RunViews, RunViews]:
     """Each user's events as catalogue rows (int32) and times, oldest first: runs of one array each
-    (an event costs 4 bytes of rows and 8 of times, shared with the interactions; a user 32 bytes)."""
+    (an event costs 4 bytes of rows and 8 of times, shared with the interactions; a user 16 bytes of
+    bounds, shared by the two)."""
     starts, ends = interactions.run_bounds()
     return RunViews(row_of_code[interactions.item_codes], starts, ends), RunViews(interactions.times, starts, ends)
 
