@@ -44,7 +44,8 @@ class Phase:
 class PhaseRss:
     """Wraps functions so that each call is a Phase; a thread raises the peaks of the open ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: bool = False) -> None:
+        self.live = live  # print each phase as it ends (a long run's figures so far)
         self.process = psutil.Process()
         self.open: list[Phase] = []
         self.done: list[Phase] = []
@@ -59,8 +60,12 @@ class PhaseRss:
             time.sleep(SAMPLE_SECONDS)
 
     def wrap(self, module_name: str, name: str) -> None:
-        module = importlib.import_module(module_name)
-        original = getattr(module, name)
+        """`name`: a function of the module, or `Class.method`."""
+        owner = importlib.import_module(module_name)
+        *path, name = name.split(".")
+        for attribute in path:
+            owner = getattr(owner, attribute)
+        original = getattr(owner, name)
 
         @functools.wraps(original)
         def measured(*args, **kwargs):
@@ -76,13 +81,19 @@ class PhaseRss:
                 phase.after = self.process.memory_info().rss
                 phase.peak = max(phase.peak, phase.after)
                 phase.seconds = time.perf_counter() - started
+                if self.live:
+                    print(self.line(phase), flush=True)
 
-        setattr(module, name, measured)
+        setattr(owner, name, measured)
+
+    @staticmethod
+    def line(p: Phase) -> str:
+        return (f"{'  ' * p.depth + p.name:40s} {p.before / MB:10.0f} {p.peak / MB:10.0f} {p.after / MB:10.0f} "
+                f"{p.seconds:7.1f}")
 
     def table(self) -> str:
         lines = [f"{'phase':40s} {'before MB':>10s} {'peak MB':>10s} {'after MB':>10s} {'s':>7s}"]
-        lines += [f"{'  ' * p.depth + p.name:40s} {p.before / MB:10.0f} {p.peak / MB:10.0f} {p.after / MB:10.0f} "
-                  f"{p.seconds:7.1f}" for p in self.done]
+        lines += [self.line(p) for p in self.done]
         lines.append(f"driver peak RSS {self.peak / MB:.0f} MB")
         return "\n".join(lines)
 

@@ -50,7 +50,7 @@ from feature_store.errors import FeatureStoreError
 from feature_store.object_store import StorageError, bucket_and_key, filesystem, is_uri
 from feature_store.offline_store import OfflineStore
 from feature_store.prepare import PreparedDataset, open_prepared
-from feature_store.training_set import split_dir
+from feature_store.training_set import iter_batches, split_dir
 
 logger = logging.getLogger(__name__)
 
@@ -233,9 +233,7 @@ class ObjectStoreDataset(PreparedDataset):
         files = split_files(self.uri, split)
         if not files:
             return
-        for batch in parquet_dataset(files).to_batches(columns=columns, batch_size=batch_size):
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+        yield from iter_batches(parquet_dataset(files), columns, batch_size)
 
     def offline_store(self) -> OfflineStore:
         return OfflineStore(self._offline_copy)

@@ -68,8 +68,9 @@ class Covisitation:
         return sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """[users, N] dense scores of every item row 1..N (column j is row j + 1)."""
-        return np.asarray((self.user_weights(histories) @ self.matrix)[:, 1:].todense(), dtype=np.float32)
+        """[users, N] dense scores of every item row 1..N (column j is row j + 1). The product is made
+        dense before column 0 is dropped: slicing the sparse product would copy all of it once more."""
+        return (self.user_weights(histories) @ self.matrix).toarray()[:, 1:].astype(np.float32)
 
     def save(self, directory: str | Path) -> None:
         sp.save_npz(Path(directory) / MATRIX_FILE, self.matrix, compressed=True)

@@ -3,10 +3,12 @@ jobs/retrieval/job.py for the steps): sources fitted on the training split and t
 validation split, blends fitted there per binary task, then everything refitted on both splits.
 
 Memory: the train and validation events are read batch by batch into compact arrays (about 20 bytes
-an event, recommend.offline) and the users' sequences are views of them; only the judged validation
-users are built; co-visitation counts are held one row block at a time (grec.covisitation) and the
-next-item model's windows are cut per batch; full-catalogue scores, candidates and ranker rows exist
-for a block of users at a time. What grows with events is about 35 bytes an event.
+an event, recommend.offline); once the judged validation users are built (only those), the fit keeps
+each user's catalogue rows (int32) and times (float64) as runs of one array per split set (RunViews):
+12 bytes per train or validation event, 12 more per training event (the fit before the refit has its
+own), 32 bytes per user. Popularity is counted a chunk of events at a time, co-visitation one row
+block at a time (grec.covisitation), the next-item model's windows are cut per batch; full-catalogue
+scores, candidates and ranker rows exist for a block of users at a time.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch
 from grec.covisitation import build_covisitation, build_covisitations
 from grec.next_item import train_next_item
 from recommend.blend import fit_blend
+from recommend.heap import release_freed_heap
 from recommend.metrics import ndcg
-from recommend.offline import Interactions, SplitUsers, read_interactions, split_runs, split_users
+from recommend.offline import Interactions, RunViews, SplitUsers, read_interactions, split_runs, split_users
 from recommend.popularity import ItemPopularity
 from recommend.recommender import TaskScorer, add_task_terms
 from recommend.ranker import Ranker
@@ -59,7 +62,7 @@ def user_ndcg(scores: np.ndarray, users: SplitUsers, stage_rows: dict[Any, int],
               offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(NDCG@k, |truth|) of each of the users offset.. whose full-catalogue scores are `scores`
     [block, N], each user's history left out (row by row: blocks give the values of the whole)."""
-    masked = scores.astype(np.float64).copy()
+    masked = scores.astype(np.float64)  # a copy: the histories are masked in it
     relevant = np.zeros(masked.shape, dtype=bool)
     counts = np.zeros(len(scores), dtype=np.int64)
     for index in range(len(scores)):
@@ -67,7 +70,8 @@ def user_ndcg(scores: np.ndarray, users: SplitUsers, stage_rows: dict[Any, int],
         masked[index, [stage_rows[i] - 1 for i in history.exclude if i in stage_rows]] = -np.inf
         relevant[index, [stage_rows[i] - 1 for i in truth if i in stage_rows]] = True
         counts[index] = len(truth)
-    top = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    np.negative(masked, out=masked)  # best first, negated in place: no second [block, N] array
+    top = np.argsort(masked, axis=1, kind="stable")[:, :k]
     return ndcg(np.take_along_axis(relevant, top, axis=1), counts, k), counts
 
 
@@ -85,21 +89,24 @@ class StageFitter:
         # Only the columns and splits the fit reads, batch by batch, into compact arrays (recommend.offline).
         interactions = read_interactions(self.prepared, sorted({c for c in self.targets.values() if c}),
                                          ("train", "validation"))
-        fit_part, all_part = interactions.within(("train",)), interactions
-        item_ids, row_of_code = _catalogue(all_part)
+        item_ids, row_of_code = _catalogue(interactions)
         rows_of = {item: row + 1 for row, item in enumerate(item_ids)}
         positions = _sample_positions(len(split_runs(interactions, "validation")[0]), config.max_validation_users,
                                       config.seed)
         validation = split_users(self.prepared, "validation", self.targets, interactions, positions)
+        # What the fits read of the events from here on: each user's catalogue rows and times, of the
+        # training split (fit) and of both (refit); the codes, splits and labels are dropped.
+        fit_sequences, fit_times = _sequences(interactions.within(("train",)), row_of_code)
+        all_sequences, all_times = _sequences(interactions, row_of_code)
+        del interactions
         features = self._item_features(item_ids) if config.next_item is not None and config.item_features else None
+        release_freed_heap()  # each phase's freed pages go back before the next phase's large arrays
         self.seconds["read"] = time.perf_counter() - mark
 
-        fit_sequences, fit_times = _sequences(fit_part, row_of_code)
-        stage = RecommendationStage(item_ids, ItemPopularity.from_events(row_of_code[fit_part.item_codes],
-                                                                         fit_part.times, len(item_ids)),
+        stage = RecommendationStage(item_ids, ItemPopularity.from_events(fit_sequences.values, fit_times.values,
+                                                                         len(item_ids)),
                                     covisitation=None, next_item=None, popularity_window_days=None,
                                     candidates_per_source=config.candidates_per_source, blends={})
-        del fit_part  # the sequences are views of their own rows and of its times
         judge = _Judge(stage, validation, rows_of, config.k)
         report: dict[str, Any] = {"items": len(item_ids), "validation_users": len(validation.user_ids)}
 
@@ -109,6 +116,7 @@ class StageFitter:
         if config.covisitation:
             stage.covisitation, report["covisitation"] = _best_covisitation(fit_sequences, len(item_ids),
                                                                             config.covisitation_grid, judge)
+        release_freed_heap()
         self.seconds["covisitation_and_popularity"] = time.perf_counter() - mark
 
         epochs = 0
@@ -116,17 +124,18 @@ class StageFitter:
             mark = time.perf_counter()
             stage.next_item, epochs, report["next_item"] = self._fit_next_item(
                 fit_sequences, fit_times, len(item_ids), features, judge)
+            release_freed_heap()
             self.seconds["next_item"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         stage.blends, report["blends"] = self._fit_blends(stage, validation, item_ids)
+        release_freed_heap()
         self.seconds["blends"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         del fit_sequences, fit_times
-        all_sequences, all_times = _sequences(all_part, row_of_code)
         final = RecommendationStage(
-            item_ids, ItemPopularity.from_events(row_of_code[all_part.item_codes], all_part.times, len(item_ids)),
+            item_ids, ItemPopularity.from_events(all_sequences.values, all_times.values, len(item_ids)),
             covisitation=(build_covisitation(all_sequences, len(item_ids), stage.covisitation.config)
                           if stage.covisitation is not None else None),
             next_item=None, popularity_window_days=window, candidates_per_source=config.candidates_per_source,
@@ -166,7 +175,7 @@ class StageFitter:
         out = torch.cat(tokens)
         return torch.cat([torch.zeros(1, out.shape[1]), out])
 
-    def _fit_next_item(self, sequences: list[np.ndarray], times: list[np.ndarray], num_items: int,
+    def _fit_next_item(self, sequences: Sequence[np.ndarray], times: Sequence[np.ndarray], num_items: int,
                        features: torch.Tensor | None, judge: _Judge) -> tuple[Any, int, dict[str, Any]]:
         config = self.config
         history: list[tuple[int, float]] = []
@@ -302,16 +311,15 @@ def _catalogue(interactions: Interactions) -> tuple[list[Any], np.ndarray]:
     return [values[c].item() if hasattr(values[c], "item") else values[c] for c in order], row_of_code
 
 
-def _sequences(interactions: Interactions, row_of_code: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each user's events as catalogue rows (int32) and times, oldest first: views of one array each
-    (CSR by the users' offsets), so a user costs two views and an event 12 bytes."""
-    rows = row_of_code[interactions.item_codes]
+def _sequences(interactions: Interactions, row_of_code: np.ndarray) -> tuple[RunViews, RunViews]:
+    """Each user's events as catalogue rows (int32) and times, oldest first: runs of one array each
+    (an event costs 4 bytes of rows and 8 of times, shared with the interactions; a user 16 bytes of
+    bounds, shared by the two)."""
     starts, ends = interactions.run_bounds()
-    bounds = list(zip(starts.tolist(), ends.tolist(), strict=True))
-    return [rows[s:e] for s, e in bounds], [interactions.times[s:e] for s, e in bounds]
+    return RunViews(row_of_code[interactions.item_codes], starts, ends), RunViews(interactions.times, starts, ends)
 
 
-def _best_covisitation(sequences: list[np.ndarray], num_items: int, grid: tuple[Any, ...],
+def _best_covisitation(sequences: Sequence[np.ndarray], num_items: int, grid: tuple[Any, ...],
                        judge: _Judge) -> tuple[Any, dict[str, Any]]:
     """The grid's setting with the best validation NDCG (the first of equals in grid order). Pair
     counts depend only on the window and the backward weight: the settings that share them are built
@@ -325,6 +333,7 @@ def _best_covisitation(sequences: list[np.ndarray], num_items: int, grid: tuple[
             if best is None or score > best[0] or (score == best[0] and index < best[1]):
                 best = (score, index, covisitation)
         del built
+        release_freed_heap()  # the window's settings and their judging, before the next window's counts
     return best[2], {"ndcg": best[0], "config": grid[best[1]].model_dump(), "tried": len(grid)}
 
 

@@ -79,6 +79,23 @@ class Interactions:
         return [(key, int(s), int(e)) for key, s, e in zip(keys, starts.tolist(), ends.tolist(), strict=True)]
 
 
+class RunViews(Sequence[np.ndarray]):
+    """Each user's run of one per-event array (`values[starts[i]:ends[i]]`, CSR), a view made when
+    asked for: a user costs 16 bytes of bounds, where a list of views costs a numpy object (about 120
+    bytes) per user. Slicing gives the RunViews of those users."""
+
+    def __init__(self, values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.values, self.starts, self.ends = values, starts, ends
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return RunViews(self.values, self.starts[index], self.ends[index])
+        return self.values[self.starts[index]:self.ends[index]]  # IndexError past the end ends iteration
+
+
 class _Codes:
     """Raw ids, batch by batch, as int32 codes into their distinct values in ascending order: each
     batch is dictionary-encoded on arrival (its indices kept, int32), the dictionaries unified at
@@ -135,14 +152,32 @@ def read_interactions(prepared: Any, label_columns: Iterable[str] = (),
                 values = pc.cast(batch.column(column), pa.float64()).to_numpy(zero_copy_only=False)
                 positives[column].append(np.asarray(values, dtype=np.float64) == 1)
     user_codes, user_values = users.finish(types.get(user_key, pa.int64()))
-    item_codes, item_values = items.finish(types.get(item_key, pa.int64()))
-    time_values = np.concatenate(times) if times else np.zeros(0, np.float64)
-    split_values = np.concatenate(split_codes) if split_codes else np.zeros(0, np.int8)
+    time_values = _concatenate(times, np.float64)
+    split_values = _concatenate(split_codes, np.int8)
     # Stable: events of one user at one time in one split keep their row order.
     order = np.lexsort((split_values, time_values, user_codes))
-    return Interactions(user_codes[order], user_values, item_codes[order], item_values, time_values[order],
-                        split_values[order],
-                        {c: (np.concatenate(v) if v else np.zeros(0, bool))[order] for c, v in positives.items()})
+    # Each array is put in order and its unordered copy dropped before the next: one array's worth of
+    # copy at a time, not every column's.
+    user_codes = user_codes[order]
+    time_values = time_values[order]
+    split_values = split_values[order]
+    item_codes, item_values = items.finish(types.get(item_key, pa.int64()))
+    item_codes = item_codes[order]
+    ordered = {}
+    while positives:
+        column, parts = positives.popitem()
+        ordered[column] = _concatenate(parts, bool)[order]
+    return Interactions(user_codes, user_values, item_codes, item_values, time_values, split_values,
+                        {c: ordered[c] for c in label_columns})
+
+
+def _concatenate(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    """`parts` as one array, emptying the list so each part is freed once copied."""
+    if not parts:
+        return np.zeros(0, dtype)
+    out = np.concatenate(parts)
+    parts.clear()
+    return out
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 give what one pass over whole splits gives, whatever the batch size: the events in (user, time,
 split, row) order, the users of a split and their first rows, a chosen subset of them, the same users
 as catalogue rows in blocks; co-visitation
-counts do not depend on how events are chunked or how many row blocks are counted; the next-item
-model's training windows are those of one window per list entry."""
+counts do not depend on how events are chunked or how many row blocks are counted, nor daily
+popularity counts on the chunks they are counted in; the next-item model's training windows are those
+of one window per list entry."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from grec import covisitation as cov
 from grec.next_item import history_windows
 from jobs.evaluate.catalogue_users import catalogue_users
-from recommend import offline
+from recommend import offline, popularity
 from recommend.offline import read_interactions, relevant_runs, split_runs, split_users
 
 SPLITS = ("train", "validation", "test")
@@ -174,6 +175,21 @@ def test_covisitation_does_not_depend_on_chunks_or_blocks(backward: float, monke
                     dense[a, items[i + d]] += 1.0 / d
                     dense[items[i + d], a] += backward / d
     assert np.allclose(whole.toarray(), dense, rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10**6])
+def test_daily_popularity_counts_each_days_events_whatever_the_chunks(chunk: int, monkeypatch) -> None:
+    monkeypatch.setattr(popularity, "EVENTS_PER_CHUNK", chunk)
+    rng = np.random.default_rng(3)
+    items = rng.integers(1, 21, 500).astype(np.int32)
+    times = rng.uniform(3 * popularity.DAY_S, 40 * popularity.DAY_S, 500)
+    got = popularity.ItemPopularity.from_events(items, times, 20)
+    days = np.floor(times / popularity.DAY_S).astype(np.int64)
+    expected = np.zeros((days.max() - days.min() + 1, 21), np.float32)
+    np.add.at(expected, (days - days.min(), items), 1.0)
+    assert got.first_day == days.min() and got.daily.dtype == np.float32
+    assert np.array_equal(got.daily.toarray(), expected)
+    assert got.daily.has_canonical_format
 
 
 def test_history_windows_are_the_windows_of_each_sequence() -> None:

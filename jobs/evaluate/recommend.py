@@ -32,8 +32,8 @@ import scipy.sparse as sp
 from feature_store.options import SPLITS
 from jobs.evaluate.bootstrap import bootstrap_intervals
 from jobs.evaluate.catalogue_users import catalogue_users
-from jobs.evaluate.heap import release_freed_heap
 from jobs.evaluate.peers import PEERS, PeerData, PeerScorer, PeerUsers, skip_reason, tune_peer
+from recommend.heap import release_freed_heap
 from recommend.metrics import ShownItems, ndcg, per_user_metrics
 from recommend.offline import (Interactions, SplitUsers, first_rows, read_interactions, relevant_runs,
                                split_user_ids, users_of)

@@ -4,9 +4,13 @@ blends /v1/recommend ranks by) and log it with the version."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 # Light at import (the standard library only): `grec --help` builds this parser.
 from jobs.options import add_require_integrity, add_tracking_uri
+
+if TYPE_CHECKING:  # the job module imports numpy and pyarrow: not at `grec --help`
+    from jobs.retrieval.job import IndexBuildConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,18 +46,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_build_index)
 
 
-def _build_index(args: argparse.Namespace) -> int:
+def index_config(args: argparse.Namespace) -> IndexBuildConfig:
+    """The fit's settings the command's options give (also what benchmarks/profile_build_index.py fits)."""
     from grec.next_item import NextItemConfig
-    from jobs.retrieval.job import IndexBuildConfig, build_recommendation_stage
-    from registry.tracking import use_tracking_uri
+    from jobs.retrieval.job import IndexBuildConfig
 
     next_item = None
     if not args.no_next_item:
         next_item = NextItemConfig(seed=args.seed, **({"max_epochs": args.max_epochs} if args.max_epochs else {}))
-    config = IndexBuildConfig(k=args.k, candidates_per_source=args.candidates_per_source,
-                              covisitation=not args.no_covisitation, next_item=next_item,
-                              ranker_terms=not args.no_ranker_terms, max_validation_users=args.validation_users,
-                              train_cpus=args.cpus, seed=args.seed)
+    return IndexBuildConfig(k=args.k, candidates_per_source=args.candidates_per_source,
+                            covisitation=not args.no_covisitation, next_item=next_item,
+                            ranker_terms=not args.no_ranker_terms, max_validation_users=args.validation_users,
+                            train_cpus=args.cpus, seed=args.seed)
+
+
+def _build_index(args: argparse.Namespace) -> int:
+    from jobs.retrieval.job import build_recommendation_stage
+    from registry.tracking import use_tracking_uri
+
+    config = index_config(args)
     with use_tracking_uri(args.tracking_uri) as tracking_uri:
         result = build_recommendation_stage(args.model, args.data, config, tracking_uri=tracking_uri,
                                             address=args.address)
