@@ -163,12 +163,8 @@ def read_interactions(prepared: Any, label_columns: Iterable[str] = (),
     split_values = split_values[order]
     item_codes, item_values = items.finish(types.get(item_key, pa.int64()))
     item_codes = item_codes[order]
-    ordered = {}
-    while positives:
-        column, parts = positives.popitem()
-        ordered[column] = _concatenate(parts, bool)[order]
-    return Interactions(user_codes, user_values, item_codes, item_values, time_values, split_values,
-                        {c: ordered[c] for c in label_columns})
+    ordered = {column: _concatenate(positives.pop(column), bool)[order] for column in label_columns}
+    return Interactions(user_codes, user_values, item_codes, item_values, time_values, split_values, ordered)
 
 
 def _concatenate(parts: list[np.ndarray], dtype: type) -> np.ndarray:
