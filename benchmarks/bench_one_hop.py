@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -57,6 +55,7 @@ if str(REPO_ROOT / "benchmarks") not in sys.path:  # run as a script from any di
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from code_versions import export_commit, run_child, use_code_root_if_child, working_tree  # noqa: E402
+from page_parts import machine_facts, machine_line, statuses_cell  # noqa: E402
 
 KINDS = ("given", "retrieval")
 
@@ -235,9 +234,7 @@ def _page(report: dict, command: str) -> str:
         "candidates (`given`) or none, the stage choosing them (`retrieval`); at most "
         f"{s['requests']} answers or {s['time_cap']:g} s per level. Server CPU: user + system time of every "
         "process the child's Ray started (GCS, raylet, proxy, replicas), per answered request.", "",
-        f"Machine: {report['machine']['cpus']} CPU cores, shared with another engineer's jobs (load average at the "
-        f"end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}). Runs are short; read the "
-        "figures as a comparison within a round.", "",
+        f"{machine_line(report['machine'])} Runs are short; read the figures as a comparison within a round.", "",
         "| round | code | candidates | concurrency | answers | requests/s | p50 ms | p99 ms | server CPU ms / answer |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -245,8 +242,8 @@ def _page(report: dict, command: str) -> str:
         if "failed" in run:
             lines.append(f"| {run['round']} | {run['code']} | failed ({run['failed']}) | | | | | | |")
             continue
-        statuses = ", ".join(f"{n} x {status}" for status, n in sorted(run["statuses"].items()))
-        lines.append(f"| {run['round']} | {run['code']} | {run['kind']} | {run['concurrency']} | {statuses} | "
+        lines.append(f"| {run['round']} | {run['code']} | {run['kind']} | {run['concurrency']} | "
+                     f"{statuses_cell(run['statuses'])} | "
                      f"{run['throughput_ok_rps']} | {run['ok_p50_ms']} | {run['ok_p99_ms']} | "
                      f"{run['server_cpu_ms_per_answer']} |")
     lines += ["", "Medians over the rounds:", "",
@@ -292,8 +289,7 @@ def _in_process_page(report: dict, command: str) -> str:
         "registered pyfunc (`mlflow.pyfunc.load_model`) on the same rows as a DataFrame. Every payload runs "
         f"once untimed first (title caches). Up to {s['requests']} requests per path; median process CPU ms per "
         f"request, one request at a time and per request inside a batch of {s['batch']} made together.", "",
-        f"Machine: {report['machine']['cpus']} CPU cores, shared with other jobs (load average at the end: "
-        f"{', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}).", "",
+        machine_line(report["machine"]), "",
         f"| round | code | path | CPU ms, one request | CPU ms per request, batch of {s['batch']} |",
         "|---|---|---|---|---|",
     ]
@@ -368,7 +364,7 @@ def main() -> None:
                 runs += [{"round": round_index, **level} for level in levels]
                 print(json.dumps(levels), flush=True)
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "machine": machine_facts(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("child", "code_root", "set_up", "out", "page", "work")},
         "baseline": baseline, **working_tree(),

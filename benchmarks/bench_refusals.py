@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -38,6 +36,7 @@ if str(REPO_ROOT / "benchmarks") not in sys.path:  # run as a script from any di
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from code_versions import export_commit, run_child, use_code_root_if_child, working_tree  # noqa: E402
+from page_parts import machine_facts, machine_line, statuses_cell  # noqa: E402
 
 CODES = ("before", "after")
 
@@ -76,9 +75,7 @@ def _page(report: dict) -> str:
         f"503) send `POST /v1/recommend` (k 10, {s['candidates']} given candidates) for a random known user; at "
         f"most {s['requests']} answers or {s['time_cap']:g} s per level. Latencies are the client's. Server CPU: "
         "user + system time of every process the child's Ray started, per admitted answer.", "",
-        f"Machine: {report['machine']['cpus']} CPU cores, shared with other engineers' jobs (load average at the "
-        f"end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}). Read the figures as a "
-        "comparison within a round.", "",
+        f"{machine_line(report['machine'])} Read the figures as a comparison within a round.", "",
         "| round | code | concurrency | answers | admitted/s | admitted p50 ms | p99 ms | p99 / p50 | "
         "refused p50 ms | refused p99 ms | 5xx other than 503 | server CPU ms / answer |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -87,7 +84,7 @@ def _page(report: dict) -> str:
         if "failed" in run:
             lines.append(f"| {run['round']} | {run['code']} | failed ({run['failed']}) | | | | | | | | | |")
             continue
-        statuses = ", ".join(f"{n} x {status}" for status, n in sorted(run["statuses"].items()))
+        statuses = statuses_cell(run["statuses"])
         lines.append(f"| {run['round']} | {run['code']} | {run['concurrency']} | {statuses} | "
                      f"{run['throughput_ok_rps']} | {run['ok_p50_ms']} | {run['ok_p99_ms']} | {run['p99_over_p50']} | "
                      f"{run['refused_p50_ms'] or '-'} | {run['refused_p99_ms'] or '-'} | "
@@ -144,7 +141,7 @@ def main() -> None:
                 runs += [{"round": round_index, **level} for level in levels]
                 print(json.dumps(levels), flush=True)
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "machine": machine_facts(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("child", "code_root", "set_up", "serving_config", "out", "page")},
         "baseline": baseline, **working_tree(), "command": command, "runs": runs,

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from any d
         sys.path.insert(0, str(path))
 
 from jobs.serve.cli import THROUGHPUT_OPTIMIZED_ENV  # noqa: E402 (after the path set-up above)
+from page_parts import machine_facts  # noqa: E402
 
 MODES = {"off": {}, "on": THROUGHPUT_OPTIMIZED_ENV}
 TOKEN = "bench-token"
@@ -181,7 +181,7 @@ def main() -> None:
                 runs += [{"round": round_index, **level} for level in levels]
                 print(json.dumps(levels), flush=True)
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "machine": machine_facts(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("child", "set_up")},
         "modes": MODES,

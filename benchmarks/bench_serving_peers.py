@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # run as a script from any d
 
 from bench_serve_modes import load_levels, served_endpoint, set_up_champion  # noqa: E402
 from bench_serving_load import MODEL_NAME, TASK, _free_port, _in_process_ms, add_load_options  # noqa: E402
+from page_parts import machine_facts, machine_line, statuses_cell  # noqa: E402
 
 SERVERS = ("grec serve", "mlflow models serve")
 BATCH = 16  # the scorer's default @serve.batch size
@@ -182,9 +182,7 @@ def _page(report: dict, command: str) -> str:
         f"same task (`POST /invocations`). {s['rounds']} rounds, the servers alternating; closed-loop clients, at "
         f"most {s['requests']} answers or {s['time_cap']:g} s per level. Server CPU: user + system time of the "
         "server's processes (psutil) per answered request.", "",
-        f"Machine: {report['machine']['cpus']} CPU cores, shared with other engineers' jobs (load average at the "
-        f"end: {', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])}). Read the figures as a "
-        "comparison within a round.", "",
+        f"{machine_line(report['machine'])} Read the figures as a comparison within a round.", "",
         "In process (one torch thread, CPU ms, medians over the rounds): grec's serving functions "
         f"{floor['grec_1_request_cpu_ms']} for one request, {floor['grec_per_request_in_batch_of_16_cpu_ms']} per "
         f"request in a batch of 16; the registered pyfunc {floor['pyfunc_1_request_cpu_ms']} for one request's "
@@ -196,7 +194,7 @@ def _page(report: dict, command: str) -> str:
         if "failed" in run:
             lines.append(f"| {run['round']} | {run['server']} | failed ({run['failed']}) | | | | | | |")
             continue
-        statuses = ", ".join(f"{n} x {status}" for status, n in sorted(run["statuses"].items()))
+        statuses = statuses_cell(run["statuses"])
         roles = ", ".join(f"{role} {ms}" for role, ms in (run["server_cpu_ms_per_answer_by_role"] or {}).items())
         lines.append(f"| {run['round']} | {run['server']} | {run['concurrency']} | {statuses} | "
                      f"{run['throughput_ok_rps']} | {run['ok_p50_ms']} | {run['ok_p99_ms']} | "
@@ -247,7 +245,7 @@ def main() -> None:
                             text=True).stdout.strip()
     report = {
         "commit": commit,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "machine": machine_facts(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("child", "set_up")},
         "in_process": {key: round(statistics.median(f[key] for f in floors), 2) for key in floors[0]},
