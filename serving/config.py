@@ -113,6 +113,11 @@ class ServingConfig(BaseModel):
     retrieval_size: int | None = Field(None, ge=1, description="candidates each of the stage's sources adds for a "
                                                                "request that brings none (default: the stage's "
                                                                "own); with popularity, the candidates ranked")
+    # An item's text (its title) is the same for every user: the scorer encodes the most frequent
+    # items' texts when it loads a version, so the first requests do not wait for the text encoder.
+    warm_item_texts: int = Field(10_000, ge=0, description="item texts of the most frequent training items encoded "
+                                 "when a scorer replica loads a version, before it takes traffic (at most the "
+                                 "model's text cache size); 0: each on first sight")
     blend: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="per task, a blend of /v1/recommend that replaces the one `grec build-index` fitted (name -> "

@@ -63,6 +63,7 @@ from serving.retrieval import (Candidates, UserState, given_candidates, popular_
 from serving.schemas import ModelRef, RecommendRequest, RecommendResponse, RowScore, ScoredItem, ScoreRequest, \
     ScoreResponse
 from serving.servable import ServableModel
+from serving.warmup import warm_item_texts
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -116,7 +117,10 @@ class Scorer:
     @serve.multiplexed(max_num_models_per_replica=VERSIONS_PER_REPLICA)
     async def model(self, version: str) -> ServableModel:
         log.info("scorer: loading model version %s", version)
-        return await asyncio.to_thread(load_servable, self._config, version)
+        servable = await asyncio.to_thread(load_servable, self._config, version)
+        # Before the version takes traffic (a replica's start, or the ingress warming a new version).
+        await asyncio.to_thread(warm_item_texts, servable, self._guard, self._config.warm_item_texts)
+        return servable
 
     async def _pinned_model(self) -> ServableModel:
         return await self.model(serve.get_multiplexed_model_id())
