@@ -69,8 +69,10 @@ RESAMPLES = 200
 # are the few labels; validation stops early, test scores.
 NEW_TASK_ROWS = {"train": 3000, "validation": 300, "test": 2000}
 NEW_TASK_SEED = 1000
-FEW_LABEL_MODELS = ("grec_add_task", "mmoe_fine_tuned", "single_task")
+FEW_LABEL_MODELS = ("grec_add_task", "grec_add_task_like_nearest", "mmoe_fine_tuned", "single_task")
 FEW_LABEL_NAMES = {"grec_add_task": "GRec, `add_task` (old tasks frozen)",
+                   "grec_add_task_like_nearest": "GRec, `add_task` started like the old task that best ranks the "
+                                                 "new task's training labels",
                    "mmoe_fine_tuned": "MMoE (GRec encoders) fine-tuned with a new gate and tower",
                    "single_task": "single-task Shared-Bottom from scratch"}
 LABELS = {"grec": "GRec (task routing, C-Poly)", "ablation_no_skills": "ablation: no C-Poly skills",
@@ -342,8 +344,11 @@ def few_label_runs(num_tasks: int, seeds: list[int], fractions: list[float]) -> 
         for fraction in fractions:
             train = pool["train"].slice(0, max(1, round(fraction * NEW_TASK_ROWS["train"])))
             config = bench_data(tasks.spec, tasks.tables, seed, metric).config
-            models = {"grec_add_task": copy.deepcopy(grec_base), "mmoe_fine_tuned": copy.deepcopy(mmoe_base)}
+            models = {"grec_add_task": copy.deepcopy(grec_base), "grec_add_task_like_nearest": copy.deepcopy(grec_base),
+                      "mmoe_fine_tuned": copy.deepcopy(mmoe_base)}
             models["grec_add_task"].add_task(new_spec)
+            nearest = nearest_task(grec_base, train, new_spec.label, base_spec.task_names)
+            models["grec_add_task_like_nearest"].add_task(new_spec, like=nearest)
             fine_tuned = build_model(mmoe_base.config.with_task(new_spec))
             fine_tuned.load_state_dict(models["mmoe_fine_tuned"].state_dict(), strict=False)  # new gate, tower
             models["mmoe_fine_tuned"] = fine_tuned
@@ -356,7 +361,10 @@ def few_label_runs(num_tasks: int, seeds: list[int], fractions: list[float]) -> 
                 scores = _scores(result.model, pool["test"], [new_spec.name])[new_spec.name]
                 record = {"model": name, "seed": seed, "fraction": fraction, "labels": train.num_rows,
                           "auc": auc(test_labels, scores), "cpu_seconds_to_best": result.cpu_seconds_to_best}
-                if name == "grec_add_task":
+                if name == "grec_add_task_like_nearest":
+                    record["like"] = nearest
+                    record["like_group"] = int(tasks.groups[base_spec.task_names.index(nearest)])
+                if name.startswith("grec_add_task"):
                     after = _scores(result.model, base_tables["test"], base_spec.task_names)
                     record["old_tasks_max_change"] = float(max(np.max(np.abs(after[t] - old_scores[t]))
                                                                for t in base_spec.task_names))
@@ -372,8 +380,19 @@ def few_label_runs(num_tasks: int, seeds: list[int], fractions: list[float]) -> 
                             "auc_std": statistics.stdev(r["auc"] for r in mine) if len(mine) > 1 else None,
                             "cpu_seconds_to_best": statistics.mean(r["cpu_seconds_to_best"] for r in mine),
                             **({"old_tasks_max_change": max(r["old_tasks_max_change"] for r in mine)}
-                               if name == "grec_add_task" else {})})
+                               if name.startswith("grec_add_task") else {}),
+                            **({"like_in_the_new_tasks_group": sum(r["like_group"] == int(tasks.groups[-1])
+                                                                   for r in mine)}
+                               if name == "grec_add_task_like_nearest" else {})})
     return {"tasks": num_tasks, "new_task_group": int(tasks.groups[-1]), "summary": summary, "runs": runs}
+
+
+def nearest_task(model: torch.nn.Module, rows: pa.Table, label: str, task_names: list[str]) -> str:
+    """The trained task whose scores best rank a new task's labelled rows (highest AUC on them): the
+    one a new task from few labels starts like."""
+    labels = rows.column(label).to_numpy()
+    scores = _scores(model, rows, task_names)
+    return max(task_names, key=lambda task: np.nan_to_num(auc(labels, scores[task]), nan=0.0))
 
 
 def _scores(model: torch.nn.Module, table: pa.Table, task_names: list[str]) -> dict[str, np.ndarray]:
@@ -403,7 +422,9 @@ def markdown(results: dict[str, object]) -> str:
                   "|---|---|---|---|"]
         for row in block["summary"]:
             spread = f" ± {row['auc_std']:.4f}" if row.get("auc_std") is not None else ""
-            lines.append(f"| {row['fraction']:.0%} ({row['labels']}) | {FEW_LABEL_NAMES[row['model']]} | "
+            group = (f" (a task of its latent group in {row['like_in_the_new_tasks_group']} of the seeds)"
+                     if "like_in_the_new_tasks_group" in row else "")
+            lines.append(f"| {row['fraction']:.0%} ({row['labels']}) | {FEW_LABEL_NAMES[row['model']]}{group} | "
                          f"{row['auc']:.4f}{spread} | {row['cpu_seconds_to_best']:.1f} |")
         changes = [r["old_tasks_max_change"] for r in block["summary"] if "old_tasks_max_change" in r]
         lines += ["", f"Largest change of any old task's test score after `add_task` training: {max(changes):.1e}.", ""]

@@ -19,7 +19,7 @@ from grec.router import RouterStats
 from grec.sentence import TaskSentenceEncoder
 from grec.skills import SkillAdapter, SkilledLinear, adapter_parameters_per_task, make_adapter
 from grec.spec import TaskSpec
-from grec.tasks import train_only
+from grec.tasks import copy_task_parameters, train_only
 
 
 def descriptor_pairs(tasks: list[TaskSpec]) -> list[tuple[str, str]]:
@@ -149,9 +149,18 @@ class GRec(MultiTaskModel):
         encoders = SharedEncoders(self.collator, self.sparse_arch, self.encoder, self.sentence_encoder)
         return TaskSubModel(task, encoders, own, self.precision)
 
-    def add_task(self, task: TaskSpec) -> list[nn.Parameter]:
+    def add_task(self, task: TaskSpec, like: str | None = None) -> list[nn.Parameter]:
         """Adds a task and freezes everything else: only the new task's skills, allocation row, task
-        token and head are trainable (returned). The existing tasks' outputs do not change."""
+        token and head are trainable (returned). The existing tasks' outputs do not change.
+        `like`: an existing task of the same kind whose task-specific parameters the new task starts
+        from (so it first predicts what that task does), instead of a fresh start."""
+        if like is not None:
+            known = {t.name: t for t in self.config.input.tasks}
+            if like not in known:
+                raise ValueError(f"add_task like={like!r}: no such task; this model has {sorted(known)}")
+            if (known[like].kind, known[like].num_classes) != (task.kind, task.num_classes):
+                raise ValueError(f"add_task like={like!r}: a {known[like].kind} task cannot start a "
+                                 f"{task.kind} task {task.name!r}; pick a task of the same kind")
         self.config = self.config.with_task(task)
         self.collator.spec = self.config.input
         device = self.task_tokens.task_embedding[self.task_names[0]].device
@@ -161,6 +170,8 @@ class GRec(MultiTaskModel):
             new += self.tower.adapter.add_task(task.name)
         new += self._add_head(task)
         self.to(device)
+        if like is not None:
+            copy_task_parameters(self, like, task.name)
         train_only(self, new)
         return new
 

@@ -154,5 +154,5 @@ class MultiTaskModel(nn.Module, ABC):
         raise ValueError(f"export_task needs architecture 'grec' with router.mode 'task', "
                          f"not {self.config.architecture!r}")
 
-    def add_task(self, task: TaskSpec) -> list[nn.Parameter]:
+    def add_task(self, task: TaskSpec, like: str | None = None) -> list[nn.Parameter]:
         raise ValueError(f"add_task needs architecture 'grec', not {self.config.architecture!r}")

@@ -83,3 +83,29 @@ def test_parameters_added_per_task_match_the_formula(grec_config, skills):
     # A descriptor value no task had before costs one more embedding.
     new_scenario = TaskSpec("share", "binary", "label_share", descriptors={"scenario": "books"})
     assert parameters_added_by_task(model.config, new_scenario) == expected + d
+
+
+def test_a_task_added_like_another_starts_from_its_predictions_and_trains_alone(grec_config, train_steps):
+    import pyarrow as pa
+
+    from grec.synthetic import random_columns
+
+    model = build_model(grec_config(skills=SkillConfig(kind="cpoly", num_common=3, num_exclusive=1, rank=2)))
+    batch = model.collate(pa.table(random_columns(model.config.input, 32)))
+    train_steps(model, batch)  # every task's own parameters away from their initial values
+    like = model.config.input.tasks[0]
+    new = TaskSpec("like_again", "binary", "label_like_again", descriptors=dict(like.descriptors))
+    fresh = build_model(model.config)
+    fresh.load_state_dict(model.state_dict())
+    fresh.add_task(new)
+    trainable = model.add_task(new, like=like.name)
+
+    rows = pa.table(random_columns(model.config.input, 32))
+    predicted = model.predict(model.collate(rows), [like.name, new.name])
+    torch.testing.assert_close(predicted[new.name], predicted[like.name], rtol=0, atol=1e-6)
+    assert not torch.allclose(fresh.predict(fresh.collate(rows), [new.name])[new.name], predicted[like.name])
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in trainable}
+    with pytest.raises(ValueError, match="a regression task cannot start a binary task"):
+        build_model(model.config).add_task(TaskSpec("x", "binary", "label_x"), like="rating")
+    with pytest.raises(ValueError, match="no such task"):
+        build_model(model.config).add_task(TaskSpec("y", "binary", "label_y"), like="nope")
