@@ -21,11 +21,17 @@ Runs are resumable: results accumulate in `--out` and a (dataset, model, seed) a
 skipped, so the benchmark can run in pieces:
 
     .venv/bin/python benchmarks/bench_quality.py --datasets adult --out docs/benchmarks/quality_results.json
+
+A size or encoding variant of the GRec family runs from the same configs with `--model-overrides`, a
+JSON mapping of fields of the config's `model:` section (validated as the config is; nested sections
+merged key by key), e.g. `--model-overrides '{"d_model": 32, "router": {"num_experts": 2}}'`. Its
+runs carry the overrides and are kept, resumed and summarized apart from the config's own runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -39,7 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from any directory
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.quality_data import DATASETS, BenchData, load, single_task_spec  # noqa: E402
+from benchmarks.quality_data import DATASETS, BenchData, load, single_task_spec, with_model_overrides  # noqa: E402
+from jobs.train.config import ConfigError, load_config  # noqa: E402
 from benchmarks.quality_peers import PEERS, binary_tasks, labelled, train_peer  # noqa: E402
 from feature_store.definitions import select_features  # noqa: E402
 from grec import GRecConfig, InputSpec, count_parameters, match_parameter_budget  # noqa: E402
@@ -131,7 +138,7 @@ def train_grec_family(data: BenchData, model: str, seed: int, keep_models: bool 
         configs = [variant(data, model)]
         if configs[0] is None:
             return None
-    test, seconds, params, validation, epochs, models = {}, 0.0, 0, [], [], []
+    test, seconds, params, validation, epochs, models, history = {}, 0.0, 0, [], [], [], []
     for config in configs:
         config = config.replace(seed=seed)
         metric, mode = _stopping_metric(config)
@@ -143,10 +150,13 @@ def train_grec_family(data: BenchData, model: str, seed: int, keep_models: bool 
         seconds += result.cpu_seconds_to_best
         validation.append(result.best_metrics[metric])
         epochs.append(result.best_epoch + 1)
+        history.append([{"cpu_seconds": round(e.cpu_seconds, 3), "validation": round(e.metrics[metric], 5)}
+                        for e in result.history])
         test.update(_predict(result.model, data, [t for t in config.task_names if t in binary_tasks(data)]))
         models.append(result.model)
     return {"test": test, "validation_auc": float(np.mean(validation)), "cpu_seconds_to_best": seconds,
-            "detail": {"params": params, "best_epoch": epochs}, **({"models": models} if keep_models else {})}
+            "detail": {"params": params, "best_epoch": epochs, "epochs": history},
+            **({"models": models} if keep_models else {})}
 
 
 def _predict(model, data: BenchData, tasks: list[str], batch_size: int = 2048) -> dict[str, np.ndarray]:
@@ -158,9 +168,25 @@ def _predict(model, data: BenchData, tasks: list[str], batch_size: int = 2048) -
 
 
 # ---- one run, the summary ------------------------------------------------------------------------
-def run_one(data: BenchData, model: str, seed: int, predictions_dir: Path) -> dict[str, object] | None:
+def overrides_key(overrides: dict[str, object] | None) -> str:
+    """The model overrides of a run as one canonical string ("" for the config as shipped)."""
+    return json.dumps(overrides, sort_keys=True, separators=(", ", ": ")) if overrides else ""
+
+
+def _predictions_name(dataset: str, model: str, seed: int, overrides: dict[str, object] | None) -> str:
+    if not overrides:
+        return f"{dataset}--{model}--{seed}.npz"
+    digest = hashlib.sha256(overrides_key(overrides).encode()).hexdigest()[:12]
+    return f"{dataset}--{model}--{digest}--{seed}.npz"
+
+
+def run_one(data: BenchData, model: str, seed: int, predictions_dir: Path,
+            overrides: dict[str, object] | None = None) -> dict[str, object] | None:
+    """One (model, seed) on `data`; `overrides` are the model overrides `data` was loaded with, recorded
+    on GRec-family runs (the peers read the same features and none of the model section)."""
     started = time.perf_counter()
     if model in PEERS:
+        overrides = None
         peer = train_peer(model, data, seed)
         if peer is None:
             return None
@@ -174,8 +200,9 @@ def run_one(data: BenchData, model: str, seed: int, predictions_dir: Path) -> di
     test_auc = {task: auc(labels[task][labelled(labels[task])], scores[labelled(labels[task])])
                 for task, scores in out["test"].items()}
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(predictions_dir / f"{data.name}--{model}--{seed}.npz", **out["test"])
-    return {"dataset": data.name, "model": model, "seed": seed, "test_auc": test_auc,
+    np.savez_compressed(predictions_dir / _predictions_name(data.name, model, seed, overrides), **out["test"])
+    return {"dataset": data.name, "model": model, **({"model_overrides": overrides} if overrides else {}),
+            "seed": seed, "test_auc": test_auc,
             "task_average_auc": float(np.mean(list(test_auc.values()))), "validation_auc": out["validation_auc"],
             "cpu_seconds_to_best": out["cpu_seconds_to_best"], "wall_seconds": time.perf_counter() - started,
             "detail": out["detail"]}
@@ -204,10 +231,11 @@ def summarize(runs: list[dict[str, object]], predictions_dir: Path) -> list[dict
     for dataset in DATASETS:
         labels_file = predictions_dir / f"{dataset}--labels.npz"
         labels = dict(np.load(labels_file)) if labels_file.exists() else None
-        for model in MODELS:
-            mine = sorted((r for r in runs if r["dataset"] == dataset and r["model"] == model), key=lambda r: r["seed"])
-            if not mine:
-                continue
+        variants = sorted({(r["model"], overrides_key(r.get("model_overrides")))
+                           for r in runs if r["dataset"] == dataset}, key=lambda v: (MODELS.index(v[0]), v[1]))
+        for model, key in variants:
+            mine = sorted((r for r in runs if r["dataset"] == dataset and r["model"] == model
+                           and overrides_key(r.get("model_overrides")) == key), key=lambda r: r["seed"])
             tasks = list(mine[0]["test_auc"])
             stats = {}
             for name in [*tasks, "task_average"]:
@@ -215,10 +243,14 @@ def summarize(runs: list[dict[str, object]], predictions_dir: Path) -> list[dict
                 stats[name] = {"mean": statistics.mean(values),  # no spread from one seed
                                "std": statistics.stdev(values) if len(values) > 1 else None}
             if labels is not None:
-                predictions = [dict(np.load(predictions_dir / f"{dataset}--{model}--{r['seed']}.npz")) for r in mine]
+                predictions = [dict(np.load(predictions_dir / _predictions_name(dataset, model, r["seed"],
+                                                                                r.get("model_overrides"))))
+                               for r in mine]
                 for name, interval in seed_mean_intervals(labels, predictions).items():
                     stats[name]["interval"] = interval
-            rows.append({"dataset": dataset, "model": model, "seeds": [r["seed"] for r in mine], "stats": stats,
+            rows.append({"dataset": dataset, "model": model, **({"model_overrides": mine[0]["model_overrides"]}
+                                                                if key else {}),
+                         "seeds": [r["seed"] for r in mine], "stats": stats,
                          "validation_auc": statistics.mean(r["validation_auc"] for r in mine),
                          "cpu_seconds_to_best": statistics.mean(r["cpu_seconds_to_best"] for r in mine),
                          "params": mine[0]["detail"].get("params")})
@@ -265,7 +297,10 @@ def markdown(summary: list[dict[str, object]], many_tasks: tuple[str, ...] = ("m
             if r["stats"]["task_average"]["mean"] == best:
                 average = f"**{average}**"
             ratio = f"{r['cpu_seconds_to_best'] / mmoe:.1f}x" if mmoe else "n/a"
-            lines.append(f"| {LABELS[r['model']]} | {len(r['seeds'])} | " + " | ".join([*cells, average])
+            label = LABELS[r["model"]]
+            if r.get("model_overrides"):
+                label += f" `{overrides_key(r['model_overrides'])}`"
+            lines.append(f"| {label} | {len(r['seeds'])} | " + " | ".join([*cells, average])
                          + f" | {r['cpu_seconds_to_best']:.0f} | {ratio} |")
         lines.append("")
     return "\n".join(lines)
@@ -288,9 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/quality_results.json"))
     parser.add_argument("--predictions", type=Path, default=Path(".grec/bench/predictions"),
                         help="test labels and every run's test predictions, for the bootstrap intervals")
+    parser.add_argument("--model-overrides", type=_overrides, default=None, metavar="JSON",
+                        help="a JSON mapping of fields of the configs' model: section for the GRec-family models, "
+                             "e.g. '{\"d_model\": 32, \"router\": {\"num_experts\": 2}}'")
     parser.add_argument("--report", action="store_true",
                         help="only print the tables of the results in --out (summarized again) as markdown")
     args = parser.parse_args(argv)
+    if args.model_overrides:  # every field checked against the config's model before anything trains
+        for dataset in args.datasets:
+            try:
+                with_model_overrides(load_config(REPO_ROOT / DATASETS[dataset][1]), args.model_overrides)
+            except ConfigError as err:
+                parser.error(f"--model-overrides for {dataset}: {err}")
     if args.report:
         runs = json.loads(args.out.read_text())["runs"]
         summary = summarize(runs, args.predictions)
@@ -303,17 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     threadpool_limits(1)
     args.predictions.mkdir(parents=True, exist_ok=True)
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
-    done = {(r["dataset"], r["model"], r["seed"]) for r in runs}
+    def key(model: str) -> str:
+        return "" if model in PEERS else overrides_key(args.model_overrides)
+
+    done = {(r["dataset"], r["model"], r["seed"], overrides_key(r.get("model_overrides"))) for r in runs}
     for dataset in args.datasets:
-        todo = [(m, s) for s in args.seeds for m in args.models if (dataset, m, s) not in done]
+        todo = [(m, s) for s in args.seeds for m in args.models if (dataset, m, s, key(m)) not in done]
         if not todo:
             continue
-        data = load(dataset, args.data_root, REPO_ROOT, args.epochs)
+        data = load(dataset, args.data_root, REPO_ROOT, args.epochs, args.model_overrides)
         np.savez_compressed(args.predictions / f"{dataset}--labels.npz", **data.arrays["test"].labels)
         print(f"{dataset}: train {data.tables['train'].num_rows} / validation {data.tables['validation'].num_rows} "
               f"/ test {data.tables['test'].num_rows} rows, tasks {data.model_config.task_names}", flush=True)
         for model, seed in todo:
-            run = run_one(data, model, seed, args.predictions)
+            run = run_one(data, model, seed, args.predictions, args.model_overrides)
             if run is None:
                 continue
             runs.append(run)
@@ -322,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
             _write(args.out, runs, None)  # partial results survive an interruption
     _write(args.out, runs, summarize(runs, args.predictions))
     return 0
+
+
+def _overrides(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON mapping of model fields, got {type(value).__name__}")
+    return value
 
 
 def _write(out: Path, runs: list[dict[str, object]], summary: list[dict[str, object]] | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ import torch
 from feature_store.options import SPLITS, SourceOptions
 from feature_store.prepare import PreparedDataset, open_prepared, prepare_dataset
 from grec import GRecConfig, MultiTaskModel, TokenizedText, build_model
-from jobs.train.config import ResolvedConfig, TrainConfig, load_config, resolve
+from jobs.train.config import ConfigError, ResolvedConfig, TrainConfig, load_config, parse_config, resolve
 
 # benchmark dataset -> (source prepared by `grec data prepare`, the training config users start from)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -81,11 +82,16 @@ def prepared_dataset(source: str, root: Path) -> PreparedDataset:
     return prepare_dataset(source, folder, options=SourceOptions(), overwrite=True)
 
 
-def load(name: str, root: Path, repo: Path, epochs: int | None = None) -> BenchData:
+def load(name: str, root: Path, repo: Path, epochs: int | None = None,
+         model_overrides: dict[str, Any] | None = None) -> BenchData:
+    """The dataset prepared under `root` and its training config; `model_overrides` changes fields of
+    the config's `model:` section (nested sections merged key by key), validated as the config is."""
     source, config_path = DATASETS[name]
     prepared = prepared_dataset(source, root)
     config = load_config(repo / config_path).with_overrides(dataset={"path": str(prepared.root)},
                                                             training={"epochs": epochs})
+    if model_overrides:
+        config = with_model_overrides(config, model_overrides)
     resolved = resolve(config)
     transforms = prepared.transforms()
     raw = {split: prepared.read_split(split) for split in SPLITS}
@@ -99,6 +105,24 @@ def load(name: str, root: Path, repo: Path, epochs: int | None = None) -> BenchD
         tokens = dict(text_model.collator.tokens._ids)  # noqa: SLF001
     arrays = {split: _arrays(tables[split], resolved.model_config, vectors) for split in SPLITS}
     return BenchData(name, config, resolved, tables, arrays, cache, tokens)
+
+
+def with_model_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """`config` with fields of its `model:` section replaced: a nested mapping (`router`, `numerics`,
+    ...) updates that section's fields and keeps the rest. Raises ConfigError naming every bad field."""
+
+    def merged(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in changes.items():
+            if key not in base:
+                raise ConfigError(f"{where}{key}: no such field")
+            out[key] = (merged(base[key], value, f"{where}{key}.") if isinstance(value, dict)
+                        and isinstance(base[key], dict) else value)
+        return out
+
+    data = config.model_dump()
+    data["model"] = merged(data["model"], overrides, "model.")
+    return parse_config(data, "model overrides")
 
 
 def _arrays(table: pa.Table, config: GRecConfig, vectors: dict[str, dict[str, np.ndarray]]) -> PeerArrays:
