@@ -7,13 +7,14 @@
     .venv/bin/python benchmarks/bench_scale.py --events 3000000 --object-store default  # Ray's default store
 
 The cluster is tests/ray_test_cluster.py (a head without CPUs and one node with 2 CPUs, token auth,
-loopback; the node's object store 384 MiB as in the tests, or `--object-store MIB|default`), run by an interpreter that cannot import grec: the jobs ship grec's code to it. Storage is
-a folder of a temporary directory (the "shared file system" of a single-host cluster); MLflow is a
-SQLite file there. Per stage it records wall time, rows/s, peak RSS per process role (psutil, every
-0.5 s over the cluster's and the command's process trees), bytes Ray spilled (`ray memory`), lines
-of Ray Data memory warnings in the command's terminal output, and for training the input-wait share
-and the time to the first logged step (MLflow). Everything listens on 127.0.0.1 and is stopped at the
-end; the temporary directory is removed.
+loopback; the node's object store 384 MiB as in the tests, or `--object-store MIB|default`), run by
+an interpreter that cannot import grec: the jobs ship grec's code to it. Storage is a folder of a
+temporary directory (the "shared file system" of a single-host cluster); MLflow is a SQLite file
+there. Per stage it records wall time, rows/s, peak RSS per process role (psutil, every 0.5 s over
+the cluster's and the command's process trees), bytes Ray spilled (`ray memory`), lines of Ray Data
+memory warnings in the command's terminal output, and for training the input-wait share and the
+time to the first logged step (MLflow). Everything listens on 127.0.0.1 and is stopped at the end;
+the temporary directory is removed.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def start_cluster(work: Path, env: dict[str, str], object_store: str = WORKER_OB
     python = python_without_grec(work / "python-without-grec")
     node_env = clean_env(**env, PATH=f"{python.parent}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
     process = subprocess.Popen([str(python), str(REPO / "tests" / "ray_test_cluster.py"), str(WORKER_NODE_CPUS),
-                                object_store], env=node_env, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                object_store], env=node_env, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
     line = process.stdout.readline()
     if not line:
         raise SystemExit("the cluster did not start")
