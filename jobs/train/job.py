@@ -168,7 +168,7 @@ def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, boar
     from ray.train.torch import TorchTrainer
 
     from feature_store.transforms import TransformSet
-    from jobs.train.data import ingest_options, transformed_split
+    from jobs.train.data import ingest_options, shared_task_memory, transformed_split
     from jobs.train.worker import WorkerJob, train_loop_per_worker
 
     config = resolved.config
@@ -178,7 +178,8 @@ def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, boar
     context.execution_options.preserve_order = True  # same shards, same order: resumable epochs
     transforms = TransformSet.load(resolved.dataset_dir / "transforms.json")
     location, plans = resolved.dataset_location, split_read_plans(resolved)
-    train = transformed_split(location, config.dataset.train_split, transforms, plans["train"])
+    memory = shared_task_memory(plans.values())  # the two splits' tasks share worker processes
+    train = transformed_split(location, config.dataset.train_split, transforms, plans["train"], memory)
     if extension is not None:
         train = extension.train_dataset(train)
     # What the trainers hold bounds what the pipeline reads ahead (jobs/train/data.py: ingest_options).
@@ -204,7 +205,7 @@ def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, boar
         ),
         datasets={"train": train,
                   "validation": transformed_split(location, config.dataset.validation_split, transforms,
-                                                  plans["validation"])},
+                                                  plans["validation"], memory)},
         dataset_config=DataConfig(execution_options=ingest),
     )
 
