@@ -38,8 +38,10 @@ BLOCK_BYTES = 16 * 2**20
 READ_AHEAD_BATCHES = 2
 # A Ray Data worker's own memory before it holds any data (Python, pyarrow, Ray Data, grec's transforms),
 # which Ray's memory check counts as the task's. Measured (Ray 2.60, rss - shared as Ray Data counts it):
-# about 390 MiB in a worker that read 7 MiB row groups.
-DATA_WORKER_BASE_BYTES = 384 * 2**20
+# about 390 MiB in a fresh worker that read 7 MiB row groups, but a worker that runs task after task
+# for a whole epoch keeps more (heap and Arrow's pool): a transform worker of a 3M-event training
+# epoch on the benchmark's cluster peaked at 583.5 MiB where 384 MiB here estimated 576 MiB.
+DATA_WORKER_BASE_BYTES = 448 * 2**20
 # Decoding a row group takes a multiple of its decoded size (Parquet pages, dictionaries and the decoded
 # columns at once). Measured: one 197k-row row group of the synthetic training set (47 MiB decoded)
 # raised a process's RSS by 144 MiB; read tasks of the 3M-event synthetic train split (48 MiB row
