@@ -122,7 +122,7 @@ def shared_task_memory(plans: Iterable[ReadPlan]) -> int:
     Their tasks run in the same worker processes, and a worker that read the largest row groups keeps
     that memory for the next split's tasks (measured: a validation transform of the 3M-event synthetic
     set, 7 MiB row groups, used up to 477 MiB in workers that had read the train split's 48 MiB ones,
-    against 457 MiB its own plan estimates)."""
+    against the 457 MiB its own plan then estimated)."""
     return max(plan.read_task_memory for plan in plans)
 
 
