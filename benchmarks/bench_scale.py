@@ -4,15 +4,17 @@
     .venv/bin/python benchmarks/bench_scale.py --events 1000000 [--json FILE]
     .venv/bin/python benchmarks/bench_scale.py --events 1000000 --work DIR  # keeps DIR
     .venv/bin/python benchmarks/bench_scale.py --work DIR --stages build-index,evaluate  # again on DIR's model
+    .venv/bin/python benchmarks/bench_scale.py --events 3000000 --object-store default  # Ray's default store
 
 The cluster is tests/ray_test_cluster.py (a head without CPUs and one node with 2 CPUs, token auth,
-loopback), run by an interpreter that cannot import grec: the jobs ship grec's code to it. Storage is
-a folder of a temporary directory (the "shared file system" of a single-host cluster); MLflow is a
-SQLite file there. Per stage it records wall time, rows/s, peak RSS per process role (psutil, every
-0.5 s over the cluster's and the command's process trees), bytes Ray spilled (`ray memory`), lines
-of Ray Data memory warnings in the command's terminal output, and for training the input-wait share
-and the time to the first logged step (MLflow). Everything listens on 127.0.0.1 and is stopped at the
-end; the temporary directory is removed.
+loopback; the node's object store 384 MiB as in the tests, or `--object-store MIB|default`), run by
+an interpreter that cannot import grec: the jobs ship grec's code to it. Storage is a folder of a
+temporary directory (the "shared file system" of a single-host cluster); MLflow is a SQLite file
+there. Per stage it records wall time, rows/s, peak RSS per process role (psutil, every 0.5 s over
+the cluster's and the command's process trees), bytes Ray spilled (`ray memory`), lines of Ray Data
+memory warnings in the command's terminal output, and for training the input-wait share and the
+time to the first logged step (MLflow). Everything listens on 127.0.0.1 and is stopped at the end;
+the temporary directory is removed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 MODEL_NAME = "grec-scale"
 WORKER_NODE_CPUS = 2
+# The worker node's object store, MiB: the test cluster's size unless --object-store says otherwise
+# ("default": Ray's own, 30% of the memory available when the node starts, capped).
+WORKER_OBJECT_STORE = "384"
 NUM_WORKERS = 2
 BATCH_SIZE = 512
 LOG_EVERY_N_STEPS = 10
@@ -96,11 +101,12 @@ class Cluster:
             self.process.kill()
 
 
-def start_cluster(work: Path, env: dict[str, str]) -> Cluster:
+def start_cluster(work: Path, env: dict[str, str], object_store: str = WORKER_OBJECT_STORE) -> Cluster:
     python = python_without_grec(work / "python-without-grec")
     node_env = clean_env(**env, PATH=f"{python.parent}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
-    process = subprocess.Popen([str(python), str(REPO / "tests" / "ray_test_cluster.py"), str(WORKER_NODE_CPUS)],
-                               env=node_env, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([str(python), str(REPO / "tests" / "ray_test_cluster.py"), str(WORKER_NODE_CPUS),
+                                object_store], env=node_env, cwd=work, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
     line = process.stdout.readline()
     if not line:
         raise SystemExit("the cluster did not start")
@@ -185,6 +191,15 @@ def spilled_bytes(address: str, env: dict[str, str]) -> int:
     return int(found.group(1)) * MIB if found else 0
 
 
+def worker_object_store_bytes(address: str, env: dict[str, str]) -> int:
+    """The object store of the cluster's node with CPUs (the worker node), as Ray reports it."""
+    code = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
+            "print(max(int(n['Resources'].get('object_store_memory', 0)) for n in ray.nodes() "
+            "if n['Alive'] and n['Resources'].get('CPU', 0) > 0))" % address)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+
 @dataclass
 class StageResult:
     name: str
@@ -264,7 +279,8 @@ def split_rows(data: Path) -> dict[str, int]:
 STAGES = ("prepare", "train", "build-index", "evaluate")
 
 
-def run_benchmark(events: int, work: Path, stages: tuple[str, ...] = STAGES) -> dict:
+def run_benchmark(events: int, work: Path, stages: tuple[str, ...] = STAGES,
+                  object_store: str = WORKER_OBJECT_STORE) -> dict:
     """Runs `stages` (in STAGES's order) in `work`; a stage left out that a later one needs (the
     prepared data, the registered model) must have been run in `work` before (--work)."""
     token = work / "ray_auth_token"
@@ -275,8 +291,10 @@ def run_benchmark(events: int, work: Path, stages: tuple[str, ...] = STAGES) -> 
     driver_env = {**os.environ, **env, "MLFLOW_TRACKING_URI": tracking_uri,
                   "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}  # the venv's ninja first
     started = time.monotonic()
-    cluster = start_cluster(work, env)
+    cluster = start_cluster(work, env, object_store)
     print(f"cluster up in {time.monotonic() - started:.1f} s at {cluster.address}", flush=True)
+    store_bytes = worker_object_store_bytes(cluster.address, driver_env)
+    print(f"worker node object store: {store_bytes / MIB:,.0f} MiB ({object_store})", flush=True)
     done: dict[str, StageResult] = {}
     try:
         stage = dict(cluster=cluster, env=driver_env, work=work)
@@ -306,6 +324,7 @@ def run_benchmark(events: int, work: Path, stages: tuple[str, ...] = STAGES) -> 
     finally:
         cluster.stop()
     results = {"events": sum(rows.values()), "splits": rows, "worker_node_cpus": WORKER_NODE_CPUS,
+               "worker_object_store": object_store, "worker_object_store_bytes": store_bytes,
                "num_workers": NUM_WORKERS, "batch_size_per_worker": BATCH_SIZE, "sequence_length": SEQUENCE_LENGTH,
                "model": MODEL, "stages": [done[name].to_json() for name in STAGES if name in done]}
     if len(done) == len(STAGES):
@@ -368,6 +387,9 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated stages to run (of {', '.join(STAGES)}); the ones left out must have "
                         "run in --work before")
+    parser.add_argument("--object-store", default=WORKER_OBJECT_STORE,
+                        help="the worker node's object store: MiB, or 'default' for Ray's own size "
+                        f"(default {WORKER_OBJECT_STORE}, the test cluster's)")
     parser.add_argument("--work", type=Path, help="keep the data, MLflow store and logs in this directory (created "
                         "if missing) instead of a temporary one, so later runs can repeat single stages")
     args = parser.parse_args()
@@ -380,12 +402,12 @@ def main() -> None:
         parser.error(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
-        results = run_benchmark(args.events, args.work.resolve(), stages)
+        results = run_benchmark(args.events, args.work.resolve(), stages, args.object_store)
     else:
         if stages != STAGES:
             parser.error("--stages needs --work (a directory where the stages left out have run)")
         with tempfile.TemporaryDirectory(prefix="grec-bench-scale-") as work:
-            results = run_benchmark(args.events, Path(work), stages)
+            results = run_benchmark(args.events, Path(work), stages, args.object_store)
     text = json.dumps(results, indent=2)
     print(text)
     print(markdown_table(results))

@@ -144,3 +144,24 @@ def test_a_split_too_big_for_the_cluster_s_nodes_is_refused_before_the_mlflow_ru
         run_training(config, show_progress=False)
     experiment = MlflowClient(tracking_uri).get_experiment_by_name("refused-reads")
     assert experiment is None or not MlflowClient(tracking_uri).search_runs([experiment.experiment_id])
+
+
+def test_the_trainer_reads_with_the_plans_the_fit_check_made(ray_local, train_tiny_config, tiny_movielens, tmp_path,
+                                                             monkeypatch):
+    """The split read plans are read from the footers once: check_split_reads_fit hands the ones it
+    checked to the trainer (build_trainer), which does not read them again."""
+    import jobs.train.job as train_job
+    from jobs.train import run_training
+
+    made, passed = [], {}
+    real = train_job.split_read_plans
+    monkeypatch.setattr(train_job, "split_read_plans", lambda resolved: made.append(real(resolved)) or made[-1])
+
+    def register(resolved, tracking_uri, show_progress, listeners, extension=None, plans=None):
+        passed["plans"] = plans
+        passed["trainer"] = train_job.build_trainer(resolved, tracking_uri, "run", None, name="plans", plans=plans)
+
+    monkeypatch.setattr(train_job, "_train_and_register", register)
+    run_training(train_tiny_config(tiny_movielens.root, f"sqlite:///{tmp_path}/m.db"), show_progress=False)
+    assert len(made) == 1 and passed["plans"] is made[0]
+    assert set(passed["trainer"].datasets) == {"train", "validation"}

@@ -23,7 +23,11 @@ def test_the_read_plan_comes_from_the_footers(tmp_path):
     from jobs.train.data import (
         BLOCK_BYTES,
         DATA_WORKER_BASE_BYTES,
+        MEMORY_CHECK_HEADROOM,
         READ_AHEAD_BATCHES,
+        ROW_GROUP_DECODE_FACTOR,
+        TRANSFORM_BATCH_ROWS,
+        TRANSFORM_PEAK_FACTOR,
         read_plan,
     )
 
@@ -31,7 +35,12 @@ def test_the_read_plan_comes_from_the_footers(tmp_path):
     assert plan.row_bytes == pytest.approx(16, abs=0.5)  # two 8-byte columns decoded (Parquet's sizes: ~10)
     assert plan.row_group_bytes == int(5_000 * plan.row_bytes)
     assert plan.batch_rows == int(BLOCK_BYTES / plan.row_bytes)
-    assert plan.read_task_memory == DATA_WORKER_BASE_BYTES + plan.row_group_bytes + (READ_AHEAD_BATCHES + 1) * BLOCK_BYTES
+    peak = (DATA_WORKER_BASE_BYTES + ROW_GROUP_DECODE_FACTOR * plan.row_group_bytes
+            + (READ_AHEAD_BATCHES + 1) * BLOCK_BYTES + TRANSFORM_PEAK_FACTOR * TRANSFORM_BATCH_ROWS * plan.row_bytes)
+    assert plan.worker_peak_bytes == int(peak)
+    # Ray Data warns when a task's peak plus 25% exceeds its declaration: both kinds of task declare more
+    assert plan.read_task_memory == plan.transform_task_memory >= MEMORY_CHECK_HEADROOM * peak
+    assert plan.read_task_memory < MEMORY_CHECK_HEADROOM * peak + 1
 
 
 def test_the_ingest_budget_is_what_the_trainers_hold_plus_blocks_in_flight():
@@ -48,9 +57,20 @@ def test_a_split_whose_tasks_fit_no_node_is_refused_with_the_numbers():
     from jobs.train.data import ReadPlan
     from jobs.train.job import check_data_tasks_fit
 
-    plans = {"train": ReadPlan(row_bytes=1_000, row_group_bytes=6 * 2**30)}
+    plans = {"train": ReadPlan(row_bytes=1_000, row_group_bytes=2 * 2**30)}
     check_data_tasks_fit(plans, 16 * 2**30, "the Ray cluster")
-    with pytest.raises(ConfigError, match=r"the train split's read tasks need 6,5\d\d MiB each \(row groups of up to "
-                                          r"6,144 MiB decoded, 1,000 bytes a row\); the largest node of the Ray "
+    with pytest.raises(ConfigError, match=r"the train split's read tasks need 8,\d\d\d MiB each \(row groups of up to "
+                                          r"2,048 MiB decoded, 1,000 bytes a row\); the largest node of the Ray "
                                           r"cluster has 4,096 MiB"):
         check_data_tasks_fit(plans, 4 * 2**30, "the Ray cluster")
+
+
+def test_the_splits_of_one_job_declare_the_largest_plan_s_memory():
+    """The train and validation splits' tasks share worker processes, which keep what the largest
+    row groups took: each declares the larger of the two plans' memory."""
+    from jobs.train.data import ReadPlan, shared_task_memory
+
+    train = ReadPlan(row_bytes=250, row_group_bytes=48 * 2**20)
+    validation = ReadPlan(row_bytes=290, row_group_bytes=7 * 2**20)
+    assert train.read_task_memory > validation.read_task_memory
+    assert shared_task_memory([validation, train]) == train.read_task_memory

@@ -6,6 +6,7 @@ The training set is read where it is, a local directory or an s3:// URI (each no
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,11 +36,22 @@ TRANSFORM_BATCH_ROWS = 4096
 # are read ahead, and every task asks for the memory that takes (ReadPlan).
 BLOCK_BYTES = 16 * 2**20
 READ_AHEAD_BATCHES = 2
-# A Ray Data worker's own memory before it holds any data (Python, pyarrow, grec's transforms), which
-# Ray's memory check counts as the task's.
-DATA_WORKER_BASE_BYTES = 384 * 2**20
+# A Ray Data worker's own memory before it holds any data (Python, pyarrow, Ray Data, grec's transforms),
+# which Ray's memory check counts as the task's. Measured (Ray 2.60, rss - shared as Ray Data counts it):
+# about 390 MiB in a fresh worker that read 7 MiB row groups, but a worker that runs task after task
+# for a whole epoch keeps more (heap and Arrow's pool): a transform worker of a 3M-event training
+# epoch on the benchmark's cluster peaked at 583.5 MiB where 384 MiB here estimated 576 MiB.
+DATA_WORKER_BASE_BYTES = 448 * 2**20
+# Decoding a row group takes a multiple of its decoded size (Parquet pages, dictionaries and the decoded
+# columns at once). Measured: one 197k-row row group of the synthetic training set (47 MiB decoded)
+# raised a process's RSS by 144 MiB; read tasks of the 3M-event synthetic train split (48 MiB row
+# groups) peaked at 539 MiB, those of its validation split (7 MiB row groups) at 414 MiB.
+ROW_GROUP_DECODE_FACTOR = 3
 # A transform's peak over its input batch: the input, the output and one intermediate column set.
 TRANSFORM_PEAK_FACTOR = 3
+# Ray Data's memory check warns about an operator whose tasks' peak, plus 25%, exceeds what they
+# declare ("used up to ... memory per worker"): tasks declare their estimated peak times this.
+MEMORY_CHECK_HEADROOM = 1.25
 # Files whose footers size the reads: a split's files come from one writer, with one row-group size.
 FOOTERS_SAMPLED = 4
 SAMPLE_ROWS = 1024
@@ -70,13 +82,25 @@ class ReadPlan:
         return max(TRANSFORM_BATCH_ROWS, int(BLOCK_BYTES / max(self.row_bytes, 1.0)))
 
     @property
+    def worker_peak_bytes(self) -> int:
+        """What a Ray Data worker of this split holds at its peak: its own memory, the row group being
+        decoded, the batches read ahead of the one it yields and one transform's batch. Read and
+        transform tasks run in the same worker processes one after the other, and a worker keeps
+        freed memory for reuse (Arrow's pool, glibc's heap), so each task is charged with the largest
+        of either: Ray counts the process's memory as the task's."""
+        return int(DATA_WORKER_BASE_BYTES + ROW_GROUP_DECODE_FACTOR * self.row_group_bytes
+                   + (READ_AHEAD_BATCHES + 1) * BLOCK_BYTES
+                   + TRANSFORM_PEAK_FACTOR * TRANSFORM_BATCH_ROWS * self.row_bytes)
+
+    @property
     def read_task_memory(self) -> int:
-        """A read task holds the row group being decoded and the batches read ahead of the one it yields."""
-        return DATA_WORKER_BASE_BYTES + self.row_group_bytes + (READ_AHEAD_BATCHES + 1) * BLOCK_BYTES
+        """The memory a read task declares: the worker's peak, with the headroom of Ray's memory check."""
+        return math.ceil(MEMORY_CHECK_HEADROOM * self.worker_peak_bytes)
 
     @property
     def transform_task_memory(self) -> int:
-        return DATA_WORKER_BASE_BYTES + int(TRANSFORM_PEAK_FACTOR * TRANSFORM_BATCH_ROWS * self.row_bytes)
+        """The memory a transform task declares: the same worker's peak (see `worker_peak_bytes`)."""
+        return self.read_task_memory
 
 
 def read_plan(location: str | Path, split: str) -> ReadPlan:
@@ -91,6 +115,15 @@ def read_plan(location: str | Path, split: str) -> ReadPlan:
     group_rows = max(fragment.metadata.row_group(i).num_rows
                      for fragment in fragments for i in range(fragment.metadata.num_row_groups))
     return ReadPlan(row_bytes=row_bytes, row_group_bytes=int(group_rows * row_bytes))
+
+
+def shared_task_memory(plans: Iterable[ReadPlan]) -> int:
+    """The memory each data task of datasets read in one job declares: the largest of their plans'.
+    Their tasks run in the same worker processes, and a worker that read the largest row groups keeps
+    that memory for the next split's tasks (measured: a validation transform of the 3M-event synthetic
+    set, 7 MiB row groups, used up to 477 MiB in workers that had read the train split's 48 MiB ones,
+    against the 457 MiB its own plan then estimated)."""
+    return max(plan.read_task_memory for plan in plans)
 
 
 def ingest_options(num_trainers: int, batch_size: int, shuffle_buffer: int, plan: ReadPlan):
@@ -108,20 +141,28 @@ def _apply_transforms(table: pa.Table, transforms: TransformSet) -> pa.Table:
     return transforms.transform(table)
 
 
-def transformed_split(location: str | Path, split: str, transforms: TransformSet, plan: ReadPlan | None = None):
+def transformed_split(location: str | Path, split: str, transforms: TransformSet, plan: ReadPlan | None = None,
+                      task_memory: int | None = None):
     """A lazy Ray Dataset of the split's transformed columns (CONTRACTS.md section 2), read in bounded
-    blocks by tasks that declare their memory (`plan`, default: from the split's footers)."""
+    blocks by tasks that declare their memory (`plan`, default: from the split's footers). `task_memory`:
+    what each task declares, the plan's unless given (shared_task_memory, where the job's workers read
+    other splits too)."""
     import ray.data
 
     plan = plan or read_plan(location, split)
+    task_memory = task_memory or plan.read_task_memory
     # partitioning=None: the `split=` folder is not a column the transforms should see.
-    # batch_size / batch_readahead go to pyarrow's scanner: each read yields BLOCK_BYTES blocks.
+    # batch_size / batch_readahead go to pyarrow's scanner on Ray Data's first Parquet reader; its
+    # second (datasource V2, the default of Ray 2.60) does not pass them on: its batches follow the
+    # dataset's target block size (BLOCK_BYTES, set below) and it reads ahead by its own count. What
+    # bounds a read task there is that it decodes one row group at a time and, with the order
+    # preserved (ingest_options), reads its files one after another, not all at once.
     raw = ray.data.read_parquet(split_files(location, split), partitioning=None, num_cpus=DATA_TASK_CPUS,
-                                memory=plan.read_task_memory, batch_size=plan.batch_rows,
+                                memory=task_memory, batch_size=plan.batch_rows,
                                 batch_readahead=READ_AHEAD_BATCHES)
     dataset = raw.map_batches(_apply_transforms, fn_kwargs={"transforms": transforms}, batch_format="pyarrow",
                               batch_size=TRANSFORM_BATCH_ROWS, num_cpus=DATA_TASK_CPUS,
-                              memory=plan.transform_task_memory)
+                              memory=task_memory)
     # Blocks of BLOCK_BYTES at most wherever Ray Data makes them (this dataset's context is its own copy).
     dataset.context.target_max_block_size = BLOCK_BYTES
     # Ray Data's plan lines at the start of every epoch's stream buried the job's progress lines.

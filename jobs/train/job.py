@@ -76,13 +76,14 @@ def run_training(config: TrainConfig | str | Path, *, show_progress: bool = True
         import ray
 
         check_fits(config.scaling, ray.cluster_resources(), "the Ray cluster")
-        check_split_reads_fit(resolved)  # before the MLflow run: a refused run leaves no FAILED run behind
-        return _train_and_register(resolved, tracking_uri, show_progress, listeners, extension)
+        plans = check_split_reads_fit(resolved)  # before the MLflow run: a refused run leaves no FAILED run behind
+        return _train_and_register(resolved, tracking_uri, show_progress, listeners, extension, plans)
 
 
 def _train_and_register(resolved: ResolvedConfig, tracking_uri: str, show_progress: bool,
                         listeners: tuple[Callable[[ProgressSnapshot], None], ...],
-                        extension: TrainingExtension | None = None) -> TrainingResult:
+                        extension: TrainingExtension | None = None,
+                        plans: Mapping[str, ReadPlan] | None = None) -> TrainingResult:
     import ray
     from mlflow import MlflowClient
 
@@ -98,7 +99,7 @@ def _train_and_register(resolved: ResolvedConfig, tracking_uri: str, show_progre
     try:
         _log_inputs(client, run_id, resolved)
         board = _progress_board()
-        result = _fit(resolved, tracking_uri, run_id, board, show_progress, listeners, extension)
+        result = _fit(resolved, tracking_uri, run_id, board, show_progress, listeners, extension, plans)
         restarts = _log_restarts(client, run_id, board)
         outcome = _register(resolved, client, run_id, result, restarts)
     except BaseException:
@@ -158,17 +159,19 @@ def checkpoint_storage(config: TrainConfig) -> str:
 
 
 def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, *, name: str,
-                  extension: TrainingExtension | None = None, callbacks: tuple[Any, ...] = ()):
+                  extension: TrainingExtension | None = None, callbacks: tuple[Any, ...] = (),
+                  plans: Mapping[str, ReadPlan] | None = None):
     """The Ray Train TorchTrainer of a run (not started): `scaling.num_workers` workers each running
     `train_loop_per_worker` with a DeepSpeed engine over the streamed splits, logging to MLflow run
     `run_id` and posting progress to `board`. `grec train` fits it under `name`; a `grec tune` trial
-    fits the same trainer with Ray Train callbacks that report each epoch to Tune."""
+    fits the same trainer with Ray Train callbacks that report each epoch to Tune. `plans`: the splits'
+    read plans where the caller has them (check_split_reads_fit), read from the footers otherwise."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from feature_store.transforms import TransformSet
-    from jobs.train.data import ingest_options, transformed_split
+    from jobs.train.data import ingest_options, shared_task_memory, transformed_split
     from jobs.train.worker import WorkerJob, train_loop_per_worker
 
     config = resolved.config
@@ -177,8 +180,9 @@ def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, boar
     context.enable_progress_bars = False  # the driver draws its own
     context.execution_options.preserve_order = True  # same shards, same order: resumable epochs
     transforms = TransformSet.load(resolved.dataset_dir / "transforms.json")
-    location, plans = resolved.dataset_location, split_read_plans(resolved)
-    train = transformed_split(location, config.dataset.train_split, transforms, plans["train"])
+    location, plans = resolved.dataset_location, plans or split_read_plans(resolved)
+    memory = shared_task_memory(plans.values())  # the two splits' tasks share worker processes
+    train = transformed_split(location, config.dataset.train_split, transforms, plans["train"], memory)
     if extension is not None:
         train = extension.train_dataset(train)
     # What the trainers hold bounds what the pipeline reads ahead (jobs/train/data.py: ingest_options).
@@ -204,18 +208,20 @@ def build_trainer(resolved: ResolvedConfig, tracking_uri: str, run_id: str, boar
         ),
         datasets={"train": train,
                   "validation": transformed_split(location, config.dataset.validation_split, transforms,
-                                                  plans["validation"])},
+                                                  plans["validation"], memory)},
         dataset_config=DataConfig(execution_options=ingest),
     )
 
 
 def _fit(resolved: ResolvedConfig, tracking_uri: str, run_id: str, board: Any, show_progress: bool,
-         listeners: tuple[Callable[[ProgressSnapshot], None], ...], extension: TrainingExtension | None = None):
+         listeners: tuple[Callable[[ProgressSnapshot], None], ...], extension: TrainingExtension | None = None,
+         plans: Mapping[str, ReadPlan] | None = None):
     """Runs the TorchTrainer in a thread while the main thread shows progress; returns Ray's Result."""
     from jobs.train.progress import watch
 
     config = resolved.config
-    trainer = build_trainer(resolved, tracking_uri, run_id, board, name=f"grec-train-{run_id}", extension=extension)
+    trainer = build_trainer(resolved, tracking_uri, run_id, board, name=f"grec-train-{run_id}", extension=extension,
+                            plans=plans)
     done = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -369,12 +375,15 @@ def split_read_plans(resolved: ResolvedConfig) -> dict[str, ReadPlan]:
             "validation": read_plan(resolved.dataset_location, dataset.validation_split)}
 
 
-def check_split_reads_fit(resolved: ResolvedConfig) -> None:
-    """Refuses a run whose split read tasks fit no node of the connected Ray cluster (check_data_tasks_fit)."""
+def check_split_reads_fit(resolved: ResolvedConfig) -> dict[str, ReadPlan]:
+    """Refuses a run whose split read tasks fit no node of the connected Ray cluster (check_data_tasks_fit);
+    returns the plans it checked, for the trainer to read with (build_trainer)."""
     import ray
 
-    check_data_tasks_fit(split_read_plans(resolved), max(
+    plans = split_read_plans(resolved)
+    check_data_tasks_fit(plans, max(
         (node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0), "the Ray cluster")
+    return plans
 
 
 def check_data_tasks_fit(plans: Mapping[str, ReadPlan], node_memory: float, where: str) -> None:
