@@ -260,12 +260,14 @@ def _marks(versus: dict[str, object]) -> str:
 def markdown(block: dict[str, object]) -> str:
     """The scenarios' sizes, the averages with paired differences from GRec, and per-scenario AUC."""
     scenarios, small = block["scenarios"], block["small"]
-    lines = ["| scenario | train / validation / test rows | like share (train) | love share (train) | small |",
-             "|---|---|---|---|---|"]
+    shares = [key for key in scenarios[0] if key.endswith("_share")]  # one per base task
+    lines = ["| scenario | train / validation / test rows | "
+             + " | ".join(f"{key.removesuffix('_share')} share (train)" for key in shares) + " | small |",
+             "|---|---|" + "---|" * len(shares) + "---|"]
     for s in scenarios:
         lines.append(f"| {s['description']} | {s['rows']['train']:,} / {s['rows']['validation']:,} / "
-                     f"{s['rows']['test']:,} | {s['like_share']:.2f} | {s['love_share']:.2f} | "
-                     f"{'yes' if s['name'] in small else ''} |")
+                     f"{s['rows']['test']:,} | " + " | ".join(f"{s[key]:.2f}" for key in shares)
+                     + f" | {'yes' if s['name'] in small else ''} |")
     lines += ["", "| model | seeds | task-average AUC (± std) | minus GRec [95% over rows] {95% over seeds} (per seed) | "
               "large scenarios | minus GRec | small scenarios | minus GRec | CPU s to best epoch |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -277,7 +279,7 @@ def markdown(block: dict[str, object]) -> str:
                      f"{row['auc']['large']:.4f} | {_difference(versus.get('large'), False)} | "
                      f"{row['auc']['small']:.4f} | {_difference(versus.get('small'), False)} | "
                      f"{row['cpu_seconds_to_best']:.0f} |")
-    lines += ["", "Per scenario (like and love averaged; seed-mean test AUC, and for the other models the "
+    lines += ["", "Per scenario (its tasks averaged; seed-mean test AUC, and for the other models the "
               "difference from GRec, * where its 95% paired interval over rows excludes 0, ** where the one over "
               "seeds does too):", "",
               "| model | " + " | ".join(s["description"] + (" (small)" if s["name"] in small else "")
