@@ -61,22 +61,19 @@ def task_logits(heads: nn.ModuleDict, tasks: list[str], layout: TaskLayout, hidd
     return {t: logits[t] for t in tasks if t in logits}
 
 
-def copy_task_parameters(model: nn.Module, source: str, target: str) -> int:
+def copy_task_parameters(model: nn.Module, source: str, target: str) -> None:
     """Sets every parameter that `target` owns to `source`'s values: per-task parameters live in
     ParameterDicts and ModuleDicts keyed by task name (task token, skill mixing rows and exclusive
     skills, head, loss weight), so each such dict holding both names gets the source's entry copied
-    into the target's. Returns the tensors copied."""
-    copied = 0
+    into the target's."""
     with torch.no_grad():
         for module in model.modules():
             if not isinstance(module, nn.ParameterDict | nn.ModuleDict) or source not in module or target not in module:
                 continue
             pairs = ([(module[source], module[target])] if isinstance(module, nn.ParameterDict)
-                     else list(zip(module[source].parameters(), module[target].parameters(), strict=True)))
+                     else zip(module[source].parameters(), module[target].parameters(), strict=True))
             for origin, copy in pairs:
                 copy.copy_(origin)
-                copied += 1
-    return copied
 
 
 def train_only(model: nn.Module, parameters: list[nn.Parameter]) -> None:

@@ -39,8 +39,8 @@ def test_the_read_plan_comes_from_the_footers(tmp_path):
             + (READ_AHEAD_BATCHES + 1) * BLOCK_BYTES + TRANSFORM_PEAK_FACTOR * TRANSFORM_BATCH_ROWS * plan.row_bytes)
     assert plan.worker_peak_bytes == int(peak)
     # Ray Data warns when a task's peak plus 25% exceeds its declaration: both kinds of task declare more
-    assert plan.read_task_memory == plan.transform_task_memory >= MEMORY_CHECK_HEADROOM * peak
-    assert plan.read_task_memory < MEMORY_CHECK_HEADROOM * peak + 1
+    assert plan.task_memory >= MEMORY_CHECK_HEADROOM * peak
+    assert plan.task_memory < MEMORY_CHECK_HEADROOM * peak + 1
 
 
 def test_the_ingest_budget_is_what_the_trainers_hold_plus_blocks_in_flight():
@@ -72,5 +72,5 @@ def test_the_splits_of_one_job_declare_the_largest_plan_s_memory():
 
     train = ReadPlan(row_bytes=250, row_group_bytes=48 * 2**20)
     validation = ReadPlan(row_bytes=290, row_group_bytes=7 * 2**20)
-    assert train.read_task_memory > validation.read_task_memory
-    assert shared_task_memory([validation, train]) == train.read_task_memory
+    assert train.task_memory > validation.task_memory
+    assert shared_task_memory([validation, train]) == train.task_memory

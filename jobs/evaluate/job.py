@@ -159,7 +159,7 @@ def read_split_rows(prepared: PreparedDataset, split: str):
     plan = read_plan(location, split)
     paths, fs = parquet_source(split_files(location, split))
     # partitioning=None: the `split=` folder is no column of the rows.
-    dataset = ray.data.read_parquet(paths, filesystem=fs, partitioning=None, memory=plan.read_task_memory,
+    dataset = ray.data.read_parquet(paths, filesystem=fs, partitioning=None, memory=plan.task_memory,
                                     batch_size=plan.batch_rows, batch_readahead=READ_AHEAD_BATCHES)
     # Order preserved: Ray Data's Parquet reader reads a task's files one after another then, and all
     # at once otherwise (a task of several files held each one's row group: 558 MiB against 428 MiB

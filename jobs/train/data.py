@@ -93,14 +93,10 @@ class ReadPlan:
                    + TRANSFORM_PEAK_FACTOR * TRANSFORM_BATCH_ROWS * self.row_bytes)
 
     @property
-    def read_task_memory(self) -> int:
-        """The memory a read task declares: the worker's peak, with the headroom of Ray's memory check."""
+    def task_memory(self) -> int:
+        """The memory each read and transform task declares: the worker's peak (`worker_peak_bytes`, the
+        same for both), with the headroom of Ray's memory check."""
         return math.ceil(MEMORY_CHECK_HEADROOM * self.worker_peak_bytes)
-
-    @property
-    def transform_task_memory(self) -> int:
-        """The memory a transform task declares: the same worker's peak (see `worker_peak_bytes`)."""
-        return self.read_task_memory
 
 
 def read_plan(location: str | Path, split: str) -> ReadPlan:
@@ -123,7 +119,7 @@ def shared_task_memory(plans: Iterable[ReadPlan]) -> int:
     that memory for the next split's tasks (measured: a validation transform of the 3M-event synthetic
     set, 7 MiB row groups, used up to 477 MiB in workers that had read the train split's 48 MiB ones,
     against the 457 MiB its own plan then estimated)."""
-    return max(plan.read_task_memory for plan in plans)
+    return max(plan.task_memory for plan in plans)
 
 
 def ingest_options(num_trainers: int, batch_size: int, shuffle_buffer: int, plan: ReadPlan):
@@ -150,7 +146,7 @@ def transformed_split(location: str | Path, split: str, transforms: TransformSet
     import ray.data
 
     plan = plan or read_plan(location, split)
-    task_memory = task_memory or plan.read_task_memory
+    task_memory = task_memory or plan.task_memory
     # partitioning=None: the `split=` folder is not a column the transforms should see.
     # batch_size / batch_readahead go to pyarrow's scanner on Ray Data's first Parquet reader; its
     # second (datasource V2, the default of Ray 2.60) does not pass them on: its batches follow the

@@ -390,7 +390,7 @@ def check_data_tasks_fit(plans: Mapping[str, ReadPlan], node_memory: float, wher
     """Refuses a split whose read or transform tasks ask for more memory (jobs/train/data.py: ReadPlan)
     than the largest node of `where` has: Ray would wait for that node forever."""
     for split, plan in plans.items():
-        need = max(plan.read_task_memory, plan.transform_task_memory)
+        need = plan.task_memory
         if need > node_memory:
             raise ConfigError(f"dataset: the {split} split's read tasks need {need / 2**20:,.0f} MiB each (row groups "
                               f"of up to {plan.row_group_bytes / 2**20:,.0f} MiB decoded, {plan.row_bytes:,.0f} bytes "
